@@ -1,0 +1,4 @@
+//! Stripe: the API client wrapper and a Stripe-compatible test double.
+
+pub mod client;
+pub mod double;
