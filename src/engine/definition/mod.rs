@@ -1,1 +1,3 @@
 //! Saga definitions as data.
+
+pub mod duration;
