@@ -72,7 +72,7 @@ mod tests {
 
     #[test]
     fn versions_order_numerically() {
-        let mut versions = vec![
+        let mut versions = [
             parse_version("9.6").unwrap_or_default(),
             parse_version("15").unwrap_or_default(),
             parse_version("10").unwrap_or_default(),

@@ -77,7 +77,17 @@ impl Runner {
     pub(super) async fn initdb(&self, data_dir: &Path) -> Result<(), Error> {
         let mut args: Vec<OsString> = vec!["-D".into(), data_dir.into()];
         args.extend(
-            ["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "-N"].map(OsString::from),
+            [
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "-N",
+            ]
+            .map(OsString::from),
         );
         self.run_server_program("initdb", args).await.map(drop)
     }

@@ -188,8 +188,13 @@ impl EmbeddedPostgres {
             };
             match start_server(&runner, &data_dir, &sockets, port, &opts).await {
                 Ok(()) => break port,
-                Err(error) if opts.port.is_none() && attempt < PORT_ATTEMPTS && port_taken(&error) => {
-                    tracing::warn!(port, "port was taken before PostgreSQL could bind it; retrying");
+                Err(error)
+                    if opts.port.is_none() && attempt < PORT_ATTEMPTS && port_taken(&error) =>
+                {
+                    tracing::warn!(
+                        port,
+                        "port was taken before PostgreSQL could bind it; retrying"
+                    );
                 }
                 Err(error) => return Err(error),
             }
@@ -314,7 +319,10 @@ async fn stop_stale_server(runner: &Runner, data_dir: &Path) -> Result<(), Error
             owner,
         });
     }
-    tracing::warn!(pid, "stopping a PostgreSQL server left behind by a previous run");
+    tracing::warn!(
+        pid,
+        "stopping a PostgreSQL server left behind by a previous run"
+    );
     runner.pg_ctl_stop(data_dir, "fast").await
 }
 
@@ -350,12 +358,19 @@ async fn start_server(
     ];
     if opts.ephemeral {
         settings.extend(
-            ["fsync=off", "synchronous_commit=off", "full_page_writes=off"]
-                .map(|setting| format!("-c {setting}")),
+            [
+                "fsync=off",
+                "synchronous_commit=off",
+                "full_page_writes=off",
+            ]
+            .map(|setting| format!("-c {setting}")),
         );
     }
     let log = data_dir.join(LOG_FILE);
-    match runner.pg_ctl_start(data_dir, &log, &settings.join(" ")).await {
+    match runner
+        .pg_ctl_start(data_dir, &log, &settings.join(" "))
+        .await
+    {
         Ok(()) => Ok(()),
         Err(error) => Err(start_error(data_dir, port, error.to_string()).await),
     }
