@@ -228,3 +228,53 @@ async fn orphan_owner() -> anyhow::Result<()> {
     pg.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_deep_data_dir_gets_a_short_socket_dir() -> anyhow::Result<()> {
+    // Too long for a Unix socket path inside the data directory itself.
+    let dir = fresh_dir("deep").join("a-directory-name-long-enough-to-overflow-sun-path");
+    let pg = EmbeddedPostgres::start(EmbeddedOptions::ephemeral(&dir)).await?;
+    let pool = sqlx::PgPool::connect(&pg.url("postgres")).await?;
+    let socket_dir: String =
+        sqlx::query_scalar("SELECT current_setting('unix_socket_directories')")
+            .fetch_one(&pool)
+            .await?;
+    pool.close().await;
+    assert!(
+        socket_dir.len() + ".s.PGSQL.65535".len() < 100,
+        "{socket_dir}"
+    );
+    assert!(Path::new(&socket_dir).exists());
+    pg.stop().await?;
+    assert!(
+        !Path::new(&socket_dir).exists(),
+        "{socket_dir} survived stop"
+    );
+    if let Some(parent) = dir.parent() {
+        std::fs::remove_dir_all(parent)?;
+    }
+    Ok(())
+}
+
+/// As root, the cluster runs as `postgres`, which cannot enter /root (mode 0700).
+#[tokio::test]
+async fn a_data_dir_the_postgres_user_cannot_reach_is_reported() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let closed = std::fs::metadata("/root").is_ok_and(|m| m.permissions().mode() & 0o001 == 0);
+    if !(root && closed) {
+        return Ok(()); // Only meaningful as root on a machine with a private /root.
+    }
+    let dir = Path::new("/root").join(format!("sagad-pg-{}", uuid::Uuid::new_v4().simple()));
+    let result = EmbeddedPostgres::start(EmbeddedOptions::ephemeral(&dir)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    match result {
+        Err(error @ sagad::embedded_pg::Error::Unreachable(_)) => {
+            let message = error.to_string();
+            assert!(message.contains("DATABASE_URL"), "{message}");
+            Ok(())
+        }
+        other => bail!("expected Unreachable, got {other:?}"),
+    }
+}
