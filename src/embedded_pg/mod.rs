@@ -2,7 +2,7 @@
 //!
 //! `sagad serve`/`sagad demo` use it when `DATABASE_URL` is unset, and the integration
 //! tests use an ephemeral one. As root, the cluster runs as the `postgres` OS user
-//! (initdb refuses root) through `runuser`. A [watchdog](watchdog) stops the cluster if
+//! (initdb refuses root) through `runuser`. A watchdog process stops the cluster if
 //! the process that started it dies, even by SIGKILL.
 
 mod bindir;
@@ -201,21 +201,16 @@ impl EmbeddedPostgres {
         };
         tracing::Span::current().record("port", port);
 
-        let pid_file = data_dir.join("postmaster.pid");
-        let postmaster_pid = read_postmaster_pid(&pid_file)
-            .await
-            .ok_or_else(|| Error::Start {
-                port,
-                reason: format!("{} names no postmaster", pid_file.display()),
-                log: data_dir.join(LOG_FILE),
-                log_tail: String::new(),
-            })?;
-        let watchdog = Watchdog::spawn(Orders {
-            postmaster_pid,
-            data_dir: &data_dir,
-            ephemeral: opts.ephemeral,
-            socket_dir: socket_dir.as_ref(),
-        })?;
+        let watchdog = match guard(&data_dir, port, opts.ephemeral, socket_dir.as_ref()).await {
+            Ok(watchdog) => watchdog,
+            Err(error) => {
+                // Nothing would stop this server later: stop it now.
+                if let Err(stop_error) = runner.pg_ctl_stop(&data_dir, "immediate").await {
+                    tracing::warn!(%stop_error, "could not stop the unguarded server");
+                }
+                return Err(error);
+            }
+        };
         let owner_file = data_dir.join(OWNER_FILE);
         tokio::fs::write(&owner_file, std::process::id().to_string())
             .await
@@ -233,7 +228,7 @@ impl EmbeddedPostgres {
             watchdog,
         };
         pg.wait_until_ready().await?;
-        tracing::info!(port, postmaster_pid, "embedded PostgreSQL is ready");
+        tracing::info!(port, "embedded PostgreSQL is ready");
         Ok(pg)
     }
 
@@ -280,6 +275,31 @@ impl EmbeddedPostgres {
             }
         }
     }
+}
+
+/// Puts the freshly started postmaster under a watchdog.
+async fn guard(
+    data_dir: &Path,
+    port: u16,
+    ephemeral: bool,
+    socket_dir: Option<&PathBuf>,
+) -> Result<Watchdog, Error> {
+    let pid_file = data_dir.join("postmaster.pid");
+    let Some(postmaster_pid) = read_postmaster_pid(&pid_file).await else {
+        return Err(start_error(
+            data_dir,
+            port,
+            format!("{} names no postmaster", pid_file.display()),
+        )
+        .await);
+    };
+    tracing::debug!(postmaster_pid, "server started");
+    Watchdog::spawn(Orders {
+        postmaster_pid,
+        data_dir,
+        ephemeral,
+        socket_dir,
+    })
 }
 
 /// Creates the directory and runs initdb unless it already holds a cluster.
