@@ -1,1 +1,3 @@
 //! The one integration-test binary: real PostgreSQL, real HTTP servers on 127.0.0.1:0.
+
+mod stripe;

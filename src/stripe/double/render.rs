@@ -11,14 +11,22 @@ pub struct ApiError {
     pub status: StatusCode,
     pub kind: &'static str,
     pub code: Option<String>,
-    pub decline_code: Option<String>,
     pub message: String,
     pub param: Option<String>,
-    pub charge: Option<String>,
-    pub payment_intent: Option<Value>,
+    /// Card-error details, boxed to keep `Result<_, ApiError>` small.
+    pub card: Option<Box<CardDetails>>,
     /// Whether Stripe would save this result under the idempotency key. Stripe saves a result
     /// once the endpoint started executing; failed parameter validation saves nothing.
     pub store: bool,
+}
+
+/// The parts of an error object only card errors and state errors carry.
+#[derive(Debug, Clone, Default)]
+pub struct CardDetails {
+    pub decline_code: Option<String>,
+    pub charge: Option<String>,
+    /// The full PaymentIntent, as Stripe embeds it in the error.
+    pub payment_intent: Option<Value>,
 }
 
 impl ApiError {
@@ -27,11 +35,9 @@ impl ApiError {
             status,
             kind,
             code: None,
-            decline_code: None,
             message: message.into(),
             param: None,
-            charge: None,
-            payment_intent: None,
+            card: None,
             store: true,
         }
     }
@@ -84,7 +90,10 @@ impl ApiError {
 
     pub fn unexpected_state(message: impl Into<String>, intent: &Intent) -> Self {
         let mut e = Self::invalid_request("payment_intent_unexpected_state", message);
-        e.payment_intent = Some(payment_intent(intent));
+        e.card = Some(Box::new(CardDetails {
+            payment_intent: Some(payment_intent(intent)),
+            ..CardDetails::default()
+        }));
         e
     }
 
@@ -97,9 +106,11 @@ impl ApiError {
     ) -> Self {
         let mut e = Self::new(StatusCode::PAYMENT_REQUIRED, "card_error", message);
         e.code = Some(code.to_owned());
-        e.decline_code = decline_code.map(str::to_owned);
-        e.charge = charge;
-        e.payment_intent = Some(payment_intent(intent));
+        e.card = Some(Box::new(CardDetails {
+            decline_code: decline_code.map(str::to_owned),
+            charge,
+            payment_intent: Some(payment_intent(intent)),
+        }));
         e
     }
 
@@ -110,7 +121,7 @@ impl ApiError {
         e
     }
 
-    pub fn api_error() -> Self {
+    pub fn server_error() -> Self {
         let mut e = Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "api_error",
@@ -145,11 +156,12 @@ impl ApiError {
             "type": self.kind,
             "message": self.message,
         });
+        let card = self.card.as_deref();
         let fields = [
-            ("code", &self.code),
-            ("decline_code", &self.decline_code),
-            ("param", &self.param),
-            ("charge", &self.charge),
+            ("code", self.code.as_ref()),
+            ("decline_code", card.and_then(|c| c.decline_code.as_ref())),
+            ("param", self.param.as_ref()),
+            ("charge", card.and_then(|c| c.charge.as_ref())),
         ];
         for (name, value) in fields {
             if let Some(v) = value {
@@ -159,8 +171,17 @@ impl ApiError {
         if let Some(code) = &self.code {
             obj["doc_url"] = json!(format!("https://stripe.com/docs/error-codes/{code}"));
         }
-        if let Some(pi) = &self.payment_intent {
+        if let Some(pi) = card.and_then(|c| c.payment_intent.as_ref()) {
             obj["payment_intent"] = pi.clone();
+        }
+        obj
+    }
+
+    /// The error object without the embedded PaymentIntent (for `last_payment_error`).
+    pub fn object_without_intent(&self) -> Value {
+        let mut obj = self.object();
+        if let Some(map) = obj.as_object_mut() {
+            map.remove("payment_intent");
         }
         obj
     }

@@ -95,7 +95,7 @@ async fn api(shared: Arc<Shared>, op: Operation, id: String, req: Request) -> Re
         Ok(response) => response,
         Err(err) => {
             tracing::error!(error = %err, "stripe double request task failed");
-            error_response(&ApiError::api_error(), &new_id("req"))
+            error_response(&ApiError::server_error(), &new_id("req"))
         }
     }
 }
@@ -129,7 +129,7 @@ async fn process(shared: Arc<Shared>, op: Operation, id: String, req: Request) -
         if let Some(delay) = applied.latency {
             tokio::time::sleep(delay).await;
         }
-        let mut response = error_response(&ApiError::api_error(), &request_id);
+        let mut response = error_response(&ApiError::server_error(), &request_id);
         response
             .headers_mut()
             .insert("stripe-should-retry", HeaderValue::from_static("true"));
@@ -225,7 +225,7 @@ fn execute(ledger: &mut Ledger, op: Operation, id: &str, params: &Params) -> OpR
         Operation::Cancel => ledger.cancel_payment_intent(id, params),
         Operation::Refund => ledger.create_refund(params),
         Operation::RetrieveRefund => ledger.retrieve_refund(id),
-        Operation::Any => Err(ApiError::api_error()),
+        Operation::Any => Err(ApiError::server_error()),
     }
 }
 

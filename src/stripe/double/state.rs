@@ -548,11 +548,9 @@ impl Ledger {
                 pi.payment_method = None;
                 pi.card = None;
                 pi.next_action = None;
-                let err =
+                let last =
                     ApiError::card_error(code, decline_code, message, Some(charge.clone()), pi);
-                let mut last = err.clone();
-                last.payment_intent = None;
-                pi.last_payment_error = Some(last.object());
+                pi.last_payment_error = Some(last.object_without_intent());
                 let err = ApiError::card_error(code, decline_code, message, Some(charge), pi);
                 self.bump(id, |e| e.declines += 1);
                 self.intent_event("payment_intent.payment_failed", id);
@@ -790,7 +788,7 @@ impl Ledger {
             );
             return Err(ApiError::unexpected_state(msg, pi));
         }
-        let mut err = ApiError::card_error(
+        let err = ApiError::card_error(
             "payment_intent_authentication_failure",
             None,
             "The provided PaymentMethod has failed authentication. You can provide payment_method_data \
@@ -798,12 +796,11 @@ impl Ledger {
             None,
             pi,
         );
-        err.payment_intent = None;
         pi.status = Status::RequiresPaymentMethod;
         pi.payment_method = None;
         pi.card = None;
         pi.next_action = None;
-        pi.last_payment_error = Some(err.object());
+        pi.last_payment_error = Some(err.object_without_intent());
         self.bump(id, |e| e.declines += 1);
         self.intent_event("payment_intent.payment_failed", id);
         self.render_intent(id)
