@@ -591,3 +591,48 @@ async fn control_routes_inject_faults_and_list_state_over_http() {
         ]
     );
 }
+
+/// The wire protocol itself, for integrators not using async-stripe: bracket syntax,
+/// byte-identical replays with `Idempotent-Replayed`, Stripe-shaped 401s.
+#[tokio::test]
+async fn raw_http_speaks_stripes_form_encoding_and_replays_bytes() {
+    let double = double().await;
+    let http = reqwest::Client::new();
+    let url = format!("{}v1/payment_intents", double.base_url());
+    let form = "amount=5000&currency=eur&capture_method=manual&confirm=true\
+                &payment_method=pm_card_visa&payment_method_types[]=card\
+                &metadata[saga_id]=raw-1&metadata[booking]=b-9";
+    let send = || {
+        http.post(&url)
+            .bearer_auth(KEY)
+            .header("Idempotency-Key", "raw-key")
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+    };
+
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first_body = first.bytes().await.unwrap();
+    let second = send().await.unwrap();
+    assert_eq!(second.status(), 200);
+    assert_eq!(second.headers()["idempotent-replayed"], "true");
+    assert_eq!(second.bytes().await.unwrap(), first_body);
+
+    let pi: serde_json::Value = serde_json::from_slice(&first_body).unwrap();
+    assert_eq!(pi["object"], "payment_intent");
+    assert_eq!(pi["status"], "requires_capture");
+    assert_eq!(pi["payment_method_types"], serde_json::json!(["card"]));
+    assert_eq!(
+        pi["metadata"],
+        serde_json::json!({"saga_id": "raw-1", "booking": "b-9"})
+    );
+    assert_eq!(double.counters().payment_intents_created, 1);
+
+    let unauthorized = http.post(&url).body(form).send().await.unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    let body: serde_json::Value = unauthorized.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert_eq!(double.counters().payment_intents_created, 1);
+}

@@ -14,9 +14,11 @@ mod cards;
 mod faults;
 mod form;
 mod idempotency;
+mod model;
 mod render;
 mod server;
 mod state;
+mod validate;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::state::{Intent, Refund};
+use super::model::{Intent, Refund};
 
 /// A Stripe error response: `{"error": {type, code, decline_code, message, param, payment_intent…}}`.
 #[derive(Debug, Clone)]

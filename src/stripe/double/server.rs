@@ -17,7 +17,8 @@ use super::faults::{Fault, Operation};
 use super::form::Params;
 use super::idempotency::{Lookup, StoredResponse};
 use super::render::ApiError;
-use super::state::{Ledger, OpResult, new_id};
+use super::state::{Ledger, OpResult};
+use super::validate::new_id;
 use super::{RequestRecord, Shared};
 
 /// Request bodies above this are refused (Stripe's own limit is far below it).

@@ -1,138 +1,19 @@
 //! The double's ledger: PaymentIntents, refunds, effect counters and the event list,
 //! with Stripe's state machine. Everything here is synchronous and runs under one lock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use axum::http::StatusCode;
-use rand::Rng;
-use serde::Serialize;
 use serde_json::Value;
 
 use super::cards::{self, Behavior, TestCard};
 use super::form::Params;
 use super::render::{self, ApiError};
+use super::validate::{bool_param, check_known, enum_param, format_amount, int_param, new_id, now};
 
-/// A PaymentIntent's status, as Stripe spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    RequiresPaymentMethod,
-    RequiresConfirmation,
-    RequiresAction,
-    RequiresCapture,
-    Canceled,
-    Succeeded,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::RequiresPaymentMethod => "requires_payment_method",
-            Status::RequiresConfirmation => "requires_confirmation",
-            Status::RequiresAction => "requires_action",
-            Status::RequiresCapture => "requires_capture",
-            Status::Canceled => "canceled",
-            Status::Succeeded => "succeeded",
-        }
-    }
-}
-
-/// A PaymentIntent as the double stores it.
-#[derive(Debug, Clone)]
-pub struct Intent {
-    pub id: String,
-    pub created: i64,
-    pub amount: i64,
-    pub amount_capturable: i64,
-    pub amount_received: i64,
-    pub amount_refunded: i64,
-    pub currency: String,
-    pub capture_method: String,
-    pub confirmation_method: String,
-    pub status: Status,
-    pub client_secret: String,
-    pub description: Option<String>,
-    pub receipt_email: Option<String>,
-    pub metadata: BTreeMap<String, String>,
-    pub payment_method_types: Vec<String>,
-    /// The `pm_…` id shown to clients.
-    pub payment_method: Option<String>,
-    /// The test card behind `payment_method`.
-    pub card: Option<&'static TestCard>,
-    /// The last test card token attached (kept after a decline detaches the card).
-    pub card_token: Option<&'static str>,
-    pub return_url: Option<String>,
-    pub latest_charge: Option<String>,
-    pub cancellation_reason: Option<String>,
-    pub canceled_at: Option<i64>,
-    pub last_payment_error: Option<Value>,
-    pub next_action: Option<Value>,
-    pub effects: Effects,
-}
-
-/// Effects actually performed, per PaymentIntent or in total.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Effects {
-    pub authorizations: u32,
-    pub declines: u32,
-    pub authentications_required: u32,
-    pub captures: u32,
-    pub cancels: u32,
-    pub refunds: u32,
-    pub refunded_amount: i64,
-}
-
-/// Totals over the double's lifetime.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Counters {
-    pub payment_intents_created: u32,
-    #[serde(flatten)]
-    pub effects: Effects,
-}
-
-/// What the inspection API shows for one PaymentIntent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PaymentIntentRecord {
-    pub id: String,
-    pub status: String,
-    pub amount: i64,
-    pub amount_capturable: i64,
-    pub amount_received: i64,
-    pub amount_refunded: i64,
-    pub currency: String,
-    pub capture_method: String,
-    /// The test card token (`pm_card_visa`…) the PaymentIntent was confirmed with.
-    pub payment_method_token: Option<String>,
-    pub metadata: BTreeMap<String, String>,
-    pub description: Option<String>,
-    pub latest_charge: Option<String>,
-    pub cancellation_reason: Option<String>,
-    pub created: i64,
-    pub effects: Effects,
-}
-
-#[derive(Debug, Clone)]
-pub struct Refund {
-    pub id: String,
-    pub amount: i64,
-    pub balance_transaction: String,
-    pub charge: Option<String>,
-    pub created: i64,
-    pub currency: String,
-    pub metadata: BTreeMap<String, String>,
-    pub payment_intent: String,
-    pub reason: Option<String>,
-}
-
-/// An event the double would deliver as a webhook (`payment_intent.succeeded`…).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct EventRecord {
-    pub id: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub created: i64,
-    /// A snapshot of the object (`data.object` in a Stripe event).
-    pub object: Value,
-}
+pub use super::model::{
+    Counters, Effects, EventRecord, Intent, PaymentIntentRecord, Refund, Status,
+};
 
 #[derive(Debug, Default)]
 pub struct Ledger {
@@ -205,80 +86,6 @@ const CANCELABLE: &[Status] = &[
     Status::RequiresConfirmation,
     Status::RequiresAction,
 ];
-
-pub fn new_id(prefix: &str) -> String {
-    let suffix: String = rand::rng()
-        .sample_iter(&rand::distr::Alphanumeric)
-        .take(24)
-        .map(char::from)
-        .collect();
-    format!("{prefix}_{suffix}")
-}
-
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-fn check_known(params: &Params, allowed: &[&str]) -> Result<(), ApiError> {
-    match params.names().find(|n| !allowed.contains(n)) {
-        Some(unknown) => Err(ApiError::unknown_param(unknown)),
-        None => Ok(()),
-    }
-}
-
-fn int_param(params: &Params, name: &str) -> Result<Option<i64>, ApiError> {
-    match params.get(name) {
-        None => Ok(None),
-        Some(_) => match params.str(name).and_then(|s| s.parse::<i64>().ok()) {
-            Some(v) => Ok(Some(v)),
-            None => Err(ApiError::invalid_param(
-                "parameter_invalid_integer",
-                name,
-                format!(
-                    "Invalid integer: {}",
-                    params.str(name).unwrap_or("(nested value)")
-                ),
-            )),
-        },
-    }
-}
-
-fn bool_param(params: &Params, name: &str) -> Result<Option<bool>, ApiError> {
-    match params.get(name) {
-        None => Ok(None),
-        Some(_) => match params.str(name) {
-            Some("true") => Ok(Some(true)),
-            Some("false") => Ok(Some(false)),
-            other => Err(ApiError::invalid_param(
-                "parameter_invalid_boolean",
-                name,
-                format!("Invalid boolean: {}", other.unwrap_or("(nested value)")),
-            )),
-        },
-    }
-}
-
-fn enum_param(params: &Params, name: &str, allowed: &[&str]) -> Result<Option<String>, ApiError> {
-    match params.get(name) {
-        None => Ok(None),
-        Some(_) => match params.str(name) {
-            Some(v) if allowed.contains(&v) => Ok(Some(v.to_owned())),
-            other => Err(ApiError::invalid_param(
-                "parameter_invalid_string",
-                name,
-                format!(
-                    "Invalid {name}: {}; must be one of {}",
-                    other.unwrap_or("(nested value)"),
-                    allowed.join(", ")
-                ),
-            )),
-        },
-    }
-}
-
-fn format_amount(amount: i64, currency: &str) -> String {
-    format!("{}.{:02} {currency}", amount / 100, amount % 100)
-}
 
 impl Ledger {
     fn record_event(&mut self, kind: &str, object: Value) {
