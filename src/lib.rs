@@ -1,5 +1,22 @@
+#![recursion_limit = "256"]
 //! sagad: a durable saga orchestrator daemon on PostgreSQL.
+//!
+//! The booking API starts a saga over HTTP; sagad persists it and steps it through hold inventory →
+//! authorize payment → capture → confirm booking → notify, and compensates the completed steps in
+//! reverse when a step fails for good. See `README.md` for the architecture.
 
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod domain;
 pub mod embedded_pg;
 pub mod engine;
+pub mod events;
+pub mod http;
+pub mod maintenance;
+pub mod server;
+pub mod signing;
+pub mod store;
 pub mod stripe;
+pub mod telemetry;

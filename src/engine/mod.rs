@@ -1,4 +1,280 @@
-//! The saga engine: definitions, retry policy, runner and compensation.
+//! The saga engine: definitions, retry policy, the state machine, actions and the worker pool.
 
+pub mod actions;
 pub mod definition;
+pub mod outcome;
+pub mod plan;
+pub mod registry;
 pub mod retry;
+pub mod runner;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::store::{self, sagas};
+use actions::Deps;
+use registry::Registry;
+use runner::Worker;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Sagas this process drives at once.
+    pub workers: usize,
+    /// How long a claim is valid; a worker that dies is replaced after this.
+    pub lease: Duration,
+    /// Fallback polling when no NOTIFY arrives.
+    pub poll_interval: Duration,
+    /// How often the maintenance tasks (lease rescuer, wait deadlines, hold expiry) run.
+    pub maintenance_interval: Duration,
+    /// How long in-flight steps may take to finish on shutdown before their leases are released.
+    pub shutdown_grace: Duration,
+    /// Identifies this process in `locked_by`.
+    pub worker_id: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            workers: 16,
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+            maintenance_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(20),
+            worker_id: default_worker_id(),
+        }
+    }
+}
+
+/// `host-pid-random`: unique per process, readable in `locked_by`.
+pub fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "sagad".into());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "step `{step}` of saga `{saga}` has a timeout of {timeout:?}, which must be shorter than the lease ({lease:?}); \
+         raise SAGAD_LEASE or lower the step's timeout"
+    )]
+    TimeoutExceedsLease {
+        saga: String,
+        step: String,
+        timeout: Duration,
+        lease: Duration,
+    },
+}
+
+pub struct Engine {
+    running: Arc<std::sync::atomic::AtomicBool>,
+    pool: PgPool,
+    registry: Arc<Registry>,
+    deps: Deps,
+    config: EngineConfig,
+}
+
+impl Engine {
+    pub fn new(
+        pool: PgPool,
+        registry: Arc<Registry>,
+        deps: Deps,
+        config: EngineConfig,
+    ) -> Result<Self, Error> {
+        for name in registry.names() {
+            if let Some(def) = registry.latest(&name) {
+                for step in &def.steps {
+                    if step.timeout >= config.lease {
+                        return Err(Error::TimeoutExceedsLease {
+                            saga: def.name.clone(),
+                            step: step.name.clone(),
+                            timeout: step.timeout,
+                            lease: config.lease,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            running: Arc::default(),
+            pool,
+            registry,
+            deps,
+            config,
+        })
+    }
+
+    /// True while the dispatcher claims work (for `/readyz`).
+    pub fn running_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.running.clone()
+    }
+
+    /// Claims and drives sagas until `shutdown`; then stops claiming, lets in-flight steps finish
+    /// within the grace period, and releases the leases of any that did not.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let wake = Arc::new(Notify::new());
+        let mut background = JoinSet::new();
+        background.spawn(listen(self.pool.clone(), wake.clone(), shutdown.clone()));
+        background.spawn(crate::maintenance::run(
+            self.pool.clone(),
+            self.config.maintenance_interval,
+            shutdown.clone(),
+        ));
+
+        let worker = Arc::new(Worker {
+            pool: self.pool.clone(),
+            registry: self.registry.clone(),
+            deps: self.deps.clone(),
+            worker_id: self.config.worker_id.clone(),
+            lease: self.config.lease,
+            shutdown: shutdown.clone(),
+        });
+        let slots = Arc::new(Semaphore::new(self.config.workers));
+        let mut tasks = JoinSet::new();
+        info!(workers = self.config.workers, worker_id = %self.config.worker_id, "engine started");
+        self.running
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+
+        while !shutdown.is_cancelled() {
+            while tasks.try_join_next().is_some() {}
+            let free = slots.available_permits();
+            let claimed = if free == 0 {
+                Vec::new()
+            } else {
+                match sagas::claim_due(
+                    &self.pool,
+                    &self.config.worker_id,
+                    self.config.lease,
+                    free as i64,
+                )
+                .await
+                {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        warn!(error = %e, "claiming sagas failed");
+                        crate::telemetry::count_error("claim");
+                        Vec::new()
+                    }
+                }
+            };
+            let got = claimed.len();
+            for row in claimed {
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    break;
+                };
+                let worker = worker.clone();
+                tasks.spawn(async move {
+                    worker.drive(row).await;
+                    drop(permit);
+                });
+            }
+            if got > 0 && got == free {
+                continue;
+            }
+            // Idle (or full): sleep until woken, a slot frees, the next saga is due, or the poll interval.
+            let sleep_for = if free == 0 {
+                self.config.poll_interval
+            } else {
+                next_due_in(&self.pool, self.config.poll_interval).await
+            };
+            tokio::select! {
+                _ = wake.notified() => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = tokio::time::sleep(sleep_for) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+
+        info!(in_flight = tasks.len(), "engine stopping: no new claims");
+        self.running
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let drained = tokio::time::timeout(self.config.shutdown_grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                in_flight = tasks.len(),
+                "grace period over: abandoning in-flight steps"
+            );
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        // Anything still leased by this process is handed back for another instance.
+        match release_all(&self.pool, &self.config.worker_id).await {
+            Ok(0) => {}
+            Ok(n) => info!(released = n, "released leases"),
+            Err(e) => warn!(error = %e, "could not release leases; they will expire"),
+        }
+        background.abort_all();
+        while background.join_next().await.is_some() {}
+        info!("engine stopped");
+    }
+}
+
+async fn next_due_in(pool: &PgPool, max: Duration) -> Duration {
+    match sagas::next_due_at(pool).await {
+        Ok(Some(at)) => (at - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(max),
+        _ => max,
+    }
+}
+
+async fn release_all(pool: &PgPool, worker: &str) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "WITH r AS (UPDATE sagas SET locked_by = NULL, locked_until = NULL, next_run_at = now()
+                    WHERE locked_by = $1 RETURNING id)
+         SELECT pg_notify($2, '') FROM r",
+    )
+    .bind(worker)
+    .bind(store::WORK_CHANNEL)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// LISTENs for new work and wakes the dispatcher; reconnects after errors (polling covers the gap).
+async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let mut delay = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "LISTEN connection failed; polling meanwhile");
+                tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = shutdown.cancelled() => return }
+                delay = (delay * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(store::WORK_CHANNEL).await {
+            warn!(error = %e, "LISTEN failed");
+            continue;
+        }
+        delay = Duration::from_millis(100);
+        // A notification may have been missed while (re)connecting.
+        wake.notify_one();
+        loop {
+            tokio::select! {
+                r = listener.recv() => match r {
+                    Ok(_) => wake.notify_one(),
+                    Err(e) => { debug!(error = %e, "LISTEN connection lost"); break; }
+                },
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+}

@@ -2,3 +2,8 @@
 
 pub mod client;
 pub mod double;
+
+pub use client::{
+    AuthorizeRequest, ClientOptions, Error, PaymentIntentInfo, PaymentIntentStatus, RefundInfo,
+    StripeClient,
+};

@@ -1,2 +1,4 @@
 //! The one integration-test binary: real PostgreSQL, real HTTP servers on 127.0.0.1:0.
+
 mod embedded_pg;
+mod stripe;

@@ -1,1 +1,235 @@
-//! Stripe test double.
+//! A stateful, Stripe-compatible test double: PaymentIntents (manual and automatic capture,
+//! test cards, 3-D Secure), refunds, idempotent replay, and fault injection.
+//!
+//! It speaks Stripe's HTTP API closely enough for the real async-stripe client to run
+//! against it unchanged (`STRIPE_API_BASE` = [`StripeDouble::base_url`]). Tests drive and
+//! inspect it through [`StripeDouble`]; standalone users through the `/_double/…` routes:
+//!
+//! - `POST /_double/faults` (a [`Fault`] as JSON), `GET` lists, `DELETE` clears them
+//! - `GET /_double/payment_intents`, `/_double/counters`, `/_double/requests`, `/_double/events`
+//! - `POST /_double/payment_intents/{id}/authenticate`, `…/fail_authentication`,
+//!   `…/expire_authorization`
+
+mod cards;
+mod faults;
+mod form;
+mod idempotency;
+mod model;
+mod render;
+mod server;
+mod state;
+mod validate;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub use faults::{Fault, FaultKind, Operation};
+pub use state::{Counters, Effects, EventRecord, PaymentIntentRecord};
+
+use faults::Faults;
+use idempotency::IdempotencyStore;
+use state::Ledger;
+
+/// One request the double answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RequestRecord {
+    pub method: String,
+    pub path: String,
+    /// `None` for requests to unknown routes.
+    pub operation: Option<Operation>,
+    pub idempotency_key: Option<String>,
+    /// The HTTP status sent (for a lost response: the status whose body was cut off).
+    pub status: u16,
+    /// Whether the response was replayed from the idempotency store.
+    pub replayed: bool,
+    /// The injected faults that applied, if any.
+    pub fault: Option<String>,
+    pub request_id: String,
+}
+
+/// A control action on the double was refused (unknown PaymentIntent, wrong state).
+#[derive(Debug, thiserror::Error)]
+#[error("stripe double: {message}")]
+pub struct DoubleError {
+    pub code: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    ledger: Ledger,
+    idempotency: IdempotencyStore,
+    faults: Faults,
+    requests: Vec<RequestRecord>,
+}
+
+/// State shared by the handlers and the handle. Never locked across an await.
+#[derive(Debug, Default)]
+struct Shared {
+    inner: Mutex<Inner>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; keep serving it.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A running double. Dropping it stops the server.
+#[derive(Debug)]
+pub struct StripeDouble {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl StripeDouble {
+    /// Serves the double on `listener` from a background task.
+    pub async fn start(listener: TcpListener) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::default());
+        let (tx, rx) = oneshot::channel::<()>();
+        let app = server::router(shared.clone());
+        tokio::spawn(async move {
+            let shutdown = async {
+                // Resolves on an explicit stop and when the handle is dropped.
+                let _ = rx.await;
+            };
+            if let Err(err) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %err, "stripe double server failed");
+            }
+        });
+        Ok(Self {
+            shared,
+            addr,
+            shutdown: Some(tx),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// What to pass as `STRIPE_API_BASE` (async-stripe appends `v1/…`).
+    pub fn base_url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// Makes the next `fault.times` requests of `fault.operation` misbehave.
+    pub fn inject(&self, fault: Fault) {
+        self.shared.lock().faults.inject(fault);
+    }
+
+    pub fn clear_faults(&self) {
+        self.shared.lock().faults.clear();
+    }
+
+    /// Faults not yet used up.
+    pub fn pending_faults(&self) -> Vec<Fault> {
+        self.shared.lock().faults.pending()
+    }
+
+    /// Every PaymentIntent, in creation order, with its per-intent effect counters.
+    pub fn payment_intents(&self) -> Vec<PaymentIntentRecord> {
+        self.shared.lock().ledger.records()
+    }
+
+    pub fn payment_intent(&self, id: &str) -> Option<PaymentIntentRecord> {
+        self.payment_intents().into_iter().find(|pi| pi.id == id)
+    }
+
+    /// Effects actually performed since start (replays and failed requests perform none).
+    pub fn counters(&self) -> Counters {
+        self.shared.lock().ledger.counters()
+    }
+
+    /// Every request answered, in completion order.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.shared.lock().requests.clone()
+    }
+
+    /// The events Stripe would have emitted (`payment_intent.succeeded`…), oldest first.
+    pub fn events(&self) -> Vec<EventRecord> {
+        self.shared.lock().ledger.events()
+    }
+
+    /// The customer completes 3-D Secure: `requires_action` → `requires_capture` (or `succeeded`).
+    pub fn authenticate(&self, payment_intent: &str) -> Result<PaymentIntentRecord, DoubleError> {
+        self.control(payment_intent, Ledger::authenticate)
+    }
+
+    /// The customer fails 3-D Secure: `requires_action` → `requires_payment_method`.
+    pub fn fail_authentication(
+        &self,
+        payment_intent: &str,
+    ) -> Result<PaymentIntentRecord, DoubleError> {
+        self.control(payment_intent, Ledger::fail_authentication)
+    }
+
+    /// The uncaptured authorization lapses: `requires_capture` → `canceled` (`automatic`).
+    pub fn expire_authorization(
+        &self,
+        payment_intent: &str,
+    ) -> Result<PaymentIntentRecord, DoubleError> {
+        self.control(payment_intent, Ledger::expire_authorization)
+    }
+
+    fn control(
+        &self,
+        id: &str,
+        action: impl FnOnce(&mut Ledger, &str) -> state::OpResult,
+    ) -> Result<PaymentIntentRecord, DoubleError> {
+        let mut inner = self.shared.lock();
+        action(&mut inner.ledger, id).map_err(|e| DoubleError {
+            code: e.code,
+            message: e.message,
+        })?;
+        inner
+            .ledger
+            .records()
+            .into_iter()
+            .find(|pi| pi.id == id)
+            .ok_or_else(|| DoubleError {
+                code: Some("resource_missing".to_owned()),
+                message: format!("No such payment_intent: '{id}'"),
+            })
+    }
+
+    /// Stops accepting connections and lets in-flight requests finish.
+    pub fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for StripeDouble {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Serves a fresh double on `listener` until `shutdown` resolves (`sagad stripe-double`).
+pub async fn serve(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let shared = Arc::new(Shared::default());
+    tracing::info!(addr = %listener.local_addr()?, "stripe test double listening");
+    axum::serve(listener, server::router(shared))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,454 @@
+//! The command line: `sagad serve | migrate | demo | sagas check | saga … | stripe-double`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::{DbArgs, ServeArgs, http_url};
+use crate::engine::EngineConfig;
+use crate::engine::actions::{self, NotifyConfig};
+use crate::stripe::client::StripeClient;
+use crate::telemetry::{self, LogFormat};
+use crate::{db, demo, server, signing};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sagad",
+    version,
+    about = "Durable saga orchestrator: bookings, payments and compensations on PostgreSQL",
+    long_about = "sagad runs booking sagas (hold inventory → authorize → capture → confirm → notify) durably in \
+PostgreSQL and compensates completed steps in reverse when a step fails for good.\n\n\
+Without DATABASE_URL, sagad starts a private PostgreSQL cluster from the machine's PostgreSQL binaries."
+)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "SAGAD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon: the HTTP API and the saga workers.
+    Serve(Box<ServeArgs>),
+    /// Apply pending database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Run a few dozen booking sagas against the built-in Stripe test double and show what happened.
+    Demo(demo::DemoArgs),
+    /// Saga definitions.
+    Sagas {
+        #[command(subcommand)]
+        command: SagasCommand,
+    },
+    /// Start, inspect, list and cancel sagas through a running sagad's API.
+    Saga {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: SagaCommand,
+    },
+    /// Run the Stripe-compatible test double on its own (a stateful stripe-mock).
+    StripeDouble {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:12111")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SagasCommand {
+    /// Validate every saga definition and point at the offending line of each problem.
+    Check {
+        /// Directory of `*.toml` definitions.
+        #[arg(long, env = "SAGAD_SAGAS_DIR", default_value = "sagas")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ApiArgs {
+    /// Base URL of the sagad API.
+    #[arg(long, env = "SAGAD_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Bearer token (one of the server's SAGAD_API_TOKENS).
+    #[arg(
+        long,
+        env = "SAGAD_API_TOKEN",
+        hide_env_values = true,
+        default_value = "dev-token"
+    )]
+    pub token: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SagaCommand {
+    /// Start a booking saga.
+    Start {
+        #[arg(long)]
+        listing: String,
+        #[arg(long)]
+        guest: String,
+        /// First night, YYYY-MM-DD.
+        #[arg(long)]
+        check_in: String,
+        /// Departure day, YYYY-MM-DD.
+        #[arg(long)]
+        check_out: String,
+        /// Amount in minor units (cents).
+        #[arg(long)]
+        amount: i64,
+        #[arg(long, default_value = "eur")]
+        currency: String,
+        #[arg(long, default_value = "pm_card_visa")]
+        payment_method: String,
+        /// Makes retrying this command safe.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Wait up to this long for the saga to finish (e.g. 5s).
+        #[arg(long, default_value = "5s")]
+        wait: String,
+    },
+    /// Show one saga: status, steps, attempts, errors, and its events.
+    Show { id: String },
+    /// List sagas, newest first.
+    List {
+        /// running, compensating, waiting, completed, compensated or stuck.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        saga: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Continue after the page that printed this cursor.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Cancel a saga on the guest's behalf: compensate what it did.
+    Cancel { id: String },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    telemetry::init_logging(cli.log_format);
+    match cli.command {
+        Command::Serve(args) => serve(*args).await,
+        Command::Migrate { db } => {
+            let database = db::open(&db, true).await?;
+            info!("migrations applied");
+            database.stop().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => demo::run(args).await,
+        Command::Sagas {
+            command: SagasCommand::Check { dir },
+        } => Ok(check_definitions(&dir)),
+        Command::Saga { api, command } => saga_command(api, command).await,
+        Command::StripeDouble { listen } => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            info!(%listen, "Stripe test double listening; use STRIPE_API_BASE=http://{listen}/");
+            let shutdown = shutdown_signal();
+            crate::stripe::double::serve(listener, async move { shutdown.cancelled().await })
+                .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A token cancelled on SIGTERM or SIGINT.
+pub fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+        info!("shutdown requested: finishing in-flight steps");
+        t.cancel();
+    });
+    token
+}
+
+fn check_definitions(dir: &std::path::Path) -> ExitCode {
+    match crate::engine::definition::load_dir(dir, &actions::catalog()) {
+        Ok(defs) if defs.is_empty() => {
+            eprintln!("{}: no saga definitions (*.toml) found", dir.display());
+            ExitCode::FAILURE
+        }
+        Ok(defs) => {
+            for d in defs {
+                println!("ok  {} v{} ({} steps)", d.name, d.version, d.steps.len());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e:#}");
+            }
+            eprintln!("{} problem(s) found", errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    args.validate()?;
+    let definitions = server::load_definitions(&args.sagas_dir)?;
+    let shutdown = shutdown_signal();
+
+    // Development mode: an in-process Stripe test double when no key is configured.
+    let mut double_task = None;
+    let (stripe_key, stripe_base) = match (&args.stripe_secret_key, args.dev) {
+        (Some(k), _) => (k.clone(), args.stripe_api_base.clone()),
+        (None, _) => {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let base = format!("http://{}/", listener.local_addr()?);
+            info!(%base, "--dev: using the built-in Stripe test double (no real payments)");
+            let stop = shutdown.clone();
+            double_task = Some(tokio::spawn(crate::stripe::double::serve(
+                listener,
+                async move { stop.cancelled().await },
+            )));
+            ("sk_test_sagad_dev".to_owned(), Some(base))
+        }
+    };
+    let mut tokens: Vec<String> = args
+        .api_tokens
+        .iter()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if tokens.is_empty() && args.dev {
+        info!("--dev: API token is `dev-token`");
+        tokens.push("dev-token".into());
+    }
+    let notify = match &args.notify_url {
+        Some(u) => Some(NotifyConfig {
+            url: http_url(u).context("SAGAD_NOTIFY_URL")?,
+            secrets: args
+                .notify_secret
+                .iter()
+                .map(|s| signing::secret_bytes(s))
+                .collect(),
+        }),
+        None => {
+            tracing::warn!(
+                "SAGAD_NOTIFY_URL is not set: the notify step records that no notification was sent"
+            );
+            None
+        }
+    };
+    let stripe = StripeClient::new(&stripe_key, stripe_base.as_deref())?;
+
+    let database = db::open(&args.db, false).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (SAGAD_LISTEN)", args.listen))?;
+    let settings = server::Settings {
+        api_tokens: tokens,
+        stripe,
+        notify,
+        engine: EngineConfig {
+            workers: args.workers as usize,
+            lease: args.lease,
+            poll_interval: args.poll_interval,
+            shutdown_grace: args.shutdown_grace,
+            ..EngineConfig::default()
+        },
+        role: args.role,
+        definitions,
+        max_wait: args.max_wait,
+    };
+    let result = server::run(settings, database.pool.clone(), listener, shutdown.clone()).await;
+    shutdown.cancel();
+    if let Some(t) = double_task {
+        let _ = t.await;
+    }
+    database.stop().await;
+    result?;
+    info!("sagad stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn saga_command(api: ApiArgs, command: SagaCommand) -> anyhow::Result<ExitCode> {
+    let base = api.url.trim_end_matches('/').to_owned();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let auth = format!("Bearer {}", api.token);
+    let (req, show_events) = match &command {
+        SagaCommand::Start {
+            listing,
+            guest,
+            check_in,
+            check_out,
+            amount,
+            currency,
+            payment_method,
+            idempotency_key,
+            wait,
+        } => {
+            let mut req = http
+                .post(format!("{base}/v1/sagas"))
+                .query(&[("wait", wait)])
+                .json(&serde_json::json!({
+                    "saga": "booking",
+                    "input": { "listing_id": listing, "guest_id": guest, "check_in": check_in,
+                               "check_out": check_out, "amount": amount, "currency": currency,
+                               "payment_method": payment_method }
+                }));
+            if let Some(k) = idempotency_key {
+                req = req.header("Idempotency-Key", k);
+            }
+            (req, false)
+        }
+        SagaCommand::Show { id } => (http.get(format!("{base}/v1/sagas/{id}")), true),
+        SagaCommand::List {
+            status,
+            saga,
+            limit,
+            cursor,
+        } => {
+            let mut q = vec![("limit", limit.to_string())];
+            if let Some(c) = cursor {
+                q.push(("cursor", c.clone()));
+            }
+            if let Some(s) = status {
+                q.push(("status", s.clone()));
+            }
+            if let Some(s) = saga {
+                q.push(("saga", s.clone()));
+            }
+            (http.get(format!("{base}/v1/sagas")).query(&q), false)
+        }
+        SagaCommand::Cancel { id } => (http.post(format!("{base}/v1/sagas/{id}/cancel")), false),
+    };
+    let resp = req
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach sagad at {base} (set --url / SAGAD_URL)"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        let msg = body
+            .pointer("/error/message")
+            .and_then(|m| m.as_str())
+            .unwrap_or("request failed");
+        bail!("HTTP {status}: {msg}");
+    }
+    match command {
+        SagaCommand::List { .. } => print_list(&body),
+        _ => print_saga(&body),
+    }
+    if show_events && let Some(id) = body.get("id").and_then(|v| v.as_str()) {
+        let events: serde_json::Value = http
+            .get(format!("{base}/v1/sagas/{id}/events"))
+            .header("Authorization", &auth)
+            .send()
+            .await?
+            .json()
+            .await?;
+        println!("\nevents:");
+        for e in events["events"].as_array().into_iter().flatten() {
+            println!(
+                "  v{:<3} {}  {:<22} {}",
+                e["version"],
+                e["recorded_at"].as_str().unwrap_or(""),
+                e["event_type"].as_str().unwrap_or(""),
+                e["payload"]
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_saga(v: &serde_json::Value) {
+    let s = |p: &str| {
+        v.pointer(p)
+            .and_then(|x| x.as_str())
+            .unwrap_or("-")
+            .to_owned()
+    };
+    println!("saga      {} ({} v{})", s("/id"), s("/saga"), v["version"]);
+    println!("status    {}", s("/status"));
+    if let Some(step) = v["current_step"].as_str() {
+        println!("step      {step} (attempt {})", v["attempt"]);
+    }
+    if let Some(f) = v.get("failure").filter(|f| !f.is_null()) {
+        println!(
+            "failure   {} at {}",
+            f["reason"].as_str().unwrap_or("-"),
+            f["step"].as_str().unwrap_or("-")
+        );
+    }
+    if let Some(b) = v.get("booking").filter(|b| !b.is_null()) {
+        println!(
+            "booking   {} {}..{} {} {} [{}] {}",
+            b["listing_id"].as_str().unwrap_or(""),
+            b["check_in"].as_str().unwrap_or(""),
+            b["check_out"].as_str().unwrap_or(""),
+            b["amount"],
+            b["currency"].as_str().unwrap_or(""),
+            b["status"].as_str().unwrap_or(""),
+            b["confirmation_code"].as_str().unwrap_or("")
+        );
+    }
+    println!(
+        "created   {}   finished {}",
+        s("/created_at"),
+        s("/finished_at")
+    );
+    for st in v["steps"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<12} {:<18} {:<10} attempts {:<2} {}",
+            st["phase"].as_str().unwrap_or(""),
+            st["step_name"].as_str().unwrap_or(""),
+            st["status"].as_str().unwrap_or(""),
+            st["attempts"],
+            st["last_error"].as_str().unwrap_or("")
+        );
+    }
+}
+
+fn print_list(v: &serde_json::Value) {
+    println!(
+        "{:<38} {:<10} {:<13} {:<18} {}",
+        "ID", "SAGA", "STATUS", "STEP", "FAILURE"
+    );
+    for s in v["sagas"].as_array().into_iter().flatten() {
+        println!(
+            "{:<38} {:<10} {:<13} {:<18} {}",
+            s["id"].as_str().unwrap_or(""),
+            s["saga"].as_str().unwrap_or(""),
+            s["status"].as_str().unwrap_or(""),
+            s["current_step"].as_str().unwrap_or("-"),
+            s.pointer("/failure/reason")
+                .and_then(|r| r.as_str())
+                .unwrap_or("")
+        );
+    }
+    if let Some(c) = v["next_cursor"].as_str() {
+        println!("(more: --cursor {c})");
+    }
+}

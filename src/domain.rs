@@ -1,0 +1,326 @@
+//! Validated domain types: what crosses the API edge is checked here, once.
+
+use std::fmt;
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Identifier of a saga (and of the booking it drives: one aggregate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SagaId(pub Uuid);
+
+impl SagaId {
+    /// A new, time-ordered id (UUIDv7): recent sagas sit together in the primary key index.
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for SagaId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for SagaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for SagaId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self)
+    }
+}
+
+/// One problem with a request's input, tied to the field that has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldError {
+    /// JSON path of the offending field, e.g. `input.check_out`.
+    pub field: String,
+    /// What is wrong, in words a developer can act on.
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            field: format!("input.{field}"),
+            message: message.into(),
+        }
+    }
+}
+
+/// The booking saga's input as the API receives it (every field optional so that each missing
+/// one gets its own precise error instead of serde's first-failure message).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawBookingInput {
+    /// The listing (room, apartment) to book: 1–64 of `A-Z a-z 0-9 _ - .`.
+    pub listing_id: Option<serde_json::Value>,
+    /// The guest making the booking: 1–64 of `A-Z a-z 0-9 _ - .`.
+    pub guest_id: Option<serde_json::Value>,
+    /// First night, ISO date `YYYY-MM-DD`.
+    pub check_in: Option<serde_json::Value>,
+    /// Departure day (exclusive), ISO date, after `check_in`.
+    pub check_out: Option<serde_json::Value>,
+    /// Total price in the currency's minor units (cents), > 0.
+    pub amount: Option<serde_json::Value>,
+    /// ISO-4217 currency code, e.g. `EUR` or `usd`.
+    pub currency: Option<serde_json::Value>,
+    /// A Stripe PaymentMethod id (`pm_…`).
+    pub payment_method: Option<serde_json::Value>,
+}
+
+/// A booking request that passed validation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BookingInput {
+    pub listing_id: String,
+    pub guest_id: String,
+    pub check_in: NaiveDate,
+    pub check_out: NaiveDate,
+    pub amount: i64,
+    /// Lower-case ISO-4217 code, as Stripe wants it.
+    pub currency: String,
+    pub payment_method: String,
+}
+
+/// The longest stay sagad accepts; a guard against typos such as year 2205.
+pub const MAX_NIGHTS: i64 = 365;
+
+/// ISO-4217 active codes (2024). Kept as data: the list changes rarely and a typo'd currency must
+/// be refused before it reaches Stripe.
+const ISO_4217: &str = "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD BTN BWP BYN BZD CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SLL SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD UYU UZS VES VND VUV WST XAF XCD XOF XPF YER ZAR ZMW ZWL";
+
+fn is_iso_4217(code: &str) -> bool {
+    code.len() == 3 && ISO_4217.split(' ').any(|c| c.eq_ignore_ascii_case(code))
+}
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+impl RawBookingInput {
+    /// Checks every field and reports every problem at once.
+    pub fn validate(self) -> Result<BookingInput, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let mut text = |field: &str, value: Option<serde_json::Value>| -> Option<String> {
+            match value {
+                None | Some(serde_json::Value::Null) => {
+                    errors.push(FieldError::new(field, "is required"));
+                    None
+                }
+                Some(serde_json::Value::String(s)) => Some(s),
+                Some(other) => {
+                    errors.push(FieldError::new(
+                        field,
+                        format!("must be a string, got {}", json_kind(&other)),
+                    ));
+                    None
+                }
+            }
+        };
+        let listing_id = text("listing_id", self.listing_id);
+        let guest_id = text("guest_id", self.guest_id);
+        let check_in = text("check_in", self.check_in);
+        let check_out = text("check_out", self.check_out);
+        let currency = text("currency", self.currency);
+        let payment_method = text("payment_method", self.payment_method);
+
+        for (field, value) in [("listing_id", &listing_id), ("guest_id", &guest_id)] {
+            if let Some(v) = value
+                && !valid_id(v)
+            {
+                errors.push(FieldError::new(
+                    field,
+                    "must be 1-64 characters of A-Z, a-z, 0-9, '_', '-' or '.'",
+                ));
+            }
+        }
+
+        let mut date = |field: &str, value: &Option<String>| -> Option<NaiveDate> {
+            let v = value.as_ref()?;
+            match NaiveDate::parse_from_str(v, "%Y-%m-%d") {
+                Ok(d) if v.len() == 10 => Some(d),
+                _ => {
+                    errors.push(FieldError::new(
+                        field,
+                        format!("must be an ISO date YYYY-MM-DD, got {v:?}"),
+                    ));
+                    None
+                }
+            }
+        };
+        let check_in = date("check_in", &check_in);
+        let check_out = date("check_out", &check_out);
+        if let (Some(a), Some(b)) = (check_in, check_out) {
+            if b <= a {
+                errors.push(FieldError::new(
+                    "check_out",
+                    format!("must be after check_in ({a}), got {b}"),
+                ));
+            } else if (b - a).num_days() > MAX_NIGHTS {
+                errors.push(FieldError::new(
+                    "check_out",
+                    format!("a stay may last at most {MAX_NIGHTS} nights"),
+                ));
+            }
+        }
+
+        let amount = match self.amount {
+            None | Some(serde_json::Value::Null) => {
+                errors.push(FieldError::new("amount", "is required"));
+                None
+            }
+            Some(serde_json::Value::Number(n)) => match n.as_i64() {
+                Some(a) if a > 0 => Some(a),
+                Some(a) => {
+                    errors.push(FieldError::new(
+                        "amount",
+                        format!("must be greater than 0 (minor units, e.g. cents), got {a}"),
+                    ));
+                    None
+                }
+                None => {
+                    errors.push(FieldError::new(
+                        "amount",
+                        format!("must be a whole number of minor units (e.g. cents), got {n}"),
+                    ));
+                    None
+                }
+            },
+            Some(other) => {
+                errors.push(FieldError::new(
+                    "amount",
+                    format!("must be an integer, got {}", json_kind(&other)),
+                ));
+                None
+            }
+        };
+
+        if let Some(c) = &currency
+            && !is_iso_4217(c)
+        {
+            errors.push(FieldError::new(
+                "currency",
+                format!("must be an ISO-4217 currency code such as EUR or USD, got {c:?}"),
+            ));
+        }
+        if let Some(pm) = &payment_method
+            && !(pm.starts_with("pm_") && pm.len() > 3 && valid_id(pm))
+        {
+            errors.push(FieldError::new(
+                "payment_method",
+                format!("must be a Stripe PaymentMethod id such as pm_card_visa, got {pm:?}"),
+            ));
+        }
+
+        match (
+            listing_id,
+            guest_id,
+            check_in,
+            check_out,
+            amount,
+            currency,
+            payment_method,
+        ) {
+            (Some(l), Some(g), Some(ci), Some(co), Some(a), Some(c), Some(pm))
+                if errors.is_empty() =>
+            {
+                Ok(BookingInput {
+                    listing_id: l,
+                    guest_id: g,
+                    check_in: ci,
+                    check_out: co,
+                    amount: a,
+                    currency: c.to_ascii_lowercase(),
+                    payment_method: pm,
+                })
+            }
+            _ => Err(errors),
+        }
+    }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn raw(v: serde_json::Value) -> RawBookingInput {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn good() -> serde_json::Value {
+        json!({"listing_id": "l-1", "guest_id": "g_1", "check_in": "2027-03-01",
+               "check_out": "2027-03-04", "amount": 45000, "currency": "EUR",
+               "payment_method": "pm_card_visa"})
+    }
+
+    #[test]
+    fn accepts_a_good_booking_and_lowercases_currency() {
+        let b = raw(good()).validate().unwrap();
+        assert_eq!(b.currency, "eur");
+        assert_eq!(b.amount, 45000);
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_field() {
+        let mut v = good();
+        v["check_out"] = json!("2027-03-01");
+        v["amount"] = json!(-5);
+        v["currency"] = json!("EURO");
+        v["payment_method"] = json!("card");
+        v.as_object_mut().unwrap().remove("guest_id");
+        let errs = raw(v).validate().unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "input.guest_id",
+                "input.check_out",
+                "input.amount",
+                "input.currency",
+                "input.payment_method"
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_bad_dates_and_fractional_amounts() {
+        let mut v = good();
+        v["check_in"] = json!("2027-02-30");
+        v["amount"] = json!(10.5);
+        let errs = raw(v).validate().unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].message.contains("ISO date"));
+        assert!(errs[1].message.contains("whole number"));
+    }
+
+    #[test]
+    fn knows_real_currencies_only() {
+        assert!(is_iso_4217("usd"));
+        assert!(is_iso_4217("JPY"));
+        assert!(!is_iso_4217("XXX1"));
+        assert!(!is_iso_4217("ABC"));
+    }
+}

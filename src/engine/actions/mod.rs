@@ -1,0 +1,184 @@
+//! The actions a saga definition can name, and what each one does.
+//!
+//! Local actions change only our own database: they run inside the transaction that records their
+//! outcome, so their effect and its record commit together or not at all. Remote actions call an
+//! outside service: they run outside any transaction, with an idempotency key stable across retries,
+//! and their outcome commits afterwards.
+
+mod inventory;
+mod notify;
+mod payment;
+
+use std::time::Duration;
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::definition::{ActionCatalog, SagaDefinition, StepDefinition};
+use super::outcome::Outcome;
+use crate::domain::BookingInput;
+use crate::stripe::client::StripeClient;
+
+pub use notify::NotifyConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    HoldInventory,
+    ReleaseInventory,
+    AuthorizePayment,
+    VoidPayment,
+    CapturePayment,
+    RefundPayment,
+    ConfirmBooking,
+    CancelBooking,
+    SendNotification,
+}
+
+const FORWARD: [(&str, Action); 5] = [
+    ("inventory.hold", Action::HoldInventory),
+    ("payment.authorize", Action::AuthorizePayment),
+    ("payment.capture", Action::CapturePayment),
+    ("booking.confirm", Action::ConfirmBooking),
+    ("notification.send", Action::SendNotification),
+];
+
+const COMPENSATIONS: [(&str, Action); 4] = [
+    ("inventory.release", Action::ReleaseInventory),
+    ("payment.void", Action::VoidPayment),
+    ("payment.refund", Action::RefundPayment),
+    ("booking.cancel", Action::CancelBooking),
+];
+
+const FORWARD_NAMES: [&str; 5] = [
+    FORWARD[0].0,
+    FORWARD[1].0,
+    FORWARD[2].0,
+    FORWARD[3].0,
+    FORWARD[4].0,
+];
+const COMPENSATION_NAMES: [&str; 4] = [
+    COMPENSATIONS[0].0,
+    COMPENSATIONS[1].0,
+    COMPENSATIONS[2].0,
+    COMPENSATIONS[3].0,
+];
+
+/// What saga definitions may name, for the definition validator.
+pub fn catalog() -> ActionCatalog<'static> {
+    ActionCatalog {
+        actions: &FORWARD_NAMES,
+        compensations: &COMPENSATION_NAMES,
+    }
+}
+
+impl Action {
+    pub fn parse(name: &str) -> Option<Action> {
+        FORWARD
+            .iter()
+            .chain(COMPENSATIONS.iter())
+            .find(|(n, _)| *n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// Runs inside the outcome transaction (our own database only).
+    pub fn is_local(self) -> bool {
+        matches!(
+            self,
+            Action::HoldInventory
+                | Action::ReleaseInventory
+                | Action::ConfirmBooking
+                | Action::CancelBooking
+        )
+    }
+}
+
+/// What actions need from the outside world.
+#[derive(Clone)]
+pub struct Deps {
+    pub stripe: StripeClient,
+    pub http: reqwest::Client,
+    pub notify: Option<NotifyConfig>,
+}
+
+/// What an action knows about the saga it runs for.
+pub struct StepCtx<'a> {
+    pub saga_id: Uuid,
+    pub input: &'a BookingInput,
+    /// Outputs of the saga's steps so far, by step name.
+    pub context: &'a serde_json::Map<String, serde_json::Value>,
+    pub definition: &'a SagaDefinition,
+    /// The step being run (forward) or undone (compensation).
+    pub step: &'a StepDefinition,
+    pub attempt: i32,
+    /// Why the saga is compensating, when it is.
+    pub failure_reason: Option<&'a str>,
+}
+
+impl StepCtx<'_> {
+    /// The output a step left in the context.
+    pub fn output_of(&self, step: &str) -> Option<&serde_json::Value> {
+        self.context.get(step)
+    }
+
+    /// The output of the step that runs `action` (e.g. the PaymentIntent of `payment.authorize`).
+    pub fn output_of_action(&self, action: &str) -> Option<&serde_json::Value> {
+        self.definition
+            .steps
+            .iter()
+            .find(|s| s.action == action)
+            .and_then(|s| self.context.get(&s.name))
+    }
+
+    /// Stable idempotency key for an effect of this saga: the same on every retry and every process.
+    pub fn idempotency_key(&self, effect: &str) -> String {
+        format!("sagad:{}:{effect}", self.saga_id)
+    }
+
+    /// A duration parameter of the step (`params = { hold_ttl = "30m" }`).
+    pub fn duration_param(&self, name: &str, default: Duration) -> Duration {
+        self.step
+            .params
+            .get(name)
+            .and_then(|v| v.as_str())
+            .and_then(|s| super::definition::duration::parse(s).ok())
+            .unwrap_or(default)
+    }
+}
+
+impl Action {
+    /// Runs a remote action (outside any transaction).
+    pub async fn run_remote(self, deps: &Deps, ctx: &StepCtx<'_>) -> Outcome {
+        match self {
+            Action::AuthorizePayment => payment::authorize(&deps.stripe, ctx).await,
+            Action::VoidPayment => payment::void(&deps.stripe, ctx).await,
+            Action::CapturePayment => payment::capture(&deps.stripe, ctx).await,
+            Action::RefundPayment => payment::refund(&deps.stripe, ctx).await,
+            Action::SendNotification => notify::send(deps, ctx).await,
+            Action::HoldInventory
+            | Action::ReleaseInventory
+            | Action::ConfirmBooking
+            | Action::CancelBooking => Outcome::fail("local action run as remote (bug)", false),
+        }
+    }
+
+    /// Runs a local action inside the outcome transaction.
+    pub async fn run_local(
+        self,
+        conn: &mut PgConnection,
+        ctx: &StepCtx<'_>,
+    ) -> Result<Outcome, sqlx::Error> {
+        match self {
+            Action::HoldInventory => inventory::hold(conn, ctx).await,
+            Action::ReleaseInventory => inventory::release(conn, ctx).await,
+            Action::ConfirmBooking => inventory::confirm(conn, ctx).await,
+            Action::CancelBooking => inventory::cancel(conn, ctx).await,
+            Action::AuthorizePayment
+            | Action::VoidPayment
+            | Action::CapturePayment
+            | Action::RefundPayment
+            | Action::SendNotification => {
+                Ok(Outcome::fail("remote action run as local (bug)", false))
+            }
+        }
+    }
+}

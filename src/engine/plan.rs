@@ -1,0 +1,418 @@
+//! The saga state machine as a pure function: given where a saga is and what its step came to,
+//! what state it moves to and which events record that. No I/O here, so every rule is unit-tested.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use super::definition::{OnFailure, SagaDefinition};
+use super::outcome::Outcome;
+use crate::events::{Event, NewEvent};
+use crate::store::sagas::{SagaStatus, Transition};
+
+/// The reason recorded when a guest cancels.
+pub const GUEST_CANCEL: &str = "cancelled_by_guest";
+
+/// Where a claimed saga is.
+pub struct State<'a> {
+    pub def: &'a SagaDefinition,
+    pub status: SagaStatus,
+    pub current_step: usize,
+    pub attempt: i32,
+    pub context: &'a Map<String, Value>,
+    pub failure_reason: Option<&'a str>,
+}
+
+/// How a step's row in `saga_steps` changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRecord {
+    pub index: i32,
+    pub phase: &'static str,
+    pub name: String,
+    pub status: &'static str,
+    pub attempts: i32,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub transition: Transition,
+    pub events: Vec<NewEvent>,
+    pub step: Option<StepRecord>,
+}
+
+/// Inputs that are not state: the clock, the lease to keep, and a jitter draw in [0, 1).
+pub struct Env {
+    pub now: DateTime<Utc>,
+    pub lease: Duration,
+    pub jitter_unit: f64,
+}
+
+fn at(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// The highest step index ≤ `from` that has a compensation.
+fn compensable_at_or_below(def: &SagaDefinition, from: isize) -> Option<usize> {
+    (0..=from)
+        .rev()
+        .map(|i| i as usize)
+        .find(|&i| def.steps.get(i).is_some_and(|s| s.compensation.is_some()))
+}
+
+fn transition(
+    status: SagaStatus,
+    step: usize,
+    attempt: i32,
+    context: &Map<String, Value>,
+) -> Transition {
+    Transition {
+        status,
+        current_step: step as i32,
+        attempt,
+        context: Value::Object(context.clone()),
+        next_run_at: None,
+        keep_lease: None,
+        wait_key: None,
+        wait_deadline: None,
+        failure_step: None,
+        failure_reason: None,
+        events: 0,
+    }
+}
+
+fn tagged(events: Vec<Event>, step: &str, attempt: i32) -> Vec<NewEvent> {
+    events
+        .into_iter()
+        .map(|event| NewEvent {
+            event,
+            causation_id: None,
+            step: Some(step.to_owned()),
+            attempt: Some(attempt),
+        })
+        .collect()
+}
+
+fn finish(mut plan: Plan) -> Plan {
+    plan.transition.events = plan.events.len() as i32;
+    plan
+}
+
+/// Turns the saga around: compensate from `start` (inclusive) down to the first step.
+/// `failed_step` is the forward step whose failure (or cancellation) caused it.
+fn compensate(
+    s: &State<'_>,
+    env: &Env,
+    context: &Map<String, Value>,
+    start: isize,
+    failed_step: Option<&str>,
+    reason: &str,
+    mut events: Vec<NewEvent>,
+) -> Plan {
+    events.push(NewEvent::from(Event::CompensationStarted {
+        failed_step: failed_step.map(str::to_owned),
+        reason: reason.to_owned(),
+    }));
+    let mut t = match compensable_at_or_below(s.def, start) {
+        Some(first) => {
+            let mut t = transition(SagaStatus::Compensating, first, 1, context);
+            t.keep_lease = Some(env.lease);
+            t.next_run_at = Some(env.now);
+            t
+        }
+        None => {
+            events.push(NewEvent::from(Event::SagaCompensated {
+                reason: reason.to_owned(),
+            }));
+            transition(SagaStatus::Compensated, 0, 0, context)
+        }
+    };
+    t.failure_step = failed_step.map(str::to_owned);
+    t.failure_reason = Some(reason.to_owned());
+    finish(Plan {
+        transition: t,
+        events,
+        step: None,
+    })
+}
+
+/// A guest cancellation found by the worker before it runs the saga's next step.
+pub fn cancel(s: &State<'_>, env: &Env, step_is_local: bool) -> Plan {
+    let n = s.def.steps.len();
+    let (start, failed_step) = if s.current_step >= n {
+        (n as isize - 1, None)
+    } else {
+        let step = &s.def.steps[s.current_step];
+        // Earlier attempts of a remote step (or a wait) may have had an effect: undo it too.
+        let effect_possible =
+            !step_is_local && (s.attempt > 1 || s.context.contains_key(&step.name));
+        let start = s.current_step as isize - if effect_possible { 0 } else { 1 };
+        (start, Some(step.name.as_str()))
+    };
+    let mut events = Vec::new();
+    // The booking is cancelled by the confirm step's compensation when that step is undone;
+    // otherwise the cancellation is recorded here.
+    let booking_cancel_runs = start >= 0
+        && s.def.steps[..=(start as usize).min(n.saturating_sub(1))]
+            .iter()
+            .any(|st| st.compensation.as_deref() == Some("booking.cancel"));
+    if !booking_cancel_runs {
+        events.push(NewEvent::from(Event::BookingCancelled {
+            reason: GUEST_CANCEL.to_owned(),
+        }));
+    }
+    compensate(s, env, s.context, start, failed_step, GUEST_CANCEL, events)
+}
+
+/// The state after the claimed step's `outcome`.
+pub fn after(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
+    match s.status {
+        SagaStatus::Compensating => after_compensation(s, env, outcome),
+        _ => after_forward(s, env, outcome),
+    }
+}
+
+fn after_forward(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
+    let i = s.current_step;
+    let step = &s.def.steps[i];
+    let record = |status: &'static str, error: Option<String>| StepRecord {
+        index: i as i32,
+        phase: "forward",
+        name: step.name.clone(),
+        status,
+        attempts: s.attempt,
+        error,
+    };
+    let mut context = s.context.clone();
+    match outcome {
+        Outcome::Done { output, events } => {
+            context.insert(step.name.clone(), output);
+            let mut events = tagged(events, &step.name, s.attempt);
+            let t = if i + 1 < s.def.steps.len() {
+                let mut t = transition(SagaStatus::Running, i + 1, 1, &context);
+                t.keep_lease = Some(env.lease);
+                t.next_run_at = Some(env.now);
+                t
+            } else {
+                events.push(NewEvent::from(Event::SagaCompleted {}));
+                transition(SagaStatus::Completed, s.def.steps.len(), 0, &context)
+            };
+            finish(Plan {
+                transition: t,
+                events,
+                step: Some(record("succeeded", None)),
+            })
+        }
+        Outcome::Wait {
+            output,
+            key,
+            deadline,
+            events,
+        } => {
+            context.insert(step.name.clone(), output);
+            let mut t = transition(SagaStatus::Waiting, i, s.attempt, &context);
+            t.wait_key = Some(key);
+            t.wait_deadline = Some(deadline);
+            finish(Plan {
+                transition: t,
+                events: tagged(events, &step.name, s.attempt),
+                step: Some(record("waiting", None)),
+            })
+        }
+        Outcome::Retry {
+            error,
+            effect_possible,
+            min_delay,
+        } => {
+            if step.retry.exhausted(s.attempt as u32) {
+                let reason = format!("attempts_exhausted: {error}");
+                return fail_forward(s, env, context, reason, effect_possible, record);
+            }
+            let mut delay = step.retry.backoff(s.attempt as u32 + 1, env.jitter_unit);
+            if let Some(min) = min_delay {
+                delay = delay.max(min);
+            }
+            let retry_at = at(env.now, delay);
+            let mut t = transition(SagaStatus::Running, i, s.attempt, &context);
+            t.next_run_at = Some(retry_at);
+            let events = vec![NewEvent {
+                event: Event::StepFailed {
+                    step: step.name.clone(),
+                    phase: "forward".into(),
+                    attempt: s.attempt,
+                    error: error.clone(),
+                    permanent: false,
+                    retry_at: Some(retry_at),
+                },
+                causation_id: None,
+                step: Some(step.name.clone()),
+                attempt: Some(s.attempt),
+            }];
+            finish(Plan {
+                transition: t,
+                events,
+                step: Some(record("running", Some(error))),
+            })
+        }
+        Outcome::Fail {
+            reason,
+            effect_possible,
+        } => fail_forward(s, env, context, reason, effect_possible, record),
+    }
+}
+
+fn fail_forward(
+    s: &State<'_>,
+    env: &Env,
+    context: Map<String, Value>,
+    reason: String,
+    effect_possible: bool,
+    record: impl Fn(&'static str, Option<String>) -> StepRecord,
+) -> Plan {
+    let i = s.current_step;
+    let step = &s.def.steps[i];
+    let failed = NewEvent {
+        event: Event::StepFailed {
+            step: step.name.clone(),
+            phase: "forward".into(),
+            attempt: s.attempt,
+            error: reason.clone(),
+            permanent: true,
+            retry_at: None,
+        },
+        causation_id: None,
+        step: Some(step.name.clone()),
+        attempt: Some(s.attempt),
+    };
+    let mut plan = match step.on_failure {
+        OnFailure::Stuck => {
+            let mut t = transition(SagaStatus::Stuck, i, s.attempt, &context);
+            t.failure_step = Some(step.name.clone());
+            t.failure_reason = Some(reason.clone());
+            finish(Plan {
+                transition: t,
+                events: vec![
+                    failed,
+                    NewEvent::from(Event::SagaStuck {
+                        step: step.name.clone(),
+                        error: reason.clone(),
+                    }),
+                ],
+                step: None,
+            })
+        }
+        OnFailure::Compensate => {
+            let start = i as isize - if effect_possible { 0 } else { 1 };
+            compensate(
+                s,
+                env,
+                &context,
+                start,
+                Some(&step.name),
+                &reason,
+                vec![failed],
+            )
+        }
+    };
+    plan.step = Some(record("failed", Some(reason)));
+    plan
+}
+
+fn after_compensation(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
+    let j = s.current_step;
+    let step = &s.def.steps[j];
+    let name = step.compensation.clone().unwrap_or_default();
+    let record = |status: &'static str, error: Option<String>| StepRecord {
+        index: j as i32,
+        phase: "compensation",
+        name: name.clone(),
+        status,
+        attempts: s.attempt,
+        error,
+    };
+    let reason = s.failure_reason.unwrap_or("compensation").to_owned();
+    let stuck = |error: String| {
+        let mut t = transition(SagaStatus::Stuck, j, s.attempt, s.context);
+        t.failure_reason = Some(format!(
+            "{reason}; compensation `{name}` of step `{}` failed: {error}",
+            step.name
+        ));
+        finish(Plan {
+            transition: t,
+            events: vec![
+                NewEvent::from(Event::StepFailed {
+                    step: step.name.clone(),
+                    phase: "compensation".into(),
+                    attempt: s.attempt,
+                    error: error.clone(),
+                    permanent: true,
+                    retry_at: None,
+                }),
+                NewEvent::from(Event::SagaStuck {
+                    step: step.name.clone(),
+                    error: error.clone(),
+                }),
+            ],
+            step: Some(record("failed", Some(error))),
+        })
+    };
+    match outcome {
+        Outcome::Done { events, .. } => {
+            let mut events = tagged(events, &step.name, s.attempt);
+            let t = match compensable_at_or_below(s.def, j as isize - 1) {
+                Some(next) => {
+                    let mut t = transition(SagaStatus::Compensating, next, 1, s.context);
+                    t.keep_lease = Some(env.lease);
+                    t.next_run_at = Some(env.now);
+                    t
+                }
+                None => {
+                    events.push(NewEvent::from(Event::SagaCompensated {
+                        reason: reason.clone(),
+                    }));
+                    transition(SagaStatus::Compensated, 0, 0, s.context)
+                }
+            };
+            finish(Plan {
+                transition: t,
+                events,
+                step: Some(record("succeeded", None)),
+            })
+        }
+        Outcome::Fail { reason: error, .. } => stuck(error),
+        Outcome::Retry {
+            error, min_delay, ..
+        } => {
+            let policy = &s.def.compensation_retry;
+            if policy.exhausted(s.attempt as u32) {
+                return stuck(format!("attempts_exhausted: {error}"));
+            }
+            let mut delay = policy.backoff(s.attempt as u32 + 1, env.jitter_unit);
+            if let Some(min) = min_delay {
+                delay = delay.max(min);
+            }
+            let retry_at = at(env.now, delay);
+            let mut t = transition(SagaStatus::Compensating, j, s.attempt, s.context);
+            t.next_run_at = Some(retry_at);
+            finish(Plan {
+                transition: t,
+                events: vec![NewEvent::from(Event::StepFailed {
+                    step: step.name.clone(),
+                    phase: "compensation".into(),
+                    attempt: s.attempt,
+                    error: error.clone(),
+                    permanent: false,
+                    retry_at: Some(retry_at),
+                })],
+                step: Some(record("running", Some(error))),
+            })
+        }
+        // A compensation cannot park; treat it as a retry.
+        Outcome::Wait { .. } => after_compensation(
+            s,
+            env,
+            Outcome::retry("compensation asked to wait; retrying", true),
+        ),
+    }
+}

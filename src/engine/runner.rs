@@ -1,0 +1,283 @@
+//! Runs one claimed saga: a step outside any transaction, then its outcome, events, projection and
+//! next schedule in one transaction guarded by the fence the claim handed out. While the next step
+//! is due at once, the same worker goes on with it under the same lease.
+
+use std::sync::Arc;
+
+use rand::Rng;
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, warn};
+
+use super::actions::{Action, Deps, StepCtx};
+use super::outcome::Outcome;
+use super::plan::{self, Env, Plan, State};
+use super::registry::Registry;
+use crate::domain::BookingInput;
+use crate::store::sagas::{self, Fence, SagaRow, SagaStatus};
+use crate::store::{bookings, events};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Registry(#[from] super::registry::Error),
+    #[error("saga {0} is corrupt: {1}")]
+    Corrupt(uuid::Uuid, String),
+}
+
+pub struct Worker {
+    pub pool: PgPool,
+    pub registry: Arc<Registry>,
+    pub deps: Deps,
+    pub worker_id: String,
+    pub lease: std::time::Duration,
+    pub shutdown: CancellationToken,
+}
+
+enum Next {
+    /// The worker still holds the lease and the next step is due now.
+    Continue,
+    Stop,
+}
+
+impl Worker {
+    /// Drives a claimed saga as far as it can go now.
+    pub async fn drive(&self, mut row: SagaRow) {
+        let span = tracing::info_span!("saga", saga_id = %row.id, saga = %row.saga_name);
+        async {
+            loop {
+                match self.step(&mut row).await {
+                    Ok(Next::Continue) if !self.shutdown.is_cancelled() => continue,
+                    Ok(Next::Continue) => {
+                        // Shutting down: hand the saga back rather than start another step.
+                        if let Err(e) = sagas::release_lease(&self.pool, row.id, &self.worker_id).await {
+                            warn!(error = %e, "could not release lease; it will expire");
+                        }
+                        break;
+                    }
+                    Ok(Next::Stop) => break,
+                    Err(e) => {
+                        warn!(error = %e, "step could not be recorded; the saga is retried when its lease ends");
+                        crate::telemetry::count_error("runner");
+                        break;
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn step(&self, row: &mut SagaRow) -> Result<Next, Error> {
+        let def = self.registry.get(&row.saga_name, row.saga_version).await?;
+        let input: BookingInput = serde_json::from_value(row.input.clone())
+            .map_err(|e| Error::Corrupt(row.id, format!("input: {e}")))?;
+        let context = row.context.as_object().cloned().unwrap_or_default();
+        let failure_reason = row.failure_reason.clone();
+        let status = row.status();
+        let fence = Fence {
+            id: row.id,
+            status,
+            current_step: row.current_step,
+            attempt: row.attempt,
+            worker: self.worker_id.clone(),
+        };
+        let state = State {
+            def: &def,
+            status,
+            current_step: row.current_step.max(0) as usize,
+            attempt: row.attempt,
+            context: &context,
+            failure_reason: failure_reason.as_deref(),
+        };
+        let env = Env {
+            now: chrono::Utc::now(),
+            lease: self.lease,
+            jitter_unit: rand::rng().random::<f64>(),
+        };
+        let n = def.steps.len();
+
+        if row.cancel_requested && status == SagaStatus::Running {
+            let local = def
+                .steps
+                .get(state.current_step)
+                .and_then(|s| Action::parse(&s.action))
+                .is_some_and(Action::is_local);
+            info!("guest cancellation: compensating");
+            let plan = plan::cancel(&state, &env, local);
+            let mut tx = self.pool.begin().await?;
+            return match self.record(&mut tx, row, &fence, plan).await? {
+                Some(next) => {
+                    tx.commit().await?;
+                    Ok(next)
+                }
+                None => Ok(Next::Stop),
+            };
+        }
+        if state.current_step >= n
+            || !matches!(status, SagaStatus::Running | SagaStatus::Compensating)
+        {
+            sagas::release_lease(&self.pool, row.id, &self.worker_id).await?;
+            return Ok(Next::Stop);
+        }
+
+        let step = &def.steps[state.current_step];
+        let action_name = match status {
+            SagaStatus::Compensating => step.compensation.as_deref().unwrap_or_default(),
+            _ => step.action.as_str(),
+        };
+        let action = Action::parse(action_name)
+            .ok_or_else(|| Error::Corrupt(row.id, format!("unknown action `{action_name}`")))?;
+        let ctx = StepCtx {
+            saga_id: row.id,
+            input: &input,
+            context: &context,
+            definition: &def,
+            step,
+            attempt: row.attempt,
+            failure_reason: failure_reason.as_deref(),
+        };
+        let phase = if status == SagaStatus::Compensating {
+            "compensation"
+        } else {
+            "forward"
+        };
+        let span = tracing::info_span!("step", step = %step.name, phase, action = action_name, attempt = row.attempt);
+        let started = std::time::Instant::now();
+        let result = async {
+            if action.is_local() {
+                let mut tx = self.pool.begin().await?;
+                let outcome = match action.run_local(&mut tx, &ctx).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tx.rollback().await?;
+                        let o = Outcome::retry(format!("database: {e}"), false);
+                        let mut tx = self.pool.begin().await?;
+                        let next = self
+                            .record(&mut tx, row, &fence, plan::after(&state, &env, o))
+                            .await?;
+                        if next.is_some() {
+                            tx.commit().await?;
+                        }
+                        return Ok::<_, Error>((next, "retry"));
+                    }
+                };
+                let kind = outcome_kind(&outcome);
+                let next = self
+                    .record(&mut tx, row, &fence, plan::after(&state, &env, outcome))
+                    .await?;
+                if next.is_some() {
+                    tx.commit().await?;
+                }
+                Ok((next, kind))
+            } else {
+                let outcome =
+                    match tokio::time::timeout(step.timeout, action.run_remote(&self.deps, &ctx))
+                        .await
+                    {
+                        Ok(o) => o,
+                        Err(_) => Outcome::fail(
+                            format!("step_timeout: no result within {:?}", step.timeout),
+                            true,
+                        ),
+                    };
+                let kind = outcome_kind(&outcome);
+                debug!(outcome = ?outcome, "step ran");
+                let mut tx = self.pool.begin().await?;
+                let next = self
+                    .record(&mut tx, row, &fence, plan::after(&state, &env, outcome))
+                    .await?;
+                if next.is_some() {
+                    tx.commit().await?;
+                }
+                Ok((next, kind))
+            }
+        }
+        .instrument(span)
+        .await?;
+        crate::telemetry::step_finished(
+            &row.saga_name,
+            &step.name,
+            phase,
+            result.1,
+            started.elapsed(),
+        );
+        Ok(result.0.unwrap_or(Next::Stop))
+    }
+
+    /// Commits a plan in `tx` if the fence still holds; updates `row` to the new state.
+    async fn record(
+        &self,
+        tx: &mut PgConnection,
+        row: &mut SagaRow,
+        fence: &Fence,
+        plan: Plan,
+    ) -> Result<Option<Next>, Error> {
+        let t = &plan.transition;
+        let Some((first_version, cancel_requested)) = sagas::transition(tx, fence, t).await? else {
+            warn!("lease lost before the outcome was recorded; another worker owns the saga now");
+            return Ok(None);
+        };
+        events::append(tx, &row.saga_name, row.id, first_version, &plan.events).await?;
+        for e in &plan.events {
+            bookings::apply(tx, row.id, &e.event).await?;
+        }
+        if let Some(s) = &plan.step {
+            sagas::record_step(
+                tx,
+                row.id,
+                s.index,
+                s.phase,
+                &s.name,
+                s.status,
+                s.attempts,
+                s.error.as_deref(),
+            )
+            .await?;
+        }
+        if t.keep_lease.is_none() {
+            sagas::notify(tx, row.id, t.status).await?;
+        }
+        // A guest cancelled while this step ran, and the saga would now sit idle (parked or done):
+        // queue it again so the cancellation is carried out at once.
+        let requeued = cancel_requested
+            && matches!(t.status, SagaStatus::Waiting | SagaStatus::Completed)
+            && sagas::requeue_for_cancel(tx, row.id).await?;
+        if t.status.is_terminal() {
+            info!(status = %t.status, reason = t.failure_reason.as_deref().unwrap_or(""), "saga finished");
+            crate::telemetry::saga_finished(&row.saga_name, t.status);
+        }
+        row.status = if requeued {
+            SagaStatus::Running
+        } else {
+            t.status
+        }
+        .as_str()
+        .to_owned();
+        row.current_step = t.current_step;
+        row.attempt = t.attempt;
+        row.context = t.context.clone();
+        row.event_version = first_version + plan.events.len() as i32 - 1;
+        row.cancel_requested = cancel_requested;
+        if t.failure_reason.is_some() {
+            row.failure_reason = t.failure_reason.clone();
+            row.failure_step = t.failure_step.clone().or(row.failure_step.take());
+        }
+        Ok(Some(if t.keep_lease.is_some() {
+            Next::Continue
+        } else {
+            Next::Stop
+        }))
+    }
+}
+
+fn outcome_kind(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Done { .. } => "done",
+        Outcome::Retry { .. } => "retry",
+        Outcome::Fail { .. } => "fail",
+        Outcome::Wait { .. } => "wait",
+    }
+}

@@ -1,0 +1,86 @@
+//! The HTTP API: `app(state)` builds the router; one file per resource.
+
+mod error;
+mod health;
+mod openapi;
+mod sagas;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+use tokio::sync::broadcast;
+use tower_http::trace::TraceLayer;
+use uuid::Uuid;
+
+pub use error::{ApiError, ErrorBody};
+pub use openapi::ApiDoc;
+
+use crate::engine::registry::Registry;
+
+/// Largest request body accepted on the API.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub registry: Arc<Registry>,
+    /// Accepted bearer tokens.
+    pub tokens: Arc<Vec<String>>,
+    /// Ids of sagas that reached a terminal state (fed by LISTEN), for `?wait=`.
+    pub finished: broadcast::Sender<Uuid>,
+    /// Whether this process's engine is claiming work (for `/readyz`); `None` when API-only.
+    pub engine_running: Option<Arc<AtomicBool>>,
+    pub metrics: PrometheusHandle,
+    /// Longest `?wait=` honoured.
+    pub max_wait: Duration,
+}
+
+/// The router. `api`: serve `/v1` and `/openapi.json` (a worker-only process serves health and
+/// metrics alone).
+pub fn app(state: AppState, api: bool) -> Router {
+    let mut router = Router::new().merge(health::routes());
+    if api {
+        let v1 =
+            sagas::routes().layer(middleware::from_fn_with_state(state.clone(), require_token));
+        router = router.merge(v1).merge(openapi::routes());
+    }
+    router
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Bearer-token authentication for `/v1`.
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(token)
+            if state
+                .tokens
+                .iter()
+                .any(|t| constant_time_eq(t.as_bytes(), token.as_bytes())) =>
+        {
+            next.run(req).await
+        }
+        _ => ApiError::Unauthorized.into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

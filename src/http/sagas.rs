@@ -1,0 +1,489 @@
+//! `/v1/sagas`: start a saga, read it, its events, list sagas, cancel one.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast::error::RecvError;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::{ApiError, AppState, BODY_LIMIT, ErrorBody};
+use crate::domain::{FieldError, RawBookingInput};
+use crate::events::{Event, NewEvent};
+use crate::store::bookings::{self, Booking};
+use crate::store::events::{self, EventRecord};
+use crate::store::sagas::{
+    self, CancelOutcome, InsertOutcome, ListFilter, NewSaga, SagaRow, SagaStatus, StepRecord,
+};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/sagas", post(start_saga).get(list_sagas))
+        .route("/v1/sagas/{id}", get(get_saga))
+        .route("/v1/sagas/{id}/events", get(saga_events))
+        .route("/v1/sagas/{id}/cancel", post(cancel_saga))
+}
+
+/// Body of `POST /v1/sagas`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartSaga {
+    /// The saga to run, e.g. `booking`.
+    pub saga: String,
+    pub input: RawBookingInput,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct WaitParam {
+    /// Wait up to this long (e.g. `2s`, `500ms`, at most 30s) for the saga to finish before answering.
+    pub wait: Option<String>,
+}
+
+/// A saga as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SagaView {
+    pub id: Uuid,
+    pub saga: String,
+    /// The definition version this saga runs on (it finishes on it, whatever is deployed later).
+    pub version: i32,
+    pub status: SagaStatus,
+    /// Step being run (`running`, `waiting`) or undone (`compensating`); null once finished.
+    pub current_step: Option<String>,
+    /// Attempts made of the current step.
+    pub attempt: i32,
+    pub failure: Option<Failure>,
+    pub cancel_requested: bool,
+    pub wait: Option<WaitView>,
+    pub next_run_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub url: String,
+    pub input: serde_json::Value,
+    /// Step outputs so far (PaymentIntent id, hold id, confirmation code…).
+    pub context: serde_json::Value,
+    /// Each step's attempts and last error, forward steps first, then compensations in the order run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<StepRecord>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub booking: Option<Booking>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Failure {
+    pub step: Option<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WaitView {
+    pub key: Option<String>,
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+fn view(row: SagaRow, step_names: &[String]) -> SagaView {
+    let status = row.status();
+    let current_step = if status.is_terminal() {
+        None
+    } else {
+        step_names.get(row.current_step.max(0) as usize).cloned()
+    };
+    SagaView {
+        url: format!("/v1/sagas/{}", row.id),
+        id: row.id,
+        saga: row.saga_name,
+        version: row.saga_version,
+        status,
+        current_step,
+        attempt: row.attempt,
+        failure: row.failure_reason.map(|reason| Failure {
+            step: row.failure_step,
+            reason,
+        }),
+        cancel_requested: row.cancel_requested,
+        wait: (status == SagaStatus::Waiting).then(|| WaitView {
+            key: row.wait_key,
+            deadline: row.wait_deadline,
+        }),
+        next_run_at: row.next_run_at,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        finished_at: row.finished_at,
+        input: row.input,
+        context: row.context,
+        steps: None,
+        booking: None,
+    }
+}
+
+async fn full_view(state: &AppState, id: Uuid) -> Result<Option<SagaView>, ApiError> {
+    let mut conn = state.pool.acquire().await?;
+    let Some(row) = sagas::get(&mut conn, id).await? else {
+        return Ok(None);
+    };
+    let names = match state.registry.get(&row.saga_name, row.saga_version).await {
+        Ok(def) => def.steps.iter().map(|s| s.name.clone()).collect(),
+        Err(_) => Vec::new(),
+    };
+    let steps = sagas::steps(&mut conn, id).await?;
+    let booking = bookings::get(&mut conn, id).await?;
+    let mut v = view(row, &names);
+    v.steps = Some(steps);
+    v.booking = booking;
+    Ok(Some(v))
+}
+
+/// Parses `2s`, `1500ms`, `1m`; capped by the server's maximum.
+fn parse_wait(raw: &str, max: Duration) -> Result<Duration, ApiError> {
+    crate::engine::definition::duration::parse(raw)
+        .ok()
+        .map(|d| d.min(max))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "invalid wait {raw:?}: use a duration such as 2s or 500ms"
+            ))
+        })
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let s = v
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::BadRequest("Idempotency-Key must be 1-255 visible ASCII characters".into())
+        })?;
+    Ok(Some(s.to_owned()))
+}
+
+/// Start a saga.
+///
+/// Validates the input, persists the saga and its first event in one transaction, and wakes a
+/// worker. With `Idempotency-Key`, a repeated request (same key, same body) returns the saga the
+/// first one started; the same key with another body is refused with 422.
+#[utoipa::path(post, path = "/v1/sagas", tag = "sagas", request_body = StartSaga, params(WaitParam,
+    ("Idempotency-Key" = Option<String>, Header, description = "Makes the start safe to retry")),
+    responses(
+        (status = 202, description = "Saga accepted (still running)", body = SagaView),
+        (status = 200, description = "Saga finished within `wait`", body = SagaView),
+        (status = 400, description = "Malformed JSON or header", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid input, unknown saga, or idempotency key reused with another body", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn start_saga(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<WaitParam>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| match e {
+        BytesRejection::FailedToBufferBody(_) => ApiError::PayloadTooLarge(BODY_LIMIT),
+        other => ApiError::BadRequest(other.body_text()),
+    })?;
+    let wait = q
+        .wait
+        .as_deref()
+        .map(|w| parse_wait(w, state.max_wait))
+        .transpose()?;
+    let key = idempotency_key(&headers)?;
+    let raw: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    let req: StartSaga = serde_json::from_value(raw.clone()).map_err(|e| {
+        ApiError::Validation(vec![FieldError {
+            field: "body".into(),
+            message: e.to_string(),
+        }])
+    })?;
+    let def = state.registry.latest(&req.saga).ok_or_else(|| {
+        ApiError::Validation(vec![FieldError {
+            field: "saga".into(),
+            message: format!(
+                "unknown saga {:?}; known sagas: {}",
+                req.saga,
+                state.registry.names().join(", ")
+            ),
+        }])
+    })?;
+    let input = req.input.validate().map_err(ApiError::Validation)?;
+    let fingerprint = hex::encode(Sha256::digest(raw.to_string().as_bytes()));
+    let input_json = serde_json::to_value(&input).map_err(anyhow::Error::from)?;
+    let id = Uuid::now_v7();
+
+    let mut tx = state.pool.begin().await?;
+    let outcome = sagas::insert(
+        &mut tx,
+        &NewSaga {
+            id,
+            saga_name: &def.name,
+            saga_version: def.version as i32,
+            input: &input_json,
+            idempotency_key: key.as_deref(),
+            request_fingerprint: &fingerprint,
+        },
+    )
+    .await?;
+    let id = match outcome {
+        InsertOutcome::Existing {
+            id: existing,
+            fingerprint: f,
+        } => {
+            tx.rollback().await?;
+            if f != fingerprint {
+                return Err(ApiError::IdempotencyMismatch);
+            }
+            existing
+        }
+        InsertOutcome::Created => {
+            let event = NewEvent {
+                event: Event::BookingRequested {
+                    listing_id: input.listing_id.clone(),
+                    guest_id: input.guest_id.clone(),
+                    check_in: input.check_in,
+                    check_out: input.check_out,
+                    amount: input.amount,
+                    currency: input.currency.clone(),
+                },
+                causation_id: key.clone(),
+                step: None,
+                attempt: None,
+            };
+            events::append(&mut tx, &def.name, id, 1, std::slice::from_ref(&event)).await?;
+            bookings::apply(&mut tx, id, &event.event).await?;
+            sagas::notify(&mut tx, id, SagaStatus::Running).await?;
+            tx.commit().await?;
+            crate::telemetry::saga_started(&def.name);
+            tracing::info!(saga_id = %id, saga = %def.name, "saga started");
+            id
+        }
+    };
+
+    if let Some(wait) = wait {
+        wait_until_finished(&state, id, wait).await?;
+    }
+    let v = full_view(&state, id)
+        .await?
+        .ok_or(ApiError::NotFound("saga"))?;
+    let status = if v.status.is_terminal() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let location = v.url.clone();
+    Ok((status, [(axum::http::header::LOCATION, location)], Json(v)).into_response())
+}
+
+/// Returns when the saga is terminal or `wait` has passed.
+async fn wait_until_finished(state: &AppState, id: Uuid, wait: Duration) -> Result<(), ApiError> {
+    let mut rx = state.finished.subscribe();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM sagas WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&state.pool)
+            .await?;
+        if status
+            .as_deref()
+            .and_then(SagaStatus::parse)
+            .is_none_or(SagaStatus::is_terminal)
+        {
+            return Ok(());
+        }
+        loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Err(_) => return Ok(()),
+                Ok(Ok(done)) if done == id => break,
+                Ok(Ok(_)) => continue,
+                // Missed notifications: look at the database again.
+                Ok(Err(RecvError::Lagged(_))) => break,
+                Ok(Err(RecvError::Closed)) => {
+                    tokio::time::sleep_until(
+                        deadline.min(tokio::time::Instant::now() + Duration::from_millis(50)),
+                    )
+                    .await;
+                    break;
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(());
+        }
+    }
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw)
+        .map_err(|_| ApiError::BadRequest(format!("{raw:?} is not a saga id (a UUID)")))
+}
+
+/// A saga: status, current step, each step's attempts and errors, timestamps, the booking.
+#[utoipa::path(get, path = "/v1/sagas/{id}", tag = "sagas", params(("id" = Uuid, Path)),
+    responses((status = 200, body = SagaView), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_saga(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<SagaView>, ApiError> {
+    let id = parse_id(&id)?;
+    full_view(&state, id)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound("saga"))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventList {
+    pub events: Vec<EventRecord>,
+}
+
+/// A saga's events, in order.
+#[utoipa::path(get, path = "/v1/sagas/{id}/events", tag = "sagas", params(("id" = Uuid, Path)),
+    responses((status = 200, body = EventList), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn saga_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<EventList>, ApiError> {
+    let id = parse_id(&id)?;
+    let mut conn = state.pool.acquire().await?;
+    let events = events::for_aggregate(&mut conn, id).await?;
+    if events.is_empty() {
+        return Err(ApiError::NotFound("saga"));
+    }
+    Ok(Json(EventList { events }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListParams {
+    /// running, compensating, waiting, completed, compensated or stuck.
+    pub status: Option<String>,
+    /// Saga name, e.g. `booking`.
+    pub saga: Option<String>,
+    /// 1–500, default 50.
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SagaPage {
+    pub sagas: Vec<SagaView>,
+    /// Pass as `cursor` to get the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(format!(
+        "{}|{id}",
+        at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    ))
+}
+
+fn decode_cursor(raw: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(raw).ok()?).ok()?;
+    let (at, id) = text.split_once('|')?;
+    Some((
+        DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc),
+        Uuid::parse_str(id).ok()?,
+    ))
+}
+
+/// Sagas, newest first, with keyset pagination.
+#[utoipa::path(get, path = "/v1/sagas", tag = "sagas", params(ListParams),
+    responses((status = 200, body = SagaPage), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list_sagas(
+    State(state): State<AppState>,
+    Query(p): Query<ListParams>,
+) -> Result<Json<SagaPage>, ApiError> {
+    let status = p
+        .status
+        .as_deref()
+        .map(|s| {
+            SagaStatus::parse(s).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "unknown status {s:?}; use one of running, compensating, waiting, completed, compensated, stuck"
+                ))
+            })
+        })
+        .transpose()?;
+    let limit = p.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and 500, got {limit}"
+        )));
+    }
+    let before = p
+        .cursor
+        .as_deref()
+        .map(|c| decode_cursor(c).ok_or_else(|| ApiError::BadRequest("invalid cursor".into())))
+        .transpose()?;
+    let rows = sagas::list(
+        &state.pool,
+        &ListFilter {
+            status,
+            saga_name: p.saga,
+            before,
+            limit: limit + 1,
+        },
+    )
+    .await?;
+    let more = rows.len() as i64 > limit;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows.into_iter().take(limit as usize) {
+        let names = match state.registry.get(&row.saga_name, row.saga_version).await {
+            Ok(def) => def.steps.iter().map(|s| s.name.clone()).collect(),
+            Err(_) => Vec::new(),
+        };
+        out.push(view(row, &names));
+    }
+    let next_cursor = if more {
+        out.last().map(|v| encode_cursor(v.created_at, v.id))
+    } else {
+        None
+    };
+    Ok(Json(SagaPage {
+        sagas: out,
+        next_cursor,
+    }))
+}
+
+/// Guest cancellation: compensate whatever the saga has done (refund, void, release) and cancel the booking.
+#[utoipa::path(post, path = "/v1/sagas/{id}/cancel", tag = "sagas", params(("id" = Uuid, Path)),
+    responses((status = 202, description = "Cancellation accepted; compensation follows", body = SagaView),
+              (status = 404, body = ErrorBody),
+              (status = 409, description = "Already compensating, compensated or stuck", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn cancel_saga(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    match sagas::request_cancel(&state.pool, id).await? {
+        CancelOutcome::NotFound => Err(ApiError::NotFound("saga")),
+        CancelOutcome::NotCancellable(s) => Err(ApiError::Conflict(format!(
+            "saga is {s}; it cannot be cancelled"
+        ))),
+        CancelOutcome::Requested(_) => {
+            tracing::info!(saga_id = %id, "cancellation requested");
+            let v = full_view(&state, id)
+                .await?
+                .ok_or(ApiError::NotFound("saga"))?;
+            Ok((StatusCode::ACCEPTED, Json(v)).into_response())
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Wiring: one entry point, `run(settings, pool, listener, shutdown)`, that serves the API and runs
+//! the engine until `shutdown` fires. Tests bind port 0 and cancel on demand.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::config::Role;
+use crate::engine::actions::{self, Deps, NotifyConfig};
+use crate::engine::definition::{self, DefinitionError, SagaDefinition};
+use crate::engine::registry::{self, Registry};
+use crate::engine::{self as engine_mod, Engine, EngineConfig};
+use crate::http::{self, AppState};
+use crate::store;
+use crate::stripe::client::StripeClient;
+
+/// The booking saga shipped inside the binary, used when no `sagas/` directory is present.
+pub const BUILTIN_BOOKING: &str = include_str!("../sagas/booking.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("saga definitions are invalid:\n{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Definitions(Vec<DefinitionError>),
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+    #[error(transparent)]
+    Engine(#[from] engine_mod::Error),
+    #[error("HTTP server failed: {0}")]
+    Http(#[from] std::io::Error),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+pub struct Settings {
+    pub api_tokens: Vec<String>,
+    pub stripe: StripeClient,
+    pub notify: Option<NotifyConfig>,
+    pub engine: EngineConfig,
+    pub role: Role,
+    pub definitions: Vec<SagaDefinition>,
+    pub max_wait: Duration,
+}
+
+/// Loads every `*.toml` of `dir`; a missing default directory falls back to the built-in booking saga.
+pub fn load_definitions(dir: &Path) -> Result<Vec<SagaDefinition>, Error> {
+    if !dir.exists() && dir == Path::new("sagas") {
+        info!("no ./sagas directory: using the built-in booking saga");
+        return definition::parse(
+            BUILTIN_BOOKING,
+            "<built-in>/booking.toml",
+            &actions::catalog(),
+        )
+        .map(|d| vec![d])
+        .map_err(Error::Definitions);
+    }
+    definition::load_dir(dir, &actions::catalog()).map_err(Error::Definitions)
+}
+
+/// The HTTP client for notifications (and later, outgoing webhooks): pooled, with timeouts.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(15))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .user_agent(concat!("sagad/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_default()
+}
+
+pub async fn run(
+    settings: Settings,
+    pool: PgPool,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let registry = Arc::new(Registry::load(pool.clone(), settings.definitions).await?);
+    let deps = Deps {
+        stripe: settings.stripe,
+        http: http_client(),
+        notify: settings.notify,
+    };
+    let (finished, _) = broadcast::channel(1024);
+    let listener_task = tokio::spawn(forward_finished(
+        pool.clone(),
+        finished.clone(),
+        shutdown.clone(),
+    ));
+
+    let (engine_task, engine_running) = if settings.role != Role::Api {
+        let engine = Engine::new(pool.clone(), registry.clone(), deps, settings.engine)?;
+        let flag = engine.running_flag();
+        (Some(tokio::spawn(engine.run(shutdown.clone()))), Some(flag))
+    } else {
+        (None, None)
+    };
+
+    let state = AppState {
+        pool: pool.clone(),
+        registry,
+        tokens: Arc::new(settings.api_tokens),
+        finished,
+        engine_running,
+        metrics: crate::telemetry::metrics_handle(),
+        max_wait: settings.max_wait,
+    };
+    let app = http::app(state, settings.role != Role::Worker);
+    info!(addr = %listener.local_addr()?, role = ?settings.role, "sagad listening");
+    let stop = shutdown.clone();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    if served.is_err() {
+        // The server died on its own: stop the rest too.
+        shutdown.cancel();
+    }
+    if let Some(t) = engine_task
+        && let Err(e) = t.await
+    {
+        warn!(error = %e, "engine task ended abnormally");
+    }
+    listener_task.abort();
+    served?;
+    Ok(())
+}
+
+/// LISTENs for terminal sagas and forwards their ids to `?wait=` waiters.
+async fn forward_finished(pool: PgPool, tx: broadcast::Sender<Uuid>, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "LISTEN for finished sagas failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if listener.listen(store::DONE_CHANNEL).await.is_err() {
+            continue;
+        }
+        loop {
+            tokio::select! {
+                r = listener.recv() => match r {
+                    Ok(n) => {
+                        if let Ok(id) = n.payload().parse::<Uuid>() {
+                            let _ = tx.send(id);
+                        }
+                    }
+                    Err(_) => break,
+                },
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+}

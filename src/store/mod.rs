@@ -1,0 +1,80 @@
+//! Everything that talks SQL. Functions take `&mut PgConnection` (or a pool) so the engine can put a
+//! step's effect, its events and its projection updates in one transaction.
+
+pub mod bookings;
+pub mod definitions;
+pub mod events;
+pub mod inventory;
+pub mod sagas;
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, migrate::Migrator};
+
+/// The channel that wakes idle workers when a saga becomes due.
+pub const WORK_CHANNEL: &str = "sagad_work";
+/// The channel that tells start-saga waiters a saga reached a terminal state.
+pub const DONE_CHANNEL: &str = "sagad_saga_done";
+
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("invalid DATABASE_URL: {0}")]
+    Url(String),
+}
+
+/// SQLSTATE codes sagad reacts to, matched by code, never by message text.
+pub mod sqlstate {
+    pub const UNIQUE_VIOLATION: &str = "23505";
+    pub const EXCLUSION_VIOLATION: &str = "23P01";
+    pub const SERIALIZATION_FAILURE: &str = "40001";
+}
+
+/// The SQLSTATE of a database error, if it is one.
+pub fn sqlstate(err: &sqlx::Error) -> Option<String> {
+    err.as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned())
+}
+
+/// Connects a pool of `max_connections` to `url`.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Error> {
+    let options: PgConnectOptions = url
+        .parse()
+        .map_err(|e: sqlx::Error| Error::Url(e.to_string()))?;
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await?;
+    Ok(pool)
+}
+
+/// Applies pending migrations.
+pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// True when every migration this binary knows is applied (for `/readyz`).
+pub async fn migrations_current(pool: &PgPool) -> Result<bool, Error> {
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(pool)
+            .await
+            .or_else(|e| match sqlstate(&e).as_deref() {
+                Some("42P01") => Ok(Vec::new()), // undefined_table: nothing applied yet
+                _ => Err(e),
+            })?;
+    Ok(MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .all(|m| applied.contains(&m.version)))
+}

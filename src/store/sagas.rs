@@ -1,0 +1,517 @@
+//! The saga table: the durable state machine and its work queue.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{DONE_CHANNEL, WORK_CHANNEL};
+
+/// Where a saga is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SagaStatus {
+    /// Running its forward steps.
+    Running,
+    /// Undoing its completed steps in reverse order.
+    Compensating,
+    /// Parked until an outside event (e.g. 3-D Secure) or its deadline.
+    Waiting,
+    /// Every step succeeded.
+    Completed,
+    /// Every needed compensation succeeded.
+    Compensated,
+    /// A compensation could not succeed within its retry limit: an operator must look.
+    Stuck,
+}
+
+impl SagaStatus {
+    pub const ALL: [SagaStatus; 6] = [
+        SagaStatus::Running,
+        SagaStatus::Compensating,
+        SagaStatus::Waiting,
+        SagaStatus::Completed,
+        SagaStatus::Compensated,
+        SagaStatus::Stuck,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SagaStatus::Running => "running",
+            SagaStatus::Compensating => "compensating",
+            SagaStatus::Waiting => "waiting",
+            SagaStatus::Completed => "completed",
+            SagaStatus::Compensated => "compensated",
+            SagaStatus::Stuck => "stuck",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// Terminal for the engine: nothing more happens without an operator or a guest.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Stuck
+        )
+    }
+}
+
+impl std::fmt::Display for SagaStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SagaRow {
+    pub id: Uuid,
+    pub saga_name: String,
+    pub saga_version: i32,
+    pub status: String,
+    pub current_step: i32,
+    pub attempt: i32,
+    pub input: serde_json::Value,
+    pub context: serde_json::Value,
+    pub next_run_at: Option<DateTime<Utc>>,
+    pub locked_by: Option<String>,
+    pub locked_until: Option<DateTime<Utc>>,
+    pub wait_key: Option<String>,
+    pub wait_deadline: Option<DateTime<Utc>>,
+    pub failure_step: Option<String>,
+    pub failure_reason: Option<String>,
+    pub cancel_requested: bool,
+    pub event_version: i32,
+    pub idempotency_key: Option<String>,
+    pub request_fingerprint: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl SagaRow {
+    pub fn status(&self) -> SagaStatus {
+        // The column's CHECK constraint admits only known values.
+        SagaStatus::parse(&self.status).unwrap_or(SagaStatus::Stuck)
+    }
+}
+
+const COLUMNS: &str = "id, saga_name, saga_version, status, current_step, attempt, input, context, next_run_at, \
+    locked_by, locked_until, wait_key, wait_deadline, failure_step, failure_reason, cancel_requested, \
+    event_version, idempotency_key, request_fingerprint, created_at, updated_at, finished_at";
+
+pub struct NewSaga<'a> {
+    pub id: Uuid,
+    pub saga_name: &'a str,
+    pub saga_version: i32,
+    pub input: &'a serde_json::Value,
+    pub idempotency_key: Option<&'a str>,
+    pub request_fingerprint: &'a str,
+}
+
+pub enum InsertOutcome {
+    Created,
+    /// The idempotency key was used before: the saga it started and that request's fingerprint.
+    Existing {
+        id: Uuid,
+        fingerprint: String,
+    },
+}
+
+/// Inserts a saga due now, its first event version (1) reserved for the caller; a reused idempotency key inserts nothing and reports the earlier saga.
+pub async fn insert(
+    conn: &mut PgConnection,
+    saga: &NewSaga<'_>,
+) -> Result<InsertOutcome, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO sagas (id, saga_name, saga_version, status, input, next_run_at, idempotency_key,
+                            request_fingerprint, event_version)
+         VALUES ($1, $2, $3, 'running', $4, now(), $5, $6, 1)
+         ON CONFLICT (idempotency_key) DO NOTHING",
+    )
+    .bind(saga.id)
+    .bind(saga.saga_name)
+    .bind(saga.saga_version)
+    .bind(saga.input)
+    .bind(saga.idempotency_key)
+    .bind(saga.request_fingerprint)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(InsertOutcome::Created);
+    }
+    let (id, fingerprint): (Uuid, Option<String>) =
+        sqlx::query_as("SELECT id, request_fingerprint FROM sagas WHERE idempotency_key = $1")
+            .bind(saga.idempotency_key)
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(InsertOutcome::Existing {
+        id,
+        fingerprint: fingerprint.unwrap_or_default(),
+    })
+}
+
+/// Reserves the next `n` event versions of a saga (row-locked until the transaction ends), returning
+/// the first one.
+pub async fn reserve_event_versions(
+    conn: &mut PgConnection,
+    id: Uuid,
+    n: i32,
+) -> Result<i32, sqlx::Error> {
+    let last: i32 = sqlx::query_scalar(
+        "UPDATE sagas SET event_version = event_version + $2, updated_at = now() WHERE id = $1
+         RETURNING event_version",
+    )
+    .bind(id)
+    .bind(n)
+    .fetch_one(conn)
+    .await?;
+    Ok(last - n + 1)
+}
+
+pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<SagaRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM sagas WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Claims up to `limit` due sagas for `worker` with a lease, in one statement that commits at once.
+/// Each claim counts as an attempt of the saga's current step.
+pub async fn claim_due(
+    pool: &PgPool,
+    worker: &str,
+    lease: Duration,
+    limit: i64,
+) -> Result<Vec<SagaRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE sagas s SET locked_by = $1, locked_until = now() + $2 * interval '1 millisecond',
+                            attempt = s.attempt + 1, updated_at = now()
+         FROM (SELECT id FROM sagas
+               WHERE status IN ('running', 'compensating') AND locked_until IS NULL AND next_run_at <= now()
+               ORDER BY next_run_at
+               LIMIT $3
+               FOR UPDATE SKIP LOCKED) due
+         WHERE s.id = due.id
+         RETURNING {}",
+        COLUMNS
+            .split(", ")
+            .map(|c| format!("s.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
+    .bind(worker)
+    .bind(lease.as_millis() as f64)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// What a worker holds: the guard its outcome commit must still match.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    pub id: Uuid,
+    pub status: SagaStatus,
+    pub current_step: i32,
+    pub attempt: i32,
+    pub worker: String,
+}
+
+/// The state a step outcome moves the saga to.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub status: SagaStatus,
+    pub current_step: i32,
+    pub attempt: i32,
+    pub context: serde_json::Value,
+    pub next_run_at: Option<DateTime<Utc>>,
+    /// Keep the lease (the same worker goes on with the next step at once) for this long.
+    pub keep_lease: Option<Duration>,
+    pub wait_key: Option<String>,
+    pub wait_deadline: Option<DateTime<Utc>>,
+    pub failure_step: Option<String>,
+    pub failure_reason: Option<String>,
+    /// Events this transition appends; their versions are reserved by the same statement.
+    pub events: i32,
+}
+
+/// Applies `t` if the worker still holds the saga as `fence` says. Returns the first reserved event
+/// version and whether a cancellation was requested meanwhile, or `None` when the fence no longer
+/// holds (the lease ran out and someone else claimed it): the caller must roll back.
+pub async fn transition(
+    conn: &mut PgConnection,
+    fence: &Fence,
+    t: &Transition,
+) -> Result<Option<(i32, bool)>, sqlx::Error> {
+    let row: Option<(i32, bool)> = sqlx::query_as(
+        "UPDATE sagas SET status = $6, current_step = $7, attempt = $8, context = $9, next_run_at = $10,
+                locked_by = CASE WHEN $11::float8 IS NULL THEN NULL ELSE locked_by END,
+                locked_until = now() + $11::float8 * interval '1 millisecond',
+                wait_key = $12, wait_deadline = $13,
+                failure_step = COALESCE($14, failure_step), failure_reason = COALESCE($15, failure_reason),
+                finished_at = CASE WHEN $6 IN ('completed', 'compensated', 'stuck') THEN now() END,
+                event_version = event_version + $16, updated_at = now()
+         WHERE id = $1 AND status = $2 AND current_step = $3 AND attempt = $4 AND locked_by = $5
+         RETURNING event_version - $16 + 1, cancel_requested",
+    )
+    .bind(fence.id)
+    .bind(fence.status.as_str())
+    .bind(fence.current_step)
+    .bind(fence.attempt)
+    .bind(&fence.worker)
+    .bind(t.status.as_str())
+    .bind(t.current_step)
+    .bind(t.attempt)
+    .bind(&t.context)
+    .bind(t.next_run_at)
+    .bind(t.keep_lease.map(|d| d.as_millis() as f64))
+    .bind(&t.wait_key)
+    .bind(t.wait_deadline)
+    .bind(&t.failure_step)
+    .bind(&t.failure_reason)
+    .bind(t.events)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row)
+}
+
+/// Puts a parked or completed saga back in the queue so a pending cancellation is carried out.
+pub async fn requeue_for_cancel(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query(
+        "WITH r AS (UPDATE sagas SET status = 'running', wait_key = NULL, wait_deadline = NULL, finished_at = NULL,
+                                  locked_by = NULL, locked_until = NULL, next_run_at = now()
+                    WHERE id = $1 AND cancel_requested AND status IN ('waiting', 'completed') RETURNING id)
+         SELECT pg_notify($2, '') FROM r",
+    )
+    .bind(id)
+    .bind(WORK_CHANNEL)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(n > 0)
+}
+
+/// Queues NOTIFYs (sent at commit) that wake workers and, for terminal states, waiters.
+pub async fn notify(
+    conn: &mut PgConnection,
+    id: Uuid,
+    status: SagaStatus,
+) -> Result<(), sqlx::Error> {
+    match status {
+        SagaStatus::Running | SagaStatus::Compensating => {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(WORK_CHANNEL)
+                .execute(conn)
+                .await?;
+        }
+        s if s.is_terminal() => {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(DONE_CHANNEL)
+                .bind(id.to_string())
+                .execute(conn)
+                .await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Gives a lease back without an outcome (shutdown): the saga is due again at once.
+pub async fn release_lease(pool: &PgPool, id: Uuid, worker: &str) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query(
+        "WITH r AS (UPDATE sagas SET locked_by = NULL, locked_until = NULL, next_run_at = now(), updated_at = now()
+                    WHERE id = $1 AND locked_by = $2 RETURNING id)
+         SELECT pg_notify($3, '') FROM r",
+    )
+    .bind(id)
+    .bind(worker)
+    .bind(WORK_CHANNEL)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n > 0)
+}
+
+/// Re-queues sagas whose lease ran out (their worker died or hung).
+pub async fn rescue_expired_leases(pool: &PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH r AS (UPDATE sagas SET locked_by = NULL, locked_until = NULL, next_run_at = now(), updated_at = now()
+                    WHERE locked_until < now() RETURNING id),
+              n AS (SELECT pg_notify($1, '') FROM r LIMIT 1)
+         SELECT id FROM r LEFT JOIN n ON true",
+    )
+    .bind(WORK_CHANNEL)
+    .fetch_all(pool)
+    .await
+}
+
+/// Wakes parked sagas whose deadline passed; the step re-runs and decides.
+pub async fn wake_expired_waits(pool: &PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH r AS (UPDATE sagas SET status = 'running', wait_key = NULL, attempt = 0, next_run_at = now(), updated_at = now()
+                    WHERE status = 'waiting' AND wait_deadline <= now() RETURNING id),
+              n AS (SELECT pg_notify($1, '') FROM r LIMIT 1)
+         SELECT id FROM r LEFT JOIN n ON true",
+    )
+    .bind(WORK_CHANNEL)
+    .fetch_all(pool)
+    .await
+}
+
+/// Wakes the saga parked on `wait_key` (an outside event arrived). Returns its id if one was waiting.
+pub async fn wake(conn: &mut PgConnection, wait_key: &str) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH r AS (UPDATE sagas SET status = 'running', wait_key = NULL, attempt = 0, next_run_at = now(), updated_at = now()
+                    WHERE status = 'waiting' AND wait_key = $1 RETURNING id),
+              n AS (SELECT pg_notify($2, '') FROM r)
+         SELECT id FROM r LEFT JOIN n ON true",
+    )
+    .bind(wait_key)
+    .bind(WORK_CHANNEL)
+    .fetch_optional(conn)
+    .await
+}
+
+pub enum CancelOutcome {
+    Requested(SagaStatus),
+    NotFound,
+    /// Already compensating, compensated or stuck.
+    NotCancellable(SagaStatus),
+}
+
+/// Records a guest's cancellation. A worker turns it into compensation: at once if the saga is idle,
+/// after the step in flight otherwise. A completed saga is re-opened to be compensated.
+pub async fn request_cancel(pool: &PgPool, id: Uuid) -> Result<CancelOutcome, sqlx::Error> {
+    let row: Option<(String, bool)> = sqlx::query_as(
+        "WITH cur AS (SELECT id, status FROM sagas WHERE id = $1 FOR UPDATE),
+              upd AS (UPDATE sagas s SET cancel_requested = true,
+                             status = CASE WHEN s.status IN ('waiting', 'completed') THEN 'running' ELSE s.status END,
+                             wait_key = NULL, wait_deadline = NULL, finished_at = NULL,
+                             attempt = CASE WHEN s.status = 'running' THEN s.attempt ELSE 0 END,
+                             next_run_at = CASE WHEN s.locked_by IS NULL THEN now() ELSE s.next_run_at END,
+                             updated_at = now()
+                      FROM cur WHERE s.id = cur.id AND cur.status IN ('running', 'waiting', 'completed')
+                      RETURNING s.id),
+              n AS (SELECT pg_notify($2, '') FROM upd)
+         SELECT cur.status, EXISTS (SELECT 1 FROM upd) FROM cur LEFT JOIN n ON true",
+    )
+    .bind(id)
+    .bind(WORK_CHANNEL)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match row {
+        None => CancelOutcome::NotFound,
+        Some((status, true)) => {
+            CancelOutcome::Requested(SagaStatus::parse(&status).unwrap_or(SagaStatus::Running))
+        }
+        Some((status, false)) => {
+            CancelOutcome::NotCancellable(SagaStatus::parse(&status).unwrap_or(SagaStatus::Stuck))
+        }
+    })
+}
+
+/// The earliest time a saga becomes due, to sleep exactly that long when idle.
+pub async fn next_due_at(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT min(next_run_at) FROM sagas
+         WHERE status IN ('running', 'compensating') AND locked_until IS NULL",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ListFilter {
+    pub status: Option<SagaStatus>,
+    pub saga_name: Option<String>,
+    /// Keyset cursor: list sagas strictly older than (created_at, id).
+    pub before: Option<(DateTime<Utc>, Uuid)>,
+    pub limit: i64,
+}
+
+/// Newest first, keyset-paginated.
+pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<SagaRow>, sqlx::Error> {
+    let (before_at, before_id) = f.before.unzip();
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM sagas
+         WHERE ($1::text IS NULL OR status = $1)
+           AND ($2::text IS NULL OR saga_name = $2)
+           AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
+         ORDER BY created_at DESC, id DESC
+         LIMIT $5"
+    )))
+    .bind(f.status.map(|s| s.as_str()))
+    .bind(&f.saga_name)
+    .bind(before_at)
+    .bind(before_id)
+    .bind(f.limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// One step's record as the API shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct StepRecord {
+    pub step_index: i32,
+    /// `forward` or `compensation`.
+    pub phase: String,
+    pub step_name: String,
+    /// running, succeeded, failed, waiting or skipped.
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Records a step attempt's outcome (one row per step and phase, updated in place).
+#[allow(clippy::too_many_arguments)]
+pub async fn record_step(
+    conn: &mut PgConnection,
+    saga_id: Uuid,
+    step_index: i32,
+    phase: &str,
+    step_name: &str,
+    status: &str,
+    attempts: i32,
+    error: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO saga_steps (saga_id, step_index, phase, step_name, status, attempts, last_error, finished_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, CASE WHEN $5 IN ('succeeded', 'failed', 'skipped') THEN now() END)
+         ON CONFLICT (saga_id, step_index, phase) DO UPDATE
+         SET status = EXCLUDED.status, attempts = EXCLUDED.attempts,
+             last_error = COALESCE(EXCLUDED.last_error, saga_steps.last_error),
+             finished_at = EXCLUDED.finished_at",
+    )
+    .bind(saga_id)
+    .bind(step_index)
+    .bind(phase)
+    .bind(step_name)
+    .bind(status)
+    .bind(attempts)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn steps(conn: &mut PgConnection, saga_id: Uuid) -> Result<Vec<StepRecord>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT step_index, phase, step_name, status, attempts, last_error, started_at, finished_at
+         FROM saga_steps WHERE saga_id = $1
+         ORDER BY CASE phase WHEN 'forward' THEN 0 ELSE 1 END,
+                  CASE phase WHEN 'forward' THEN step_index ELSE -step_index END",
+    )
+    .bind(saga_id)
+    .fetch_all(conn)
+    .await
+}

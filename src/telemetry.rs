@@ -1,0 +1,107 @@
+//! Logs (tracing, text or JSON) and Prometheus metrics.
+
+use std::time::Duration;
+
+use metrics::{counter, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::store::sagas::SagaStatus;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the global subscriber; `RUST_LOG` overrides the default filter. Safe to call twice.
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,hyper=warn,h2=warn,reqwest=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
+}
+
+/// Installs the Prometheus recorder once per process and returns a handle that renders it.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0,
+                ])
+                .map(|b| b.build_recorder())
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            // Another recorder may already be installed (tests); then ours only renders empty.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+pub fn saga_started(saga: &str) {
+    counter!("sagad_sagas_started_total", "saga" => saga.to_owned()).increment(1);
+}
+
+pub fn saga_finished(saga: &str, status: SagaStatus) {
+    counter!("sagad_sagas_finished_total", "saga" => saga.to_owned(), "status" => status.as_str())
+        .increment(1);
+}
+
+pub fn step_finished(
+    saga: &str,
+    step: &str,
+    phase: &'static str,
+    outcome: &'static str,
+    took: Duration,
+) {
+    counter!("sagad_step_attempts_total", "saga" => saga.to_owned(), "step" => step.to_owned(),
+             "phase" => phase, "outcome" => outcome)
+    .increment(1);
+    histogram!("sagad_step_duration_seconds", "saga" => saga.to_owned(), "step" => step.to_owned(), "phase" => phase)
+        .record(took.as_secs_f64());
+}
+
+pub fn count_error(component: &'static str) {
+    counter!("sagad_internal_errors_total", "component" => component).increment(1);
+}
+
+/// Gauges read from the database at scrape time: queue depth, age of the oldest due saga, sagas by
+/// status, and pool usage.
+pub async fn refresh_gauges(pool: &sqlx::PgPool) {
+    use metrics::gauge;
+    let row: Result<(i64, Option<f64>), _> = sqlx::query_as(
+        "SELECT count(*), extract(epoch FROM now() - min(next_run_at))::float8
+         FROM sagas WHERE status IN ('running', 'compensating') AND locked_until IS NULL AND next_run_at <= now()",
+    )
+    .fetch_one(pool)
+    .await;
+    if let Ok((depth, oldest)) = row {
+        gauge!("sagad_queue_depth").set(depth as f64);
+        gauge!("sagad_queue_oldest_due_seconds").set(oldest.unwrap_or(0.0).max(0.0));
+    }
+    let by_status: Result<Vec<(String, String, i64)>, _> =
+        sqlx::query_as("SELECT saga_name, status, count(*) FROM sagas GROUP BY 1, 2")
+            .fetch_all(pool)
+            .await;
+    if let Ok(rows) = by_status {
+        for (saga, status, n) in rows {
+            gauge!("sagad_sagas", "saga" => saga, "status" => status).set(n as f64);
+        }
+    }
+    gauge!("sagad_db_pool_connections").set(pool.size() as f64);
+    gauge!("sagad_db_pool_idle_connections").set(pool.num_idle() as f64);
+}
