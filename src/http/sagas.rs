@@ -113,7 +113,7 @@ fn view(row: SagaRow, step_names: &[String]) -> SagaView {
             reason,
         }),
         cancel_requested: row.cancel_requested,
-        wait: (status == SagaStatus::Waiting).then(|| WaitView {
+        wait: (status == SagaStatus::Waiting).then_some(WaitView {
             key: row.wait_key,
             deadline: row.wait_deadline,
         }),

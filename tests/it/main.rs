@@ -1,4 +1,9 @@
 //! The one integration-test binary: real PostgreSQL, real HTTP servers on 127.0.0.1:0.
 
+mod harness;
+
+mod api;
+mod booking;
 mod embedded_pg;
+mod engine;
 mod stripe;

@@ -433,8 +433,8 @@ fn print_saga(v: &serde_json::Value) {
 
 fn print_list(v: &serde_json::Value) {
     println!(
-        "{:<38} {:<10} {:<13} {:<18} {}",
-        "ID", "SAGA", "STATUS", "STEP", "FAILURE"
+        "{:<38} {:<10} {:<13} {:<18} FAILURE",
+        "ID", "SAGA", "STATUS", "STEP"
     );
     for s in v["sagas"].as_array().into_iter().flatten() {
         println!(

@@ -1,0 +1,1 @@
+//! The start-saga RPC's edges: authentication, validation, idempotency, limits, reads.

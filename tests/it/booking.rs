@@ -1,0 +1,408 @@
+//! The booking saga end to end over HTTP: happy path, a permanent failure at each step, Stripe
+//! faults, and the double-booking race.
+
+use sagad::stripe::double::{Fault, Operation};
+use serde_json::json;
+
+use crate::harness::{AppOptions, NOTIFY_SECRET, booking_input, count, spawn_app, spawn_app_with};
+
+const HAPPY: [&str; 7] = [
+    "BookingRequested",
+    "InventoryHeld",
+    "PaymentAuthorized",
+    "PaymentCaptured",
+    "BookingConfirmed",
+    "NotificationSent",
+    "SagaCompleted",
+];
+
+#[tokio::test]
+async fn happy_path_completes_with_one_captured_payment_and_a_confirmed_booking() {
+    let app = spawn_app().await;
+    let resp = app
+        .post("/v1/sagas?wait=10s")
+        .header("Idempotency-Key", "happy-1")
+        .json(&json!({ "saga": "booking", "input": booking_input("villa-1", "pm_card_visa") }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "finished within the wait");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["status"], "completed", "{v:#}");
+    assert_eq!(v["url"], format!("/v1/sagas/{}", v["id"].as_str().unwrap()));
+    let id = v["id"].as_str().unwrap().parse().unwrap();
+
+    assert_eq!(app.event_types(id).await, HAPPY);
+    let pis = app.payment_intents_of(id);
+    assert_eq!(pis.len(), 1, "one PaymentIntent");
+    assert_eq!(pis[0].status, "succeeded");
+    assert_eq!(pis[0].capture_method, "manual");
+    assert_eq!(pis[0].amount, 45000);
+    assert_eq!(pis[0].currency, "eur");
+    assert_eq!(pis[0].effects.captures, 1);
+    assert_eq!(pis[0].effects.refunds + pis[0].effects.cancels, 0);
+
+    let booking = &v["booking"];
+    assert_eq!(booking["status"], "confirmed");
+    assert!(
+        booking["confirmation_code"]
+            .as_str()
+            .unwrap()
+            .starts_with("BK-")
+    );
+    assert_eq!(booking["payment_intent_id"], pis[0].id.as_str());
+    let (kind, status): (String, String) =
+        sqlx::query_as("SELECT kind, status FROM inventory_claims WHERE saga_id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!((kind.as_str(), status.as_str()), ("booking", "active"));
+
+    // Each step shows its attempts.
+    let steps = v["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 5);
+    assert!(
+        steps
+            .iter()
+            .all(|s| s["status"] == "succeeded" && s["attempts"] == 1)
+    );
+
+    // The notification went out once, signed with the Standard Webhooks scheme.
+    let notes = app.notify.received.lock().unwrap().clone();
+    assert_eq!(notes.len(), 1);
+    let n = &notes[0];
+    let msg_id = n.headers["webhook-id"].to_str().unwrap();
+    let ts: i64 = n.headers["webhook-timestamp"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let expected = sagad::signing::sign(NOTIFY_SECRET, msg_id, ts, &n.body);
+    assert_eq!(n.headers["webhook-signature"].to_str().unwrap(), expected);
+    let body: serde_json::Value = serde_json::from_slice(&n.body).unwrap();
+    assert_eq!(
+        body["booking"]["confirmation_code"],
+        booking["confirmation_code"]
+    );
+}
+
+/// Compensation events of a saga, in order.
+async fn compensation_events(app: &crate::harness::TestApp, id: uuid::Uuid) -> Vec<String> {
+    let all = app.event_types(id).await;
+    let start = all
+        .iter()
+        .position(|e| e == "CompensationStarted")
+        .unwrap_or_else(|| panic!("no compensation in {all:?}"));
+    all[start..].to_vec()
+}
+
+#[tokio::test]
+async fn failure_at_hold_compensates_nothing() {
+    let app = spawn_app().await;
+    let first = app
+        .start_booking(booking_input("loft-1", "pm_card_visa"))
+        .await;
+    assert_eq!(app.wait_terminal(first).await["status"], "completed");
+
+    let second = app
+        .start_booking(booking_input("loft-1", "pm_card_visa"))
+        .await;
+    let v = app.wait_terminal(second).await;
+    assert_eq!(v["status"], "compensated");
+    assert_eq!(v["failure"]["reason"], "dates_unavailable");
+    assert_eq!(v["failure"]["step"], "hold_inventory");
+    assert_eq!(
+        app.event_types(second).await,
+        [
+            "BookingRequested",
+            "StepFailed",
+            "CompensationStarted",
+            "SagaCompensated"
+        ]
+    );
+    assert!(
+        app.payment_intents_of(second).is_empty(),
+        "no payment attempted"
+    );
+    assert_eq!(v["booking"]["status"], "failed");
+}
+
+#[tokio::test]
+async fn failure_at_authorize_releases_the_hold_once() {
+    let app = spawn_app().await;
+    let id = app
+        .start_booking(booking_input("loft-2", "pm_card_chargeDeclined"))
+        .await;
+    let v = app.wait_terminal(id).await;
+    assert_eq!(v["status"], "compensated");
+    assert_eq!(v["failure"]["reason"], "card_declined: generic_decline");
+    assert_eq!(
+        compensation_events(&app, id).await,
+        [
+            "CompensationStarted",
+            "InventoryReleased",
+            "SagaCompensated"
+        ]
+    );
+    let pis = app.payment_intents_of(id);
+    assert_eq!(pis.len(), 1);
+    assert_eq!(
+        pis[0].effects.captures + pis[0].effects.cancels + pis[0].effects.refunds,
+        0
+    );
+    assert_eq!(
+        count(
+            &app.pool,
+            "SELECT count(*) FROM inventory_claims WHERE status = 'active'"
+        )
+        .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn failure_at_capture_voids_the_authorization_once_and_releases() {
+    let app = spawn_app().await;
+    // Stripe keeps failing captures: attempts run out; the capture may have happened, so its own
+    // compensation (refund) runs first and finds nothing captured; then void, then release.
+    app.double
+        .inject(Fault::server_error(Operation::Capture).times(100));
+    let id = app
+        .start_booking(booking_input("loft-3", "pm_card_visa"))
+        .await;
+    let v = app.wait_terminal(id).await;
+    assert_eq!(v["status"], "compensated", "{v:#}");
+    assert_eq!(v["failure"]["step"], "capture_payment");
+    assert_eq!(
+        compensation_events(&app, id).await,
+        [
+            "CompensationStarted",
+            "PaymentVoided",
+            "InventoryReleased",
+            "SagaCompensated"
+        ]
+    );
+    let pis = app.payment_intents_of(id);
+    assert_eq!(pis.len(), 1);
+    assert_eq!(
+        (
+            pis[0].effects.captures,
+            pis[0].effects.cancels,
+            pis[0].effects.refunds
+        ),
+        (0, 1, 0)
+    );
+    assert_eq!(pis[0].status, "canceled");
+}
+
+#[tokio::test]
+async fn failure_at_confirm_refunds_and_releases_once() {
+    let mut def = crate::harness::booking_definition();
+    // The hold expires before the booking can be confirmed.
+    def.steps[0].params = json!({ "hold_ttl": "1ms" });
+    let app = spawn_app_with(AppOptions {
+        definitions: vec![def],
+        ..Default::default()
+    })
+    .await;
+    let id = app
+        .start_booking(booking_input("loft-4", "pm_card_visa"))
+        .await;
+    let v = app.wait_terminal(id).await;
+    assert_eq!(v["status"], "compensated", "{v:#}");
+    assert_eq!(v["failure"]["reason"], "hold_expired");
+    let events = compensation_events(&app, id).await;
+    assert_eq!(
+        events.first().map(String::as_str),
+        Some("CompensationStarted")
+    );
+    assert_eq!(
+        events.iter().filter(|e| *e == "PaymentRefunded").count(),
+        1,
+        "{events:?}"
+    );
+    assert_eq!(events.last().map(String::as_str), Some("SagaCompensated"));
+    assert!(
+        !events.contains(&"PaymentVoided".to_owned()),
+        "a captured payment is refunded, not voided"
+    );
+    let pis = app.payment_intents_of(id);
+    assert_eq!(
+        (
+            pis[0].effects.captures,
+            pis[0].effects.refunds,
+            pis[0].effects.cancels
+        ),
+        (1, 1, 0)
+    );
+    assert_eq!(pis[0].amount_refunded, 45000);
+    // The hold was given back exactly once (by expiry, recorded as an event).
+    let released = app
+        .event_types(id)
+        .await
+        .iter()
+        .filter(|e| *e == "InventoryReleased")
+        .count();
+    assert_eq!(released, 1);
+}
+
+#[tokio::test]
+async fn failure_at_notify_cancels_refunds_and_releases_in_reverse() {
+    let app = spawn_app().await;
+    app.notify.answer(503);
+    let id = app
+        .start_booking(booking_input("loft-5", "pm_card_visa"))
+        .await;
+    let v = app.wait_terminal(id).await;
+    assert_eq!(v["status"], "compensated", "{v:#}");
+    assert_eq!(v["failure"]["step"], "notify");
+    assert!(
+        v["failure"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP 503")
+    );
+    assert_eq!(
+        compensation_events(&app, id).await,
+        [
+            "CompensationStarted",
+            "BookingCancelled",
+            "PaymentRefunded",
+            "InventoryReleased",
+            "SagaCompensated"
+        ]
+    );
+    assert_eq!(
+        app.notify.count(),
+        5,
+        "every attempt of the notify step reached the gateway"
+    );
+    let pis = app.payment_intents_of(id);
+    assert_eq!(
+        (
+            pis[0].effects.captures,
+            pis[0].effects.refunds,
+            pis[0].effects.cancels
+        ),
+        (1, 1, 0)
+    );
+    assert_eq!(v["booking"]["status"], "cancelled");
+    assert_eq!(
+        count(
+            &app.pool,
+            "SELECT count(*) FROM inventory_claims WHERE status = 'active'"
+        )
+        .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn stripe_errors_and_lost_responses_are_retried_with_the_same_key() {
+    let app = spawn_app().await;
+    app.double
+        .inject(Fault::server_error(Operation::Create).times(2));
+    app.double
+        .inject(Fault::lose_response(Operation::Create).times(1));
+    app.double
+        .inject(Fault::lose_response(Operation::Capture).times(1));
+    let id = app
+        .start_booking(booking_input("suite-1", "pm_card_visa"))
+        .await;
+    let v = app.wait_terminal(id).await;
+    assert_eq!(v["status"], "completed", "{v:#}");
+
+    let pis = app.payment_intents_of(id);
+    assert_eq!(pis.len(), 1, "exactly one PaymentIntent");
+    assert_eq!(pis[0].effects.captures, 1, "captured once");
+    assert_eq!(app.double.counters().payment_intents_created, 1);
+    let creates: Vec<_> = app
+        .double
+        .requests()
+        .into_iter()
+        .filter(|r| r.operation == Some(Operation::Create))
+        .collect();
+    assert_eq!(creates.len(), 4, "two 500s, one lost response, one replay");
+    let key = creates[0]
+        .idempotency_key
+        .clone()
+        .expect("an idempotency key");
+    assert!(
+        creates
+            .iter()
+            .all(|r| r.idempotency_key.as_ref() == Some(&key))
+    );
+    assert!(
+        creates.last().unwrap().replayed,
+        "the last create was an idempotent replay"
+    );
+    let steps = v["steps"].as_array().unwrap();
+    assert_eq!(steps[1]["attempts"], 4);
+}
+
+#[tokio::test]
+async fn fifty_concurrent_bookings_of_one_listing_confirm_exactly_one() {
+    let app = spawn_app_with(AppOptions {
+        workers: 16,
+        ..Default::default()
+    })
+    .await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let (http, base) = (app.http.clone(), app.base.clone());
+        tasks.spawn(async move {
+            // Overlapping, not identical, stays.
+            let mut input = booking_input("penthouse", "pm_card_visa");
+            input["check_in"] = json!(format!("2027-07-{:02}", 1 + i % 3));
+            input["check_out"] = json!(format!("2027-07-{:02}", 5 + i % 4));
+            input["guest_id"] = json!(format!("guest-{i}"));
+            let v: serde_json::Value = http
+                .post(format!("{base}/v1/sagas?wait=20s"))
+                .bearer_auth(crate::harness::TOKEN)
+                .json(&json!({ "saga": "booking", "input": input }))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap()
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(id) = tasks.join_next().await {
+        ids.push(id.unwrap());
+    }
+    let mut completed = 0;
+    for id in ids {
+        let v = app.wait_terminal(id).await;
+        match v["status"].as_str().unwrap() {
+            "completed" => completed += 1,
+            "compensated" => assert_eq!(v["failure"]["reason"], "dates_unavailable", "{v:#}"),
+            other => panic!("unexpected {other}: {v:#}"),
+        }
+    }
+    assert_eq!(completed, 1);
+    assert_eq!(
+        count(
+            &app.pool,
+            "SELECT count(*) FROM inventory_claims WHERE status = 'active'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &app.pool,
+            "SELECT count(*) FROM bookings WHERE status = 'confirmed'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        app.double.counters().payment_intents_created,
+        1,
+        "losers never reached Stripe"
+    );
+}

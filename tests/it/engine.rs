@@ -1,0 +1,1 @@
+//! Engine behaviour: leases, multiple instances, cancellation, waits, definition versions.

@@ -1,0 +1,413 @@
+//! The test harness: a private PostgreSQL cluster per test binary (the same embedded mechanism
+//! `sagad serve` uses), a fresh database per test cloned from a migrated template, the real sagad
+//! server on 127.0.0.1:0, the Stripe test double and a notification receiver.
+
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use sagad::config::Role;
+use sagad::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
+use sagad::engine::EngineConfig;
+use sagad::engine::actions::NotifyConfig;
+use sagad::engine::definition::SagaDefinition;
+use sagad::server::{self, Settings};
+use sagad::store;
+use sagad::stripe::client::StripeClient;
+use sagad::stripe::double::StripeDouble;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const TOKEN: &str = "test-token-0123456789abcdef";
+pub const NOTIFY_SECRET: &[u8] = b"notify-secret-for-tests";
+
+struct Cluster {
+    /// URL of the server's maintenance database, e.g. postgres://…/postgres.
+    admin_url: String,
+    template: String,
+}
+
+/// The cluster lives on its own thread and runtime for the whole test process; when the process
+/// exits, the embedded watchdog stops it and removes its directory.
+fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("test runtime");
+            rt.block_on(async move {
+                let result = start_cluster().await;
+                let keep = match result {
+                    Ok((cluster, pg)) => {
+                        let _ = tx.send(Ok(cluster));
+                        pg
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                // Keep the handle (and its watchdog pipe) alive until the process ends.
+                std::future::pending::<()>().await;
+                drop(keep);
+            });
+        });
+        match rx.recv() {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => panic!("cannot start PostgreSQL for the tests: {e:#}"),
+            Err(_) => panic!("the PostgreSQL thread died"),
+        }
+    })
+}
+
+async fn start_cluster() -> anyhow::Result<(Cluster, Option<EmbeddedPostgres>)> {
+    let (admin_url, pg) = match std::env::var("DATABASE_URL") {
+        Ok(url) => (url, None),
+        Err(_) => {
+            let dir = std::env::temp_dir().join(format!("sagad-it-{}", Uuid::new_v4().simple()));
+            let pg = EmbeddedPostgres::start(EmbeddedOptions::ephemeral(dir)).await?;
+            (pg.url("postgres"), Some(pg))
+        }
+    };
+    let template = format!("sagad_tpl_{}", Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&admin_url).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {template}")))
+        .execute(&mut admin)
+        .await?;
+    let url = with_database(&admin_url, &template);
+    let pool = store::connect(&url, 2).await?;
+    store::migrate(&pool).await?;
+    pool.close().await;
+    Ok((
+        Cluster {
+            admin_url,
+            template,
+        },
+        pg,
+    ))
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let mut u = reqwest::Url::parse(url).expect("database url");
+    u.set_path(&format!("/{db}"));
+    u.to_string()
+}
+
+/// A fresh, migrated database for one test.
+pub async fn fresh_database() -> (PgPool, String) {
+    let c = cluster();
+    let name = format!("t_{}", Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&c.admin_url)
+        .await
+        .expect("admin connection");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE {name} TEMPLATE {}",
+        c.template
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("create test database");
+    let url = with_database(&c.admin_url, &name);
+    let pool = store::connect(&url, 30)
+        .await
+        .expect("connect test database");
+    (pool, url)
+}
+
+/// The booking saga from `sagas/booking.toml`, with retry delays shrunk so tests run fast.
+pub fn booking_definition() -> SagaDefinition {
+    let src = include_str!("../../sagas/booking.toml");
+    let mut def = sagad::engine::definition::parse(
+        src,
+        "sagas/booking.toml",
+        &sagad::engine::actions::catalog(),
+    )
+    .expect("booking.toml parses");
+    let fast = |p: &mut sagad::engine::retry::RetryPolicy| {
+        p.base_delay = Duration::from_millis(5);
+        p.max_delay = Duration::from_millis(40);
+    };
+    for s in &mut def.steps {
+        fast(&mut s.retry);
+        s.timeout = s.timeout.min(Duration::from_secs(5));
+    }
+    fast(&mut def.compensation_retry);
+    def
+}
+
+/// What the notification receiver got.
+#[derive(Debug, Clone)]
+pub struct Notification {
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// A notification service on 127.0.0.1:0 that records requests and answers `status`.
+#[derive(Clone)]
+pub struct NotifyReceiver {
+    pub url: String,
+    pub received: Arc<Mutex<Vec<Notification>>>,
+    pub status: Arc<AtomicU16>,
+}
+
+impl NotifyReceiver {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let url = format!("http://{}/notify", listener.local_addr().expect("addr"));
+        let received: Arc<Mutex<Vec<Notification>>> = Arc::default();
+        let status = Arc::new(AtomicU16::new(204));
+        let (r, s) = (received.clone(), status.clone());
+        let app = axum::Router::new().route(
+            "/notify",
+            axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                let (r, s) = (r.clone(), s.clone());
+                async move {
+                    r.lock().unwrap().push(Notification {
+                        headers,
+                        body: body.to_vec(),
+                    });
+                    StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK)
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            url,
+            received,
+            status,
+        }
+    }
+
+    pub fn answer(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+}
+
+pub struct AppOptions {
+    pub role: Role,
+    pub workers: usize,
+    pub lease: Duration,
+    pub definitions: Vec<SagaDefinition>,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            role: Role::All,
+            workers: 8,
+            lease: Duration::from_secs(30),
+            definitions: vec![booking_definition()],
+        }
+    }
+}
+
+/// One running sagad (API and/or workers) on a test database.
+pub struct TestApp {
+    pub base: String,
+    pub pool: PgPool,
+    pub db_url: String,
+    pub double: Arc<StripeDouble>,
+    pub notify: NotifyReceiver,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    server: Option<JoinHandle<Result<(), server::Error>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(AppOptions::default()).await
+}
+
+pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
+    let (pool, db_url) = fresh_database().await;
+    let double = Arc::new(
+        StripeDouble::start(TcpListener::bind("127.0.0.1:0").await.expect("bind double"))
+            .await
+            .expect("start double"),
+    );
+    let notify = NotifyReceiver::start().await;
+    spawn_instance(pool, db_url, double, notify, opts).await
+}
+
+/// Another sagad process on the same database and peers (for multi-instance tests).
+pub async fn spawn_instance(
+    pool: PgPool,
+    db_url: String,
+    double: Arc<StripeDouble>,
+    notify: NotifyReceiver,
+    opts: AppOptions,
+) -> TestApp {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let settings = Settings {
+        api_tokens: vec![TOKEN.into()],
+        stripe: StripeClient::new("sk_test_sagad_tests", Some(&double.base_url()))
+            .expect("stripe client"),
+        notify: Some(NotifyConfig {
+            url: reqwest::Url::parse(&notify.url).expect("notify url"),
+            secrets: vec![NOTIFY_SECRET.to_vec()],
+        }),
+        engine: EngineConfig {
+            workers: opts.workers,
+            lease: opts.lease,
+            poll_interval: Duration::from_millis(200),
+            maintenance_interval: Duration::from_millis(100),
+            shutdown_grace: Duration::from_secs(5),
+            ..EngineConfig::default()
+        },
+        role: opts.role,
+        definitions: opts.definitions,
+        max_wait: Duration::from_secs(30),
+    };
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(server::run(
+        settings,
+        pool.clone(),
+        listener,
+        shutdown.clone(),
+    ));
+    let app = TestApp {
+        base,
+        pool,
+        db_url,
+        double,
+        notify,
+        http: reqwest::Client::new(),
+        shutdown,
+        server: Some(server),
+    };
+    app.wait_ready().await;
+    app
+}
+
+pub fn booking_input(listing: &str, pm: &str) -> Value {
+    json!({ "listing_id": listing, "guest_id": "guest-1", "check_in": "2027-05-01",
+            "check_out": "2027-05-04", "amount": 45000, "currency": "EUR", "payment_method": pm })
+}
+
+impl TestApp {
+    async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if let Ok(r) = self.http.get(format!("{}/healthz", self.base)).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("sagad did not come up at {}", self.base);
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+    }
+
+    /// Starts a booking saga and returns its id.
+    pub async fn start_booking(&self, input: Value) -> Uuid {
+        let resp = self
+            .post("/v1/sagas")
+            .json(&json!({ "saga": "booking", "input": input }))
+            .send()
+            .await
+            .expect("start request");
+        let status = resp.status();
+        let body: Value = resp.json().await.expect("start response body");
+        assert!(status.is_success(), "start failed: {status} {body}");
+        body["id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("saga id")
+    }
+
+    /// Polls the saga until it is terminal (completed, compensated, stuck), for at most 30 s.
+    pub async fn wait_terminal(&self, id: Uuid) -> Value {
+        self.wait_status(id, &["completed", "compensated", "stuck"])
+            .await
+    }
+
+    pub async fn wait_status(&self, id: Uuid, statuses: &[&str]) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let v: Value = self
+                .get(&format!("/v1/sagas/{id}"))
+                .send()
+                .await
+                .expect("get saga")
+                .json()
+                .await
+                .expect("saga json");
+            if statuses.contains(&v["status"].as_str().unwrap_or("")) {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "saga {id} did not reach {statuses:?}: {v:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The saga's event types, in version order.
+    pub async fn event_types(&self, id: Uuid) -> Vec<String> {
+        sqlx::query_scalar("SELECT event_type FROM events WHERE aggregate_id = $1 ORDER BY version")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .expect("events")
+    }
+
+    /// PaymentIntents the double holds for one saga (by the saga_id metadata sagad sets).
+    pub fn payment_intents_of(&self, id: Uuid) -> Vec<sagad::stripe::double::PaymentIntentRecord> {
+        let id = id.to_string();
+        self.double
+            .payment_intents()
+            .into_iter()
+            .filter(|p| p.metadata.get("saga_id") == Some(&id))
+            .collect()
+    }
+
+    /// Stops the server (SIGTERM path): no new claims, in-flight steps finish, leases released.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(s) = self.server.take() {
+            s.await.expect("server task").expect("server result");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Counts rows of `sql` (a `SELECT count(*) …`).
+pub async fn count(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(pool)
+        .await
+        .expect("count query")
+}
