@@ -100,7 +100,9 @@ fn finish(mut plan: Plan) -> Plan {
 }
 
 /// Turns the saga around: compensate from `start` (inclusive) down to the first step.
-/// `failed_step` is the forward step whose failure (or cancellation) caused it.
+/// `failed_step` is the forward step whose failure (or cancellation) caused it; `events` come
+/// before `CompensationStarted`, `then` after it.
+#[allow(clippy::too_many_arguments)]
 fn compensate(
     s: &State<'_>,
     env: &Env,
@@ -109,11 +111,13 @@ fn compensate(
     failed_step: Option<&str>,
     reason: &str,
     mut events: Vec<NewEvent>,
+    then: Vec<NewEvent>,
 ) -> Plan {
     events.push(NewEvent::from(Event::CompensationStarted {
         failed_step: failed_step.map(str::to_owned),
         reason: reason.to_owned(),
     }));
+    events.extend(then);
     let mut t = match compensable_at_or_below(s.def, start) {
         Some(first) => {
             let mut t = transition(SagaStatus::Compensating, first, 1, context);
@@ -150,7 +154,7 @@ pub fn cancel(s: &State<'_>, env: &Env, step_is_local: bool) -> Plan {
         let start = s.current_step as isize - if effect_possible { 0 } else { 1 };
         (start, Some(step.name.as_str()))
     };
-    let mut events = Vec::new();
+    let mut then = Vec::new();
     // The booking is cancelled by the confirm step's compensation when that step is undone;
     // otherwise the cancellation is recorded here.
     let booking_cancel_runs = start >= 0
@@ -158,11 +162,20 @@ pub fn cancel(s: &State<'_>, env: &Env, step_is_local: bool) -> Plan {
             .iter()
             .any(|st| st.compensation.as_deref() == Some("booking.cancel"));
     if !booking_cancel_runs {
-        events.push(NewEvent::from(Event::BookingCancelled {
+        then.push(NewEvent::from(Event::BookingCancelled {
             reason: GUEST_CANCEL.to_owned(),
         }));
     }
-    compensate(s, env, s.context, start, failed_step, GUEST_CANCEL, events)
+    compensate(
+        s,
+        env,
+        s.context,
+        start,
+        failed_step,
+        GUEST_CANCEL,
+        Vec::new(),
+        then,
+    )
 }
 
 /// The state after the claimed step's `outcome`.
@@ -312,6 +325,7 @@ fn fail_forward(
                 Some(&step.name),
                 &reason,
                 vec![failed],
+                Vec::new(),
             )
         }
     };

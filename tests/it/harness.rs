@@ -137,7 +137,7 @@ pub fn booking_definition() -> SagaDefinition {
     };
     for s in &mut def.steps {
         fast(&mut s.retry);
-        s.timeout = s.timeout.min(Duration::from_secs(5));
+        s.timeout = s.timeout.min(Duration::from_secs(3));
     }
     fast(&mut def.compensation_retry);
     def
@@ -281,7 +281,7 @@ pub async fn spawn_instance(
         listener,
         shutdown.clone(),
     ));
-    let app = TestApp {
+    let mut app = TestApp {
         base,
         pool,
         db_url,
@@ -301,8 +301,12 @@ pub fn booking_input(listing: &str, pm: &str) -> Value {
 }
 
 impl TestApp {
-    async fn wait_ready(&self) {
+    async fn wait_ready(&mut self) {
         for _ in 0..200 {
+            if self.server.as_ref().is_some_and(|s| s.is_finished()) {
+                let result = self.server.take().expect("server task").await;
+                panic!("sagad stopped during start-up: {result:?}");
+            }
             if let Ok(r) = self.http.get(format!("{}/healthz", self.base)).send().await
                 && r.status().is_success()
             {
