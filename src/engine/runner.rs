@@ -144,7 +144,7 @@ impl Worker {
         } else {
             "forward"
         };
-        let span = tracing::info_span!("step", step = %step.name, phase, action = action_name, attempt = row.attempt);
+        let span = tracing::info_span!("step", step = %step.name, phase = %phase, action = %action_name, attempt = row.attempt);
         let started = std::time::Instant::now();
         let result = async {
             if action.is_local() {
