@@ -78,7 +78,12 @@ pub enum SagasCommand {
 #[derive(clap::Args, Debug)]
 pub struct ApiArgs {
     /// Base URL of the sagad API.
-    #[arg(long, global = true, env = "SAGAD_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "SAGAD_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub url: String,
     /// Bearer token (one of the server's SAGAD_API_TOKENS).
     #[arg(
