@@ -129,6 +129,8 @@ pub struct NewEvent {
     pub causation_id: Option<String>,
     pub step: Option<String>,
     pub attempt: Option<i32>,
+    /// The sagad process that recorded it (its worker id).
+    pub worker: Option<String>,
 }
 
 impl From<Event> for NewEvent {
@@ -138,6 +140,7 @@ impl From<Event> for NewEvent {
             causation_id: None,
             step: None,
             attempt: None,
+            worker: None,
         }
     }
 }

@@ -143,7 +143,12 @@ pub enum SagaCommand {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    telemetry::init_logging(cli.log_format);
+    // Interactive commands keep the terminal for their own output.
+    let filter = match cli.command {
+        Command::Demo(_) | Command::Saga { .. } | Command::Sagas { .. } => "warn",
+        _ => telemetry::DEFAULT_FILTER,
+    };
+    telemetry::init_logging(cli.log_format, filter);
     match cli.command {
         Command::Serve(args) => serve(*args).await,
         Command::Migrate { db } => {

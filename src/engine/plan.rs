@@ -90,6 +90,7 @@ fn tagged(events: Vec<Event>, step: &str, attempt: i32) -> Vec<NewEvent> {
             causation_id: None,
             step: Some(step.to_owned()),
             attempt: Some(attempt),
+            worker: None,
         })
         .collect()
 }
@@ -261,6 +262,7 @@ fn after_forward(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
                 causation_id: None,
                 step: Some(step.name.clone()),
                 attempt: Some(s.attempt),
+                worker: None,
             }];
             finish(Plan {
                 transition: t,
@@ -297,6 +299,7 @@ fn fail_forward(
         causation_id: None,
         step: Some(step.name.clone()),
         attempt: Some(s.attempt),
+        worker: None,
     };
     let mut plan = match step.on_failure {
         OnFailure::Stuck => {

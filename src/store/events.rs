@@ -59,6 +59,7 @@ pub async fn append(
             "causation_id": causation,
             "step": e.step,
             "attempt": e.attempt,
+            "worker": e.worker,
         }));
         previous = Some(id);
     }

@@ -4,6 +4,7 @@ mod harness;
 
 mod api;
 mod booking;
+mod cli;
 mod embedded_pg;
 mod engine;
 mod stripe;
