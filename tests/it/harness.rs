@@ -156,6 +156,8 @@ pub struct NotifyReceiver {
     pub url: String,
     pub received: Arc<Mutex<Vec<Notification>>>,
     pub status: Arc<AtomicU16>,
+    /// Requests whose body contains this text always get a 503 (a guest who cannot be reached).
+    pub unreachable: Arc<Mutex<Option<String>>>,
 }
 
 impl NotifyReceiver {
@@ -166,16 +168,25 @@ impl NotifyReceiver {
         let url = format!("http://{}/notify", listener.local_addr().expect("addr"));
         let received: Arc<Mutex<Vec<Notification>>> = Arc::default();
         let status = Arc::new(AtomicU16::new(204));
-        let (r, s) = (received.clone(), status.clone());
+        let unreachable: Arc<Mutex<Option<String>>> = Arc::default();
+        let (r, s, u) = (received.clone(), status.clone(), unreachable.clone());
         let app = axum::Router::new().route(
             "/notify",
             axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
-                let (r, s) = (r.clone(), s.clone());
+                let (r, s, u) = (r.clone(), s.clone(), u.clone());
                 async move {
+                    let refuse = u
+                        .lock()
+                        .unwrap()
+                        .as_deref()
+                        .is_some_and(|m| String::from_utf8_lossy(&body).contains(m));
                     r.lock().unwrap().push(Notification {
                         headers,
                         body: body.to_vec(),
                     });
+                    if refuse {
+                        return StatusCode::SERVICE_UNAVAILABLE;
+                    }
                     StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK)
                 }
             }),
@@ -187,6 +198,7 @@ impl NotifyReceiver {
             url,
             received,
             status,
+            unreachable,
         }
     }
 

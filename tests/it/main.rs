@@ -5,6 +5,7 @@ mod harness;
 mod api;
 mod booking;
 mod cli;
+mod crash;
 mod embedded_pg;
 mod engine;
 mod stripe;
