@@ -30,7 +30,7 @@ pub fn init_logging(format: LogFormat, default_filter: &str) {
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .with_span_list(false)
+            .with_span_list(true)
             .try_init(),
     };
 }

@@ -65,3 +65,50 @@ fn serve_without_configuration_says_what_to_set() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a duration"));
 }
+
+#[tokio::test]
+async fn the_stripe_double_runs_on_its_own_for_integrators() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sagad"))
+        .args(["stripe-double", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}/");
+    let stripe =
+        sagad::stripe::client::StripeClient::new("sk_test_integrator", Some(&base)).unwrap();
+    let request = sagad::stripe::client::AuthorizeRequest {
+        amount: 1000,
+        currency: "eur".into(),
+        payment_method: "pm_card_visa".into(),
+        metadata: vec![],
+        description: None,
+    };
+    let mut pi = None;
+    for _ in 0..100 {
+        if let Ok(p) = stripe.authorize(&request, "integrator-1").await {
+            pi = Some(p);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let pi = pi.expect("the double answers");
+    assert_eq!(
+        pi.status,
+        sagad::stripe::client::PaymentIntentStatus::RequiresCapture
+    );
+    let state: serde_json::Value = reqwest::get(format!("{base}_double/payment_intents"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state.as_array().map(Vec::len), Some(1), "{state}");
+    child.kill().await.unwrap();
+}
