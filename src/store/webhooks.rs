@@ -319,10 +319,10 @@ pub async fn claim_due(
                  SELECT d.id FROM webhook_deliveries d
                  WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.next_attempt_at <= now()
                  ORDER BY d.next_attempt_at
-                 LIMIT greatest($5 - COALESCE(i.n, 0), 0)
+                 LIMIT greatest($4 - COALESCE(i.n, 0), 0)
                  FOR UPDATE SKIP LOCKED) d
              WHERE e.enabled
-             LIMIT $4)
+             LIMIT $3)
          UPDATE webhook_deliveries d
          SET status = 'delivering', attempts = d.attempts + 1, locked_by = $1,
              locked_until = now() + $2, updated_at = now()
