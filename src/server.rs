@@ -37,6 +37,8 @@ pub enum Error {
     Http(#[from] std::io::Error),
     #[error(transparent)]
     Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Webhooks(#[from] crate::webhooks::Error),
 }
 
 pub struct Settings {
@@ -47,6 +49,8 @@ pub struct Settings {
     pub role: Role,
     pub definitions: Vec<SagaDefinition>,
     pub max_wait: Duration,
+    /// Outgoing webhooks: delivery workers (with the engine) and the endpoint API.
+    pub webhooks: crate::webhooks::WebhookConfig,
 }
 
 /// Loads every `*.toml` of `dir`; a missing default directory falls back to the built-in booking saga.
@@ -102,6 +106,14 @@ pub async fn run(
         (None, None)
     };
 
+    // Outgoing webhook delivery runs wherever the engine runs.
+    let webhook_task = if settings.role != Role::Api {
+        let dispatcher = crate::webhooks::Dispatcher::new(pool.clone(), settings.webhooks.clone())?;
+        Some(tokio::spawn(dispatcher.run(shutdown.clone())))
+    } else {
+        None
+    };
+
     let state = AppState {
         pool: pool.clone(),
         registry,
@@ -110,6 +122,7 @@ pub async fn run(
         engine_running,
         metrics: crate::telemetry::metrics_handle(),
         max_wait: settings.max_wait,
+        webhooks: Arc::new(settings.webhooks),
     };
     let app = http::app(state, settings.role != Role::Worker);
     info!(addr = %listener.local_addr()?, role = ?settings.role, "sagad listening");
@@ -125,6 +138,11 @@ pub async fn run(
         && let Err(e) = t.await
     {
         warn!(error = %e, "engine task ended abnormally");
+    }
+    if let Some(t) = webhook_task
+        && let Err(e) = t.await
+    {
+        warn!(error = %e, "webhook delivery task ended abnormally");
     }
     listener_task.abort();
     served?;

@@ -1,5 +1,7 @@
 //! The command line: `sagad serve | migrate | demo | sagas check | saga … | stripe-double`.
 
+mod webhooks;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +58,13 @@ pub enum Command {
         api: ApiArgs,
         #[command(subcommand)]
         command: SagaCommand,
+    },
+    /// Manage outgoing webhook endpoints and deliveries through a running sagad's API.
+    Webhooks {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: webhooks::WebhooksCommand,
     },
     /// Run the Stripe-compatible test double on its own (a stateful stripe-mock).
     StripeDouble {
@@ -162,6 +171,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: SagasCommand::Check { dir },
         } => Ok(check_definitions(&dir)),
         Command::Saga { api, command } => saga_command(api, command).await,
+        Command::Webhooks { api, command } => webhooks::run(api, command).await,
         Command::StripeDouble { listen } => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
@@ -288,6 +298,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         role: args.role,
         definitions,
         max_wait: args.max_wait,
+        webhooks: args.webhooks.to_config(args.shutdown_grace),
     };
     let result = server::run(settings, database.pool.clone(), listener, shutdown.clone()).await;
     shutdown.cancel();

@@ -4,6 +4,7 @@ mod error;
 mod health;
 mod openapi;
 mod sagas;
+mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Longest `?wait=` honoured.
     pub max_wait: Duration,
+    /// Outgoing webhooks: URL policy (SSRF guard, http allowed?) and secret rotation overlap.
+    pub webhooks: Arc<crate::webhooks::WebhookConfig>,
 }
 
 /// The router. `api`: serve `/v1` and `/openapi.json` (a worker-only process serves health and
@@ -47,8 +50,9 @@ pub struct AppState {
 pub fn app(state: AppState, api: bool) -> Router {
     let mut router = Router::new().merge(health::routes());
     if api {
-        let v1 =
-            sagas::routes().layer(middleware::from_fn_with_state(state.clone(), require_token));
+        let v1 = sagas::routes()
+            .merge(webhooks::routes())
+            .layer(middleware::from_fn_with_state(state.clone(), require_token));
         router = router.merge(v1).merge(openapi::routes());
     }
     router

@@ -216,6 +216,24 @@ pub struct AppOptions {
     pub workers: usize,
     pub lease: Duration,
     pub definitions: Vec<SagaDefinition>,
+    /// Outgoing webhooks (tests: http and 127.0.0.1 allowed, ms-scale retries).
+    pub webhooks: sagad::webhooks::WebhookConfig,
+}
+
+/// Webhook settings for tests: http and loopback receivers allowed, retries 30 ms apart.
+pub fn test_webhook_config() -> sagad::webhooks::WebhookConfig {
+    sagad::webhooks::WebhookConfig {
+        allow_http: true,
+        allow_nets: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+        timeout: Duration::from_secs(2),
+        poll_interval: Duration::from_millis(50),
+        retry: sagad::webhooks::RetryPolicy {
+            schedule: vec![Duration::from_millis(30); 3],
+            jitter: 0.0,
+        },
+        shutdown_grace: Duration::from_secs(2),
+        ..Default::default()
+    }
 }
 
 impl Default for AppOptions {
@@ -225,6 +243,7 @@ impl Default for AppOptions {
             workers: 8,
             lease: Duration::from_secs(30),
             definitions: vec![booking_definition()],
+            webhooks: test_webhook_config(),
         }
     }
 }
@@ -285,6 +304,7 @@ pub async fn spawn_instance(
         role: opts.role,
         definitions: opts.definitions,
         max_wait: Duration::from_secs(30),
+        webhooks: opts.webhooks,
     };
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(server::run(

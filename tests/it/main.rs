@@ -9,3 +9,4 @@ mod crash;
 mod embedded_pg;
 mod engine;
 mod stripe;
+mod webhooks;
