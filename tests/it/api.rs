@@ -312,7 +312,7 @@ async fn the_event_store_refuses_update_and_delete() {
     for sql in [
         "UPDATE events SET payload = '{}'",
         "DELETE FROM events",
-        "TRUNCATE events",
+        "TRUNCATE events CASCADE",
     ] {
         let err = sqlx::query(sqlx::AssertSqlSafe(sql))
             .execute(&app.pool)
