@@ -47,6 +47,8 @@ pub struct Settings {
     pub role: Role,
     pub definitions: Vec<SagaDefinition>,
     pub max_wait: Duration,
+    /// Inbound Stripe webhooks: endpoint secrets and the inbox workers.
+    pub stripe_inbound: crate::stripe::inbound::InboundSettings,
 }
 
 /// Loads every `*.toml` of `dir`; a missing default directory falls back to the built-in booking saga.
@@ -82,6 +84,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let registry = Arc::new(Registry::load(pool.clone(), settings.definitions).await?);
+    let inbound_stripe = settings.stripe.clone();
     let deps = Deps {
         stripe: settings.stripe,
         http: http_client(),
@@ -102,6 +105,15 @@ pub async fn run(
         (None, None)
     };
 
+    // The Stripe inbox workers run beside the engine (same role), and stop with it.
+    let inbox_task = (settings.role != Role::Api).then(|| {
+        tokio::spawn(crate::stripe::inbound::run(
+            pool.clone(),
+            inbound_stripe,
+            settings.stripe_inbound.inbox.clone(),
+            shutdown.clone(),
+        ))
+    });
     let state = AppState {
         pool: pool.clone(),
         registry,
@@ -110,6 +122,7 @@ pub async fn run(
         engine_running,
         metrics: crate::telemetry::metrics_handle(),
         max_wait: settings.max_wait,
+        stripe_webhooks: settings.stripe_inbound.verifier().map(Arc::new),
     };
     let app = http::app(state, settings.role != Role::Worker);
     info!(addr = %listener.local_addr()?, role = ?settings.role, "sagad listening");
@@ -125,6 +138,11 @@ pub async fn run(
         && let Err(e) = t.await
     {
         warn!(error = %e, "engine task ended abnormally");
+    }
+    if let Some(t) = inbox_task
+        && let Err(e) = t.await
+    {
+        warn!(error = %e, "stripe inbox task ended abnormally");
     }
     listener_task.abort();
     served?;

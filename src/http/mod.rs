@@ -4,6 +4,7 @@ mod error;
 mod health;
 mod openapi;
 mod sagas;
+mod stripe_webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Longest `?wait=` honoured.
     pub max_wait: Duration,
+    /// Verifies `POST /webhooks/stripe`; `None` when no STRIPE_WEBHOOK_SECRET is configured.
+    pub stripe_webhooks: Option<Arc<crate::stripe::webhook::Verifier>>,
 }
 
 /// The router. `api`: serve `/v1` and `/openapi.json` (a worker-only process serves health and
@@ -50,6 +53,10 @@ pub fn app(state: AppState, api: bool) -> Router {
         let v1 =
             sagas::routes().layer(middleware::from_fn_with_state(state.clone(), require_token));
         router = router.merge(v1).merge(openapi::routes());
+        // Outside bearer auth: Stripe signs its requests instead. Reads its body with its own limit.
+        if state.stripe_webhooks.is_some() {
+            router = router.merge(stripe_webhooks::routes());
+        }
     }
     router
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -6,6 +6,7 @@ pub mod definitions;
 pub mod events;
 pub mod inventory;
 pub mod sagas;
+pub mod stripe_events;
 
 use std::time::Duration;
 
