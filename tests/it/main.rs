@@ -7,3 +7,4 @@ mod booking;
 mod embedded_pg;
 mod engine;
 mod stripe;
+mod stripe_webhooks;

@@ -118,7 +118,13 @@ pub async fn process(
             let Some(current) = current else {
                 return Ok(Decision::Retry("no current PaymentIntent state".into()));
             };
-            let mut notes = match wake_for(&mut tx, &saga, &pi).await? {
+            let wake = if current.status == PaymentIntentStatus::RequiresAction {
+                // Still waiting for the customer: a woken saga would only park again.
+                Wake::NotNeeded("the PaymentIntent still requires action".into())
+            } else {
+                wake_for(&mut tx, &saga, &pi).await?
+            };
+            let mut notes = match wake {
                 Wake::Woken => vec!["woke the saga".to_owned()],
                 Wake::NotYet => {
                     return Ok(Decision::Retry(
