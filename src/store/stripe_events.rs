@@ -233,21 +233,6 @@ pub async fn reschedule(
     Ok(n == 1)
 }
 
-/// Gives a claim back untouched (shutdown): due again at once, the attempt not counted.
-pub async fn release(pool: &PgPool, claim: &Claim) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE stripe_events SET status = 'pending', attempts = attempts - 1, next_attempt_at = now(),
-                locked_by = NULL, locked_until = NULL
-         WHERE id = $1 AND status = 'processing' AND locked_by = $2 AND attempts = $3",
-    )
-    .bind(&claim.id)
-    .bind(&claim.worker)
-    .bind(claim.attempts)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
 /// Puts events whose worker died (lease ran out) back in the queue.
 pub async fn rescue_expired_leases(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
