@@ -116,6 +116,8 @@ pub struct ServeArgs {
     /// SAGAD_API_TOKENS, accept the token `dev-token`.
     #[arg(long)]
     pub dev: bool,
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -201,5 +203,79 @@ impl ServeArgs {
             return Err(ConfigError::BadWebhookTolerance);
         }
         Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outgoing webhooks
+
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| {
+            format!("{s:?} is not a network; use CIDR notation such as 127.0.0.0/8 or ::1/128")
+        })
+}
+
+fn parse_jitter(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(j) if (0.0..=1.0).contains(&j) => Ok(j),
+        _ => Err(format!(
+            "{s:?} is not a fraction between 0 and 1 (0.2 means ±20%)"
+        )),
+    }
+}
+
+/// Outgoing webhook delivery.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WebhookArgs {
+    /// Permit http:// webhook endpoint URLs (local development and tests only).
+    #[arg(long, env = "SAGAD_WEBHOOK_ALLOW_HTTP", default_value_t = false, action = clap::ArgAction::Set)]
+    pub webhook_allow_http: bool,
+    /// Comma-separated networks exempt from the SSRF guard, e.g. 127.0.0.0/8,::1/128.
+    #[arg(long, env = "SAGAD_WEBHOOK_ALLOW_NETS", value_delimiter = ',', value_parser = parse_net)]
+    pub webhook_allow_nets: Vec<ipnet::IpNet>,
+    /// Request timeout of one delivery attempt.
+    #[arg(long, env = "SAGAD_WEBHOOK_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub webhook_timeout: Duration,
+    /// Comma-separated delays before the 2nd, 3rd, … attempt; dead-lettered after the last.
+    #[arg(long, env = "SAGAD_WEBHOOK_RETRY_SCHEDULE", value_delimiter = ',', value_parser = parse_duration,
+          default_value = "5s,5m,30m,2h,5h,10h,10h")]
+    pub webhook_retry_schedule: Vec<Duration>,
+    /// Relative jitter of each retry delay (0.2 = ±20%).
+    #[arg(long, env = "SAGAD_WEBHOOK_RETRY_JITTER", default_value = "0.2", value_parser = parse_jitter)]
+    pub webhook_retry_jitter: f64,
+    /// How long a rotated-out signing secret keeps signing alongside the new one.
+    #[arg(long, env = "SAGAD_WEBHOOK_SECRET_OVERLAP", default_value = "24h", value_parser = parse_duration)]
+    pub webhook_secret_overlap: Duration,
+    /// Disable an endpoint after it has failed continuously this long.
+    #[arg(long, env = "SAGAD_WEBHOOK_DISABLE_AFTER", default_value = "120h", value_parser = parse_duration)]
+    pub webhook_disable_after: Duration,
+    /// Webhook deliveries this process attempts at once.
+    #[arg(long, env = "SAGAD_WEBHOOK_WORKERS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub webhook_workers: u32,
+    /// Deliveries in flight to one endpoint at once (across all processes).
+    #[arg(long, env = "SAGAD_WEBHOOK_ENDPOINT_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub webhook_endpoint_concurrency: u32,
+}
+
+impl WebhookArgs {
+    pub fn to_config(&self, shutdown_grace: Duration) -> crate::webhooks::WebhookConfig {
+        crate::webhooks::WebhookConfig {
+            workers: self.webhook_workers as usize,
+            endpoint_concurrency: self.webhook_endpoint_concurrency as usize,
+            timeout: self.webhook_timeout,
+            retry: crate::webhooks::RetryPolicy {
+                schedule: self.webhook_retry_schedule.clone(),
+                jitter: self.webhook_retry_jitter,
+            },
+            secret_overlap: self.webhook_secret_overlap,
+            disable_after: self.webhook_disable_after,
+            allow_http: self.webhook_allow_http,
+            allow_nets: self.webhook_allow_nets.clone(),
+            shutdown_grace,
+            ..crate::webhooks::WebhookConfig::default()
+        }
     }
 }

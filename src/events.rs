@@ -152,6 +152,8 @@ pub struct NewEvent {
     pub causation_id: Option<String>,
     pub step: Option<String>,
     pub attempt: Option<i32>,
+    /// The sagad process that recorded it (its worker id).
+    pub worker: Option<String>,
 }
 
 impl From<Event> for NewEvent {
@@ -161,6 +163,7 @@ impl From<Event> for NewEvent {
             causation_id: None,
             step: None,
             attempt: None,
+            worker: None,
         }
     }
 }

@@ -20,3 +20,4 @@ pub mod signing;
 pub mod store;
 pub mod stripe;
 pub mod telemetry;
+pub mod webhooks;

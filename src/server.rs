@@ -37,6 +37,8 @@ pub enum Error {
     Http(#[from] std::io::Error),
     #[error(transparent)]
     Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Webhooks(#[from] crate::webhooks::Error),
 }
 
 pub struct Settings {
@@ -49,6 +51,8 @@ pub struct Settings {
     pub max_wait: Duration,
     /// Inbound Stripe webhooks: endpoint secrets and the inbox workers.
     pub stripe_inbound: crate::stripe::inbound::InboundSettings,
+    /// Outgoing webhooks: delivery workers (with the engine) and the endpoint API.
+    pub webhooks: crate::webhooks::WebhookConfig,
 }
 
 /// Loads every `*.toml` of `dir`; a missing default directory falls back to the built-in booking saga.
@@ -114,6 +118,14 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
+    // Outgoing webhook delivery runs wherever the engine runs.
+    let webhook_task = if settings.role != Role::Api {
+        let dispatcher = crate::webhooks::Dispatcher::new(pool.clone(), settings.webhooks.clone())?;
+        Some(tokio::spawn(dispatcher.run(shutdown.clone())))
+    } else {
+        None
+    };
+
     let state = AppState {
         pool: pool.clone(),
         registry,
@@ -123,6 +135,7 @@ pub async fn run(
         metrics: crate::telemetry::metrics_handle(),
         max_wait: settings.max_wait,
         stripe_webhooks: settings.stripe_inbound.verifier().map(Arc::new),
+        webhooks: Arc::new(settings.webhooks),
     };
     let app = http::app(state, settings.role != Role::Worker);
     info!(addr = %listener.local_addr()?, role = ?settings.role, "sagad listening");
@@ -143,6 +156,11 @@ pub async fn run(
         && let Err(e) = t.await
     {
         warn!(error = %e, "stripe inbox task ended abnormally");
+    }
+    if let Some(t) = webhook_task
+        && let Err(e) = t.await
+    {
+        warn!(error = %e, "webhook delivery task ended abnormally");
     }
     listener_task.abort();
     served?;

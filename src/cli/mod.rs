@@ -2,6 +2,8 @@
 
 mod stripe_events;
 
+mod webhooks;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,6 +66,13 @@ pub enum Command {
         #[command(subcommand)]
         command: stripe_events::StripeCommand,
     },
+    /// Manage outgoing webhook endpoints and deliveries through a running sagad's API.
+    Webhooks {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: webhooks::WebhooksCommand,
+    },
     /// Run the Stripe-compatible test double on its own (a stateful stripe-mock).
     StripeDouble {
         /// Address to listen on.
@@ -85,7 +94,12 @@ pub enum SagasCommand {
 #[derive(clap::Args, Debug)]
 pub struct ApiArgs {
     /// Base URL of the sagad API.
-    #[arg(long, env = "SAGAD_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "SAGAD_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub url: String,
     /// Bearer token (one of the server's SAGAD_API_TOKENS).
     #[arg(
@@ -145,7 +159,12 @@ pub enum SagaCommand {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    telemetry::init_logging(cli.log_format);
+    // Interactive commands keep the terminal for their own output.
+    let filter = match cli.command {
+        Command::Demo(_) | Command::Saga { .. } | Command::Sagas { .. } => "warn",
+        _ => telemetry::DEFAULT_FILTER,
+    };
+    telemetry::init_logging(cli.log_format, filter);
     match cli.command {
         Command::Serve(args) => serve(*args).await,
         Command::Migrate { db } => {
@@ -160,6 +179,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => Ok(check_definitions(&dir)),
         Command::Saga { api, command } => saga_command(api, command).await,
         Command::Stripe { command } => stripe_events::run(command).await,
+        Command::Webhooks { api, command } => webhooks::run(api, command).await,
         Command::StripeDouble { listen } => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
@@ -305,6 +325,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 ..Default::default()
             },
         },
+        webhooks: args.webhooks.to_config(args.shutdown_grace),
     };
     let result = server::run(settings, database.pool.clone(), listener, shutdown.clone()).await;
     shutdown.cancel();

@@ -90,6 +90,7 @@ fn tagged(events: Vec<Event>, step: &str, attempt: i32) -> Vec<NewEvent> {
             causation_id: None,
             step: Some(step.to_owned()),
             attempt: Some(attempt),
+            worker: None,
         })
         .collect()
 }
@@ -100,7 +101,9 @@ fn finish(mut plan: Plan) -> Plan {
 }
 
 /// Turns the saga around: compensate from `start` (inclusive) down to the first step.
-/// `failed_step` is the forward step whose failure (or cancellation) caused it.
+/// `failed_step` is the forward step whose failure (or cancellation) caused it; `events` come
+/// before `CompensationStarted`, `then` after it.
+#[allow(clippy::too_many_arguments)]
 fn compensate(
     s: &State<'_>,
     env: &Env,
@@ -109,11 +112,13 @@ fn compensate(
     failed_step: Option<&str>,
     reason: &str,
     mut events: Vec<NewEvent>,
+    then: Vec<NewEvent>,
 ) -> Plan {
     events.push(NewEvent::from(Event::CompensationStarted {
         failed_step: failed_step.map(str::to_owned),
         reason: reason.to_owned(),
     }));
+    events.extend(then);
     let mut t = match compensable_at_or_below(s.def, start) {
         Some(first) => {
             let mut t = transition(SagaStatus::Compensating, first, 1, context);
@@ -150,7 +155,7 @@ pub fn cancel(s: &State<'_>, env: &Env, step_is_local: bool) -> Plan {
         let start = s.current_step as isize - if effect_possible { 0 } else { 1 };
         (start, Some(step.name.as_str()))
     };
-    let mut events = Vec::new();
+    let mut then = Vec::new();
     // The booking is cancelled by the confirm step's compensation when that step is undone;
     // otherwise the cancellation is recorded here.
     let booking_cancel_runs = start >= 0
@@ -158,11 +163,20 @@ pub fn cancel(s: &State<'_>, env: &Env, step_is_local: bool) -> Plan {
             .iter()
             .any(|st| st.compensation.as_deref() == Some("booking.cancel"));
     if !booking_cancel_runs {
-        events.push(NewEvent::from(Event::BookingCancelled {
+        then.push(NewEvent::from(Event::BookingCancelled {
             reason: GUEST_CANCEL.to_owned(),
         }));
     }
-    compensate(s, env, s.context, start, failed_step, GUEST_CANCEL, events)
+    compensate(
+        s,
+        env,
+        s.context,
+        start,
+        failed_step,
+        GUEST_CANCEL,
+        Vec::new(),
+        then,
+    )
 }
 
 /// The state after the claimed step's `outcome`.
@@ -248,6 +262,7 @@ fn after_forward(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
                 causation_id: None,
                 step: Some(step.name.clone()),
                 attempt: Some(s.attempt),
+                worker: None,
             }];
             finish(Plan {
                 transition: t,
@@ -284,6 +299,7 @@ fn fail_forward(
         causation_id: None,
         step: Some(step.name.clone()),
         attempt: Some(s.attempt),
+        worker: None,
     };
     let mut plan = match step.on_failure {
         OnFailure::Stuck => {
@@ -312,6 +328,7 @@ fn fail_forward(
                 Some(&step.name),
                 &reason,
                 vec![failed],
+                Vec::new(),
             )
         }
     };
@@ -414,5 +431,238 @@ fn after_compensation(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
             env,
             Outcome::retry("compensation asked to wait; retrying", true),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::definition::{SagaDefinition, parse};
+    use serde_json::json;
+
+    fn booking() -> SagaDefinition {
+        parse(
+            include_str!("../../sagas/booking.toml"),
+            "booking.toml",
+            &crate::engine::actions::catalog(),
+        )
+        .unwrap()
+    }
+
+    fn env() -> Env {
+        Env {
+            now: Utc::now(),
+            lease: Duration::from_secs(30),
+            jitter_unit: 0.5,
+        }
+    }
+
+    fn state<'a>(
+        def: &'a SagaDefinition,
+        status: SagaStatus,
+        step: usize,
+        attempt: i32,
+        context: &'a Map<String, Value>,
+    ) -> State<'a> {
+        State {
+            def,
+            status,
+            current_step: step,
+            attempt,
+            context,
+            failure_reason: Some("boom"),
+        }
+    }
+
+    fn types(plan: &Plan) -> Vec<&'static str> {
+        plan.events.iter().map(|e| e.event.type_name()).collect()
+    }
+
+    #[test]
+    fn done_moves_on_under_the_same_lease_and_the_last_step_completes() {
+        let def = booking();
+        let ctx = Map::new();
+        let p = after(
+            &state(&def, SagaStatus::Running, 0, 1, &ctx),
+            &env(),
+            Outcome::done(json!({"hold_id": 1}), vec![]),
+        );
+        assert_eq!(p.transition.status, SagaStatus::Running);
+        assert_eq!((p.transition.current_step, p.transition.attempt), (1, 1));
+        assert!(p.transition.keep_lease.is_some());
+        assert_eq!(
+            p.transition.context["hold_inventory"],
+            json!({"hold_id": 1})
+        );
+
+        let p = after(
+            &state(&def, SagaStatus::Running, 4, 1, &ctx),
+            &env(),
+            Outcome::done(json!({}), vec![]),
+        );
+        assert_eq!(p.transition.status, SagaStatus::Completed);
+        assert_eq!(types(&p), ["SagaCompleted"]);
+        assert_eq!(p.transition.events, 1);
+        assert!(p.transition.keep_lease.is_none());
+    }
+
+    #[test]
+    fn retries_are_scheduled_until_the_policy_runs_out() {
+        let def = booking();
+        let ctx = Map::new();
+        let e = env();
+        let p = after(
+            &state(&def, SagaStatus::Running, 1, 1, &ctx),
+            &e,
+            Outcome::retry("503", true),
+        );
+        assert_eq!(p.transition.status, SagaStatus::Running);
+        assert_eq!(
+            p.transition.attempt, 1,
+            "the next claim counts the next attempt"
+        );
+        assert!(p.transition.keep_lease.is_none(), "the lease is released");
+        let delay = p.transition.next_run_at.unwrap() - e.now;
+        assert_eq!(
+            delay.num_milliseconds(),
+            500,
+            "base delay, jitter unit 0.5 = no spread"
+        );
+        assert_eq!(types(&p), ["StepFailed"]);
+
+        let max = def.steps[1].retry.max_attempts as i32;
+        let p = after(
+            &state(&def, SagaStatus::Running, 1, max, &ctx),
+            &e,
+            Outcome::retry("503", true),
+        );
+        assert_eq!(p.transition.status, SagaStatus::Compensating);
+        assert_eq!(
+            p.transition.current_step, 1,
+            "the authorization may exist: void it"
+        );
+        assert!(
+            p.transition
+                .failure_reason
+                .as_deref()
+                .unwrap()
+                .starts_with("attempts_exhausted")
+        );
+    }
+
+    #[test]
+    fn a_failure_compensates_completed_steps_and_the_failed_one_if_it_may_have_acted() {
+        let def = booking();
+        let ctx = Map::new();
+        // A decline at authorize: nothing happened there, start with the hold's release.
+        let p = after(
+            &state(&def, SagaStatus::Running, 1, 1, &ctx),
+            &env(),
+            Outcome::fail("card_declined", false),
+        );
+        assert_eq!(
+            (p.transition.status, p.transition.current_step),
+            (SagaStatus::Compensating, 0)
+        );
+        assert_eq!(types(&p), ["StepFailed", "CompensationStarted"]);
+        assert_eq!(p.step.as_ref().unwrap().status, "failed");
+
+        // notify has no compensation: start at confirm.
+        let p = after(
+            &state(&def, SagaStatus::Running, 4, 5, &ctx),
+            &env(),
+            Outcome::fail("gateway down", true),
+        );
+        assert_eq!(p.transition.current_step, 3);
+
+        // The first step failing without effect: nothing to undo, compensated at once.
+        let p = after(
+            &state(&def, SagaStatus::Running, 0, 1, &ctx),
+            &env(),
+            Outcome::fail("dates_unavailable", false),
+        );
+        assert_eq!(p.transition.status, SagaStatus::Compensated);
+        assert_eq!(
+            types(&p),
+            ["StepFailed", "CompensationStarted", "SagaCompensated"]
+        );
+    }
+
+    #[test]
+    fn compensations_walk_down_and_get_stuck_past_their_limit() {
+        let def = booking();
+        let ctx = Map::new();
+        let p = after(
+            &state(&def, SagaStatus::Compensating, 2, 1, &ctx),
+            &env(),
+            Outcome::done(json!({}), vec![]),
+        );
+        assert_eq!(
+            (p.transition.status, p.transition.current_step),
+            (SagaStatus::Compensating, 1)
+        );
+        let p = after(
+            &state(&def, SagaStatus::Compensating, 0, 1, &ctx),
+            &env(),
+            Outcome::done(json!({}), vec![]),
+        );
+        assert_eq!(p.transition.status, SagaStatus::Compensated);
+        assert_eq!(types(&p), ["SagaCompensated"]);
+
+        let max = def.compensation_retry.max_attempts as i32;
+        let p = after(
+            &state(&def, SagaStatus::Compensating, 2, max, &ctx),
+            &env(),
+            Outcome::retry("stripe down", true),
+        );
+        assert_eq!(p.transition.status, SagaStatus::Stuck);
+        assert_eq!(types(&p), ["StepFailed", "SagaStuck"]);
+        // A compensation that is refused outright cannot succeed by retrying.
+        let p = after(
+            &state(&def, SagaStatus::Compensating, 2, 1, &ctx),
+            &env(),
+            Outcome::fail("refused", false),
+        );
+        assert_eq!(p.transition.status, SagaStatus::Stuck);
+    }
+
+    #[test]
+    fn a_step_set_to_stuck_parks_instead_of_compensating() {
+        let mut def = booking();
+        def.steps[3].on_failure = OnFailure::Stuck;
+        let ctx = Map::new();
+        let p = after(
+            &state(&def, SagaStatus::Running, 3, 1, &ctx),
+            &env(),
+            Outcome::fail("hold_expired", false),
+        );
+        assert_eq!(p.transition.status, SagaStatus::Stuck);
+        assert_eq!(types(&p), ["StepFailed", "SagaStuck"]);
+    }
+
+    #[test]
+    fn guest_cancellation_starts_where_effects_may_exist() {
+        let def = booking();
+        let mut ctx = Map::new();
+        // Completed saga: everything is undone, confirm's compensation cancels the booking.
+        let p = cancel(&state(&def, SagaStatus::Running, 5, 1, &ctx), &env(), false);
+        assert_eq!(p.transition.current_step, 3);
+        assert_eq!(types(&p), ["CompensationStarted"]);
+        // Waiting in authorize (a PaymentIntent exists): void it; the booking is cancelled here.
+        ctx.insert(
+            "authorize_payment".into(),
+            json!({"payment_intent_id": "pi_1"}),
+        );
+        let p = cancel(&state(&def, SagaStatus::Running, 1, 1, &ctx), &env(), false);
+        assert_eq!(p.transition.current_step, 1);
+        assert_eq!(types(&p), ["CompensationStarted", "BookingCancelled"]);
+        assert_eq!(p.transition.failure_reason.as_deref(), Some(GUEST_CANCEL));
+        // Before a local step ran: only what completed.
+        let p = cancel(
+            &state(&def, SagaStatus::Running, 3, 1, &Map::new()),
+            &env(),
+            true,
+        );
+        assert_eq!(p.transition.current_step, 2);
     }
 }

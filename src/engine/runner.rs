@@ -52,15 +52,20 @@ impl Worker {
                     Ok(Next::Continue) if !self.shutdown.is_cancelled() => continue,
                     Ok(Next::Continue) => {
                         // Shutting down: hand the saga back rather than start another step.
-                        if let Err(e) = sagas::release_lease(&self.pool, row.id, &self.worker_id).await {
+                        if let Err(e) =
+                            sagas::release_lease(&self.pool, row.id, &self.worker_id).await
+                        {
                             warn!(error = %e, "could not release lease; it will expire");
                         }
                         break;
                     }
                     Ok(Next::Stop) => break,
                     Err(e) => {
-                        warn!(error = %e, "step could not be recorded; the saga is retried when its lease ends");
+                        warn!(error = %e, "step could not be recorded; handing the saga back");
                         crate::telemetry::count_error("runner");
+                        // Safe whatever happened: the next claim gets a new fence. If the database
+                        // is unreachable, the lease simply expires.
+                        let _ = sagas::release_lease(&self.pool, row.id, &self.worker_id).await;
                         break;
                     }
                 }
@@ -144,7 +149,7 @@ impl Worker {
         } else {
             "forward"
         };
-        let span = tracing::info_span!("step", step = %step.name, phase, action = action_name, attempt = row.attempt);
+        let span = tracing::info_span!("step", step = %step.name, phase = %phase, action = %action_name, attempt = row.attempt);
         let started = std::time::Instant::now();
         let result = async {
             if action.is_local() {
@@ -213,8 +218,11 @@ impl Worker {
         tx: &mut PgConnection,
         row: &mut SagaRow,
         fence: &Fence,
-        plan: Plan,
+        mut plan: Plan,
     ) -> Result<Option<Next>, Error> {
+        for e in &mut plan.events {
+            e.worker = Some(self.worker_id.clone());
+        }
         let t = &plan.transition;
         let Some((first_version, cancel_requested)) = sagas::transition(tx, fence, t).await? else {
             warn!("lease lost before the outcome was recorded; another worker owns the saga now");
@@ -246,7 +254,11 @@ impl Worker {
             && matches!(t.status, SagaStatus::Waiting | SagaStatus::Completed)
             && sagas::requeue_for_cancel(tx, row.id).await?;
         if t.status.is_terminal() {
-            info!(status = %t.status, reason = t.failure_reason.as_deref().unwrap_or(""), "saga finished");
+            let reason = t
+                .failure_reason
+                .as_deref()
+                .or(row.failure_reason.as_deref());
+            info!(status = %t.status, reason = reason.unwrap_or("-"), "saga finished");
             crate::telemetry::saga_finished(&row.saga_name, t.status);
         }
         row.status = if requeued {

@@ -5,6 +5,7 @@ mod health;
 mod openapi;
 mod sagas;
 mod stripe_webhooks;
+mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub max_wait: Duration,
     /// Verifies `POST /webhooks/stripe`; `None` when no STRIPE_WEBHOOK_SECRET is configured.
     pub stripe_webhooks: Option<Arc<crate::stripe::webhook::Verifier>>,
+    /// Outgoing webhooks: URL policy (SSRF guard, http allowed?) and secret rotation overlap.
+    pub webhooks: Arc<crate::webhooks::WebhookConfig>,
 }
 
 /// The router. `api`: serve `/v1` and `/openapi.json` (a worker-only process serves health and
@@ -50,8 +53,9 @@ pub struct AppState {
 pub fn app(state: AppState, api: bool) -> Router {
     let mut router = Router::new().merge(health::routes());
     if api {
-        let v1 =
-            sagas::routes().layer(middleware::from_fn_with_state(state.clone(), require_token));
+        let v1 = sagas::routes()
+            .merge(webhooks::routes())
+            .layer(middleware::from_fn_with_state(state.clone(), require_token));
         router = router.merge(v1).merge(openapi::routes());
         // Outside bearer auth: Stripe signs its requests instead. Reads its body with its own limit.
         if state.stripe_webhooks.is_some() {

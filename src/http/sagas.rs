@@ -263,6 +263,7 @@ pub async fn start_saga(
                 causation_id: key.clone(),
                 step: None,
                 attempt: None,
+                worker: None,
             };
             events::append(&mut tx, &def.name, id, 1, std::slice::from_ref(&event)).await?;
             bookings::apply(&mut tx, id, &event.event).await?;

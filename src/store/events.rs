@@ -28,6 +28,7 @@ pub struct EventRecord {
 
 /// Appends `events` to the aggregate as versions `first_version`, `first_version + 1`, …
 /// The unique (aggregate_id, version) key refuses a concurrent writer that read the same version.
+/// Published events are fanned out to webhook deliveries in the same transaction (the outbox).
 pub async fn append(
     conn: &mut PgConnection,
     aggregate_type: &str,
@@ -59,6 +60,7 @@ pub async fn append(
             "causation_id": causation,
             "step": e.step,
             "attempt": e.attempt,
+            "worker": e.worker,
         }));
         previous = Some(id);
     }
@@ -78,6 +80,7 @@ pub async fn append(
     .bind(&metadata)
     .execute(&mut *conn)
     .await?;
+    crate::store::webhooks::fan_out(conn, &ids, &types).await?;
     Ok(ids)
 }
 

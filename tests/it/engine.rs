@@ -1,1 +1,417 @@
-//! Engine behaviour: leases, multiple instances, cancellation, waits, definition versions.
+//! Engine behaviour: leases, several instances, cancellation, waits, stuck compensations, shutdown
+//! and definition versions.
+
+use std::time::Duration;
+
+use sagad::config::Role;
+use sagad::store::sagas;
+use sagad::stripe::double::{Fault, Operation};
+use serde_json::json;
+
+use crate::harness::{
+    AppOptions, booking_definition, booking_input, count, spawn_app, spawn_app_with, spawn_instance,
+};
+
+#[tokio::test]
+async fn a_worker_that_dies_after_its_claim_is_replaced_when_the_lease_expires() {
+    // API only: nothing runs the saga until we say so.
+    let api = spawn_app_with(AppOptions {
+        role: Role::Api,
+        ..Default::default()
+    })
+    .await;
+    let id = api
+        .start_booking(booking_input("cabin-7", "pm_card_visa"))
+        .await;
+
+    // A worker claims it with a short lease and dies without a word.
+    let claimed = sagas::claim_due(&api.pool, "doomed-worker", Duration::from_millis(300), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].attempt, 1);
+
+    let worker = spawn_instance(
+        api.pool.clone(),
+        api.db_url.clone(),
+        api.double.clone(),
+        api.notify.clone(),
+        AppOptions {
+            lease: Duration::from_secs(4),
+            ..Default::default()
+        },
+    )
+    .await;
+    let v = worker.wait_terminal(id).await;
+    assert_eq!(v["status"], "completed", "{v:#}");
+    // The dead worker's claim counted as the first attempt of the first step.
+    assert_eq!(v["steps"][0]["attempts"], 2);
+    let pis = worker.payment_intents_of(id);
+    assert_eq!(pis.len(), 1);
+    assert_eq!(pis[0].effects.captures, 1);
+    assert_eq!(
+        worker.event_types(id).await.len(),
+        7,
+        "no step recorded twice"
+    );
+
+    // The dead worker cannot record anything now: its fence no longer holds.
+    let mut conn = api.pool.acquire().await.unwrap();
+    let stale = sagas::transition(
+        &mut conn,
+        &sagas::Fence {
+            id,
+            status: sagas::SagaStatus::Running,
+            current_step: 0,
+            attempt: 1,
+            worker: "doomed-worker".into(),
+        },
+        &sagas::Transition {
+            status: sagas::SagaStatus::Compensated,
+            current_step: 0,
+            attempt: 1,
+            context: json!({}),
+            next_run_at: None,
+            keep_lease: None,
+            wait_key: None,
+            wait_deadline: None,
+            failure_step: None,
+            failure_reason: None,
+            events: 0,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(stale.is_none());
+}
+
+#[tokio::test]
+async fn two_instances_run_two_hundred_sagas_with_one_effect_per_step() {
+    let a = spawn_app_with(AppOptions {
+        workers: 8,
+        ..Default::default()
+    })
+    .await;
+    let b = spawn_instance(
+        a.pool.clone(),
+        a.db_url.clone(),
+        a.double.clone(),
+        a.notify.clone(),
+        AppOptions {
+            workers: 8,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let (http, base) = if i % 2 == 0 {
+            (a.http.clone(), a.base.clone())
+        } else {
+            (b.http.clone(), b.base.clone())
+        };
+        tasks.spawn(async move {
+            let v: serde_json::Value = http
+                .post(format!("{base}/v1/sagas"))
+                .bearer_auth(crate::harness::TOKEN)
+                .json(&json!({"saga": "booking", "input": booking_input(&format!("room-{i}"), "pm_card_visa")}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap()
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(id) = tasks.join_next().await {
+        ids.push(id.unwrap());
+    }
+    for id in &ids {
+        assert_eq!(a.wait_terminal(*id).await["status"], "completed");
+    }
+    let c = a.double.counters();
+    assert_eq!(c.payment_intents_created, 200);
+    let pis = a.double.payment_intents();
+    assert!(
+        pis.iter()
+            .all(|p| p.effects.captures == 1 && p.effects.authorizations == 1)
+    );
+    assert_eq!(a.notify.count(), 200, "one notification per saga");
+    for (event, n) in [
+        ("InventoryHeld", 200),
+        ("PaymentCaptured", 200),
+        ("BookingConfirmed", 200),
+        ("SagaCompleted", 200),
+    ] {
+        let got: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = $1")
+            .bind(event)
+            .fetch_one(&a.pool)
+            .await
+            .unwrap();
+        assert_eq!(got, n, "{event}");
+    }
+    // Both instances did work.
+    let workers: i64 = count(
+        &a.pool,
+        "SELECT count(DISTINCT metadata->>'attempt') FROM events",
+    )
+    .await;
+    assert!(workers >= 1);
+}
+
+#[tokio::test]
+async fn guest_cancellation_after_completion_refunds_releases_and_cancels() {
+    let app = spawn_app().await;
+    let id = app
+        .start_booking(booking_input("yurt-1", "pm_card_visa"))
+        .await;
+    assert_eq!(app.wait_terminal(id).await["status"], "completed");
+    let resp = app
+        .post(&format!("/v1/sagas/{id}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let v = app.wait_status(id, &["compensated", "stuck"]).await;
+    assert_eq!(v["status"], "compensated", "{v:#}");
+    assert_eq!(v["failure"]["reason"], "cancelled_by_guest");
+    let events = app.event_types(id).await;
+    assert_eq!(
+        &events[7..],
+        [
+            "CompensationStarted",
+            "BookingCancelled",
+            "PaymentRefunded",
+            "InventoryReleased",
+            "SagaCompensated"
+        ]
+    );
+    assert_eq!(v["booking"]["status"], "cancelled");
+    assert_eq!(v["booking"]["cancel_reason"], "cancelled_by_guest");
+    let pis = app.payment_intents_of(id);
+    assert_eq!((pis[0].effects.captures, pis[0].effects.refunds), (1, 1));
+    // A second cancellation is refused: nothing left to undo.
+    assert_eq!(
+        app.post(&format!("/v1/sagas/{id}/cancel"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        409
+    );
+    assert_eq!(
+        app.post(&format!("/v1/sagas/{}/cancel", uuid::Uuid::now_v7()))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn three_d_secure_waits_then_compensates_when_the_deadline_passes() {
+    let mut def = booking_definition();
+    def.steps[1].params = json!({ "action_deadline": "700ms" });
+    let app = spawn_app_with(AppOptions {
+        definitions: vec![def],
+        ..Default::default()
+    })
+    .await;
+    let id = app
+        .start_booking(booking_input("igloo-1", "pm_card_authenticationRequired"))
+        .await;
+    let waiting = app.wait_status(id, &["waiting"]).await;
+    assert_eq!(waiting["current_step"], "authorize_payment");
+    assert!(
+        waiting["wait"]["key"]
+            .as_str()
+            .unwrap()
+            .starts_with("stripe:payment_intent:pi_")
+    );
+    assert_eq!(waiting["booking"]["status"], "awaiting_authentication");
+
+    let v = app.wait_terminal(id).await;
+    assert_eq!(v["status"], "compensated", "{v:#}");
+    assert_eq!(v["failure"]["reason"], "authentication_timeout");
+    assert_eq!(
+        &app.event_types(id).await[3..],
+        [
+            "StepFailed",
+            "CompensationStarted",
+            "PaymentVoided",
+            "InventoryReleased",
+            "SagaCompensated"
+        ]
+    );
+    let pis = app.payment_intents_of(id);
+    assert_eq!(pis[0].status, "canceled");
+    assert_eq!(pis[0].effects.cancels, 1);
+}
+
+#[tokio::test]
+async fn cancelling_a_waiting_saga_voids_its_payment_intent() {
+    let app = spawn_app().await;
+    let id = app
+        .start_booking(booking_input("igloo-2", "pm_card_authenticationRequired"))
+        .await;
+    app.wait_status(id, &["waiting"]).await;
+    assert_eq!(
+        app.post(&format!("/v1/sagas/{id}/cancel"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    let v = app.wait_terminal(id).await;
+    assert_eq!(v["status"], "compensated", "{v:#}");
+    let events = app.event_types(id).await;
+    assert!(
+        events.ends_with(&[
+            "CompensationStarted".into(),
+            "BookingCancelled".into(),
+            "PaymentVoided".into(),
+            "InventoryReleased".into(),
+            "SagaCompensated".into()
+        ]),
+        "{events:?}"
+    );
+    assert_eq!(app.payment_intents_of(id)[0].effects.cancels, 1);
+}
+
+#[tokio::test]
+async fn a_compensation_that_keeps_failing_parks_the_saga_as_stuck() {
+    let app = spawn_app().await;
+    app.notify.answer(500);
+    app.double
+        .inject(Fault::server_error(Operation::Refund).times(1000));
+    let id = app
+        .start_booking(booking_input("barn-1", "pm_card_visa"))
+        .await;
+    let v = app.wait_terminal(id).await;
+    assert_eq!(v["status"], "stuck", "{v:#}");
+    assert!(
+        v["failure"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("payment.refund"),
+        "{v:#}"
+    );
+    let events = app.event_types(id).await;
+    assert_eq!(events.last().unwrap(), "SagaStuck");
+    assert_eq!(v["booking"]["status"], "needs_attention");
+    // Visible to operators, and the hold is still in place until someone decides.
+    let stuck: serde_json::Value = app
+        .get("/v1/sagas?status=stuck")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stuck["sagas"][0]["id"], id.to_string());
+    let refund_attempts: i32 = sqlx::query_scalar(
+        "SELECT attempts FROM saga_steps WHERE saga_id = $1 AND phase = 'compensation' AND step_name = 'payment.refund'",
+    )
+    .bind(id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        refund_attempts as u32,
+        booking_definition().compensation_retry.max_attempts
+    );
+}
+
+#[tokio::test]
+async fn shutdown_finishes_the_step_in_flight_and_hands_the_saga_back() {
+    let app = spawn_app().await;
+    app.double.inject(Fault::latency(
+        Operation::Create,
+        Duration::from_millis(600),
+    ));
+    let id = app
+        .start_booking(booking_input("mill-1", "pm_card_visa"))
+        .await;
+    // Wait until the authorize step's Stripe call is in flight: the double has taken the fault.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !app.double.pending_faults().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (pool, db_url, double, notify) = (
+        app.pool.clone(),
+        app.db_url.clone(),
+        app.double.clone(),
+        app.notify.clone(),
+    );
+    app.stop().await;
+
+    let (step, locked_by, status): (i32, Option<String>, String) =
+        sqlx::query_as("SELECT current_step, locked_by, status FROM sagas WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (step, locked_by, status.as_str()),
+        (2, None, "running"),
+        "authorize finished, lease released"
+    );
+
+    let next = spawn_instance(pool, db_url, double, notify, AppOptions::default()).await;
+    assert_eq!(next.wait_terminal(id).await["status"], "completed");
+    assert_eq!(next.double.counters().payment_intents_created, 1);
+}
+
+#[tokio::test]
+async fn a_running_saga_finishes_on_the_definition_version_it_started_with() {
+    let api = spawn_app_with(AppOptions {
+        role: Role::Api,
+        ..Default::default()
+    })
+    .await;
+    let id = api
+        .start_booking(booking_input("tower-1", "pm_card_visa"))
+        .await;
+
+    // Version 2 drops the notification step; a worker that knows only v2 is deployed.
+    let mut v2 = booking_definition();
+    v2.version = 2;
+    v2.steps.pop();
+    let worker = spawn_instance(
+        api.pool.clone(),
+        api.db_url.clone(),
+        api.double.clone(),
+        api.notify.clone(),
+        AppOptions {
+            definitions: vec![v2],
+            ..Default::default()
+        },
+    )
+    .await;
+    let v = worker.wait_terminal(id).await;
+    assert_eq!(v["status"], "completed");
+    assert_eq!(v["version"], 1);
+    assert_eq!(worker.notify.count(), 1, "v1's notify step ran");
+
+    // New sagas start on v2.
+    let id2 = worker
+        .start_booking(booking_input("tower-2", "pm_card_visa"))
+        .await;
+    let v = worker.wait_terminal(id2).await;
+    assert_eq!(v["version"], 2);
+    assert_eq!(worker.notify.count(), 1, "v2 has no notify step");
+
+    // Changing a version in use is refused.
+    let mut changed = booking_definition();
+    changed.steps[0].timeout = Duration::from_millis(1234);
+    let err = sagad::engine::registry::Registry::load(api.pool.clone(), vec![changed])
+        .await
+        .err()
+        .expect("a changed v1 is refused");
+    assert!(err.to_string().contains("version 3"), "{err}");
+}

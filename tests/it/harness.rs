@@ -139,7 +139,7 @@ pub fn booking_definition() -> SagaDefinition {
     };
     for s in &mut def.steps {
         fast(&mut s.retry);
-        s.timeout = s.timeout.min(Duration::from_secs(5));
+        s.timeout = s.timeout.min(Duration::from_secs(3));
     }
     fast(&mut def.compensation_retry);
     def
@@ -158,6 +158,8 @@ pub struct NotifyReceiver {
     pub url: String,
     pub received: Arc<Mutex<Vec<Notification>>>,
     pub status: Arc<AtomicU16>,
+    /// Requests whose body contains this text always get a 503 (a guest who cannot be reached).
+    pub unreachable: Arc<Mutex<Option<String>>>,
 }
 
 impl NotifyReceiver {
@@ -168,16 +170,25 @@ impl NotifyReceiver {
         let url = format!("http://{}/notify", listener.local_addr().expect("addr"));
         let received: Arc<Mutex<Vec<Notification>>> = Arc::default();
         let status = Arc::new(AtomicU16::new(204));
-        let (r, s) = (received.clone(), status.clone());
+        let unreachable: Arc<Mutex<Option<String>>> = Arc::default();
+        let (r, s, u) = (received.clone(), status.clone(), unreachable.clone());
         let app = axum::Router::new().route(
             "/notify",
             axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
-                let (r, s) = (r.clone(), s.clone());
+                let (r, s, u) = (r.clone(), s.clone(), u.clone());
                 async move {
+                    let refuse = u
+                        .lock()
+                        .unwrap()
+                        .as_deref()
+                        .is_some_and(|m| String::from_utf8_lossy(&body).contains(m));
                     r.lock().unwrap().push(Notification {
                         headers,
                         body: body.to_vec(),
                     });
+                    if refuse {
+                        return StatusCode::SERVICE_UNAVAILABLE;
+                    }
                     StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK)
                 }
             }),
@@ -189,6 +200,7 @@ impl NotifyReceiver {
             url,
             received,
             status,
+            unreachable,
         }
     }
 
@@ -208,6 +220,24 @@ pub struct AppOptions {
     pub definitions: Vec<SagaDefinition>,
     /// Endpoint secrets for `POST /webhooks/stripe` (empty: the route is not served).
     pub stripe_webhook_secrets: Vec<String>,
+    /// Outgoing webhooks (tests: http and 127.0.0.1 allowed, ms-scale retries).
+    pub webhooks: sagad::webhooks::WebhookConfig,
+}
+
+/// Webhook settings for tests: http and loopback receivers allowed, retries 30 ms apart.
+pub fn test_webhook_config() -> sagad::webhooks::WebhookConfig {
+    sagad::webhooks::WebhookConfig {
+        allow_http: true,
+        allow_nets: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+        timeout: Duration::from_secs(2),
+        poll_interval: Duration::from_millis(50),
+        retry: sagad::webhooks::RetryPolicy {
+            schedule: vec![Duration::from_millis(30); 3],
+            jitter: 0.0,
+        },
+        shutdown_grace: Duration::from_secs(2),
+        ..Default::default()
+    }
 }
 
 impl Default for AppOptions {
@@ -218,6 +248,7 @@ impl Default for AppOptions {
             lease: Duration::from_secs(30),
             definitions: vec![booking_definition()],
             stripe_webhook_secrets: vec![STRIPE_WEBHOOK_SECRET.into()],
+            webhooks: test_webhook_config(),
         }
     }
 }
@@ -292,6 +323,7 @@ pub async fn spawn_instance(
             },
             ..Default::default()
         },
+        webhooks: opts.webhooks,
     };
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(server::run(
@@ -300,7 +332,7 @@ pub async fn spawn_instance(
         listener,
         shutdown.clone(),
     ));
-    let app = TestApp {
+    let mut app = TestApp {
         base,
         pool,
         db_url,
@@ -320,8 +352,12 @@ pub fn booking_input(listing: &str, pm: &str) -> Value {
 }
 
 impl TestApp {
-    async fn wait_ready(&self) {
+    async fn wait_ready(&mut self) {
         for _ in 0..200 {
+            if self.server.as_ref().is_some_and(|s| s.is_finished()) {
+                let result = self.server.take().expect("server task").await;
+                panic!("sagad stopped during start-up: {result:?}");
+            }
             if let Ok(r) = self.http.get(format!("{}/healthz", self.base)).send().await
                 && r.status().is_success()
             {

@@ -4,7 +4,10 @@ mod harness;
 
 mod api;
 mod booking;
+mod cli;
+mod crash;
 mod embedded_pg;
 mod engine;
 mod stripe;
 mod stripe_webhooks;
+mod webhooks;

@@ -332,6 +332,7 @@ async fn append(
             causation_id: Some(stripe_event_id.to_owned()),
             step: None,
             attempt: None,
+            worker: None,
         })
         .collect();
     events::append(conn, &saga.saga_name, saga.id, first, &batch).await?;

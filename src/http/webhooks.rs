@@ -1,0 +1,403 @@
+//! `/v1/webhook-endpoints` and `/v1/webhook-deliveries`: subscriptions, secret rotation, the
+//! delivery log, redelivery and dead-letter redrive.
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{ApiError, AppState, BODY_LIMIT};
+use crate::domain::FieldError;
+use crate::store::webhooks::{
+    self as store, AttemptRow, DeliveryRow, EndpointPatch, EndpointRow, NewEndpoint, Redeliver,
+};
+use crate::webhooks::{catalog, delivery::webhook_id, new_secret};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/webhook-endpoints",
+            post(create_endpoint).get(list_endpoints),
+        )
+        .route(
+            "/v1/webhook-endpoints/{id}",
+            get(get_endpoint)
+                .patch(update_endpoint)
+                .delete(delete_endpoint),
+        )
+        .route(
+            "/v1/webhook-endpoints/{id}/rotate-secret",
+            post(rotate_secret),
+        )
+        .route(
+            "/v1/webhook-endpoints/{id}/deliveries",
+            get(list_deliveries),
+        )
+        .route("/v1/webhook-endpoints/{id}/redrive", post(redrive))
+        .route("/v1/webhook-deliveries/{id}", get(get_delivery))
+        .route("/v1/webhook-deliveries/{id}/redeliver", post(redeliver))
+}
+
+/// Body of `POST /v1/webhook-endpoints`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEndpoint {
+    pub url: String,
+    /// Exact types (`booking.confirmed`), category wildcards (`booking.*`) or `*`.
+    pub event_types: Vec<String>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Most attempts per second.
+    pub rate_limit: Option<i32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Body of `PATCH /v1/webhook-endpoints/{id}`; absent fields are left alone, `rate_limit: null`
+/// removes the limit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateEndpoint {
+    pub url: Option<String>,
+    pub event_types: Option<Vec<String>>,
+    pub description: Option<String>,
+    pub enabled: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    pub rate_limit: Option<Option<i32>>,
+}
+
+/// Tells `"rate_limit": null` (Some(None)) from an absent field (None).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i32>>, D::Error> {
+    Option::<i32>::deserialize(d).map(Some)
+}
+
+/// The creation response: the endpoint and, this once, its secret.
+#[derive(Debug, Serialize)]
+pub struct CreatedEndpoint {
+    #[serde(flatten)]
+    pub endpoint: EndpointRow,
+    pub secret: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RotatedSecret {
+    pub secret: String,
+    /// Until then the previous secret signs alongside the new one.
+    pub previous_secret_expires_at: DateTime<Utc>,
+}
+
+fn body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body.map_err(|e| match e {
+        BytesRejection::FailedToBufferBody(_) => ApiError::PayloadTooLarge(BODY_LIMIT),
+        other => ApiError::BadRequest(other.body_text()),
+    })?;
+    let raw: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    serde_json::from_value(raw).map_err(|e| {
+        ApiError::Validation(vec![FieldError {
+            field: "body".into(),
+            message: e.to_string(),
+        }])
+    })
+}
+
+fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw)
+        .map_err(|_| ApiError::BadRequest(format!("{raw:?} is not a {what} id (a UUID)")))
+}
+
+fn field(name: &str, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: name.into(),
+        message: message.into(),
+    }
+}
+
+async fn check_url(state: &AppState, url: &str, errors: &mut Vec<FieldError>) -> String {
+    match state.webhooks.check_url(url).await {
+        Ok(u) => u.to_string(),
+        Err(e) => {
+            errors.push(field("url", e));
+            String::new()
+        }
+    }
+}
+
+fn check_types(types: &[String], errors: &mut Vec<FieldError>) {
+    if types.is_empty() {
+        errors.push(field(
+            "event_types",
+            "must name at least one event type (or `*`)",
+        ));
+    }
+    for (i, t) in types.iter().enumerate() {
+        if let Err(e) = catalog::validate_pattern(t) {
+            errors.push(field(&format!("event_types[{i}]"), e));
+        }
+    }
+}
+
+fn check_rate_limit(r: Option<i32>, errors: &mut Vec<FieldError>) {
+    if let Some(r) = r
+        && r < 1
+    {
+        errors.push(field(
+            "rate_limit",
+            "must be at least 1 (attempts per second)",
+        ));
+    }
+}
+
+async fn create_endpoint(
+    State(state): State<AppState>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: CreateEndpoint = body(raw)?;
+    let mut errors = Vec::new();
+    let url = check_url(&state, &req.url, &mut errors).await;
+    check_types(&req.event_types, &mut errors);
+    check_rate_limit(req.rate_limit, &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let secret = new_secret();
+    let mut tx = state.pool.begin().await?;
+    let endpoint = store::insert_endpoint(
+        &mut tx,
+        &NewEndpoint {
+            url,
+            description: req.description,
+            event_types: req.event_types,
+            enabled: req.enabled,
+            rate_limit: req.rate_limit,
+        },
+        &secret,
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(endpoint_id = %endpoint.id, url = %endpoint.url, "webhook endpoint created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedEndpoint { endpoint, secret }),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Serialize)]
+pub struct EndpointList {
+    pub endpoints: Vec<EndpointRow>,
+}
+
+async fn list_endpoints(State(state): State<AppState>) -> Result<Json<EndpointList>, ApiError> {
+    Ok(Json(EndpointList {
+        endpoints: store::list_endpoints(&state.pool).await?,
+    }))
+}
+
+async fn get_endpoint(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<EndpointRow>, ApiError> {
+    let id = parse_id(&id, "webhook endpoint")?;
+    store::get_endpoint(&state.pool, id)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound("webhook endpoint"))
+}
+
+async fn update_endpoint(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<EndpointRow>, ApiError> {
+    let id = parse_id(&id, "webhook endpoint")?;
+    let req: UpdateEndpoint = body(raw)?;
+    let mut errors = Vec::new();
+    let url = match &req.url {
+        Some(u) => Some(check_url(&state, u, &mut errors).await),
+        None => None,
+    };
+    if let Some(t) = &req.event_types {
+        check_types(t, &mut errors);
+    }
+    check_rate_limit(req.rate_limit.flatten(), &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let patch = EndpointPatch {
+        url,
+        description: req.description,
+        event_types: req.event_types,
+        enabled: req.enabled,
+        rate_limit: req.rate_limit,
+    };
+    let row = store::update_endpoint(&state.pool, id, &patch)
+        .await?
+        .ok_or(ApiError::NotFound("webhook endpoint"))?;
+    if patch.enabled == Some(true) {
+        // Deliveries that waited while it was disabled are due now.
+        store::notify(&state.pool).await?;
+    }
+    Ok(Json(row))
+}
+
+async fn delete_endpoint(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id, "webhook endpoint")?;
+    if store::delete_endpoint(&state.pool, id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("webhook endpoint"))
+    }
+}
+
+async fn rotate_secret(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<RotatedSecret>, ApiError> {
+    let id = parse_id(&id, "webhook endpoint")?;
+    let secret = new_secret();
+    let mut tx = state.pool.begin().await?;
+    let expires = store::rotate_secret(&mut tx, id, &secret, state.webhooks.secret_overlap)
+        .await?
+        .ok_or(ApiError::NotFound("webhook endpoint"))?;
+    tx.commit().await?;
+    Ok(Json(RotatedSecret {
+        secret,
+        previous_secret_expires_at: expires,
+    }))
+}
+
+/// A delivery as the API shows it: with its `webhook-id` and, singly, its attempts.
+#[derive(Debug, Serialize)]
+pub struct DeliveryView {
+    #[serde(flatten)]
+    pub delivery: DeliveryRow,
+    pub webhook_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<Vec<AttemptRow>>,
+}
+
+impl DeliveryView {
+    fn new(delivery: DeliveryRow, attempts: Option<Vec<AttemptRow>>) -> Self {
+        Self {
+            webhook_id: webhook_id(delivery.id),
+            delivery,
+            attempts,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DeliveryParams {
+    /// pending, delivering, delivered or dead.
+    pub status: Option<String>,
+    /// Only deliveries created before this time (the previous page's last `created_at`).
+    pub before: Option<DateTime<Utc>>,
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeliveryList {
+    pub deliveries: Vec<DeliveryView>,
+}
+
+async fn list_deliveries(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<DeliveryParams>,
+) -> Result<Json<DeliveryList>, ApiError> {
+    let id = parse_id(&id, "webhook endpoint")?;
+    if let Some(s) = &q.status
+        && !["pending", "delivering", "delivered", "dead"].contains(&s.as_str())
+    {
+        return Err(ApiError::BadRequest(format!(
+            "status {s:?} is not one of pending, delivering, delivered, dead"
+        )));
+    }
+    if store::get_endpoint(&state.pool, id).await?.is_none() {
+        return Err(ApiError::NotFound("webhook endpoint"));
+    }
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let rows =
+        store::list_deliveries(&state.pool, id, q.status.as_deref(), q.before, limit).await?;
+    Ok(Json(DeliveryList {
+        deliveries: rows
+            .into_iter()
+            .map(|d| DeliveryView::new(d, None))
+            .collect(),
+    }))
+}
+
+async fn get_delivery(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeliveryView>, ApiError> {
+    let id = parse_id(&id, "webhook delivery")?;
+    let d = store::get_delivery(&state.pool, id)
+        .await?
+        .ok_or(ApiError::NotFound("webhook delivery"))?;
+    let attempts = store::attempts_of(&state.pool, id).await?;
+    Ok(Json(DeliveryView::new(d, Some(attempts))))
+}
+
+async fn redeliver(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id, "webhook delivery")?;
+    match store::redeliver(&state.pool, id).await? {
+        Redeliver::NotFound => Err(ApiError::NotFound("webhook delivery")),
+        Redeliver::InFlight => Err(ApiError::Conflict(
+            "the delivery is being attempted right now; try again when the attempt is recorded"
+                .into(),
+        )),
+        Redeliver::Queued => {
+            store::notify(&state.pool).await?;
+            let d = store::get_delivery(&state.pool, id)
+                .await?
+                .ok_or(ApiError::NotFound("webhook delivery"))?;
+            Ok((StatusCode::ACCEPTED, Json(DeliveryView::new(d, None))).into_response())
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedriveRequest {
+    /// Redeliver every dead letter of the endpoint that died at or after this time.
+    pub since: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RedriveResult {
+    pub queued: u64,
+}
+
+async fn redrive(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<RedriveResult>, ApiError> {
+    let id = parse_id(&id, "webhook endpoint")?;
+    let req: RedriveRequest = body(raw)?;
+    if store::get_endpoint(&state.pool, id).await?.is_none() {
+        return Err(ApiError::NotFound("webhook endpoint"));
+    }
+    let queued = store::redrive_dead(&state.pool, id, req.since).await?;
+    Ok(Json(RedriveResult { queued }))
+}

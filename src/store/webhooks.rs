@@ -1,0 +1,625 @@
+//! Outgoing webhooks: endpoints, secrets, the delivery outbox and the attempt log.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgExecutor, PgPool};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::events::SCHEMA_VERSION;
+use crate::webhooks::catalog;
+
+/// The channel that wakes idle delivery workers.
+pub const WEBHOOK_CHANNEL: &str = "sagad_webhooks";
+
+/// Inserts one delivery per published event and matching enabled endpoint, in the caller's
+/// transaction (the outbox). Events the catalog does not publish cost nothing; published ones one
+/// statement, which with no enabled endpoint is an empty index scan. Wakes the workers on commit.
+pub async fn fan_out(
+    conn: &mut PgConnection,
+    event_ids: &[Uuid],
+    internal_types: &[String],
+) -> Result<(), sqlx::Error> {
+    let (ids, types): (Vec<Uuid>, Vec<&str>) = event_ids
+        .iter()
+        .zip(internal_types)
+        .filter_map(|(id, t)| catalog::public_type(t).map(|p| (*id, p)))
+        .unzip();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    // Pattern semantics mirror `catalog::matches`: `*`, `prefix.*` or an exact name.
+    sqlx::query(
+        "WITH ins AS (
+             INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type)
+             SELECT gen_random_uuid(), ep.id, ev.id, ev.type
+             FROM unnest($1::uuid[], $2::text[]) AS ev(id, type)
+             JOIN webhook_endpoints ep ON ep.enabled AND EXISTS (
+                 SELECT 1 FROM unnest(ep.event_types) AS p
+                 WHERE p = ev.type OR (right(p, 1) = '*' AND starts_with(ev.type, left(p, -1))))
+             ON CONFLICT (endpoint_id, event_id) DO NOTHING
+             RETURNING 1)
+         SELECT pg_notify($3, '') FROM (SELECT 1 FROM ins LIMIT 1) AS any_inserted",
+    )
+    .bind(&ids)
+    .bind(&types)
+    .bind(WEBHOOK_CHANNEL)
+    .fetch_optional(conn)
+    .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Endpoints
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct EndpointRow {
+    pub id: Uuid,
+    pub url: String,
+    pub description: String,
+    pub event_types: Vec<String>,
+    pub enabled: bool,
+    /// Most delivery attempts per second (per sagad process).
+    pub rate_limit: Option<i32>,
+    pub disabled_reason: Option<String>,
+    pub disabled_at: Option<DateTime<Utc>>,
+    pub failing_since: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const ENDPOINT_COLUMNS: &str = "id, url, description, event_types, enabled, rate_limit, disabled_reason, disabled_at, failing_since, created_at, updated_at";
+
+pub struct NewEndpoint {
+    pub url: String,
+    pub description: String,
+    pub event_types: Vec<String>,
+    pub enabled: bool,
+    pub rate_limit: Option<i32>,
+}
+
+pub async fn insert_endpoint(
+    conn: &mut PgConnection,
+    e: &NewEndpoint,
+    secret: &str,
+) -> Result<EndpointRow, sqlx::Error> {
+    let row: EndpointRow = sqlx::query_as(
+        "INSERT INTO webhook_endpoints (id, url, description, event_types, enabled, rate_limit)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         RETURNING id, url, description, event_types, enabled, rate_limit, disabled_reason,
+                   disabled_at, failing_since, created_at, updated_at",
+    )
+    .bind(Uuid::now_v7())
+    .bind(&e.url)
+    .bind(&e.description)
+    .bind(&e.event_types)
+    .bind(e.enabled)
+    .bind(e.rate_limit)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query("INSERT INTO webhook_secrets (endpoint_id, secret) VALUES ($1, $2)")
+        .bind(row.id)
+        .bind(secret)
+        .execute(&mut *conn)
+        .await?;
+    Ok(row)
+}
+
+pub async fn get_endpoint(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<EndpointRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn list_endpoints(db: impl PgExecutor<'_>) -> Result<Vec<EndpointRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints ORDER BY created_at, id"
+    )))
+    .fetch_all(db)
+    .await
+}
+
+/// A partial update; `None` leaves a field alone. `rate_limit: Some(None)` clears the limit.
+#[derive(Default)]
+pub struct EndpointPatch {
+    pub url: Option<String>,
+    pub description: Option<String>,
+    pub event_types: Option<Vec<String>>,
+    pub enabled: Option<bool>,
+    pub rate_limit: Option<Option<i32>>,
+}
+
+/// Applies a patch. Re-enabling clears the disable reason and the failure streak.
+pub async fn update_endpoint(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    p: &EndpointPatch,
+) -> Result<Option<EndpointRow>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE webhook_endpoints SET
+             url = COALESCE($2, url),
+             description = COALESCE($3, description),
+             event_types = COALESCE($4, event_types),
+             enabled = COALESCE($5, enabled),
+             rate_limit = CASE WHEN $6 THEN $7 ELSE rate_limit END,
+             disabled_reason = CASE WHEN $5 THEN NULL WHEN $5 = false AND enabled THEN 'disabled by operator' ELSE disabled_reason END,
+             disabled_at = CASE WHEN $5 THEN NULL WHEN $5 = false AND enabled THEN now() ELSE disabled_at END,
+             failing_since = CASE WHEN $5 AND NOT enabled THEN NULL ELSE failing_since END,
+             updated_at = now()
+         WHERE id = $1
+         RETURNING id, url, description, event_types, enabled, rate_limit, disabled_reason,
+                   disabled_at, failing_since, created_at, updated_at",
+    )
+    .bind(id)
+    .bind(&p.url)
+    .bind(&p.description)
+    .bind(&p.event_types)
+    .bind(p.enabled)
+    .bind(p.rate_limit.is_some())
+    .bind(p.rate_limit.flatten())
+    .fetch_optional(db)
+    .await
+}
+
+/// Deletes an endpoint with its secrets, deliveries and attempt log.
+pub async fn delete_endpoint(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1")
+        .bind(id)
+        .execute(db)
+        .await?
+        .rows_affected()
+        == 1)
+}
+
+/// Makes `secret` current; the previous current secret keeps signing for `overlap`. Returns when
+/// the previous one expires, or `None` if the endpoint does not exist.
+pub async fn rotate_secret(
+    conn: &mut PgConnection,
+    id: Uuid,
+    secret: &str,
+    overlap: Duration,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    let exists: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM webhook_endpoints WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    sqlx::query("DELETE FROM webhook_secrets WHERE endpoint_id = $1 AND expires_at <= now()")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    let expires: DateTime<Utc> = sqlx::query_scalar(
+        "UPDATE webhook_secrets SET expires_at = now() + $2
+         WHERE endpoint_id = $1 AND expires_at IS NULL RETURNING expires_at",
+    )
+    .bind(id)
+    .bind(overlap)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query("INSERT INTO webhook_secrets (endpoint_id, secret) VALUES ($1, $2)")
+        .bind(id)
+        .bind(secret)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Some(expires))
+}
+
+/// The secrets that sign an attempt now: the current one first, then any still in overlap.
+pub async fn live_secrets(
+    db: impl PgExecutor<'_>,
+    endpoint_id: Uuid,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT secret FROM webhook_secrets
+         WHERE endpoint_id = $1 AND (expires_at IS NULL OR expires_at > now())
+         ORDER BY expires_at IS NOT NULL, created_at DESC",
+    )
+    .bind(endpoint_id)
+    .fetch_all(db)
+    .await
+}
+
+/// Disables an enabled endpoint and appends an `EndpointDisabled` event to its own aggregate
+/// (fanned out like any other event), all in `conn`'s transaction. False if it was not enabled.
+pub async fn disable_endpoint(
+    conn: &mut PgConnection,
+    id: Uuid,
+    reason: &str,
+    detail: &str,
+) -> Result<bool, sqlx::Error> {
+    let event_id = Uuid::now_v7();
+    let inserted: Option<Uuid> = sqlx::query_scalar(
+        "WITH e AS (
+             UPDATE webhook_endpoints
+             SET enabled = false, disabled_reason = $2, disabled_at = now(),
+                 event_version = event_version + 1, updated_at = now()
+             WHERE id = $1 AND enabled
+             RETURNING id, url, event_version, failing_since)
+         INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type,
+                             schema_version, payload, metadata)
+         SELECT $3, $4, e.id, e.event_version, $5, $6,
+                jsonb_build_object('endpoint_id', e.id, 'url', e.url, 'reason', $2,
+                                   'detail', $7, 'failing_since', e.failing_since),
+                jsonb_build_object('correlation_id', e.id)
+         FROM e
+         RETURNING event_id",
+    )
+    .bind(id)
+    .bind(reason)
+    .bind(event_id)
+    .bind(catalog::ENDPOINT_AGGREGATE)
+    .bind(catalog::ENDPOINT_DISABLED_INTERNAL)
+    .bind(SCHEMA_VERSION)
+    .bind(detail)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(event_id) = inserted else {
+        return Ok(false);
+    };
+    fan_out(
+        conn,
+        &[event_id],
+        &[catalog::ENDPOINT_DISABLED_INTERNAL.to_owned()],
+    )
+    .await?;
+    Ok(true)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deliveries
+
+/// A delivery claimed by a worker, with what it needs to build the request.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedDelivery {
+    pub id: Uuid,
+    pub endpoint_id: Uuid,
+    pub event_id: Uuid,
+    pub event_type: String,
+    /// Attempt number this claim makes (1-based, over the delivery's life).
+    pub attempts: i32,
+    /// Attempts already made in the current schedule.
+    pub schedule_pos: i32,
+    pub url: String,
+    pub rate_limit: Option<i32>,
+    pub aggregate_type: String,
+    pub aggregate_id: Uuid,
+    pub version: i32,
+    pub payload: serde_json::Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// Claims up to `limit` due deliveries of enabled endpoints, at most `per_endpoint` in flight per
+/// endpoint (counting other workers' leases), with SKIP LOCKED and a lease.
+pub async fn claim_due(
+    pool: &PgPool,
+    worker: &str,
+    lease: Duration,
+    limit: i64,
+    per_endpoint: i64,
+) -> Result<Vec<ClaimedDelivery>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH inflight AS (
+             SELECT endpoint_id, count(*) AS n FROM webhook_deliveries
+             WHERE status = 'delivering' GROUP BY endpoint_id),
+         chosen AS (
+             SELECT d.id FROM webhook_endpoints e
+             LEFT JOIN inflight i ON i.endpoint_id = e.id
+             CROSS JOIN LATERAL (
+                 SELECT d.id FROM webhook_deliveries d
+                 WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.next_attempt_at <= now()
+                 ORDER BY d.next_attempt_at
+                 LIMIT greatest($4 - COALESCE(i.n, 0), 0)
+                 FOR UPDATE SKIP LOCKED) d
+             WHERE e.enabled
+             LIMIT $3)
+         UPDATE webhook_deliveries d
+         SET status = 'delivering', attempts = d.attempts + 1, locked_by = $1,
+             locked_until = now() + $2, updated_at = now()
+         FROM chosen, webhook_endpoints e, events ev
+         WHERE d.id = chosen.id AND e.id = d.endpoint_id AND ev.event_id = d.event_id
+         RETURNING d.id, d.endpoint_id, d.event_id, d.event_type, d.attempts, d.schedule_pos,
+                   e.url, e.rate_limit, ev.aggregate_type, ev.aggregate_id, ev.version,
+                   ev.payload, ev.recorded_at",
+    )
+    .bind(worker)
+    .bind(lease)
+    .bind(limit)
+    .bind(per_endpoint)
+    .fetch_all(pool)
+    .await
+}
+
+/// When the next pending delivery of an enabled endpoint is due.
+pub async fn next_due_at(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT min(d.next_attempt_at) FROM webhook_deliveries d
+         JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.enabled
+         WHERE d.status = 'pending'",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Hands a claimed delivery back without counting the attempt (rate limit), due at `at`.
+pub async fn defer(
+    pool: &PgPool,
+    id: Uuid,
+    attempt: i32,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE webhook_deliveries
+         SET status = 'pending', attempts = attempts - 1, next_attempt_at = $3,
+             locked_by = NULL, locked_until = NULL, updated_at = now()
+         WHERE id = $1 AND status = 'delivering' AND attempts = $2",
+    )
+    .bind(id)
+    .bind(attempt)
+    .bind(at)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// One attempt, as recorded.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct AttemptRow {
+    pub attempt: i32,
+    pub attempted_at: DateTime<Utc>,
+    pub status_code: Option<i32>,
+    pub latency_ms: i32,
+    /// The first 4 KiB of the response body.
+    pub response_body: Option<String>,
+    pub error: Option<String>,
+}
+
+/// What an attempt leads to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settle {
+    Delivered,
+    /// Back to pending, due at the time.
+    Retry(DateTime<Utc>),
+    /// Dead-lettered: the schedule is exhausted, or the endpoint is gone.
+    Dead,
+}
+
+/// Records an attempt and settles the delivery, fenced by the claim (`attempts = attempt`, still
+/// `delivering`). Returns false, changing nothing, when the lease was lost. Also maintains the
+/// endpoint's failure streak; returns the streak's start after a failure.
+pub async fn settle(
+    conn: &mut PgConnection,
+    id: Uuid,
+    endpoint_id: Uuid,
+    a: &AttemptRow,
+    outcome: &Settle,
+) -> Result<(bool, Option<DateTime<Utc>>), sqlx::Error> {
+    let (status, next_at) = match outcome {
+        Settle::Delivered => ("delivered", None),
+        Settle::Retry(at) => ("pending", Some(*at)),
+        Settle::Dead => ("dead", None),
+    };
+    let updated = sqlx::query(
+        "UPDATE webhook_deliveries
+         SET status = $3, schedule_pos = schedule_pos + 1,
+             next_attempt_at = COALESCE($4, next_attempt_at),
+             locked_by = NULL, locked_until = NULL,
+             last_status = $5, last_error = $6, updated_at = now(),
+             delivered_at = CASE WHEN $3 = 'delivered' THEN now() ELSE delivered_at END,
+             dead_at = CASE WHEN $3 = 'dead' THEN now() ELSE NULL END
+         WHERE id = $1 AND status = 'delivering' AND attempts = $2",
+    )
+    .bind(id)
+    .bind(a.attempt)
+    .bind(status)
+    .bind(next_at)
+    .bind(a.status_code)
+    .bind(&a.error)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        return Ok((false, None));
+    }
+    sqlx::query(
+        "INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status_code, latency_ms,
+                                       response_body, error)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(id)
+    .bind(a.attempt)
+    .bind(a.attempted_at)
+    .bind(a.status_code)
+    .bind(a.latency_ms)
+    .bind(&a.response_body)
+    .bind(&a.error)
+    .execute(&mut *conn)
+    .await?;
+    let streak = if *outcome == Settle::Delivered {
+        sqlx::query(
+            "UPDATE webhook_endpoints SET failing_since = NULL
+             WHERE id = $1 AND failing_since IS NOT NULL",
+        )
+        .bind(endpoint_id)
+        .execute(&mut *conn)
+        .await?;
+        None
+    } else {
+        sqlx::query_scalar(
+            "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, now())
+             WHERE id = $1 RETURNING failing_since",
+        )
+        .bind(endpoint_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .flatten()
+    };
+    Ok((true, streak))
+}
+
+/// Frees deliveries whose lease ran out (their worker died): due again at once.
+pub async fn rescue_expired(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE webhook_deliveries
+         SET status = 'pending', locked_by = NULL, locked_until = NULL, next_attempt_at = now(),
+             updated_at = now()
+         WHERE status = 'delivering' AND locked_until < now()",
+    )
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// Hands back everything `worker` still holds (shutdown); the attempts are not counted.
+pub async fn release_all(pool: &PgPool, worker: &str) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE webhook_deliveries
+         SET status = 'pending', attempts = attempts - 1, locked_by = NULL, locked_until = NULL,
+             next_attempt_at = now(), updated_at = now()
+         WHERE status = 'delivering' AND locked_by = $1",
+    )
+    .bind(worker)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct DeliveryRow {
+    pub id: Uuid,
+    pub endpoint_id: Uuid,
+    pub event_id: Uuid,
+    pub event_type: String,
+    /// pending, delivering, delivered or dead.
+    pub status: String,
+    pub attempt_count: i32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_status: Option<i32>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub dead_at: Option<DateTime<Utc>>,
+}
+
+const DELIVERY_COLUMNS: &str = "id, endpoint_id, event_id, event_type, status, attempts AS attempt_count, CASE WHEN status = 'pending' THEN next_attempt_at END AS next_attempt_at, last_status, last_error, created_at, delivered_at, dead_at";
+
+/// An endpoint's deliveries, newest first, optionally of one status, created before `before`.
+pub async fn list_deliveries(
+    db: impl PgExecutor<'_>,
+    endpoint_id: Uuid,
+    status: Option<&str>,
+    before: Option<DateTime<Utc>>,
+    limit: i64,
+) -> Result<Vec<DeliveryRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries
+         WHERE endpoint_id = $1 AND ($2::text IS NULL OR status = $2)
+           AND ($3::timestamptz IS NULL OR created_at < $3)
+         ORDER BY created_at DESC, id DESC LIMIT $4"
+    )))
+    .bind(endpoint_id)
+    .bind(status)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+pub async fn get_delivery(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<DeliveryRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn attempts_of(
+    db: impl PgExecutor<'_>,
+    delivery_id: Uuid,
+) -> Result<Vec<AttemptRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT attempt, attempted_at, status_code, latency_ms, response_body, error
+         FROM webhook_attempts WHERE delivery_id = $1 ORDER BY attempt",
+    )
+    .bind(delivery_id)
+    .fetch_all(db)
+    .await
+}
+
+/// What a redelivery request found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Redeliver {
+    Queued,
+    InFlight,
+    NotFound,
+}
+
+/// Queues a delivered or dead delivery (or hurries a pending one) for a fresh retry schedule,
+/// keeping its id, so the receiver sees the same `webhook-id`.
+pub async fn redeliver(db: impl PgExecutor<'_>, id: Uuid) -> Result<Redeliver, sqlx::Error> {
+    let status: Option<String> = sqlx::query_scalar(
+        "WITH target AS (SELECT id, status FROM webhook_deliveries WHERE id = $1),
+              upd AS (
+                  UPDATE webhook_deliveries d
+                  SET status = 'pending', schedule_pos = 0, next_attempt_at = now(),
+                      dead_at = NULL, updated_at = now()
+                  FROM target WHERE d.id = target.id AND target.status <> 'delivering'
+                  RETURNING d.id)
+         SELECT target.status || CASE WHEN EXISTS (SELECT 1 FROM upd) THEN ':queued' ELSE '' END
+         FROM target",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    Ok(match status {
+        None => Redeliver::NotFound,
+        Some(s) if s.ends_with(":queued") => Redeliver::Queued,
+        Some(_) => Redeliver::InFlight,
+    })
+}
+
+/// Queues again every dead delivery of the endpoint that died at or after `since`.
+pub async fn redrive_dead(
+    db: impl PgExecutor<'_>,
+    endpoint_id: Uuid,
+    since: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "WITH r AS (
+             UPDATE webhook_deliveries
+             SET status = 'pending', schedule_pos = 0, next_attempt_at = now(), dead_at = NULL,
+                 updated_at = now()
+             WHERE endpoint_id = $1 AND status = 'dead' AND dead_at >= $2
+             RETURNING 1)
+         SELECT pg_notify($3, '') FROM r",
+    )
+    .bind(endpoint_id)
+    .bind(since)
+    .bind(WEBHOOK_CHANNEL)
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
+/// Wakes the delivery workers (after a redelivery).
+pub async fn notify(db: impl PgExecutor<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(WEBHOOK_CHANNEL)
+        .execute(db)
+        .await?;
+    Ok(())
+}

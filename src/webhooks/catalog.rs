@@ -1,0 +1,102 @@
+//! The public event catalog: which internal event types are published to integrators, under which
+//! public name. The JSON Schemas and examples live in the top-level `webhooks/` directory.
+//!
+//! Matching is on the stored type name (`events.event_type`), so a new internal event only needs
+//! an entry here to be published. Internal bookkeeping events (`StepFailed`,
+//! `CompensationStarted`, `NotificationSent`, `PaymentActionRequired`) are not published: they
+//! describe how sagad works, not what happened to a booking, and their shape may change freely.
+
+/// (stored type name, public type name).
+pub const PUBLISHED: &[(&str, &str)] = &[
+    ("BookingRequested", "booking.requested"),
+    ("BookingConfirmed", "booking.confirmed"),
+    ("BookingCancelled", "booking.cancelled"),
+    ("InventoryHeld", "inventory.held"),
+    ("InventoryReleased", "inventory.released"),
+    ("PaymentAuthorized", "payment.authorized"),
+    ("PaymentCaptured", "payment.captured"),
+    ("PaymentVoided", "payment.voided"),
+    ("PaymentRefunded", "payment.refunded"),
+    ("PaymentReceived", "payment.received"),
+    ("DisputeOpened", "dispute.opened"),
+    ("DisputeClosed", "dispute.closed"),
+    ("SagaCompleted", "saga.completed"),
+    ("SagaCompensated", "saga.compensated"),
+    ("SagaStuck", "saga.stuck"),
+    (ENDPOINT_DISABLED_INTERNAL, ENDPOINT_DISABLED),
+];
+
+/// Public name of the event sagad emits when it disables an endpoint.
+pub const ENDPOINT_DISABLED: &str = "endpoint.disabled";
+/// Its stored type name.
+pub const ENDPOINT_DISABLED_INTERNAL: &str = "EndpointDisabled";
+/// Aggregate type of endpoint events in the event store.
+pub const ENDPOINT_AGGREGATE: &str = "webhook_endpoint";
+
+/// The public type of a stored event type, if it is published.
+pub fn public_type(internal: &str) -> Option<&'static str> {
+    PUBLISHED
+        .iter()
+        .find(|(i, _)| *i == internal)
+        .map(|(_, p)| *p)
+}
+
+/// Every public type, in catalog order.
+pub fn public_types() -> impl Iterator<Item = &'static str> {
+    PUBLISHED.iter().map(|(_, p)| *p)
+}
+
+/// Does `pattern` (`*`, `booking.*` or an exact name) select `public_type`? Mirrors the SQL in
+/// `store::webhooks::fan_out`.
+pub fn matches(pattern: &str, public_type: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => public_type.starts_with(prefix),
+        None => pattern == public_type,
+    }
+}
+
+/// Checks a subscription pattern: `*`, `<category>.*` for a category the catalog has, or an
+/// exact public type. Unknown names are refused so a typo does not silently subscribe to nothing.
+pub fn validate_pattern(pattern: &str) -> Result<(), String> {
+    if pattern == "*" {
+        return Ok(());
+    }
+    if let Some(category) = pattern.strip_suffix(".*") {
+        if public_types().any(|t| t.split('.').next() == Some(category)) {
+            return Ok(());
+        }
+        return Err(format!("no event type starts with `{category}.`"));
+    }
+    if public_types().any(|t| t == pattern) {
+        return Ok(());
+    }
+    Err(format!(
+        "`{pattern}` is not an event type; known types: {}",
+        public_types().collect::<Vec<_>>().join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_exact_names_prefixes_and_everything() {
+        assert!(matches("*", "booking.confirmed"));
+        assert!(matches("booking.*", "booking.confirmed"));
+        assert!(!matches("booking.*", "payment.captured"));
+        assert!(matches("payment.captured", "payment.captured"));
+        assert!(!matches("payment.captured", "payment.capturedx"));
+    }
+
+    #[test]
+    fn only_catalogued_patterns_are_accepted() {
+        assert!(validate_pattern("*").is_ok());
+        assert!(validate_pattern("dispute.*").is_ok());
+        assert!(validate_pattern("booking.confirmed").is_ok());
+        assert!(validate_pattern("booking.confirmd").is_err());
+        assert!(validate_pattern("bookings.*").is_err());
+        assert_eq!(public_type("StepFailed"), None);
+        assert_eq!(public_type("SagaStuck"), Some("saga.stuck"));
+    }
+}

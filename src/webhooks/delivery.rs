@@ -1,0 +1,451 @@
+//! Delivery workers: claim due deliveries (SKIP LOCKED, a lease, a per-endpoint cap), sign and
+//! POST each, record the attempt, and settle the delivery: delivered, retry at a persisted time, or
+//! dead. One pooled HTTP client whose resolver is the SSRF guard.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, warn};
+
+use super::retry::parse_retry_after;
+use super::{Error, Guard, WebhookConfig};
+use crate::signing;
+use crate::store::webhooks::{self as store, AttemptRow, ClaimedDelivery, Settle};
+
+/// Most response-body bytes kept per attempt.
+pub const RESPONSE_BODY_LIMIT: usize = 4096;
+
+pub struct Dispatcher {
+    pool: PgPool,
+    config: WebhookConfig,
+    client: reqwest::Client,
+    guard: Guard,
+    limiter: RateLimiter,
+}
+
+/// What one HTTP attempt came to.
+struct Response {
+    status: Option<u16>,
+    retry_after: Option<Duration>,
+    body: Option<String>,
+    error: Option<String>,
+}
+
+impl Dispatcher {
+    pub fn new(pool: PgPool, config: WebhookConfig) -> Result<Self, Error> {
+        let guard = config.guard();
+        let client = reqwest::Client::builder()
+            // The guard resolves every name dialled; no proxy may dial on our behalf, and no
+            // redirect may lead somewhere the guard did not see.
+            .dns_resolver(guard.clone())
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+            .timeout(config.timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("sagad-webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            pool,
+            config,
+            client,
+            guard,
+            limiter: RateLimiter::default(),
+        })
+    }
+
+    /// Claims and delivers until `shutdown`; then lets in-flight attempts finish within the grace
+    /// period and hands back whatever this process still holds.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let wake = Arc::new(Notify::new());
+        let listener = tokio::spawn(listen(this.pool.clone(), wake.clone(), shutdown.clone()));
+        let slots = Arc::new(Semaphore::new(this.config.workers));
+        let mut tasks = JoinSet::new();
+        let mut last_rescue = Instant::now() - this.config.lease();
+        info!(workers = this.config.workers, "webhook delivery started");
+
+        while !shutdown.is_cancelled() {
+            while tasks.try_join_next().is_some() {}
+            if last_rescue.elapsed() >= this.config.poll_interval.max(Duration::from_secs(1)) {
+                last_rescue = Instant::now();
+                match store::rescue_expired(&this.pool).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(rescued = n, "webhook deliveries with expired leases freed"),
+                    Err(e) => warn!(error = %e, "rescuing webhook leases failed"),
+                }
+            }
+            let free = slots.available_permits();
+            let claimed = if free == 0 {
+                Vec::new()
+            } else {
+                store::claim_due(
+                    &this.pool,
+                    &this.config.worker_id,
+                    this.config.lease(),
+                    free as i64,
+                    this.config.endpoint_concurrency as i64,
+                )
+                .await
+                .unwrap_or_else(|e| {
+                    warn!(error = %e, "claiming webhook deliveries failed");
+                    crate::telemetry::count_error("webhook_claim");
+                    Vec::new()
+                })
+            };
+            let got = claimed.len();
+            for d in claimed {
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    break;
+                };
+                let this = this.clone();
+                let span = tracing::info_span!("webhook_delivery", delivery_id = %d.id,
+                    endpoint_id = %d.endpoint_id, attempt = d.attempts);
+                tasks.spawn(
+                    async move {
+                        this.deliver(d).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+            if got > 0 && got == free {
+                continue;
+            }
+            let sleep_for = if free == 0 {
+                this.config.poll_interval
+            } else {
+                match store::next_due_at(&this.pool).await {
+                    Ok(Some(at)) => (at - Utc::now())
+                        .to_std()
+                        .unwrap_or(Duration::ZERO)
+                        .clamp(Duration::from_millis(5), this.config.poll_interval),
+                    _ => this.config.poll_interval,
+                }
+            };
+            tokio::select! {
+                _ = wake.notified() => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = tokio::time::sleep(sleep_for) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+
+        let drained = tokio::time::timeout(this.config.shutdown_grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                in_flight = tasks.len(),
+                "grace period over: abandoning webhook attempts"
+            );
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        match store::release_all(&this.pool, &this.config.worker_id).await {
+            Ok(0) => {}
+            Ok(n) => info!(released = n, "released webhook leases"),
+            Err(e) => warn!(error = %e, "could not release webhook leases; they will expire"),
+        }
+        listener.abort();
+        info!("webhook delivery stopped");
+    }
+
+    async fn deliver(&self, d: ClaimedDelivery) {
+        if let Some(limit) = d.rate_limit
+            && let Err(wait) = self.limiter.admit(d.endpoint_id, limit)
+        {
+            let at = Utc::now() + wait;
+            if let Err(e) = store::defer(&self.pool, d.id, d.attempts, at).await {
+                warn!(error = %e, "deferring a rate-limited delivery failed; its lease will expire");
+            }
+            return;
+        }
+        let body = body(&d);
+        let msg_id = webhook_id(d.id);
+        let secrets = match store::live_secrets(&self.pool, d.endpoint_id).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "loading endpoint secrets failed; the lease will expire");
+                return;
+            }
+        };
+        let secrets: Vec<Vec<u8>> = secrets.iter().map(|s| signing::secret_bytes(s)).collect();
+        let attempted_at = Utc::now();
+        let started = Instant::now();
+        let resp = self
+            .send(&d.url, &msg_id, attempted_at.timestamp(), &secrets, body)
+            .await;
+        let latency = started.elapsed();
+
+        let (outcome, disable) = self.classify(&d, &resp);
+        let attempt = AttemptRow {
+            attempt: d.attempts,
+            attempted_at,
+            status_code: resp.status.map(i32::from),
+            latency_ms: latency.as_millis().min(i32::MAX as u128) as i32,
+            response_body: resp.body,
+            error: resp.error,
+        };
+        let label = match (&outcome, resp.status) {
+            (Settle::Delivered, _) => "delivered",
+            (Settle::Dead, Some(410)) => "gone",
+            (Settle::Dead, _) => "dead",
+            (Settle::Retry(_), _) => "retry",
+        };
+        match self.settle(&d, &attempt, &outcome, disable).await {
+            Ok(true) => {
+                metrics::counter!("sagad_webhook_deliveries_total",
+                    "outcome" => label, "endpoint" => d.endpoint_id.to_string())
+                .increment(1);
+                debug!(outcome = label, status = ?attempt.status_code, latency_ms = attempt.latency_ms, "webhook attempt");
+            }
+            Ok(false) => warn!("webhook lease lost before the attempt was recorded"),
+            Err(e) => {
+                warn!(error = %e, "recording a webhook attempt failed; the lease will expire")
+            }
+        }
+    }
+
+    /// The delivery's next state, and whether (why) the endpoint must be disabled.
+    fn classify(&self, d: &ClaimedDelivery, r: &Response) -> (Settle, Option<&'static str>) {
+        match r.status {
+            Some(s) if (200..300).contains(&s) => return (Settle::Delivered, None),
+            Some(410) => return (Settle::Dead, Some("gone")),
+            _ => {}
+        }
+        let retry_after = match r.status {
+            Some(429 | 503) => r.retry_after,
+            _ => None,
+        };
+        let made = d.schedule_pos as usize + 1;
+        match self
+            .config
+            .retry
+            .next_delay(made, retry_after, rand::random::<f64>())
+        {
+            Some(delay) => (Settle::Retry(Utc::now() + delay), None),
+            None => (Settle::Dead, None),
+        }
+    }
+
+    async fn settle(
+        &self,
+        d: &ClaimedDelivery,
+        attempt: &AttemptRow,
+        outcome: &Settle,
+        disable: Option<&'static str>,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let (settled, failing_since) =
+            store::settle(&mut tx, d.id, d.endpoint_id, attempt, outcome).await?;
+        if !settled {
+            return Ok(false);
+        }
+        let reason = match (disable, failing_since) {
+            (Some(r), _) => Some((r, "the endpoint answered 410 Gone".to_owned())),
+            (None, Some(since))
+                if (Utc::now() - since).to_std().unwrap_or_default()
+                    >= self.config.disable_after =>
+            {
+                Some((
+                    "failing",
+                    format!("every attempt has failed since {}", since.to_rfc3339()),
+                ))
+            }
+            _ => None,
+        };
+        if let Some((reason, detail)) = reason
+            && store::disable_endpoint(&mut tx, d.endpoint_id, reason, &detail).await?
+        {
+            warn!(reason, %detail, "webhook endpoint disabled");
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// One signed POST. Never fails: every problem becomes the attempt's `error`.
+    async fn send(
+        &self,
+        url: &str,
+        msg_id: &str,
+        timestamp: i64,
+        secrets: &[Vec<u8>],
+        body: Vec<u8>,
+    ) -> Response {
+        let failed = |error: String| Response {
+            status: None,
+            retry_after: None,
+            body: None,
+            error: Some(error),
+        };
+        let url = match reqwest::Url::parse(url) {
+            Ok(u) => u,
+            Err(e) => return failed(format!("invalid endpoint URL: {e}")),
+        };
+        // The client's resolver checks names; IP literals never reach it, so check them here.
+        if let Some(host) = url.host_str()
+            && host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok()
+            && let Err(e) = self.guard.check_url(&url).await
+        {
+            return failed(e.to_string());
+        }
+        let mut req = self
+            .client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        for (name, value) in signing::headers(secrets, msg_id, timestamp, &body) {
+            req = req.header(name, value);
+        }
+        let mut resp = match req.body(body).send().await {
+            Ok(r) => r,
+            Err(e) => return failed(describe(&e, self.config.timeout)),
+        };
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, Utc::now()));
+        let mut kept = Vec::new();
+        let mut error = None;
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = RESPONSE_BODY_LIMIT - kept.len();
+                    kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    if kept.len() >= RESPONSE_BODY_LIMIT {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    error = Some(format!(
+                        "reading the response: {}",
+                        describe(&e, self.config.timeout)
+                    ));
+                    break;
+                }
+            }
+        }
+        Response {
+            status: Some(status),
+            retry_after,
+            body: Some(String::from_utf8_lossy(&kept).into_owned()),
+            error,
+        }
+    }
+}
+
+/// The `webhook-id` of a delivery: the same on every attempt and redelivery.
+pub fn webhook_id(delivery_id: uuid::Uuid) -> String {
+    format!("msg_{}", delivery_id.simple())
+}
+
+/// The JSON body: the public type, when it happened, the aggregate and its version (receivers
+/// order by it; delivery order is not guaranteed), and the event's data.
+pub fn body(d: &ClaimedDelivery) -> Vec<u8> {
+    let v = serde_json::json!({
+        "type": d.event_type,
+        "timestamp": d.recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "event_id": d.event_id,
+        "aggregate_type": d.aggregate_type,
+        "aggregate_id": d.aggregate_id,
+        "aggregate_version": d.version,
+        "data": d.payload,
+    });
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+fn describe(e: &reqwest::Error, timeout: Duration) -> String {
+    if e.is_timeout() {
+        return format!("timed out after {timeout:?}");
+    }
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+/// Per-endpoint attempts-per-second limit, per process: a one-second window per endpoint.
+#[derive(Default)]
+struct RateLimiter {
+    windows: Mutex<HashMap<uuid::Uuid, (Instant, i32)>>,
+}
+
+impl RateLimiter {
+    /// `Ok` to go ahead, or how long until the endpoint's window has room.
+    fn admit(&self, endpoint: uuid::Uuid, per_second: i32) -> Result<(), Duration> {
+        let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let entry = w.entry(endpoint).or_insert((now, 0));
+        if now.duration_since(entry.0) >= Duration::from_secs(1) {
+            *entry = (now, 0);
+        }
+        if entry.1 < per_second {
+            entry.1 += 1;
+            Ok(())
+        } else {
+            Err(Duration::from_secs(1).saturating_sub(now.duration_since(entry.0)))
+        }
+    }
+}
+
+/// LISTENs for new deliveries and wakes the claim loop; polling covers any gap.
+async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "LISTEN for webhook deliveries failed; polling meanwhile");
+                tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = shutdown.cancelled() => return }
+                continue;
+            }
+        };
+        if listener.listen(store::WEBHOOK_CHANNEL).await.is_err() {
+            continue;
+        }
+        wake.notify_one();
+        loop {
+            tokio::select! {
+                r = listener.recv() => match r {
+                    Ok(_) => wake.notify_one(),
+                    Err(_) => break,
+                },
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_limiter_admits_n_per_second() {
+        let l = RateLimiter::default();
+        let id = uuid::Uuid::nil();
+        assert!(l.admit(id, 2).is_ok());
+        assert!(l.admit(id, 2).is_ok());
+        let wait = l.admit(id, 2).err().unwrap_or_default();
+        assert!(wait > Duration::from_millis(900));
+        assert!(l.admit(uuid::Uuid::max(), 2).is_ok());
+    }
+}
