@@ -97,6 +97,21 @@ pub struct ServeArgs {
     /// Longest `?wait=` the start-saga RPC honours.
     #[arg(long, env = "SAGAD_MAX_WAIT", default_value = "30s", value_parser = parse_duration)]
     pub max_wait: Duration,
+    /// Comma-separated Stripe webhook endpoint secrets (`whsec_…`); more than one during a rotation.
+    /// Unset: `POST /webhooks/stripe` is not served.
+    #[arg(
+        long,
+        env = "STRIPE_WEBHOOK_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub stripe_webhook_secret: Vec<String>,
+    /// How far a webhook's signed timestamp may be from our clock.
+    #[arg(long, env = "STRIPE_WEBHOOK_TOLERANCE", default_value = "300s", value_parser = parse_duration)]
+    pub stripe_webhook_tolerance: Duration,
+    /// Stripe events this process processes at once.
+    #[arg(long, env = "SAGAD_STRIPE_INBOX_WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub stripe_inbox_workers: u32,
     /// Development mode: without STRIPE_SECRET_KEY, run the Stripe test double in-process; without
     /// SAGAD_API_TOKENS, accept the token `dev-token`.
     #[arg(long)]
@@ -129,6 +144,8 @@ pub enum ConfigError {
     BadPollInterval,
     #[error("SAGAD_LEASE must be at least 1s")]
     BadLease,
+    #[error("STRIPE_WEBHOOK_TOLERANCE must be between 1s and 1h")]
+    BadWebhookTolerance,
 }
 
 /// Checks an http(s) URL.
@@ -179,6 +196,11 @@ impl ServeArgs {
         }
         if self.lease < Duration::from_secs(1) {
             return Err(ConfigError::BadLease);
+        }
+        if self.stripe_webhook_tolerance < Duration::from_secs(1)
+            || self.stripe_webhook_tolerance > Duration::from_secs(3600)
+        {
+            return Err(ConfigError::BadWebhookTolerance);
         }
         Ok(())
     }

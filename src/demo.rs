@@ -200,6 +200,7 @@ async fn run_with(url: &str, total: u32, shutdown: CancellationToken) -> anyhow:
         role: config::Role::All,
         definitions: server::load_definitions(std::path::Path::new("sagas"))?,
         max_wait: Duration::from_secs(60),
+        stripe_inbound: Default::default(),
         webhooks: Default::default(),
     };
     let server = tokio::spawn(server::run(

@@ -84,6 +84,26 @@ pub enum Event {
         step: String,
         error: String,
     },
+    /// Stripe reports the money arrived (`payment_intent.succeeded`).
+    PaymentReceived {
+        payment_intent_id: String,
+        amount: i64,
+        currency: String,
+    },
+    /// A chargeback was opened (`charge.dispute.created`).
+    DisputeOpened {
+        dispute_id: String,
+        payment_intent_id: String,
+        amount: i64,
+        currency: String,
+        reason: String,
+    },
+    /// A chargeback was decided (`charge.dispute.closed`): `won`, `lost`, `warning_closed`…
+    DisputeClosed {
+        dispute_id: String,
+        payment_intent_id: String,
+        status: String,
+    },
 }
 
 impl Event {
@@ -106,6 +126,9 @@ impl Event {
             Event::SagaCompleted { .. } => "SagaCompleted",
             Event::SagaCompensated { .. } => "SagaCompensated",
             Event::SagaStuck { .. } => "SagaStuck",
+            Event::PaymentReceived { .. } => "PaymentReceived",
+            Event::DisputeOpened { .. } => "DisputeOpened",
+            Event::DisputeClosed { .. } => "DisputeClosed",
         }
     }
 

@@ -49,6 +49,8 @@ pub struct Settings {
     pub role: Role,
     pub definitions: Vec<SagaDefinition>,
     pub max_wait: Duration,
+    /// Inbound Stripe webhooks: endpoint secrets and the inbox workers.
+    pub stripe_inbound: crate::stripe::inbound::InboundSettings,
     /// Outgoing webhooks: delivery workers (with the engine) and the endpoint API.
     pub webhooks: crate::webhooks::WebhookConfig,
 }
@@ -86,6 +88,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let registry = Arc::new(Registry::load(pool.clone(), settings.definitions).await?);
+    let inbound_stripe = settings.stripe.clone();
     let deps = Deps {
         stripe: settings.stripe,
         http: http_client(),
@@ -106,6 +109,15 @@ pub async fn run(
         (None, None)
     };
 
+    // The Stripe inbox workers run beside the engine (same role), and stop with it.
+    let inbox_task = (settings.role != Role::Api).then(|| {
+        tokio::spawn(crate::stripe::inbound::run(
+            pool.clone(),
+            inbound_stripe,
+            settings.stripe_inbound.inbox.clone(),
+            shutdown.clone(),
+        ))
+    });
     // Outgoing webhook delivery runs wherever the engine runs.
     let webhook_task = if settings.role != Role::Api {
         let dispatcher = crate::webhooks::Dispatcher::new(pool.clone(), settings.webhooks.clone())?;
@@ -122,6 +134,7 @@ pub async fn run(
         engine_running,
         metrics: crate::telemetry::metrics_handle(),
         max_wait: settings.max_wait,
+        stripe_webhooks: settings.stripe_inbound.verifier().map(Arc::new),
         webhooks: Arc::new(settings.webhooks),
     };
     let app = http::app(state, settings.role != Role::Worker);
@@ -138,6 +151,11 @@ pub async fn run(
         && let Err(e) = t.await
     {
         warn!(error = %e, "engine task ended abnormally");
+    }
+    if let Some(t) = inbox_task
+        && let Err(e) = t.await
+    {
+        warn!(error = %e, "stripe inbox task ended abnormally");
     }
     if let Some(t) = webhook_task
         && let Err(e) = t.await

@@ -1,4 +1,6 @@
-//! The command line: `sagad serve | migrate | demo | sagas check | saga … | stripe-double`.
+//! The command line: `sagad serve | migrate | demo | sagas check | saga … | stripe events … | stripe-double`.
+
+mod stripe_events;
 
 mod webhooks;
 
@@ -58,6 +60,11 @@ pub enum Command {
         api: ApiArgs,
         #[command(subcommand)]
         command: SagaCommand,
+    },
+    /// Stripe webhook events sagad received: list, show, reprocess.
+    Stripe {
+        #[command(subcommand)]
+        command: stripe_events::StripeCommand,
     },
     /// Manage outgoing webhook endpoints and deliveries through a running sagad's API.
     Webhooks {
@@ -171,6 +178,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: SagasCommand::Check { dir },
         } => Ok(check_definitions(&dir)),
         Command::Saga { api, command } => saga_command(api, command).await,
+        Command::Stripe { command } => stripe_events::run(command).await,
         Command::Webhooks { api, command } => webhooks::run(api, command).await,
         Command::StripeDouble { listen } => {
             let listener = tokio::net::TcpListener::bind(listen)
@@ -280,6 +288,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let stripe = StripeClient::new(&stripe_key, stripe_base.as_deref())?;
 
+    if args
+        .stripe_webhook_secret
+        .iter()
+        .all(|s| s.trim().is_empty())
+    {
+        tracing::warn!(
+            "STRIPE_WEBHOOK_SECRET is not set: POST /webhooks/stripe is not served, so 3-D Secure \
+             payments wait for their deadline"
+        );
+    }
     let database = db::open(&args.db, false).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -298,6 +316,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         role: args.role,
         definitions,
         max_wait: args.max_wait,
+        stripe_inbound: crate::stripe::inbound::InboundSettings {
+            webhook_secrets: args.stripe_webhook_secret.clone(),
+            tolerance: args.stripe_webhook_tolerance,
+            inbox: crate::stripe::inbound::InboxConfig {
+                workers: args.stripe_inbox_workers as usize,
+                poll_interval: args.poll_interval,
+                ..Default::default()
+            },
+        },
         webhooks: args.webhooks.to_config(args.shutdown_grace),
     };
     let result = server::run(settings, database.pool.clone(), listener, shutdown.clone()).await;

@@ -4,6 +4,7 @@ mod error;
 mod health;
 mod openapi;
 mod sagas;
+mod stripe_webhooks;
 mod webhooks;
 
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Longest `?wait=` honoured.
     pub max_wait: Duration,
+    /// Verifies `POST /webhooks/stripe`; `None` when no STRIPE_WEBHOOK_SECRET is configured.
+    pub stripe_webhooks: Option<Arc<crate::stripe::webhook::Verifier>>,
     /// Outgoing webhooks: URL policy (SSRF guard, http allowed?) and secret rotation overlap.
     pub webhooks: Arc<crate::webhooks::WebhookConfig>,
 }
@@ -54,6 +57,10 @@ pub fn app(state: AppState, api: bool) -> Router {
             .merge(webhooks::routes())
             .layer(middleware::from_fn_with_state(state.clone(), require_token));
         router = router.merge(v1).merge(openapi::routes());
+        // Outside bearer auth: Stripe signs its requests instead. Reads its body with its own limit.
+        if state.stripe_webhooks.is_some() {
+            router = router.merge(stripe_webhooks::routes());
+        }
     }
     router
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -98,7 +98,10 @@ pub async fn apply(
         | Event::InventoryReleased { .. }
         | Event::PaymentVoided { .. }
         | Event::PaymentRefunded { .. }
-        | Event::SagaCompleted {} => return Ok(()),
+        | Event::SagaCompleted {}
+        | Event::PaymentReceived { .. }
+        | Event::DisputeOpened { .. }
+        | Event::DisputeClosed { .. } => return Ok(()),
     };
     q.execute(conn).await?;
     Ok(())

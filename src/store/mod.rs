@@ -6,6 +6,7 @@ pub mod definitions;
 pub mod events;
 pub mod inventory;
 pub mod sagas;
+pub mod stripe_events;
 pub mod webhooks;
 
 use std::time::Duration;

@@ -2,6 +2,8 @@
 
 pub mod client;
 pub mod double;
+pub mod inbound;
+pub mod webhook;
 
 pub use client::{
     AuthorizeRequest, ClientOptions, Error, PaymentIntentInfo, PaymentIntentStatus, RefundInfo,

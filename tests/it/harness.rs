@@ -25,6 +25,8 @@ use uuid::Uuid;
 
 pub const TOKEN: &str = "test-token-0123456789abcdef";
 pub const NOTIFY_SECRET: &[u8] = b"notify-secret-for-tests";
+/// The Stripe webhook endpoint secret sagad accepts in tests (`AppOptions::stripe_webhook_secrets`).
+pub const STRIPE_WEBHOOK_SECRET: &str = "whsec_sagad_tests_0123456789";
 
 struct Cluster {
     /// URL of the server's maintenance database, e.g. postgres://…/postgres.
@@ -216,6 +218,8 @@ pub struct AppOptions {
     pub workers: usize,
     pub lease: Duration,
     pub definitions: Vec<SagaDefinition>,
+    /// Endpoint secrets for `POST /webhooks/stripe` (empty: the route is not served).
+    pub stripe_webhook_secrets: Vec<String>,
     /// Outgoing webhooks (tests: http and 127.0.0.1 allowed, ms-scale retries).
     pub webhooks: sagad::webhooks::WebhookConfig,
 }
@@ -243,6 +247,7 @@ impl Default for AppOptions {
             workers: 8,
             lease: Duration::from_secs(30),
             definitions: vec![booking_definition()],
+            stripe_webhook_secrets: vec![STRIPE_WEBHOOK_SECRET.into()],
             webhooks: test_webhook_config(),
         }
     }
@@ -304,6 +309,20 @@ pub async fn spawn_instance(
         role: opts.role,
         definitions: opts.definitions,
         max_wait: Duration::from_secs(30),
+        stripe_inbound: sagad::stripe::inbound::InboundSettings {
+            webhook_secrets: opts.stripe_webhook_secrets,
+            inbox: sagad::stripe::inbound::InboxConfig {
+                poll_interval: Duration::from_millis(200),
+                retry: sagad::engine::retry::RetryPolicy {
+                    max_attempts: 12,
+                    base_delay: Duration::from_millis(20),
+                    max_delay: Duration::from_millis(300),
+                    jitter: 0.2,
+                },
+                ..Default::default()
+            },
+            ..Default::default()
+        },
         webhooks: opts.webhooks,
     };
     let shutdown = CancellationToken::new();

@@ -9,4 +9,5 @@ mod crash;
 mod embedded_pg;
 mod engine;
 mod stripe;
+mod stripe_webhooks;
 mod webhooks;

@@ -20,6 +20,7 @@ use crate::domain::BookingInput;
 use crate::stripe::client::StripeClient;
 
 pub use notify::NotifyConfig;
+pub use payment::wait_key as payment_wait_key;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {

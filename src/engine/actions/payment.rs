@@ -50,6 +50,13 @@ fn payment_intent_id(ctx: &StepCtx<'_>) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// When the inventory hold taken earlier in the saga expires, if it recorded one.
+fn hold_expiry(ctx: &StepCtx<'_>) -> Option<chrono::DateTime<Utc>> {
+    ctx.output_of_action("inventory.hold")
+        .and_then(|o| o.get("expires_at"))
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+}
+
 fn transient_or_fail(err: StripeError, what: &str) -> Outcome {
     if err.is_transient() {
         Outcome::retry(format!("{what}: {err}"), true)
@@ -98,11 +105,13 @@ pub async fn authorize(stripe: &StripeClient, ctx: &StepCtx<'_>) -> Outcome {
                 .and_then(|o| o.get("action_deadline"))
                 .and_then(|v| serde_json::from_value(v.clone()).ok());
             let deadline = recorded_deadline.unwrap_or_else(|| {
-                Utc::now()
+                let wanted = Utc::now()
                     + chrono::Duration::from_std(
                         ctx.duration_param("action_deadline", DEFAULT_ACTION_DEADLINE),
                     )
-                    .unwrap_or_else(|_| chrono::Duration::minutes(10))
+                    .unwrap_or_else(|_| chrono::Duration::minutes(10));
+                // Never wait past the inventory hold: the guest would authenticate for nothing.
+                hold_expiry(ctx).map_or(wanted, |h| wanted.min(h))
             });
             if Utc::now() >= deadline {
                 // The guest never completed 3-D Secure: the PaymentIntent exists and must be voided.

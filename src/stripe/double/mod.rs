@@ -9,6 +9,8 @@
 //! - `GET /_double/payment_intents`, `/_double/counters`, `/_double/requests`, `/_double/events`
 //! - `POST /_double/payment_intents/{id}/authenticate`, `…/fail_authentication`,
 //!   `…/expire_authorization`
+//! - `GET/POST/DELETE /_double/webhooks`, `POST /_double/disputes`, `…/disputes/{id}/close`:
+//!   signed webhooks to sagad (see `webhooks`)
 
 mod cards;
 mod faults;
@@ -19,6 +21,7 @@ mod render;
 mod server;
 mod state;
 mod validate;
+mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,6 +33,7 @@ use tokio::sync::oneshot;
 
 pub use faults::{Fault, FaultKind, Operation};
 pub use state::{Counters, Effects, EventRecord, PaymentIntentRecord};
+pub use webhooks::{DeliveryRecord, WebhookConfig};
 
 use faults::Faults;
 use idempotency::IdempotencyStore;
@@ -66,6 +70,7 @@ struct Inner {
     idempotency: IdempotencyStore,
     faults: Faults,
     requests: Vec<RequestRecord>,
+    webhooks: webhooks::WebhookState,
 }
 
 /// State shared by the handlers and the handle. Never locked across an await.
@@ -89,6 +94,8 @@ pub struct StripeDouble {
     shared: Arc<Shared>,
     addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
+    /// Stops the webhook sender.
+    sender: tokio_util::sync::CancellationToken,
 }
 
 impl StripeDouble {
@@ -97,7 +104,9 @@ impl StripeDouble {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::default());
         let (tx, rx) = oneshot::channel::<()>();
-        let app = server::router(shared.clone());
+        let app = server::router(shared.clone()).merge(webhooks::routes(shared.clone()));
+        let sender = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(webhooks::run(shared.clone(), sender.clone()));
         tokio::spawn(async move {
             let shutdown = async {
                 // Resolves on an explicit stop and when the handle is dropped.
@@ -114,6 +123,7 @@ impl StripeDouble {
             shared,
             addr,
             shutdown: Some(tx),
+            sender,
         })
     }
 
@@ -208,6 +218,7 @@ impl StripeDouble {
 
     /// Stops accepting connections and lets in-flight requests finish.
     pub fn stop(mut self) {
+        self.sender.cancel();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -216,6 +227,7 @@ impl StripeDouble {
 
 impl Drop for StripeDouble {
     fn drop(&mut self) {
+        self.sender.cancel();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -229,7 +241,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let shared = Arc::new(Shared::default());
     tracing::info!(addr = %listener.local_addr()?, "stripe test double listening");
-    axum::serve(listener, server::router(shared))
+    let sender = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(webhooks::run(shared.clone(), sender.clone()));
+    let app = server::router(shared.clone()).merge(webhooks::routes(shared));
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    sender.cancel();
+    served
 }

@@ -1,0 +1,77 @@
+//! `POST /webhooks/stripe`: verify the `Stripe-Signature` on the raw body, store the event in the
+//! inbox (keyed by Stripe's event id) and answer 200 once it is committed. Nothing is processed
+//! here; the inbox workers do that. Mounted outside bearer auth: the signature is the credential.
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::routing::post;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::store::stripe_events::{self, InboxStatus, NewStripeEvent};
+use crate::stripe::inbound::event::StripeEvent;
+use crate::stripe::inbound::{self, BODY_LIMIT};
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/webhooks/stripe", post(receive))
+}
+
+fn refuse(reason: impl Into<String>) -> ApiError {
+    inbound::count("unknown", "rejected");
+    ApiError::BadRequest(reason.into())
+}
+
+async fn receive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    req: Request<Body>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(verifier) = state.stripe_webhooks.as_deref() else {
+        return Err(ApiError::NotFound("stripe webhook endpoint"));
+    };
+    let body = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
+        .await
+        .map_err(|_| refuse(format!("body unreadable or larger than {BODY_LIMIT} bytes")))?;
+    let header = headers
+        .get("stripe-signature")
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| refuse("malformed Stripe-Signature header"))
+        })
+        .transpose()?;
+    verifier
+        .verify(header, &body, chrono::Utc::now().timestamp())
+        .map_err(|e| refuse(e.to_string()))?;
+    let event = StripeEvent::parse(&body).map_err(|e| refuse(e.to_string()))?;
+    let payload: Value = serde_json::from_slice(&body).map_err(|e| refuse(e.to_string()))?;
+    let handled = event.kind().is_some();
+    let pi = event.payment_intent_id();
+    let inserted = stripe_events::insert(
+        &state.pool,
+        &NewStripeEvent {
+            id: &event.id,
+            event_type: &event.event_type,
+            livemode: event.livemode,
+            api_version: event.api_version.as_deref(),
+            stripe_created: event.created,
+            payment_intent_id: pi.as_deref(),
+            payload: &payload,
+            status: if handled {
+                InboxStatus::Pending
+            } else {
+                InboxStatus::Ignored
+            },
+            outcome: (!handled).then_some("event type not handled"),
+        },
+    )
+    .await?;
+    inbound::count(
+        &event.event_type,
+        if inserted { "received" } else { "duplicate" },
+    );
+    tracing::info!(event_id = %event.id, event_type = %event.event_type, duplicate = !inserted, "stripe event stored");
+    Ok(Json(json!({ "received": true, "duplicate": !inserted })))
+}

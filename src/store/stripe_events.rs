@@ -1,0 +1,379 @@
+//! The Stripe webhook inbox (`stripe_events`), and the look-ups its workers need.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// The channel that wakes inbox workers when an event is stored or re-queued.
+pub const INBOX_CHANNEL: &str = "sagad_stripe_inbox";
+
+/// Where an inbox row is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InboxStatus {
+    Pending,
+    Processing,
+    Processed,
+    Ignored,
+    Unmatched,
+    Dead,
+}
+
+impl InboxStatus {
+    pub const ALL: [InboxStatus; 6] = [
+        InboxStatus::Pending,
+        InboxStatus::Processing,
+        InboxStatus::Processed,
+        InboxStatus::Ignored,
+        InboxStatus::Unmatched,
+        InboxStatus::Dead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboxStatus::Pending => "pending",
+            InboxStatus::Processing => "processing",
+            InboxStatus::Processed => "processed",
+            InboxStatus::Ignored => "ignored",
+            InboxStatus::Unmatched => "unmatched",
+            InboxStatus::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct StripeEventRow {
+    pub id: String,
+    pub event_type: String,
+    pub livemode: bool,
+    pub api_version: Option<String>,
+    pub stripe_created: Option<DateTime<Utc>>,
+    pub payment_intent_id: Option<String>,
+    pub payload: serde_json::Value,
+    pub status: String,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub locked_by: Option<String>,
+    pub locked_until: Option<DateTime<Utc>>,
+    pub saga_id: Option<Uuid>,
+    pub outcome: Option<String>,
+    pub last_error: Option<String>,
+    pub deliveries: i32,
+    pub received_at: DateTime<Utc>,
+    pub processed_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str = "id, event_type, livemode, api_version, stripe_created, payment_intent_id, payload, status, \
+    attempts, next_attempt_at, locked_by, locked_until, saga_id, outcome, last_error, deliveries, received_at, processed_at";
+
+pub struct NewStripeEvent<'a> {
+    pub id: &'a str,
+    pub event_type: &'a str,
+    pub livemode: bool,
+    pub api_version: Option<&'a str>,
+    pub stripe_created: Option<DateTime<Utc>>,
+    pub payment_intent_id: Option<&'a str>,
+    pub payload: &'a serde_json::Value,
+    /// `pending` for types sagad acts on, `ignored` (with `outcome`) for the others.
+    pub status: InboxStatus,
+    pub outcome: Option<&'a str>,
+}
+
+/// Stores a verified event; a duplicate id stores nothing new (it only counts the delivery).
+/// Returns whether this delivery inserted the row. Pending rows wake the workers at commit.
+pub async fn insert(pool: &PgPool, e: &NewStripeEvent<'_>) -> Result<bool, sqlx::Error> {
+    // `xmax = 0` only for a freshly inserted row: tells a new event from a redelivery.
+    let inserted: bool = sqlx::query_scalar(
+        "WITH ins AS (
+             INSERT INTO stripe_events (id, event_type, livemode, api_version, stripe_created, payment_intent_id,
+                                        payload, status, outcome, processed_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, CASE WHEN $8 = 'pending' THEN NULL ELSE now() END)
+             ON CONFLICT (id) DO UPDATE SET deliveries = stripe_events.deliveries + 1
+             RETURNING (xmax = 0) AS inserted, status),
+         n AS (SELECT pg_notify($10, '') FROM ins WHERE inserted AND status = 'pending')
+         SELECT inserted FROM ins LEFT JOIN n ON true",
+    )
+    .bind(e.id)
+    .bind(e.event_type)
+    .bind(e.livemode)
+    .bind(e.api_version)
+    .bind(e.stripe_created)
+    .bind(e.payment_intent_id)
+    .bind(e.payload)
+    .bind(e.status.as_str())
+    .bind(e.outcome)
+    .bind(INBOX_CHANNEL)
+    .fetch_one(pool)
+    .await?;
+    Ok(inserted)
+}
+
+pub async fn get(pool: &PgPool, id: &str) -> Result<Option<StripeEventRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM stripe_events WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ListFilter {
+    pub status: Option<InboxStatus>,
+    pub event_type: Option<String>,
+    pub limit: i64,
+}
+
+/// Newest first.
+pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<StripeEventRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM stripe_events
+         WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR event_type = $2)
+         ORDER BY received_at DESC, id DESC
+         LIMIT $3"
+    )))
+    .bind(f.status.map(|s| s.as_str()))
+    .bind(&f.event_type)
+    .bind(f.limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Claims up to `limit` due events for `worker` under a lease, committed at once; each claim is an attempt.
+pub async fn claim_due(
+    pool: &PgPool,
+    worker: &str,
+    lease: Duration,
+    limit: i64,
+) -> Result<Vec<StripeEventRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE stripe_events s SET status = 'processing', locked_by = $1,
+                locked_until = now() + $2 * interval '1 millisecond', attempts = s.attempts + 1
+         FROM (SELECT id FROM stripe_events
+               WHERE status = 'pending' AND next_attempt_at <= now()
+               ORDER BY next_attempt_at
+               LIMIT $3
+               FOR UPDATE SKIP LOCKED) due
+         WHERE s.id = due.id
+         RETURNING {}",
+        COLUMNS
+            .split(", ")
+            .map(|c| format!("s.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
+    .bind(worker)
+    .bind(lease.as_millis() as f64)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// What a worker holds: its completion must still match it, so a stale worker cannot overwrite newer truth.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub id: String,
+    pub worker: String,
+    pub attempts: i32,
+}
+
+/// Finishes a claimed event (`processed`, `unmatched` or `ignored`). False when the claim was lost.
+pub async fn mark_finished(
+    conn: &mut PgConnection,
+    claim: &Claim,
+    status: InboxStatus,
+    saga_id: Option<Uuid>,
+    outcome: &str,
+) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query(
+        "UPDATE stripe_events SET status = $4, saga_id = COALESCE($5, saga_id), outcome = $6,
+                locked_by = NULL, locked_until = NULL, processed_at = now()
+         WHERE id = $1 AND status = 'processing' AND locked_by = $2 AND attempts = $3",
+    )
+    .bind(&claim.id)
+    .bind(&claim.worker)
+    .bind(claim.attempts)
+    .bind(status.as_str())
+    .bind(saga_id)
+    .bind(outcome)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// Schedules another attempt at `at`, or parks the event as `dead` when `at` is `None`.
+pub async fn reschedule(
+    pool: &PgPool,
+    claim: &Claim,
+    at: Option<DateTime<Utc>>,
+    error: &str,
+) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query(
+        "UPDATE stripe_events SET status = CASE WHEN $4::timestamptz IS NULL THEN 'dead' ELSE 'pending' END,
+                next_attempt_at = COALESCE($4, next_attempt_at), last_error = $5,
+                locked_by = NULL, locked_until = NULL
+         WHERE id = $1 AND status = 'processing' AND locked_by = $2 AND attempts = $3",
+    )
+    .bind(&claim.id)
+    .bind(&claim.worker)
+    .bind(claim.attempts)
+    .bind(at)
+    .bind(error)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// Puts events whose worker died (lease ran out) back in the queue.
+pub async fn rescue_expired_leases(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH r AS (UPDATE stripe_events SET status = 'pending', locked_by = NULL, locked_until = NULL,
+                                          next_attempt_at = now()
+                    WHERE status = 'processing' AND locked_until < now() RETURNING id),
+              n AS (SELECT pg_notify($1, '') FROM r LIMIT 1)
+         SELECT id FROM r LEFT JOIN n ON true",
+    )
+    .bind(INBOX_CHANNEL)
+    .fetch_all(pool)
+    .await
+}
+
+pub enum ReprocessOutcome {
+    Queued,
+    NotFound,
+    /// Pending, processing or processed: nothing to do.
+    NotReprocessable(String),
+}
+
+/// An operator re-queues an event that is `dead`, `unmatched` or `ignored`, with fresh attempts.
+pub async fn reprocess(pool: &PgPool, id: &str) -> Result<ReprocessOutcome, sqlx::Error> {
+    let row: Option<(String, bool)> = sqlx::query_as(
+        "WITH cur AS (SELECT id, status FROM stripe_events WHERE id = $1 FOR UPDATE),
+              upd AS (UPDATE stripe_events s SET status = 'pending', attempts = 0, next_attempt_at = now(),
+                             processed_at = NULL
+                      FROM cur WHERE s.id = cur.id AND cur.status IN ('dead', 'unmatched', 'ignored')
+                      RETURNING s.id),
+              n AS (SELECT pg_notify($2, '') FROM upd)
+         SELECT cur.status, EXISTS (SELECT 1 FROM upd) FROM cur LEFT JOIN n ON true",
+    )
+    .bind(id)
+    .bind(INBOX_CHANNEL)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match row {
+        None => ReprocessOutcome::NotFound,
+        Some((_, true)) => ReprocessOutcome::Queued,
+        Some((status, false)) => ReprocessOutcome::NotReprocessable(status),
+    })
+}
+
+/// The earliest time a pending event becomes due.
+pub async fn next_due_at(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT min(next_attempt_at) FROM stripe_events WHERE status = 'pending'")
+        .fetch_one(pool)
+        .await
+}
+
+/// The saga our own records tie to a PaymentIntent: the bookings projection, else a step output
+/// in a saga's context (`{"authorize_payment": {"payment_intent_id": …}}`).
+pub async fn saga_for_payment_intent(
+    conn: &mut PgConnection,
+    payment_intent: &str,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    let by_booking: Option<Uuid> =
+        sqlx::query_scalar("SELECT saga_id FROM bookings WHERE payment_intent_id = $1")
+            .bind(payment_intent)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if by_booking.is_some() {
+        return Ok(by_booking);
+    }
+    sqlx::query_scalar(
+        "SELECT id FROM sagas
+         WHERE jsonb_path_exists(context, '$.*.payment_intent_id ? (@ == $pi)', jsonb_build_object('pi', $1::text))
+         LIMIT 1",
+    )
+    .bind(payment_intent)
+    .fetch_optional(conn)
+    .await
+}
+
+/// What the inbox needs to know about a saga, read under a row lock held until the transaction ends.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SagaSnapshot {
+    pub id: Uuid,
+    pub saga_name: String,
+    pub status: String,
+    pub current_step: i32,
+    pub wait_key: Option<String>,
+    /// Whether a worker holds a lease on it right now (a step in flight).
+    pub leased: bool,
+    pub context: serde_json::Value,
+}
+
+pub async fn lock_saga(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<SagaSnapshot>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, saga_name, status, current_step, wait_key,
+                (locked_until IS NOT NULL AND locked_until > now()) AS leased, context
+         FROM sagas WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Whether a saga exists (for the `saga_id` metadata cross-check).
+pub async fn saga_exists(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sagas WHERE id = $1)")
+        .bind(id)
+        .fetch_one(conn)
+        .await
+}
+
+/// Total of the `PaymentRefunded` events recorded for a PaymentIntent on a saga (ours and Stripe's).
+pub async fn refunded_recorded(
+    conn: &mut PgConnection,
+    saga_id: Uuid,
+    payment_intent: &str,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COALESCE(sum((payload->>'amount')::bigint), 0)::bigint FROM events
+         WHERE aggregate_id = $1 AND event_type = 'PaymentRefunded' AND payload->>'payment_intent_id' = $2",
+    )
+    .bind(saga_id)
+    .bind(payment_intent)
+    .fetch_one(conn)
+    .await
+}
+
+/// Whether the saga already has an event of `event_type` whose payload field `field` is `value`.
+pub async fn has_event(
+    conn: &mut PgConnection,
+    saga_id: Uuid,
+    event_type: &str,
+    field: &str,
+    value: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM events
+                        WHERE aggregate_id = $1 AND event_type = $2 AND payload->>$3 = $4)",
+    )
+    .bind(saga_id)
+    .bind(event_type)
+    .bind(field)
+    .bind(value)
+    .fetch_one(conn)
+    .await
+}

@@ -1,0 +1,261 @@
+//! Stripe webhook ingestion: the HTTP route (in `http::stripe_webhooks`) verifies and stores each
+//! event in the inbox; the workers here claim inbox rows (SKIP LOCKED, under a lease), process them
+//! (`process`), and retry with backoff until they are done or dead (visible to operators).
+
+pub mod event;
+pub mod process;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, warn};
+
+use crate::engine::retry::RetryPolicy;
+use crate::store::stripe_events::{self, Claim, INBOX_CHANNEL, StripeEventRow};
+use crate::stripe::client::StripeClient;
+use crate::stripe::webhook::{self, Verifier};
+use process::Decision;
+
+/// Largest webhook body accepted (Stripe's events are far smaller).
+pub const BODY_LIMIT: usize = 256 * 1024;
+
+/// How the inbox workers run.
+#[derive(Debug, Clone)]
+pub struct InboxConfig {
+    /// Events processed at once by this process.
+    pub workers: usize,
+    /// How long a claim lasts; a worker that dies is replaced after this.
+    pub lease: Duration,
+    /// Fallback polling when no NOTIFY arrives.
+    pub poll_interval: Duration,
+    /// Backoff between attempts, and when an event is declared dead.
+    pub retry: RetryPolicy,
+    /// Identifies this process in `locked_by`.
+    pub worker_id: String,
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        Self {
+            workers: 4,
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+            // 250ms, 500ms, 1s … capped at 2m: about 10 minutes before an event is dead, which
+            // covers a slow authorize step and a saga that has not parked yet.
+            retry: RetryPolicy {
+                max_attempts: 12,
+                base_delay: Duration::from_millis(250),
+                max_delay: Duration::from_secs(120),
+                jitter: 0.2,
+            },
+            worker_id: crate::engine::default_worker_id(),
+        }
+    }
+}
+
+/// Everything about inbound Stripe webhooks.
+#[derive(Debug, Clone)]
+pub struct InboundSettings {
+    /// Endpoint secrets (`STRIPE_WEBHOOK_SECRET`); none = the route is not mounted.
+    pub webhook_secrets: Vec<String>,
+    pub tolerance: Duration,
+    pub inbox: InboxConfig,
+}
+
+impl Default for InboundSettings {
+    fn default() -> Self {
+        Self {
+            webhook_secrets: Vec::new(),
+            tolerance: webhook::DEFAULT_TOLERANCE,
+            inbox: InboxConfig::default(),
+        }
+    }
+}
+
+impl InboundSettings {
+    /// The verifier for the HTTP route, when secrets are configured.
+    pub fn verifier(&self) -> Option<Verifier> {
+        let v = Verifier::new(&self.webhook_secrets, self.tolerance);
+        v.has_secrets().then_some(v)
+    }
+}
+
+/// Claims and processes inbox events until `shutdown`; in-flight events finish (or their claims
+/// are handed back) before it returns.
+pub async fn run(
+    pool: PgPool,
+    stripe: StripeClient,
+    config: InboxConfig,
+    shutdown: CancellationToken,
+) {
+    let wake = Arc::new(Notify::new());
+    let listener = tokio::spawn(listen(pool.clone(), wake.clone(), shutdown.clone()));
+    let slots = Arc::new(Semaphore::new(config.workers.max(1)));
+    let mut tasks = JoinSet::new();
+    let config = Arc::new(config);
+    info!(workers = config.workers, "stripe inbox workers started");
+    let mut last_rescue = tokio::time::Instant::now() - config.poll_interval;
+    while !shutdown.is_cancelled() {
+        while tasks.try_join_next().is_some() {}
+        if last_rescue.elapsed() >= config.poll_interval {
+            last_rescue = tokio::time::Instant::now();
+            match stripe_events::rescue_expired_leases(&pool).await {
+                Ok(ids) if !ids.is_empty() => info!(
+                    count = ids.len(),
+                    "stripe events re-queued after a lost lease"
+                ),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "rescuing stripe inbox leases failed"),
+            }
+        }
+        let free = slots.available_permits();
+        let claimed = if free == 0 {
+            Vec::new()
+        } else {
+            match stripe_events::claim_due(&pool, &config.worker_id, config.lease, free as i64)
+                .await
+            {
+                Ok(rows) => rows,
+                Err(e) => {
+                    warn!(error = %e, "claiming stripe events failed");
+                    crate::telemetry::count_error("stripe_inbox");
+                    Vec::new()
+                }
+            }
+        };
+        let got = claimed.len();
+        for row in claimed {
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                break;
+            };
+            let (pool, stripe, config) = (pool.clone(), stripe.clone(), config.clone());
+            let span = tracing::info_span!("stripe_event", event_id = %row.id, event_type = %row.event_type);
+            tasks.spawn(
+                async move {
+                    handle(&pool, &stripe, &config, row).await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+        if got > 0 && got == free {
+            continue;
+        }
+        let sleep_for = match stripe_events::next_due_at(&pool).await {
+            Ok(Some(at)) => (at - chrono::Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .min(config.poll_interval),
+            _ => config.poll_interval,
+        };
+        tokio::select! {
+            _ = wake.notified() => {}
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = tokio::time::sleep(sleep_for) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+    // Processing an event is short (one Stripe read, one transaction): let it finish.
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!("stripe inbox: abandoning in-flight events; their leases will expire");
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+    listener.abort();
+    let _ = listener.await;
+    info!("stripe inbox workers stopped");
+}
+
+async fn handle(pool: &PgPool, stripe: &StripeClient, config: &InboxConfig, row: StripeEventRow) {
+    let claim = Claim {
+        id: row.id.clone(),
+        worker: config.worker_id.clone(),
+        attempts: row.attempts,
+    };
+    let result = process::process(pool, stripe, &claim, &row.payload).await;
+    let (outcome, retry_reason) = match result {
+        Ok(Decision::Finished {
+            status,
+            saga_id,
+            outcome,
+        }) => {
+            info!(status = status.as_str(), saga_id = ?saga_id, outcome, "stripe event processed");
+            (status.as_str(), None)
+        }
+        Ok(Decision::ClaimLost) => {
+            warn!("claim lost before the stripe event was recorded; another worker has it");
+            ("claim_lost", None)
+        }
+        Ok(Decision::Retry(reason)) => ("retry", Some(reason)),
+        Err(e) => ("error", Some(e.to_string())),
+    };
+    if let Some(reason) = retry_reason {
+        let attempts = row.attempts.max(0) as u32;
+        let at = (!config.retry.exhausted(attempts)).then(|| {
+            config.retry.next_attempt_at(
+                chrono::Utc::now(),
+                attempts + 1,
+                rand::rng().random::<f64>(),
+            )
+        });
+        if at.is_none() {
+            warn!(attempts, reason, "stripe event dead after its last attempt");
+        } else {
+            debug!(attempts, reason, "stripe event retried later");
+        }
+        if let Err(e) = stripe_events::reschedule(pool, &claim, at, &reason).await {
+            warn!(error = %e, "could not reschedule the stripe event; its lease will expire");
+        }
+        count(&row.event_type, if at.is_none() { "dead" } else { outcome });
+        return;
+    }
+    count(&row.event_type, outcome);
+}
+
+/// `sagad_stripe_events_total{type, outcome}`.
+pub fn count(event_type: &str, outcome: &'static str) {
+    metrics::counter!("sagad_stripe_events_total", "type" => event_type.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// LISTENs for new inbox rows and wakes the dispatcher; polling covers any gap.
+async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let mut delay = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "LISTEN connection for the stripe inbox failed; polling meanwhile");
+                tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = shutdown.cancelled() => return }
+                delay = (delay * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(INBOX_CHANNEL).await {
+            warn!(error = %e, "LISTEN failed");
+            tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = shutdown.cancelled() => return }
+            continue;
+        }
+        delay = Duration::from_millis(100);
+        wake.notify_one();
+        loop {
+            tokio::select! {
+                r = listener.recv() => match r {
+                    Ok(_) => wake.notify_one(),
+                    Err(e) => { debug!(error = %e, "LISTEN connection lost"); break; }
+                },
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
