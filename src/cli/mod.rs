@@ -1,4 +1,4 @@
-//! The command line: `sagad serve | migrate | demo | sagas check | saga … | stripe events … | stripe-double`.
+//! The command line: `sagad serve | migrate | demo | bench | sagas check | saga … | stripe events … | stripe-double`.
 
 mod stripe_events;
 
@@ -47,6 +47,8 @@ pub enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Measure sagas/s, latencies, commits per saga and memory against `pgbench -N` on the same server.
+    Bench(crate::bench::BenchArgs),
     /// Run a few dozen booking sagas against the built-in Stripe test double and show what happened.
     Demo(demo::DemoArgs),
     /// Saga definitions.
@@ -174,6 +176,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => demo::run(args).await,
+        Command::Bench(args) => crate::bench::run(args).await,
         Command::Sagas {
             command: SagasCommand::Check { dir },
         } => Ok(check_definitions(&dir)),

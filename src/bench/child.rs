@@ -1,0 +1,160 @@
+//! The system under test: `sagad serve` as a child process, so its memory is its own.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+/// What the child needs to know; the rest of its configuration is inherited from the environment
+/// (so `SAGAD_POLL_INTERVAL`, `SAGAD_LEASE`, `RUST_LOG` … apply to the benchmark too).
+pub struct ChildConfig<'a> {
+    pub database_url: &'a str,
+    pub token: &'a str,
+    pub stripe_base: &'a str,
+    pub notify_url: &'a str,
+    pub workers: usize,
+    pub pool_size: u32,
+    /// Working directory: one without `sagas/`, so the built-in booking saga is used.
+    pub dir: &'a Path,
+}
+
+pub struct Sagad {
+    child: Child,
+    pid: u32,
+    pub base: String,
+    log: PathBuf,
+}
+
+/// Resident memory of a process, from `/proc/PID/status`.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    pub rss_mib: f64,
+    pub hwm_mib: f64,
+}
+
+impl Sagad {
+    pub async fn start(config: &ChildConfig<'_>) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot locate the sagad executable")?;
+        // Bind-and-release: the child binds the port a moment later (a tiny race on a busy host).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let log = config
+            .dir
+            .join(format!("sagad-{}-workers.log", config.workers));
+        let log_file = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let child = Command::new(exe)
+            .arg("serve")
+            .current_dir(config.dir)
+            .env_remove("SAGAD_SAGAS_DIR")
+            .env("DATABASE_URL", config.database_url)
+            .env("SAGAD_LISTEN", &listen)
+            .env("SAGAD_API_TOKENS", config.token)
+            .env("STRIPE_SECRET_KEY", "sk_test_sagad_bench")
+            .env("STRIPE_API_BASE", config.stripe_base)
+            .env("SAGAD_NOTIFY_URL", config.notify_url)
+            .env("SAGAD_NOTIFY_SECRET", "bench-notify-secret")
+            .env("SAGAD_WORKERS", config.workers.to_string())
+            .env("SAGAD_DB_POOL_SIZE", config.pool_size.to_string())
+            .env("SAGAD_MIGRATE", "false")
+            .env("SAGAD_ROLE", "all")
+            .env("SAGAD_SHUTDOWN_GRACE", "5s")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start `sagad serve`")?;
+        let pid = child.id().context("the sagad child exited at once")?;
+        let mut sagad = Self {
+            child,
+            pid,
+            base: format!("http://{listen}"),
+            log,
+        };
+        sagad.wait_ready().await?;
+        Ok(sagad)
+    }
+
+    /// Polls `/readyz` (database reachable, migrations current, workers running).
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "`sagad serve` exited ({status}) before it was ready; its log:\n{}",
+                    self.log_tail()
+                );
+            }
+            let ready = http
+                .get(format!("{}/readyz", self.base))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "`sagad serve` was not ready within 30s; its log:\n{}",
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn memory(&self) -> Option<Memory> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let kib = |field: &str| -> Option<f64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        };
+        Some(Memory {
+            rss_mib: kib("VmRSS:")? / 1024.0,
+            hwm_mib: kib("VmHWM:")? / 1024.0,
+        })
+    }
+
+    /// SIGTERM, then SIGKILL if it has not stopped within 30 s.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if self.child.try_wait()?.is_none() {
+            // SAFETY: signalling our own child by the pid we were handed; no memory is involved.
+            unsafe {
+                libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
+            Ok(status) => {
+                let status = status?;
+                if !status.success() {
+                    bail!(
+                        "`sagad serve` stopped with {status}; its log:\n{}",
+                        self.log_tail()
+                    );
+                }
+            }
+            Err(_) => {
+                self.child.kill().await?;
+                bail!("`sagad serve` ignored SIGTERM for 30s and was killed");
+            }
+        }
+        Ok(())
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}

@@ -1,0 +1,569 @@
+//! `sagad bench`: how fast is sagad on this machine, next to what its PostgreSQL can commit.
+//!
+//! For each worker count it starts `sagad serve` as a child process on a fresh database of a
+//! durable PostgreSQL (the embedded one in a temporary directory, or `DATABASE_URL`), with the
+//! Stripe test double and a notification receiver answering at once from this process. Closed-loop
+//! clients start booking sagas and wait for each one's terminal-state NOTIFY. Then `pgbench -N` runs
+//! on the same server at the same client count. Finally one open-loop run at half the best rate
+//! measures the start RPC under moderate load. See `docs/BENCHMARKS.md`.
+
+mod child;
+mod load;
+mod pgbench;
+pub mod report;
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::http::StatusCode;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
+use crate::store;
+use crate::stripe::double::StripeDouble;
+use child::{ChildConfig, Sagad};
+use load::{Api, Budget, Completions};
+use pgbench::Pgbench;
+use report::{Database, Load, Machine, Percentiles, Report, Section, Setting, StatementCount};
+
+const TOKEN: &str = "bench-token-0123456789";
+/// Connections beyond the workers: API requests, the two LISTEN connections, maintenance.
+const EXTRA_CONNECTIONS: u32 = 8;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Use this PostgreSQL server instead of a temporary embedded cluster. The bench creates (and
+    /// drops) its own databases there, so the role needs CREATEDB.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Worker counts to measure (SAGAD_WORKERS of the sagad under test), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "4,8,16,32", value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub workers: Vec<u32>,
+    /// Concurrent closed-loop clients per worker.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub clients_per_worker: u32,
+    /// Sagas measured per setting (after a warm-up of one saga per client).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=10_000_000))]
+    pub sagas: u64,
+    /// Run each setting for this long instead of a fixed number of sagas (e.g. 30s).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Length of each `pgbench -N` run, in seconds; 0 skips pgbench.
+    #[arg(long, default_value_t = 10)]
+    pub pgbench_seconds: u64,
+    /// `pgbench -i -s` scale of the scratch database.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub pgbench_scale: u32,
+    /// Skip the open-loop run at half the peak rate.
+    #[arg(long)]
+    pub no_half_load: bool,
+    /// Count statements per saga with pg_stat_statements (the embedded cluster is restarted with
+    /// it preloaded; with DATABASE_URL the extension must already be preloaded). Adds a little overhead.
+    #[arg(long)]
+    pub statements: bool,
+    /// Print the report as JSON on stdout (progress still goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let dir = std::env::temp_dir().join(format!("sagad-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let stop = crate::cli::shutdown_signal();
+    let outcome = tokio::select! {
+        r = run_in(&args, &dir) => r,
+        _ = stop.cancelled() => Err(anyhow::anyhow!("interrupted")),
+    };
+    // The embedded cluster (if any) was stopped inside; the directory held it and the logs.
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        tracing::warn!(error = %e, dir = %dir.display(), "could not remove the bench directory");
+    }
+    let report = outcome?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    let failed = report
+        .settings
+        .iter()
+        .chain(report.half_load.iter())
+        .any(|s| s.errors > 0);
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn run_in(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<Report> {
+    let machine = Machine::describe();
+    let (admin_url, embedded, kind) = match &args.database_url {
+        Some(url) => (url.clone(), None, "DATABASE_URL".to_owned()),
+        None => {
+            let pg_dir = dir.join("postgres");
+            progress(format_args!(
+                "starting a temporary durable PostgreSQL in {} …",
+                pg_dir.display()
+            ));
+            let opts = EmbeddedOptions {
+                max_connections: 300,
+                ..EmbeddedOptions::persistent(&pg_dir)
+            };
+            let mut pg = EmbeddedPostgres::start(opts.clone()).await?;
+            if args.statements {
+                pg = preload_pg_stat_statements(pg, opts).await?;
+            }
+            (
+                pg.url("postgres"),
+                Some(pg),
+                "embedded (temporary durable cluster, default settings)".to_owned(),
+            )
+        }
+    };
+    let result = bench(args, &admin_url, kind, machine, dir).await;
+    if let Some(pg) = embedded {
+        pg.stop().await?;
+    }
+    result
+}
+
+/// `ALTER SYSTEM` then a restart: pg_stat_statements must be loaded at server start.
+async fn preload_pg_stat_statements(
+    pg: EmbeddedPostgres,
+    opts: EmbeddedOptions,
+) -> anyhow::Result<EmbeddedPostgres> {
+    let pool = store::connect(&pg.url("postgres"), 1).await?;
+    sqlx::query("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    let port = pg.port();
+    pg.stop().await?;
+    Ok(EmbeddedPostgres::start(EmbeddedOptions {
+        port: Some(port),
+        ..opts
+    })
+    .await?)
+}
+
+fn progress(msg: std::fmt::Arguments<'_>) {
+    eprintln!("bench: {msg}");
+}
+
+/// `admin_url` with another database name.
+fn database_url(admin_url: &str, database: &str) -> anyhow::Result<String> {
+    let mut url = reqwest::Url::parse(admin_url).context("DATABASE_URL is not a URL")?;
+    url.set_path(&format!("/{database}"));
+    Ok(url.to_string())
+}
+
+/// Everything a setting needs that outlives it.
+struct Bench<'a> {
+    args: &'a BenchArgs,
+    admin: PgPool,
+    admin_url: &'a str,
+    dir: std::path::PathBuf,
+    stripe_base: String,
+    notify_url: String,
+    pgbench: Option<Pgbench>,
+    statements: bool,
+    run_id: String,
+}
+
+async fn bench(
+    args: &BenchArgs,
+    admin_url: &str,
+    kind: String,
+    machine: Machine,
+    dir: &std::path::Path,
+) -> anyhow::Result<Report> {
+    let admin = store::connect(admin_url, 2).await?;
+    let server_version: String = sqlx::query_scalar("SHOW server_version")
+        .fetch_one(&admin)
+        .await?;
+    let mut durability = BTreeMap::new();
+    for setting in ["fsync", "synchronous_commit", "full_page_writes"] {
+        let value: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {setting}")))
+            .fetch_one(&admin)
+            .await?;
+        if value != "on" {
+            progress(format_args!(
+                "warning: {setting}={value}: figures will not reflect a durable deployment"
+            ));
+        }
+        durability.insert(setting.to_owned(), value);
+    }
+    let statements = args.statements && enable_statements(&admin).await;
+
+    // The outside peers, answering at once from this process.
+    let double = StripeDouble::start(TcpListener::bind("127.0.0.1:0").await?).await?;
+    let receiver = TcpListener::bind("127.0.0.1:0").await?;
+    let notify_url = format!("http://{}/notify", receiver.local_addr()?);
+    let receiver_task = tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/notify",
+            axum::routing::post(|| async { StatusCode::NO_CONTENT }),
+        );
+        let _ = axum::serve(receiver, app).await;
+    });
+
+    let run_id = format!("b{:04x}", rand::random::<u16>());
+    let pgbench = if args.pgbench_seconds == 0 {
+        None
+    } else {
+        let name = format!("sagad_bench_{run_id}_pgbench");
+        let url = database_url(admin_url, &name)?;
+        match Pgbench::find(url) {
+            Some(p) => {
+                create_database(&admin, &name).await?;
+                progress(format_args!(
+                    "initialising {name} with {} -i -s {}",
+                    p.binary().display(),
+                    args.pgbench_scale
+                ));
+                p.init(args.pgbench_scale).await?;
+                Some((p, name))
+            }
+            None => {
+                progress(format_args!(
+                    "warning: no pgbench binary found: the pgbench comparison is skipped"
+                ));
+                None
+            }
+        }
+    };
+    let (pgbench, pgbench_db) = pgbench.unzip();
+
+    let ctx = Bench {
+        args,
+        admin: admin.clone(),
+        admin_url,
+        dir: dir.to_owned(),
+        stripe_base: double.base_url(),
+        notify_url,
+        pgbench,
+        statements,
+        run_id,
+    };
+    let budget = match args.duration {
+        Some(d) => Budget::Time(d),
+        None => Budget::Sagas(args.sagas as usize),
+    };
+    let mut settings = Vec::new();
+    for &workers in &args.workers {
+        let workers = workers as usize;
+        let clients = workers * args.clients_per_worker as usize;
+        settings.push(
+            ctx.setting(workers, Load::ClosedLoop { clients }, budget)
+                .await?,
+        );
+    }
+    let peak = settings
+        .iter()
+        .max_by(|a, b| a.sagas_per_s.total_cmp(&b.sagas_per_s))
+        .filter(|p| p.sagas_per_s > 0.0)
+        .map(|p| (p.workers, p.sagas_per_s));
+    let half_load = match peak {
+        Some((workers, rate)) if !args.no_half_load => {
+            let rate = rate / 2.0;
+            Some(
+                ctx.setting(workers, Load::OpenLoop { rate_per_s: rate }, budget)
+                    .await?,
+            )
+        }
+        _ => None,
+    };
+
+    if let Some(name) = pgbench_db {
+        drop_database(&admin, &name).await?;
+    }
+    receiver_task.abort();
+    drop(double);
+    admin.close().await;
+
+    let mut report = Report {
+        date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        machine,
+        database: Database {
+            kind,
+            server_version,
+            durability,
+        },
+        settings,
+        half_load,
+        webhook_deliveries: Section::NotAvailable {
+            reason: "not available in this build".into(),
+        },
+        stripe_ingestion: Section::NotAvailable {
+            reason: "not available in this build".into(),
+        },
+        targets: Vec::new(),
+    };
+    report.evaluate_targets();
+    Ok(report)
+}
+
+/// True when pg_stat_statements is loaded and its view can be read.
+async fn enable_statements(admin: &PgPool) -> bool {
+    let ok = sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .execute(admin)
+        .await
+        .is_ok()
+        && sqlx::query("SELECT pg_stat_statements_reset()")
+            .execute(admin)
+            .await
+            .is_ok();
+    if !ok {
+        progress(format_args!(
+            "warning: pg_stat_statements is not available (it must be in shared_preload_libraries): no statement counts"
+        ));
+    }
+    ok
+}
+
+async fn create_database(admin: &PgPool, name: &str) -> anyhow::Result<()> {
+    drop_database(admin, name).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(admin)
+        .await
+        .with_context(|| format!("cannot create database {name}"))?;
+    Ok(())
+}
+
+async fn drop_database(admin: &PgPool, name: &str) -> anyhow::Result<()> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+    )))
+    .execute(admin)
+    .await
+    .with_context(|| format!("cannot drop database {name}"))?;
+    Ok(())
+}
+
+/// `xact_commit`, `xact_rollback` of one database.
+async fn transactions(admin: &PgPool, name: &str) -> anyhow::Result<(i64, i64)> {
+    Ok(
+        sqlx::query_as(
+            "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = $1",
+        )
+        .bind(name)
+        .fetch_one(admin)
+        .await?,
+    )
+}
+
+/// Backends publish their counters when they exit: wait until none is left on `name`.
+async fn wait_for_no_backends(admin: &PgPool, name: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
+            .bind(name)
+            .fetch_one(admin)
+            .await?;
+        if n == 0 || tokio::time::Instant::now() >= deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn ms(samples: impl Iterator<Item = Duration>) -> Option<Percentiles> {
+    Percentiles::of(samples.map(|d| d.as_secs_f64() * 1000.0).collect())
+}
+
+impl Bench<'_> {
+    /// One setting on a fresh database: sagad up, warm-up, measured load, sagad down, then the
+    /// database's own counters and, for closed-loop settings, pgbench at the same client count.
+    async fn setting(&self, workers: usize, load: Load, budget: Budget) -> anyhow::Result<Setting> {
+        let name = format!("sagad_bench_{}_w{workers}", self.run_id);
+        let name = match load {
+            Load::ClosedLoop { .. } => name,
+            Load::OpenLoop { .. } => format!("{name}_half"),
+        };
+        let url = database_url(self.admin_url, &name)?;
+        create_database(&self.admin, &name).await?;
+        {
+            let pool = store::connect(&url, 1).await?;
+            store::migrate(&pool).await?;
+            pool.close().await;
+        }
+        wait_for_no_backends(&self.admin, &name).await?;
+        if self.statements {
+            sqlx::query("SELECT pg_stat_statements_reset()")
+                .execute(&self.admin)
+                .await?;
+        }
+        let before = transactions(&self.admin, &name).await?;
+        let pool_size = workers as u32 + EXTRA_CONNECTIONS;
+        let sagad = Sagad::start(&ChildConfig {
+            database_url: &url,
+            token: TOKEN,
+            stripe_base: &self.stripe_base,
+            notify_url: &self.notify_url,
+            workers,
+            pool_size,
+            dir: &self.dir,
+        })
+        .await?;
+        // Let start-up settle (first maintenance pass, pool warm-up) before reading idle memory.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle = sagad.memory();
+
+        let api = Api::new(&sagad.base, TOKEN)?;
+        let done = Completions::listen(&url).await?;
+        let run = format!("{}-w{workers}", self.run_id);
+        let (warmup, measured) = match load {
+            Load::ClosedLoop { clients } => {
+                progress(format_args!(
+                    "{workers} workers, {clients} closed-loop clients: warming up, then {}",
+                    describe(budget)
+                ));
+                let warm = load::closed_loop(
+                    &api,
+                    &done,
+                    &format!("{run}-warm"),
+                    clients,
+                    Budget::Sagas(clients),
+                )
+                .await?;
+                let measured = load::closed_loop(&api, &done, &run, clients, budget).await?;
+                (warm.samples.len(), measured)
+            }
+            Load::OpenLoop { rate_per_s } => {
+                progress(format_args!(
+                    "{workers} workers, open loop at {rate_per_s:.1} sagas/s (half the peak): {}",
+                    describe(budget)
+                ));
+                (
+                    0,
+                    load::open_loop(&api, &done, &run, rate_per_s, budget).await?,
+                )
+            }
+        };
+        let peak = sagad.memory();
+        drop(done);
+        sagad.stop().await?;
+        wait_for_no_backends(&self.admin, &name).await?;
+        let after = transactions(&self.admin, &name).await?;
+
+        let db = store::connect(&url, 1).await?;
+        let outcomes: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, count(*) FROM sagas GROUP BY status ORDER BY status")
+                .fetch_all(&db)
+                .await?;
+        let outcomes: BTreeMap<String, i64> = outcomes.into_iter().collect();
+        let finished: i64 = outcomes
+            .iter()
+            .filter(|(s, _)| matches!(s.as_str(), "completed" | "compensated" | "stuck"))
+            .map(|(_, n)| n)
+            .sum();
+        let ids: Vec<uuid::Uuid> = measured.samples.iter().filter_map(|s| s.id).collect();
+        let db_latency: Vec<f64> = sqlx::query_scalar(
+            "SELECT (extract(epoch FROM finished_at - created_at) * 1000)::float8
+             FROM sagas WHERE id = ANY($1) AND finished_at IS NOT NULL",
+        )
+        .bind(&ids)
+        .fetch_all(&db)
+        .await?;
+        db.close().await;
+        let statements = if self.statements {
+            Some(self.statement_counts(&name, finished).await?)
+        } else {
+            None
+        };
+        drop_database(&self.admin, &name).await?;
+
+        let samples = &measured.samples;
+        let completed = samples.iter().filter(|s| s.end_to_end.is_some()).count();
+        let errors: Vec<&str> = samples.iter().filter_map(|s| s.error.as_deref()).collect();
+        let sagas_per_s = completed as f64 / measured.elapsed.as_secs_f64().max(1e-9);
+        let commits = after.0 - before.0;
+
+        let pgbench_tps = match (&self.pgbench, load) {
+            (Some(p), Load::ClosedLoop { .. }) => {
+                progress(format_args!(
+                    "pgbench -N -c {workers} -j {workers} -T {}",
+                    self.args.pgbench_seconds
+                ));
+                Some(
+                    p.simple_update_tps(workers, self.args.pgbench_seconds)
+                        .await?,
+                )
+            }
+            _ => None,
+        };
+        let setting = Setting {
+            workers,
+            db_pool_size: pool_size,
+            load,
+            sagas: samples.len(),
+            warmup,
+            outcomes,
+            errors: errors.len(),
+            first_error: errors.first().map(|e| (*e).to_owned()),
+            elapsed_s: measured.elapsed.as_secs_f64(),
+            sagas_per_s,
+            end_to_end_ms: ms(samples.iter().filter_map(|s| s.end_to_end)),
+            end_to_end_db_ms: Percentiles::of(db_latency),
+            start_rpc_ms: ms(samples.iter().filter_map(|s| s.start_rpc)),
+            commits,
+            rollbacks: after.1 - before.1,
+            commits_per_saga: commits as f64 / (finished.max(1) as f64),
+            pgbench_tps,
+            sagas_per_pgbench_tps: pgbench_tps.filter(|t| *t > 0.0).map(|t| sagas_per_s / t),
+            idle_rss_mib: idle.map(|m| m.rss_mib),
+            peak_rss_mib: peak.map(|m| m.hwm_mib),
+            statements,
+        };
+        progress(format_args!(
+            "{workers} workers: {:.1} sagas/s, {:.1} commits/saga{}",
+            setting.sagas_per_s,
+            setting.commits_per_saga,
+            pgbench_tps
+                .map(|t| format!(", pgbench -N {t:.0} TPS"))
+                .unwrap_or_default()
+        ));
+        Ok(setting)
+    }
+
+    async fn statement_counts(
+        &self,
+        database: &str,
+        sagas: i64,
+    ) -> anyhow::Result<Vec<StatementCount>> {
+        let rows: Vec<(i64, i64, String)> = sqlx::query_as(
+            "SELECT s.calls, s.rows, s.query FROM pg_stat_statements s
+             JOIN pg_database d ON d.oid = s.dbid
+             WHERE d.datname = $1 ORDER BY s.calls DESC, s.query",
+        )
+        .bind(database)
+        .fetch_all(&self.admin)
+        .await?;
+        let per = sagas.max(1) as f64;
+        Ok(rows
+            .into_iter()
+            .map(|(calls, rows, query)| StatementCount {
+                calls_per_saga: calls as f64 / per,
+                rows_per_saga: rows as f64 / per,
+                query,
+            })
+            .collect())
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::engine::definition::duration::parse(s)
+        .map_err(|e| format!("{s:?} is not a duration ({e}); use e.g. 30s or 2m"))
+}
+
+fn describe(budget: Budget) -> String {
+    match budget {
+        Budget::Sagas(n) => format!("{n} sagas"),
+        Budget::Time(d) => format!("{d:?} of load"),
+    }
+}

@@ -1,0 +1,426 @@
+//! What a benchmark run measured, as a readable table or as JSON, with the issue's targets.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+/// The targets of issue 5, on the reference 2-core machine.
+pub const TARGET_SAGAS_VS_PGBENCH: f64 = 0.15;
+pub const TARGET_START_P99_MS: f64 = 10.0;
+pub const TARGET_IDLE_RSS_MIB: f64 = 64.0;
+
+/// Latency percentiles in milliseconds (nearest rank).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Percentiles {
+    pub count: usize,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// `None` for no samples.
+    pub fn of(mut samples_ms: Vec<f64>) -> Option<Self> {
+        if samples_ms.is_empty() {
+            return None;
+        }
+        samples_ms.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            let rank = (q * samples_ms.len() as f64).ceil() as usize;
+            samples_ms[rank.clamp(1, samples_ms.len()) - 1]
+        };
+        Some(Self {
+            count: samples_ms.len(),
+            p50: at(0.50),
+            p95: at(0.95),
+            p99: at(0.99),
+            max: samples_ms[samples_ms.len() - 1],
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub memory_gib: f64,
+    /// `/proc/loadavg` when the run started: a busy machine makes every figure worse.
+    pub load_average_at_start: String,
+    pub kernel: String,
+}
+
+impl Machine {
+    pub fn describe() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, m)| m.trim().to_owned())
+            .unwrap_or_else(|| "unknown".into());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kib: f64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0.0);
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default()
+        };
+        Self {
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cpu_model,
+            memory_gib: (mem_kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+            load_average_at_start: read("/proc/loadavg"),
+            kernel: read("/proc/sys/kernel/osrelease"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Database {
+    /// `embedded (temporary durable cluster)` or `DATABASE_URL`.
+    pub kind: String,
+    pub server_version: String,
+    /// `fsync`, `synchronous_commit`, `full_page_writes`: a benchmark must run with them on.
+    pub durability: BTreeMap<String, String>,
+}
+
+/// How load was offered in one setting.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Load {
+    /// `clients` concurrent clients, each starting a saga and waiting for it before the next.
+    ClosedLoop { clients: usize },
+    /// Starts at a fixed rate whatever the completions do.
+    OpenLoop { rate_per_s: f64 },
+}
+
+/// One statement as `pg_stat_statements` counted it, per completed saga.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatementCount {
+    pub calls_per_saga: f64,
+    pub rows_per_saga: f64,
+    pub query: String,
+}
+
+/// One worker/connection setting.
+#[derive(Debug, Clone, Serialize)]
+pub struct Setting {
+    pub workers: usize,
+    pub db_pool_size: u32,
+    pub load: Load,
+    /// Sagas in the measured window (warm-up excluded).
+    pub sagas: usize,
+    /// Sagas started before the measured window (one per client), counted only in commits per saga.
+    pub warmup: usize,
+    /// Final status of every saga of the setting, warm-up included.
+    pub outcomes: BTreeMap<String, i64>,
+    /// Client-side failures (start RPC refused, no terminal state in time).
+    pub errors: usize,
+    pub first_error: Option<String>,
+    pub elapsed_s: f64,
+    /// Completed sagas per second over the measured window (first start to last terminal state).
+    pub sagas_per_s: f64,
+    /// Start RPC sent → the terminal-state NOTIFY arrived at the bench client.
+    pub end_to_end_ms: Option<Percentiles>,
+    /// `finished_at - created_at` as the database recorded them (both are transaction start times).
+    pub end_to_end_db_ms: Option<Percentiles>,
+    /// `POST /v1/sagas` without `?wait`: request sent → 202 body read.
+    pub start_rpc_ms: Option<Percentiles>,
+    /// `xact_commit` delta of the bench database over the sagad process's life (start, load, stop).
+    pub commits: i64,
+    pub rollbacks: i64,
+    pub commits_per_saga: f64,
+    /// `pgbench -N -c W -j W` on a scratch database of the same server, W = workers.
+    pub pgbench_tps: Option<f64>,
+    pub sagas_per_pgbench_tps: Option<f64>,
+    /// VmRSS of the `sagad serve` child once ready, before any load.
+    pub idle_rss_mib: Option<f64>,
+    /// VmHWM of the child after the load.
+    pub peak_rss_mib: Option<f64>,
+    /// Only with `--statements`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub statements: Option<Vec<StatementCount>>,
+}
+
+/// A figure the issue asks for whose feature is not in this build yet.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Section<T> {
+    NotAvailable { reason: String },
+    Measured(T),
+}
+
+/// Outgoing webhook deliveries to a fast local receiver.
+#[derive(Debug, Clone, Serialize)]
+pub struct WebhookDeliveries {
+    pub deliveries_per_s: f64,
+    pub commit_to_first_attempt_ms: Option<Percentiles>,
+}
+
+/// Verified Stripe webhook ingestion.
+#[derive(Debug, Clone, Serialize)]
+pub struct StripeIngestion {
+    pub events_per_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub name: String,
+    pub measured: Option<f64>,
+    pub goal: String,
+    /// `None` when the figure could not be measured.
+    pub pass: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub date: String,
+    pub command: String,
+    pub machine: Machine,
+    pub database: Database,
+    pub settings: Vec<Setting>,
+    /// The open-loop run at half the best closed-loop rate.
+    pub half_load: Option<Setting>,
+    pub webhook_deliveries: Section<WebhookDeliveries>,
+    pub stripe_ingestion: Section<StripeIngestion>,
+    pub targets: Vec<Target>,
+}
+
+impl Report {
+    /// The best closed-loop setting by sagas/s.
+    pub fn peak(&self) -> Option<&Setting> {
+        self.settings
+            .iter()
+            .max_by(|a, b| a.sagas_per_s.total_cmp(&b.sagas_per_s))
+    }
+
+    pub fn evaluate_targets(&mut self) {
+        let mut targets = Vec::new();
+        for s in &self.settings {
+            targets.push(Target {
+                name: format!("sagas/s ÷ pgbench -N TPS, {} workers", s.workers),
+                measured: s.sagas_per_pgbench_tps,
+                goal: format!("≥ {TARGET_SAGAS_VS_PGBENCH:.2}"),
+                pass: s
+                    .sagas_per_pgbench_tps
+                    .map(|r| r >= TARGET_SAGAS_VS_PGBENCH),
+            });
+        }
+        let p99 = self
+            .half_load
+            .as_ref()
+            .and_then(|h| h.start_rpc_ms)
+            .map(|p| p.p99);
+        targets.push(Target {
+            name: "start-RPC p99 at half the peak rate (ms)".into(),
+            measured: p99,
+            goal: format!("< {TARGET_START_P99_MS}"),
+            pass: p99.map(|p| p < TARGET_START_P99_MS),
+        });
+        let idle = self
+            .settings
+            .iter()
+            .filter_map(|s| s.idle_rss_mib)
+            .reduce(f64::max);
+        targets.push(Target {
+            name: "idle RSS of sagad serve (MiB)".into(),
+            measured: idle,
+            goal: format!("< {TARGET_IDLE_RSS_MIB}"),
+            pass: idle.map(|m| m < TARGET_IDLE_RSS_MIB),
+        });
+        self.targets = targets;
+    }
+
+    /// The human-readable report.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let m = &self.machine;
+        let _ = writeln!(out, "sagad bench — {}", self.date);
+        let _ = writeln!(out, "command:  {}", self.command);
+        let _ = writeln!(
+            out,
+            "machine:  {} CPUs ({}), {} GiB RAM, kernel {}, load average at start {}",
+            m.cpus, m.cpu_model, m.memory_gib, m.kernel, m.load_average_at_start
+        );
+        let durability = self
+            .database
+            .durability
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let _ = writeln!(
+            out,
+            "database: {}, PostgreSQL {}, {durability}",
+            self.database.kind, self.database.server_version
+        );
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{:>7} {:>7} {:>6} {:>8} {:>23} {:>16} {:>12} {:>9} {:>7} {:>13}",
+            "workers",
+            "clients",
+            "sagas",
+            "sagas/s",
+            "end-to-end p50/95/99 ms",
+            "start p50/99 ms",
+            "commits/saga",
+            "pgbench",
+            "ratio",
+            "RSS idle/peak"
+        );
+        for s in self.settings.iter().chain(self.half_load.iter()) {
+            let clients = match s.load {
+                Load::ClosedLoop { clients } => clients.to_string(),
+                Load::OpenLoop { rate_per_s } => format!("@{rate_per_s:.0}/s"),
+            };
+            let e2e = s.end_to_end_ms.map_or("-".into(), |p| {
+                format!("{:.0}/{:.0}/{:.0}", p.p50, p.p95, p.p99)
+            });
+            let start = s
+                .start_rpc_ms
+                .map_or("-".into(), |p| format!("{:.1}/{:.1}", p.p50, p.p99));
+            let ratio = s
+                .sagas_per_pgbench_tps
+                .map_or("-".into(), |r| format!("{r:.3}"));
+            let pgbench = s.pgbench_tps.map_or("-".into(), |t| format!("{t:.0}"));
+            let rss = format!(
+                "{}/{}",
+                s.idle_rss_mib.map_or("-".into(), |m| format!("{m:.0}")),
+                s.peak_rss_mib.map_or("-".into(), |m| format!("{m:.0}"))
+            );
+            let _ = writeln!(
+                out,
+                "{:>7} {:>7} {:>6} {:>8.1} {:>23} {:>16} {:>12.1} {:>9} {:>7} {:>13}",
+                s.workers,
+                clients,
+                s.sagas,
+                s.sagas_per_s,
+                e2e,
+                start,
+                s.commits_per_saga,
+                pgbench,
+                ratio,
+                rss
+            );
+        }
+        let _ = writeln!(
+            out,
+            "(pgbench = `pgbench -N` TPS at clients = workers; ratio = sagas/s ÷ pgbench; RSS in MiB of the `sagad serve` child)"
+        );
+        for s in self.settings.iter().chain(self.half_load.iter()) {
+            let not_completed: i64 = s
+                .outcomes
+                .iter()
+                .filter(|(k, _)| k.as_str() != "completed")
+                .map(|(_, n)| n)
+                .sum();
+            if not_completed > 0 || s.errors > 0 {
+                let _ = writeln!(
+                    out,
+                    "warning: {} workers: outcomes {:?}, {} client errors{}",
+                    s.workers,
+                    s.outcomes,
+                    s.errors,
+                    s.first_error
+                        .as_deref()
+                        .map(|e| format!(" (first: {e})"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        if let Some(db) = self
+            .peak()
+            .and_then(|p| p.end_to_end_db_ms.map(|d| (p.workers, d)))
+        {
+            let _ = writeln!(
+                out,
+                "end-to-end as the database saw it ({} workers): p50 {:.1} ms, p99 {:.1} ms",
+                db.0, db.1.p50, db.1.p99
+            );
+        }
+        let _ = writeln!(out);
+        match &self.webhook_deliveries {
+            Section::NotAvailable { reason } => {
+                let _ = writeln!(out, "outgoing webhook deliveries/s: {reason}");
+            }
+            Section::Measured(w) => {
+                let _ = writeln!(
+                    out,
+                    "outgoing webhook deliveries/s: {:.1}; commit → first attempt p50/p99 {}",
+                    w.deliveries_per_s,
+                    w.commit_to_first_attempt_ms
+                        .map_or("-".into(), |p| format!("{:.1}/{:.1} ms", p.p50, p.p99))
+                );
+            }
+        }
+        match &self.stripe_ingestion {
+            Section::NotAvailable { reason } => {
+                let _ = writeln!(out, "verified Stripe webhook ingestion/s: {reason}");
+            }
+            Section::Measured(i) => {
+                let _ = writeln!(
+                    out,
+                    "verified Stripe webhook ingestion/s: {:.1}",
+                    i.events_per_s
+                );
+            }
+        }
+        if let Some(statements) = self
+            .settings
+            .iter()
+            .find_map(|s| s.statements.as_ref().map(|st| (s.workers, st)))
+        {
+            let total: f64 = statements.1.iter().map(|s| s.calls_per_saga).sum();
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "statements per completed saga ({} workers, pg_stat_statements): {total:.1}",
+                statements.0
+            );
+            for s in statements.1.iter().filter(|s| s.calls_per_saga >= 0.05) {
+                let query: String = s.query.split_whitespace().collect::<Vec<_>>().join(" ");
+                let short: String = query.chars().take(100).collect();
+                let _ = writeln!(out, "  {:>6.2}  {short}", s.calls_per_saga);
+            }
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(out, "targets:");
+        for t in &self.targets {
+            let verdict = match t.pass {
+                Some(true) => "PASS",
+                Some(false) => "FAIL",
+                None => "n/a ",
+            };
+            let _ = writeln!(
+                out,
+                "  {verdict}  {:<48} {:>10} (goal {})",
+                t.name,
+                t.measured.map_or("-".into(), |v| format!("{v:.3}")),
+                t.goal
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let p = Percentiles::of((1..=100).map(f64::from).collect()).unwrap();
+        assert_eq!((p.p50, p.p95, p.p99, p.max), (50.0, 95.0, 99.0, 100.0));
+        let one = Percentiles::of(vec![7.0]).unwrap();
+        assert_eq!((one.p50, one.p99), (7.0, 7.0));
+        assert!(Percentiles::of(Vec::new()).is_none());
+    }
+}
