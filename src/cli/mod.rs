@@ -325,6 +325,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             inbox: crate::stripe::inbound::InboxConfig {
                 workers: args.stripe_inbox_workers as usize,
                 poll_interval: args.poll_interval,
+                // Processing an event is one Stripe call and one transaction: the saga lease bounds it.
+                lease: args.lease,
                 ..Default::default()
             },
         },

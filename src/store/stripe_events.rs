@@ -233,6 +233,25 @@ pub async fn reschedule(
     Ok(n == 1)
 }
 
+/// Puts an event back to wait for the saga to catch up (our own commit is not visible yet). A
+/// deferral is not a failed attempt: the attempt the claim counted is given back.
+pub async fn defer(pool: &PgPool, claim: &Claim, at: DateTime<Utc>, reason: &str) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query(
+        "UPDATE stripe_events SET status = 'pending', next_attempt_at = $4, last_error = $5,
+                attempts = attempts - 1, locked_by = NULL, locked_until = NULL
+         WHERE id = $1 AND status = 'processing' AND locked_by = $2 AND attempts = $3",
+    )
+    .bind(&claim.id)
+    .bind(&claim.worker)
+    .bind(claim.attempts)
+    .bind(at)
+    .bind(reason)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
 /// Puts events whose worker died (lease ran out) back in the queue.
 pub async fn rescue_expired_leases(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
@@ -335,10 +354,11 @@ pub async fn lock_saga(
 }
 
 /// Whether a saga exists (for the `saga_id` metadata cross-check).
-pub async fn saga_exists(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sagas WHERE id = $1)")
+/// The status of a saga, if it exists.
+pub async fn saga_status(conn: &mut PgConnection, id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT status FROM sagas WHERE id = $1")
         .bind(id)
-        .fetch_one(conn)
+        .fetch_optional(conn)
         .await
 }
 

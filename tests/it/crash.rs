@@ -61,6 +61,40 @@ name = "notify"
 action = "notification.send"
 "#;
 
+/// The integrator: records every `webhook-id` it accepts; while `down`, it answers 503 to everything
+/// (an outage as a load balancer in front of a dead service reports it).
+#[derive(Clone, Default)]
+struct Receiver {
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+    down: Arc<AtomicBool>,
+}
+
+impl Receiver {
+    async fn serve(&self, listener: TcpListener) {
+        let (seen, down) = (self.seen.clone(), self.down.clone());
+        let app = axum::Router::new().route(
+            "/hooks",
+            axum::routing::post(move |headers: axum::http::HeaderMap| {
+                let (seen, down) = (seen.clone(), down.clone());
+                async move {
+                    if down.load(Ordering::SeqCst) {
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    if let Some(id) = headers.get("webhook-id").and_then(|v| v.to_str().ok()) {
+                        seen.lock().unwrap().push(id.to_owned());
+                    }
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+    }
+}
+
+const STRIPE_WEBHOOK_SECRET: &str = "whsec_crash_run_secret";
+
 struct Sagad {
     child: Child,
     base: String,
@@ -98,6 +132,14 @@ async fn start_sagad(env: &Env) -> Sagad {
         .env("SAGAD_POLL_INTERVAL", "200ms")
         .env("SAGAD_WORKERS", "16")
         .env("RUST_LOG", "warn,sagad=info")
+        .env("SAGAD_WEBHOOK_ALLOW_HTTP", "true")
+        .env("SAGAD_WEBHOOK_ALLOW_NETS", "127.0.0.0/8")
+        .env(
+            "SAGAD_WEBHOOK_RETRY_SCHEDULE",
+            "50ms,100ms,200ms,400ms,800ms,1s,2s,2s,2s,2s,2s,2s,2s,2s,2s,2s",
+        )
+        .env("SAGAD_WEBHOOK_TIMEOUT", "1s")
+        .env("STRIPE_WEBHOOK_SECRET", STRIPE_WEBHOOK_SECRET)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -158,6 +200,32 @@ async fn run(work: &Path, sagas: usize, kills: usize) -> anyhow::Result<()> {
         port: free_port(),
     };
     let mut sagad = start_sagad(&env).await;
+    // Stripe tells sagad what happened, duplicated, delayed and out of order, through the kills.
+    double.configure_webhooks(sagad::stripe::double::WebhookConfig {
+        url: format!("{}/webhooks/stripe", sagad.base),
+        secrets: vec![STRIPE_WEBHOOK_SECRET.into()],
+        duplicate: 1,
+        delay_ms: 20,
+        reorder: true,
+        ..Default::default()
+    });
+
+    // An integrator subscribed to everything.
+    let receiver = Receiver::default();
+    let hook_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let hook_addr = hook_listener.local_addr()?;
+    receiver.serve(hook_listener).await;
+    let created = reqwest::Client::new()
+        .post(format!("{}/v1/webhook-endpoints", sagad.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({"url": format!("http://{hook_addr}/hooks"), "event_types": ["*"]}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        created.status().is_success(),
+        "endpoint: {}",
+        created.text().await?
+    );
 
     // Chaos: random Stripe faults and an unreliable notification gateway, until told to stop.
     let chaos_on = Arc::new(AtomicBool::new(true));
@@ -204,6 +272,7 @@ async fn run(work: &Path, sagas: usize, kills: usize) -> anyhow::Result<()> {
     let mut started: HashMap<String, Uuid> = HashMap::new();
     let mut kills_done = 0;
     let mut cancelled = 0;
+    let mut down_since: Option<tokio::time::Instant> = None;
     let mut pg_restarted = false;
     let kill_every = (sagas / (kills + 1)).max(1);
     for i in 0..sagas {
@@ -260,6 +329,16 @@ async fn run(work: &Path, sagas: usize, kills: usize) -> anyhow::Result<()> {
             }
         }
 
+        // The receiver is down for two seconds in the middle of the run.
+        if i == sagas / 3 {
+            receiver.down.store(true, Ordering::SeqCst);
+            down_since = Some(tokio::time::Instant::now());
+        }
+        if down_since.is_some_and(|t| t.elapsed() > Duration::from_secs(2)) || i + 1 == sagas {
+            down_since = None;
+            receiver.down.store(false, Ordering::SeqCst);
+        }
+
         if (i + 1) % kill_every == 0 && kills_done < kills {
             tokio::time::sleep(Duration::from_millis(rand::rng().random_range(0..150))).await;
             sagad.child.start_kill()?; // SIGKILL
@@ -285,6 +364,7 @@ async fn run(work: &Path, sagas: usize, kills: usize) -> anyhow::Result<()> {
     let sagad = start_sagad(&env).await;
 
     let pool = sagad::store::connect(&db_url, 5).await?;
+    let load_ended = tokio::time::Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
         let open: i64 = sqlx::query_scalar(
@@ -302,7 +382,17 @@ async fn run(work: &Path, sagas: usize, kills: usize) -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let settle_started = tokio::time::Instant::now();
+    let webhooks = check_webhooks(&pool, &receiver, &env).await?;
+    let webhooks_took = settle_started.elapsed();
+    let inbound = check_stripe_inbox(&pool, &double, &env).await?;
+    eprintln!(
+        "crash run: sagas settled after the load; webhooks took {webhooks_took:?} more, the Stripe inbox {:?}",
+        settle_started.elapsed() - webhooks_took
+    );
+    eprintln!("crash run: sagas settled {:?} after the load", load_ended.elapsed());
     let report = check(&pool, &double, &started).await?;
+    let report = format!("{report}; {webhooks}; {inbound}");
     println!(
         "{report}; {cancelled} guest cancellations, {kills_done} + 1 SIGKILLs, PostgreSQL restarted once"
     );
@@ -447,5 +537,106 @@ async fn check(
         c.effects.captures,
         c.effects.refunds,
         c.effects.cancels
+    ))
+}
+
+/// Every published event reached the integrator at least once; counts the duplicates.
+async fn check_webhooks(pool: &PgPool, receiver: &Receiver, env: &Env) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let expected: Vec<String> = loop {
+        let (open, dead, ids): (i64, i64, Vec<String>) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status <> 'delivered'), count(*) FILTER (WHERE status = 'dead'),
+                    coalesce(array_agg('msg_' || replace(id::text, '-', '')), '{}') FROM webhook_deliveries",
+        )
+        .fetch_one(pool)
+        .await?;
+        if open == 0 {
+            break ids;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{open} webhook deliveries never delivered ({dead} dead-lettered); see {}",
+            env.log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let published: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = ANY($1)")
+            .bind(
+                sagad::webhooks::catalog::PUBLISHED
+                    .iter()
+                    .map(|(internal, _)| internal.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_one(pool)
+            .await?;
+    anyhow::ensure!(
+        published == expected.len() as i64,
+        "{published} published events but {} deliveries",
+        expected.len()
+    );
+    let seen = receiver.seen.lock().unwrap().clone();
+    let unique: std::collections::HashSet<&String> = seen.iter().collect();
+    let missing = expected.iter().filter(|id| !unique.contains(id)).count();
+    anyhow::ensure!(
+        missing == 0,
+        "{missing} deliveries never reached the receiver"
+    );
+    Ok(format!(
+        "webhooks: {} events delivered at least once ({} requests, {} duplicates)",
+        expected.len(),
+        seen.len(),
+        seen.len() - unique.len()
+    ))
+}
+
+/// Every Stripe webhook was taken in and settled; each capture became one `PaymentReceived`.
+async fn check_stripe_inbox(
+    pool: &PgPool,
+    double: &StripeDouble,
+    env: &Env,
+) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let captured = double
+        .payment_intents()
+        .iter()
+        .filter(|p| p.effects.captures > 0)
+        .count() as i64;
+    loop {
+        let (open, received): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM stripe_events WHERE status IN ('pending', 'processing')),
+                    (SELECT count(*) FROM events WHERE event_type = 'PaymentReceived')",
+        )
+        .fetch_one(pool)
+        .await?;
+        if open == 0 && received == captured {
+            break;
+        }
+        if std::env::var("SAGAD_CRASH_DEBUG").is_ok() {
+            let rows: Vec<(String, String, i32, Option<String>)> = sqlx::query_as(
+                "SELECT event_type, status, attempts, last_error FROM stripe_events WHERE status IN ('pending', 'processing')",
+            )
+            .fetch_all(pool)
+            .await?;
+            eprintln!("inbox open={open} received={received}/{captured}: {rows:?}");
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "Stripe inbox: {open} unsettled, {received} PaymentReceived for {captured} captures; see {}",
+            env.log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let by_status: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM stripe_events GROUP BY 1 ORDER BY 1")
+            .fetch_all(pool)
+            .await?;
+    anyhow::ensure!(
+        by_status.iter().all(|(s, _)| s != "dead"),
+        "dead-lettered Stripe events: {by_status:?}"
+    );
+    let deliveries = double.webhook_deliveries().len();
+    Ok(format!(
+        "Stripe webhooks: {deliveries} deliveries into {by_status:?}, {captured} PaymentReceived"
     ))
 }

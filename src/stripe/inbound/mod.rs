@@ -197,6 +197,16 @@ async fn handle(pool: &PgPool, stripe: &StripeClient, config: &InboxConfig, row:
             ("claim_lost", None)
         }
         Ok(Decision::Retry(reason)) => ("retry", Some(reason)),
+        Ok(Decision::Defer(reason)) => {
+            let delay = rand::rng().random_range(200..800);
+            let at = chrono::Utc::now() + chrono::Duration::milliseconds(delay);
+            debug!(reason, "stripe event deferred until the saga catches up");
+            if let Err(e) = stripe_events::defer(pool, &claim, at, &reason).await {
+                warn!(error = %e, "could not defer the stripe event; its lease will expire");
+            }
+            count(&row.event_type, "deferred");
+            return;
+        }
         Err(e) => ("error", Some(e.to_string())),
     };
     if let Some(reason) = retry_reason {

@@ -34,6 +34,9 @@ pub enum Decision {
     },
     /// Not yet: try again after a backoff (e.g. the saga has not parked yet).
     Retry(String),
+    /// The saga has not caught up with this event yet (its own commit is on the way): look again
+    /// shortly, without counting a failed attempt.
+    Defer(String),
     /// Someone else owns the row now (our claim ran out); nothing was committed.
     ClaimLost,
 }
@@ -96,7 +99,7 @@ pub async fn process(
     let mut tx = pool.begin().await?;
     let saga_id = match resolve_saga(&mut tx, &ev, &pi, current.as_ref()).await? {
         Resolved::Saga(id) => id,
-        Resolved::NotYet(reason) => return Ok(Decision::Retry(reason)),
+        Resolved::NotYet(reason) => return Ok(Decision::Defer(reason)),
         Resolved::Unmatched(reason) => {
             return finish_in(tx, claim, InboxStatus::Unmatched, None, reason).await;
         }
@@ -127,7 +130,7 @@ pub async fn process(
             let mut notes = match wake {
                 Wake::Woken => vec!["woke the saga".to_owned()],
                 Wake::NotYet => {
-                    return Ok(Decision::Retry(
+                    return Ok(Decision::Defer(
                         "the saga's authorize step is in flight and has not parked yet".into(),
                     ));
                 }
@@ -173,7 +176,7 @@ pub async fn process(
         Kind::ChargeRefunded => {
             if saga.leased {
                 // A step is in flight: it may be our own refund, whose event is not committed yet.
-                return Ok(Decision::Retry(
+                return Ok(Decision::Defer(
                     "a saga step is in flight; the refund may be ours".into(),
                 ));
             }
@@ -259,15 +262,28 @@ async fn resolve_saga(
         })
         .and_then(|s| s.parse().ok());
     let ours = stripe_events::saga_for_payment_intent(conn, pi).await?;
+    let named_status = match (ours, metadata) {
+        (None, Some(m)) => stripe_events::saga_status(conn, m).await?,
+        _ => None,
+    };
     Ok(match (ours, metadata) {
         (Some(id), Some(m)) if id != m => Resolved::Unmatched(format!(
             "the saga_id metadata ({m}) disagrees with sagad's records ({id}) for PaymentIntent {pi}"
         )),
         (Some(id), _) => Resolved::Saga(id),
-        // The webhook may beat the commit of the step that created the PaymentIntent.
-        (None, Some(m)) if stripe_events::saga_exists(conn, m).await? => {
-            Resolved::NotYet(format!("saga {m} has not recorded PaymentIntent {pi} yet"))
-        }
+        // The webhook may beat the commit of the step that created the PaymentIntent: wait while
+        // the saga can still record it. A finished saga never will (e.g. the card was declined).
+        (None, Some(m)) => match named_status.as_deref() {
+            Some("running" | "waiting" | "compensating") => {
+                Resolved::NotYet(format!("saga {m} has not recorded PaymentIntent {pi} yet"))
+            }
+            Some(status) => Resolved::Unmatched(format!(
+                "saga {m} is {status} and never recorded PaymentIntent {pi} (e.g. a declined card)"
+            )),
+            None => {
+                Resolved::Unmatched(format!("no saga in sagad's records has PaymentIntent {pi}"))
+            }
+        },
         (None, _) => {
             Resolved::Unmatched(format!("no saga in sagad's records has PaymentIntent {pi}"))
         }
