@@ -658,4 +658,21 @@ impl Ledger {
     pub fn events(&self) -> Vec<EventRecord> {
         self.events.clone()
     }
+
+    /// How many events were recorded so far.
+    pub fn event_count(&self) -> usize {
+        self.events.len()
+    }
+
+    /// The events recorded after the first `from` (cheap: clones only those).
+    pub fn events_since(&self, from: usize) -> Vec<EventRecord> {
+        self.events[from.min(self.events.len())..].to_vec()
+    }
+
+    /// Amount refunded so far on one PaymentIntent.
+    pub fn amount_refunded(&self, payment_intent: &str) -> i64 {
+        self.intents
+            .get(payment_intent)
+            .map_or(0, |pi| pi.amount_refunded)
+    }
 }
