@@ -235,7 +235,12 @@ pub async fn reschedule(
 
 /// Puts an event back to wait for the saga to catch up (our own commit is not visible yet). A
 /// deferral is not a failed attempt: the attempt the claim counted is given back.
-pub async fn defer(pool: &PgPool, claim: &Claim, at: DateTime<Utc>, reason: &str) -> Result<bool, sqlx::Error> {
+pub async fn defer(
+    pool: &PgPool,
+    claim: &Claim,
+    at: DateTime<Utc>,
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
     let n = sqlx::query(
         "UPDATE stripe_events SET status = 'pending', next_attempt_at = $4, last_error = $5,
                 attempts = attempts - 1, locked_by = NULL, locked_until = NULL

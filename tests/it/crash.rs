@@ -390,7 +390,10 @@ async fn run(work: &Path, sagas: usize, kills: usize) -> anyhow::Result<()> {
         "crash run: sagas settled after the load; webhooks took {webhooks_took:?} more, the Stripe inbox {:?}",
         settle_started.elapsed() - webhooks_took
     );
-    eprintln!("crash run: sagas settled {:?} after the load", load_ended.elapsed());
+    eprintln!(
+        "crash run: sagas settled {:?} after the load",
+        load_ended.elapsed()
+    );
     let report = check(&pool, &double, &started).await?;
     let report = format!("{report}; {webhooks}; {inbound}");
     println!(
