@@ -101,12 +101,18 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let (engine_task, engine_running) = if settings.role != Role::Api {
+    let (engine_task, engine_running, dispatch) = if settings.role != Role::Api {
         let engine = Engine::new(pool.clone(), registry.clone(), deps, settings.engine)?;
         let flag = engine.running_flag();
-        (Some(tokio::spawn(engine.run(shutdown.clone()))), Some(flag))
+        // A process that runs both API and workers starts its sagas itself.
+        let dispatch = (settings.role == Role::All).then(|| engine.direct_dispatch());
+        (
+            Some(tokio::spawn(engine.run(shutdown.clone()))),
+            Some(flag),
+            dispatch,
+        )
     } else {
-        (None, None)
+        (None, None, None)
     };
 
     // The Stripe inbox workers run beside the engine (same role), and stop with it.
@@ -132,6 +138,7 @@ pub async fn run(
         tokens: Arc::new(settings.api_tokens),
         finished,
         engine_running,
+        dispatch,
         metrics: crate::telemetry::metrics_handle(),
         max_wait: settings.max_wait,
         stripe_webhooks: settings.stripe_inbound.verifier().map(Arc::new),

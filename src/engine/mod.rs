@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -78,8 +78,38 @@ pub enum Error {
     },
 }
 
+/// Hands sagas started by this process's API straight to its own workers: the saga is inserted
+/// already leased to this engine, so no claim (and no wake-up) is needed. The lease protects it as
+/// any claim does: if the process dies, the rescuer frees it.
+#[derive(Clone)]
+pub struct DirectDispatch {
+    slots: Arc<Semaphore>,
+    tx: mpsc::UnboundedSender<(sagas::SagaRow, OwnedSemaphorePermit)>,
+    pub worker_id: String,
+    pub lease: Duration,
+}
+
+impl DirectDispatch {
+    /// A free worker slot, if there is one now.
+    pub fn try_reserve(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
+    /// Gives a saga leased to this engine to a worker; returns it if the engine has stopped.
+    pub fn hand_over(
+        &self,
+        row: sagas::SagaRow,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<(), sagas::SagaRow> {
+        self.tx.send((row, slot)).map_err(|e| e.0.0)
+    }
+}
+
 pub struct Engine {
     running: Arc<std::sync::atomic::AtomicBool>,
+    slots: Arc<Semaphore>,
+    direct_tx: mpsc::UnboundedSender<(sagas::SagaRow, OwnedSemaphorePermit)>,
+    direct_rx: mpsc::UnboundedReceiver<(sagas::SagaRow, OwnedSemaphorePermit)>,
     pool: PgPool,
     registry: Arc<Registry>,
     deps: Deps,
@@ -107,13 +137,27 @@ impl Engine {
                 }
             }
         }
+        let (direct_tx, direct_rx) = mpsc::unbounded_channel();
         Ok(Self {
             running: Arc::default(),
+            slots: Arc::new(Semaphore::new(config.workers)),
+            direct_tx,
+            direct_rx,
             pool,
             registry,
             deps,
             config,
         })
+    }
+
+    /// The handle the API uses to give new sagas straight to this engine.
+    pub fn direct_dispatch(&self) -> DirectDispatch {
+        DirectDispatch {
+            slots: self.slots.clone(),
+            tx: self.direct_tx.clone(),
+            worker_id: self.config.worker_id.clone(),
+            lease: self.config.lease,
+        }
     }
 
     /// True while the dispatcher claims work (for `/readyz`).
@@ -123,7 +167,7 @@ impl Engine {
 
     /// Claims and drives sagas until `shutdown`; then stops claiming, lets in-flight steps finish
     /// within the grace period, and releases the leases of any that did not.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let wake = Arc::new(Notify::new());
         let mut background = JoinSet::new();
         background.spawn(listen(self.pool.clone(), wake.clone(), shutdown.clone()));
@@ -141,19 +185,29 @@ impl Engine {
             lease: self.config.lease,
             shutdown: shutdown.clone(),
         });
-        let slots = Arc::new(Semaphore::new(self.config.workers));
+        let slots = self.slots.clone();
         let mut tasks = JoinSet::new();
         info!(workers = self.config.workers, worker_id = %self.config.worker_id, "engine started");
         self.running
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        let spawn = |tasks: &mut JoinSet<()>, row, permit: OwnedSemaphorePermit| {
+            let worker = worker.clone();
+            tasks.spawn(async move {
+                worker.drive(row).await;
+                drop(permit);
+            });
+        };
 
+        // `backlog`: due sagas may be waiting (start-up, a NOTIFY, the timer, a full batch).
+        // Claims happen only then, so a busy engine fed by direct dispatch does not query the
+        // queue after every saga.
+        let mut backlog = true;
+        let mut next_check = tokio::time::Instant::now();
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
             let free = slots.available_permits();
-            let claimed = if free == 0 {
-                Vec::new()
-            } else {
-                match sagas::claim_due(
+            if backlog && free > 0 {
+                let claimed = match sagas::claim_due(
                     &self.pool,
                     &self.config.worker_id,
                     self.config.lease,
@@ -167,35 +221,32 @@ impl Engine {
                         crate::telemetry::count_error("claim");
                         Vec::new()
                     }
-                }
-            };
-            let got = claimed.len();
-            for row in claimed {
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    break;
                 };
-                let worker = worker.clone();
-                tasks.spawn(async move {
-                    worker.drive(row).await;
-                    drop(permit);
-                });
+                let got = claimed.len();
+                for row in claimed {
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        break;
+                    };
+                    spawn(&mut tasks, row, permit);
+                }
+                if got < free {
+                    // Drained: sleep until the next saga is due (or the poll interval).
+                    backlog = false;
+                    next_check = tokio::time::Instant::now()
+                        + next_due_in(&self.pool, self.config.poll_interval).await;
+                }
             }
-            if got > 0 && got == free {
-                continue;
-            }
-            // Idle (or full): sleep until woken, a slot frees, the next saga is due, or the poll interval.
-            let sleep_for = if free == 0 {
-                self.config.poll_interval
-            } else {
-                next_due_in(&self.pool, self.config.poll_interval).await
-            };
             tokio::select! {
-                _ = wake.notified() => {}
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                _ = tokio::time::sleep(sleep_for) => {}
+                _ = wake.notified() => backlog = true,
+                Some((row, permit)) = self.direct_rx.recv() => spawn(&mut tasks, row, permit),
+                // Full and behind: claim again as soon as a slot frees.
+                Some(_) = tasks.join_next(), if backlog && !tasks.is_empty() => {}
+                _ = tokio::time::sleep_until(next_check), if !backlog => backlog = true,
+                _ = tokio::time::sleep(self.config.poll_interval), if backlog => {}
                 _ = shutdown.cancelled() => {}
             }
         }
+        self.direct_rx.close();
 
         info!(in_flight = tasks.len(), "engine stopping: no new claims");
         self.running

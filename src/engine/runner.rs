@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
 use super::actions::{Action, Deps, StepCtx};
+use super::definition::{SagaDefinition, StepDefinition};
 use super::outcome::Outcome;
 use super::plan::{self, Env, Plan, State};
 use super::registry::Registry;
@@ -75,10 +76,183 @@ impl Worker {
         .await
     }
 
+    /// Runs the saga's current step and records its outcome; local steps that follow run in the
+    /// same transaction (their effect and record commit together with the step before them).
     async fn step(&self, row: &mut SagaRow) -> Result<Next, Error> {
         let def = self.registry.get(&row.saga_name, row.saga_version).await?;
-        let input: BookingInput = serde_json::from_value(row.input.clone())
-            .map_err(|e| Error::Corrupt(row.id, format!("input: {e}")))?;
+        let status = row.status();
+
+        if row.cancel_requested && status == SagaStatus::Running {
+            let local = def
+                .steps
+                .get(row.current_step.max(0) as usize)
+                .and_then(|s| Action::parse(&s.action))
+                .is_some_and(Action::is_local);
+            info!("guest cancellation: compensating");
+            let mut tx = self.pool.begin().await?;
+            let next = self
+                .record_with(&mut tx, &def, row, |state, env| {
+                    plan::cancel(state, env, local)
+                })
+                .await?;
+            return match next {
+                Some(next) => {
+                    tx.commit().await?;
+                    Ok(next)
+                }
+                None => Ok(Next::Stop),
+            };
+        }
+        let Some(action) = current_action(&def, row)? else {
+            sagas::release_lease(&self.pool, row.id, &self.worker_id).await?;
+            return Ok(Next::Stop);
+        };
+
+        let (mut tx, mut next) = if action.is_local() {
+            let mut tx = self.pool.begin().await?;
+            match self.run_local(&mut tx, &def, row, action).await {
+                Ok(Some(next)) => (tx, next),
+                Ok(None) => return Ok(Next::Stop),
+                Err(Error::Db(e)) => {
+                    // The local effect failed in the database: nothing happened; retry the step.
+                    tx.rollback().await?;
+                    let mut tx = self.pool.begin().await?;
+                    let o = Outcome::retry(format!("database: {e}"), false);
+                    let next = self.record_outcome(&mut tx, &def, row, o, "retry").await?;
+                    if next.is_some() {
+                        tx.commit().await?;
+                    }
+                    return Ok(next.unwrap_or(Next::Stop));
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            let (outcome, kind) = self.run_remote(&def, row, action).await?;
+            let mut tx = self.pool.begin().await?;
+            match self
+                .record_outcome(&mut tx, &def, row, outcome, kind)
+                .await?
+            {
+                Some(next) => (tx, next),
+                None => return Ok(Next::Stop),
+            }
+        };
+        // Chain the local steps that follow into this transaction: one commit for all of them.
+        while matches!(next, Next::Continue)
+            && !self.shutdown.is_cancelled()
+            && !row.cancel_requested
+        {
+            let Some(action) = current_action(&def, row)? else {
+                break;
+            };
+            if !action.is_local() {
+                break;
+            }
+            match self.run_local(&mut tx, &def, row, action).await? {
+                Some(n) => next = n,
+                None => return Ok(Next::Stop),
+            }
+        }
+        tx.commit().await?;
+        Ok(next)
+    }
+
+    /// Runs a local action in `tx` and records its outcome there.
+    async fn run_local(
+        &self,
+        tx: &mut PgConnection,
+        def: &SagaDefinition,
+        row: &mut SagaRow,
+        action: Action,
+    ) -> Result<Option<Next>, Error> {
+        let started = std::time::Instant::now();
+        let input = parse_input(row)?;
+        let context = row.context.as_object().cloned().unwrap_or_default();
+        let step = &def.steps[row.current_step as usize];
+        let ctx = StepCtx {
+            saga_id: row.id,
+            input: &input,
+            context: &context,
+            definition: def,
+            step,
+            attempt: row.attempt,
+            failure_reason: row.failure_reason.as_deref(),
+        };
+        let span = step_span(row, step, action);
+        let outcome = action.run_local(tx, &ctx).instrument(span.clone()).await?;
+        let kind = outcome_kind(&outcome);
+        let (saga, step_name, phase) = (row.saga_name.clone(), step.name.clone(), phase_of(row));
+        let next = self
+            .record_outcome(tx, def, row, outcome, kind)
+            .instrument(span)
+            .await?;
+        crate::telemetry::step_finished(&saga, &step_name, phase, kind, started.elapsed());
+        Ok(next)
+    }
+
+    /// Runs a remote action outside any transaction, bounded by the step's timeout.
+    async fn run_remote(
+        &self,
+        def: &SagaDefinition,
+        row: &SagaRow,
+        action: Action,
+    ) -> Result<(Outcome, &'static str), Error> {
+        let started = std::time::Instant::now();
+        let input = parse_input(row)?;
+        let context = row.context.as_object().cloned().unwrap_or_default();
+        let step = &def.steps[row.current_step as usize];
+        let ctx = StepCtx {
+            saga_id: row.id,
+            input: &input,
+            context: &context,
+            definition: def,
+            step,
+            attempt: row.attempt,
+            failure_reason: row.failure_reason.as_deref(),
+        };
+        let span = step_span(row, step, action);
+        let outcome = match tokio::time::timeout(step.timeout, action.run_remote(&self.deps, &ctx))
+            .instrument(span.clone())
+            .await
+        {
+            Ok(o) => o,
+            Err(_) => Outcome::fail(
+                format!("step_timeout: no result within {:?}", step.timeout),
+                true,
+            ),
+        };
+        span.in_scope(|| debug!(outcome = ?outcome, "step ran"));
+        let kind = outcome_kind(&outcome);
+        crate::telemetry::step_finished(
+            &row.saga_name,
+            &step.name,
+            phase_of(row),
+            kind,
+            started.elapsed(),
+        );
+        Ok((outcome, kind))
+    }
+
+    async fn record_outcome(
+        &self,
+        tx: &mut PgConnection,
+        def: &SagaDefinition,
+        row: &mut SagaRow,
+        outcome: Outcome,
+        _kind: &'static str,
+    ) -> Result<Option<Next>, Error> {
+        self.record_with(tx, def, row, |state, env| plan::after(state, env, outcome))
+            .await
+    }
+
+    /// Plans the transition from the saga's current state with `make`, then records it.
+    async fn record_with(
+        &self,
+        tx: &mut PgConnection,
+        def: &SagaDefinition,
+        row: &mut SagaRow,
+        make: impl FnOnce(&State<'_>, &Env) -> Plan,
+    ) -> Result<Option<Next>, Error> {
         let context = row.context.as_object().cloned().unwrap_or_default();
         let failure_reason = row.failure_reason.clone();
         let status = row.status();
@@ -90,7 +264,7 @@ impl Worker {
             worker: self.worker_id.clone(),
         };
         let state = State {
-            def: &def,
+            def,
             status,
             current_step: row.current_step.max(0) as usize,
             attempt: row.attempt,
@@ -102,114 +276,8 @@ impl Worker {
             lease: self.lease,
             jitter_unit: rand::rng().random::<f64>(),
         };
-        let n = def.steps.len();
-
-        if row.cancel_requested && status == SagaStatus::Running {
-            let local = def
-                .steps
-                .get(state.current_step)
-                .and_then(|s| Action::parse(&s.action))
-                .is_some_and(Action::is_local);
-            info!("guest cancellation: compensating");
-            let plan = plan::cancel(&state, &env, local);
-            let mut tx = self.pool.begin().await?;
-            return match self.record(&mut tx, row, &fence, plan).await? {
-                Some(next) => {
-                    tx.commit().await?;
-                    Ok(next)
-                }
-                None => Ok(Next::Stop),
-            };
-        }
-        if state.current_step >= n
-            || !matches!(status, SagaStatus::Running | SagaStatus::Compensating)
-        {
-            sagas::release_lease(&self.pool, row.id, &self.worker_id).await?;
-            return Ok(Next::Stop);
-        }
-
-        let step = &def.steps[state.current_step];
-        let action_name = match status {
-            SagaStatus::Compensating => step.compensation.as_deref().unwrap_or_default(),
-            _ => step.action.as_str(),
-        };
-        let action = Action::parse(action_name)
-            .ok_or_else(|| Error::Corrupt(row.id, format!("unknown action `{action_name}`")))?;
-        let ctx = StepCtx {
-            saga_id: row.id,
-            input: &input,
-            context: &context,
-            definition: &def,
-            step,
-            attempt: row.attempt,
-            failure_reason: failure_reason.as_deref(),
-        };
-        let phase = if status == SagaStatus::Compensating {
-            "compensation"
-        } else {
-            "forward"
-        };
-        let span = tracing::info_span!("step", step = %step.name, phase = %phase, action = %action_name, attempt = row.attempt);
-        let started = std::time::Instant::now();
-        let result = async {
-            if action.is_local() {
-                let mut tx = self.pool.begin().await?;
-                let outcome = match action.run_local(&mut tx, &ctx).await {
-                    Ok(o) => o,
-                    Err(e) => {
-                        tx.rollback().await?;
-                        let o = Outcome::retry(format!("database: {e}"), false);
-                        let mut tx = self.pool.begin().await?;
-                        let next = self
-                            .record(&mut tx, row, &fence, plan::after(&state, &env, o))
-                            .await?;
-                        if next.is_some() {
-                            tx.commit().await?;
-                        }
-                        return Ok::<_, Error>((next, "retry"));
-                    }
-                };
-                let kind = outcome_kind(&outcome);
-                let next = self
-                    .record(&mut tx, row, &fence, plan::after(&state, &env, outcome))
-                    .await?;
-                if next.is_some() {
-                    tx.commit().await?;
-                }
-                Ok((next, kind))
-            } else {
-                let outcome =
-                    match tokio::time::timeout(step.timeout, action.run_remote(&self.deps, &ctx))
-                        .await
-                    {
-                        Ok(o) => o,
-                        Err(_) => Outcome::fail(
-                            format!("step_timeout: no result within {:?}", step.timeout),
-                            true,
-                        ),
-                    };
-                let kind = outcome_kind(&outcome);
-                debug!(outcome = ?outcome, "step ran");
-                let mut tx = self.pool.begin().await?;
-                let next = self
-                    .record(&mut tx, row, &fence, plan::after(&state, &env, outcome))
-                    .await?;
-                if next.is_some() {
-                    tx.commit().await?;
-                }
-                Ok((next, kind))
-            }
-        }
-        .instrument(span)
-        .await?;
-        crate::telemetry::step_finished(
-            &row.saga_name,
-            &step.name,
-            phase,
-            result.1,
-            started.elapsed(),
-        );
-        Ok(result.0.unwrap_or(Next::Stop))
+        let plan = make(&state, &env);
+        self.record(tx, row, &fence, plan).await
     }
 
     /// Commits a plan in `tx` if the fence still holds; updates `row` to the new state.
@@ -283,6 +351,40 @@ impl Worker {
             Next::Stop
         }))
     }
+}
+
+/// The action the saga's current step runs now (its compensation while compensating); `None` when
+/// the saga has nothing to run.
+fn current_action(def: &SagaDefinition, row: &SagaRow) -> Result<Option<Action>, Error> {
+    let status = row.status();
+    let Some(step) = def.steps.get(row.current_step.max(0) as usize) else {
+        return Ok(None);
+    };
+    let name = match status {
+        SagaStatus::Running => step.action.as_str(),
+        SagaStatus::Compensating => step.compensation.as_deref().unwrap_or_default(),
+        _ => return Ok(None),
+    };
+    Action::parse(name)
+        .map(Some)
+        .ok_or_else(|| Error::Corrupt(row.id, format!("unknown action `{name}`")))
+}
+
+fn parse_input(row: &SagaRow) -> Result<BookingInput, Error> {
+    serde_json::from_value(row.input.clone())
+        .map_err(|e| Error::Corrupt(row.id, format!("input: {e}")))
+}
+
+fn phase_of(row: &SagaRow) -> &'static str {
+    if row.status() == SagaStatus::Compensating {
+        "compensation"
+    } else {
+        "forward"
+    }
+}
+
+fn step_span(row: &SagaRow, step: &StepDefinition, action: Action) -> tracing::Span {
+    tracing::info_span!("step", step = %step.name, phase = %phase_of(row), action = ?action, attempt = row.attempt)
 }
 
 fn outcome_kind(o: &Outcome) -> &'static str {

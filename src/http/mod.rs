@@ -39,6 +39,8 @@ pub struct AppState {
     pub finished: broadcast::Sender<Uuid>,
     /// Whether this process's engine is claiming work (for `/readyz`); `None` when API-only.
     pub engine_running: Option<Arc<AtomicBool>>,
+    /// This process's engine, to hand new sagas straight to it (`None` when API-only).
+    pub dispatch: Option<crate::engine::DirectDispatch>,
     pub metrics: PrometheusHandle,
     /// Longest `?wait=` honoured.
     pub max_wait: Duration,

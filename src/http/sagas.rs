@@ -226,6 +226,11 @@ pub async fn start_saga(
     let input_json = serde_json::to_value(&input).map_err(anyhow::Error::from)?;
     let id = Uuid::now_v7();
 
+    // A free worker in this process takes the saga at once: it is inserted already leased to it.
+    let direct = state
+        .dispatch
+        .as_ref()
+        .and_then(|d| d.try_reserve().map(|slot| (d, slot)));
     let mut tx = state.pool.begin().await?;
     let outcome = sagas::insert(
         &mut tx,
@@ -236,9 +241,13 @@ pub async fn start_saga(
             input: &input_json,
             idempotency_key: key.as_deref(),
             request_fingerprint: &fingerprint,
+            leased_to: direct
+                .as_ref()
+                .map(|(d, _)| (d.worker_id.as_str(), d.lease)),
         },
     )
     .await?;
+    let mut fresh = None;
     let id = match outcome {
         InsertOutcome::Existing {
             id: existing,
@@ -250,7 +259,7 @@ pub async fn start_saga(
             }
             existing
         }
-        InsertOutcome::Created => {
+        InsertOutcome::Created(row) => {
             let event = NewEvent {
                 event: Event::BookingRequested {
                     listing_id: input.listing_id.clone(),
@@ -267,20 +276,55 @@ pub async fn start_saga(
             };
             events::append(&mut tx, &def.name, id, 1, std::slice::from_ref(&event)).await?;
             bookings::apply(&mut tx, id, &event.event).await?;
-            sagas::notify(&mut tx, id, SagaStatus::Running).await?;
+            if direct.is_none() {
+                // Wake a worker (in any process) to claim it.
+                sagas::notify(&mut tx, id, SagaStatus::Running).await?;
+            }
             tx.commit().await?;
             crate::telemetry::saga_started(&def.name);
-            tracing::info!(saga_id = %id, saga = %def.name, "saga started");
+            tracing::info!(saga_id = %id, saga = %def.name, direct = direct.is_some(), "saga started");
+            let names: Vec<String> = def.steps.iter().map(|s| s.name.clone()).collect();
+            let mut v = view((*row).clone(), &names);
+            v.steps = Some(Vec::new());
+            v.booking = Some(Booking {
+                saga_id: id,
+                listing_id: input.listing_id.clone(),
+                guest_id: input.guest_id.clone(),
+                check_in: input.check_in,
+                check_out: input.check_out,
+                amount: input.amount,
+                currency: input.currency.clone(),
+                status: "requested".into(),
+                payment_intent_id: None,
+                confirmation_code: None,
+                cancel_reason: None,
+                created_at: row.created_at,
+                updated_at: row.created_at,
+            });
+            fresh = Some(v);
+            if let Some((d, slot)) = direct
+                && let Err(row) = d.hand_over(*row, slot)
+            {
+                // The engine is stopping: give the lease back for another process.
+                sagas::release_lease(&state.pool, row.id, &row.locked_by.unwrap_or_default())
+                    .await?;
+            }
             id
         }
     };
 
-    if let Some(wait) = wait {
-        wait_until_finished(&state, id, wait).await?;
-    }
-    let v = full_view(&state, id)
-        .await?
-        .ok_or(ApiError::NotFound("saga"))?;
+    let v = match (wait, fresh) {
+        // Just started and nobody waits: the state is known without reading it back.
+        (None, Some(v)) => v,
+        (wait, _) => {
+            if let Some(wait) = wait {
+                wait_until_finished(&state, id, wait).await?;
+            }
+            full_view(&state, id)
+                .await?
+                .ok_or(ApiError::NotFound("saga"))?
+        }
+    };
     let status = if v.status.is_terminal() {
         StatusCode::OK
     } else {

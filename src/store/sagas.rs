@@ -112,10 +112,13 @@ pub struct NewSaga<'a> {
     pub input: &'a serde_json::Value,
     pub idempotency_key: Option<&'a str>,
     pub request_fingerprint: &'a str,
+    /// Insert it already claimed (first attempt) by this worker for this long: the starting
+    /// process runs it itself, without a claim.
+    pub leased_to: Option<(&'a str, Duration)>,
 }
 
 pub enum InsertOutcome {
-    Created,
+    Created(Box<SagaRow>),
     /// The idempotency key was used before: the saga it started and that request's fingerprint.
     Existing {
         id: Uuid,
@@ -123,28 +126,35 @@ pub enum InsertOutcome {
     },
 }
 
-/// Inserts a saga due now, its first event version (1) reserved for the caller; a reused idempotency key inserts nothing and reports the earlier saga.
+/// Inserts a saga due now, its first event version (1) reserved for the caller; a reused
+/// idempotency key inserts nothing and reports the earlier saga.
 pub async fn insert(
     conn: &mut PgConnection,
     saga: &NewSaga<'_>,
 ) -> Result<InsertOutcome, sqlx::Error> {
-    let inserted = sqlx::query(
-        "INSERT INTO sagas (id, saga_name, saga_version, status, input, next_run_at, idempotency_key,
-                            request_fingerprint, event_version)
-         VALUES ($1, $2, $3, 'running', $4, now(), $5, $6, 1)
-         ON CONFLICT (idempotency_key) DO NOTHING",
-    )
-    .bind(saga.id)
-    .bind(saga.saga_name)
-    .bind(saga.saga_version)
-    .bind(saga.input)
-    .bind(saga.idempotency_key)
-    .bind(saga.request_fingerprint)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if inserted == 1 {
-        return Ok(InsertOutcome::Created);
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "INSERT INTO sagas (id, saga_name, saga_version, status, input, next_run_at, idempotency_key,
+                                request_fingerprint, event_version, locked_by, locked_until, attempt)
+             VALUES ($1, $2, $3, 'running', $4, now(), $5, $6, 1, $7,
+                     now() + $8::float8 * interval '1 millisecond', CASE WHEN $7::text IS NULL THEN 0 ELSE 1 END)
+             ON CONFLICT (idempotency_key) DO NOTHING
+             RETURNING {COLUMNS}"
+        )
+    });
+    let inserted: Option<SagaRow> = sqlx::query_as(sqlx::AssertSqlSafe(SQL.as_str()))
+        .bind(saga.id)
+        .bind(saga.saga_name)
+        .bind(saga.saga_version)
+        .bind(saga.input)
+        .bind(saga.idempotency_key)
+        .bind(saga.request_fingerprint)
+        .bind(saga.leased_to.map(|(w, _)| w))
+        .bind(saga.leased_to.map(|(_, d)| d.as_millis() as f64))
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(row) = inserted {
+        return Ok(InsertOutcome::Created(Box::new(row)));
     }
     let (id, fingerprint): (Uuid, Option<String>) =
         sqlx::query_as("SELECT id, request_fingerprint FROM sagas WHERE idempotency_key = $1")
@@ -192,7 +202,8 @@ pub async fn claim_due(
     lease: Duration,
     limit: i64,
 ) -> Result<Vec<SagaRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
         "UPDATE sagas s SET locked_by = $1, locked_until = now() + $2 * interval '1 millisecond',
                             attempt = s.attempt + 1, updated_at = now()
          FROM (SELECT id FROM sagas
@@ -207,12 +218,14 @@ pub async fn claim_due(
             .map(|c| format!("s.{c}"))
             .collect::<Vec<_>>()
             .join(", ")
-    )))
-    .bind(worker)
-    .bind(lease.as_millis() as f64)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
+    )
+    });
+    sqlx::query_as(sqlx::AssertSqlSafe(SQL.as_str()))
+        .bind(worker)
+        .bind(lease.as_millis() as f64)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
 }
 
 /// What a worker holds: the guard its outcome commit must still match.
