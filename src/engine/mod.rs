@@ -95,13 +95,13 @@ impl DirectDispatch {
         self.slots.clone().try_acquire_owned().ok()
     }
 
-    /// Gives a saga leased to this engine to a worker; returns it if the engine has stopped.
+    /// Gives a saga leased to this engine to a worker; returns its id if the engine has stopped.
     pub fn hand_over(
         &self,
         row: sagas::SagaRow,
         slot: OwnedSemaphorePermit,
-    ) -> Result<(), sagas::SagaRow> {
-        self.tx.send((row, slot)).map_err(|e| e.0.0)
+    ) -> Result<(), uuid::Uuid> {
+        self.tx.send((row, slot)).map_err(|e| e.0.0.id)
     }
 }
 
@@ -205,8 +205,14 @@ impl Engine {
         let mut next_check = tokio::time::Instant::now();
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
-            let free = slots.available_permits();
-            if backlog && free > 0 {
+            // Take the worker slots first, then claim that many: the API may take slots too.
+            let mut permits: Vec<OwnedSemaphorePermit> = if backlog {
+                std::iter::from_fn(|| slots.clone().try_acquire_owned().ok()).collect()
+            } else {
+                Vec::new()
+            };
+            let free = permits.len();
+            if free > 0 {
                 let claimed = match sagas::claim_due(
                     &self.pool,
                     &self.config.worker_id,
@@ -224,11 +230,12 @@ impl Engine {
                 };
                 let got = claimed.len();
                 for row in claimed {
-                    let Ok(permit) = slots.clone().try_acquire_owned() else {
-                        break;
+                    let Some(permit) = permits.pop() else {
+                        break; // cannot happen: at most `free` rows come back
                     };
                     spawn(&mut tasks, row, permit);
                 }
+                drop(permits);
                 if got < free {
                     // Drained: sleep until the next saga is due (or the poll interval).
                     backlog = false;
