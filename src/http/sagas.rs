@@ -306,8 +306,7 @@ pub async fn start_saga(
                 && let Err(row) = d.hand_over(*row, slot)
             {
                 // The engine is stopping: give the lease back for another process.
-                sagas::release_lease(&state.pool, row.id, &row.locked_by.unwrap_or_default())
-                    .await?;
+                sagas::release_lease(&state.pool, row, &d.worker_id).await?;
             }
             id
         }
