@@ -17,11 +17,22 @@ use super::AppState;
         super::sagas::saga_events,
         super::sagas::list_sagas,
         super::sagas::cancel_saga,
+        super::webhooks::create_endpoint,
+        super::webhooks::list_endpoints,
+        super::webhooks::get_endpoint,
+        super::webhooks::update_endpoint,
+        super::webhooks::delete_endpoint,
+        super::webhooks::rotate_secret,
+        super::webhooks::list_deliveries,
+        super::webhooks::redrive,
+        super::webhooks::get_delivery,
+        super::webhooks::redeliver,
         super::health::healthz,
         super::health::readyz,
     ),
     modifiers(&BearerAuth),
     tags((name = "sagas", description = "Start, inspect and cancel sagas"),
+         (name = "webhooks", description = "Outgoing webhook endpoints, deliveries and redelivery"),
          (name = "operations", description = "Health and readiness"))
 )]
 pub struct ApiDoc;

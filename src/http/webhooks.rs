@@ -1,6 +1,7 @@
 //! `/v1/webhook-endpoints` and `/v1/webhook-deliveries`: subscriptions, secret rotation, the
 //! delivery log, redelivery and dead-letter redrive.
 
+use super::ErrorBody;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -47,7 +48,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// Body of `POST /v1/webhook-endpoints`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEndpoint {
     pub url: String,
@@ -67,7 +68,7 @@ fn yes() -> bool {
 
 /// Body of `PATCH /v1/webhook-endpoints/{id}`; absent fields are left alone, `rate_limit: null`
 /// removes the limit.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateEndpoint {
     pub url: Option<String>,
@@ -75,6 +76,7 @@ pub struct UpdateEndpoint {
     pub description: Option<String>,
     pub enabled: Option<bool>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i32>)]
     pub rate_limit: Option<Option<i32>>,
 }
 
@@ -84,14 +86,14 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i32>>
 }
 
 /// The creation response: the endpoint and, this once, its secret.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CreatedEndpoint {
     #[serde(flatten)]
     pub endpoint: EndpointRow,
     pub secret: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RotatedSecret {
     pub secret: String,
     /// Until then the previous secret signs alongside the new one.
@@ -160,7 +162,10 @@ fn check_rate_limit(r: Option<i32>, errors: &mut Vec<FieldError>) {
     }
 }
 
-async fn create_endpoint(
+#[utoipa::path(post, path = "/v1/webhook-endpoints", tag = "webhooks", request_body = CreateEndpoint,
+    responses((status = 201, description = "Created; `secret` is shown this once", body = CreatedEndpoint),
+              (status = 422, body = ErrorBody), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn create_endpoint(
     State(state): State<AppState>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -195,18 +200,22 @@ async fn create_endpoint(
         .into_response())
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EndpointList {
     pub endpoints: Vec<EndpointRow>,
 }
 
-async fn list_endpoints(State(state): State<AppState>) -> Result<Json<EndpointList>, ApiError> {
+#[utoipa::path(get, path = "/v1/webhook-endpoints", tag = "webhooks",
+    responses((status = 200, body = EndpointList)), security(("bearer" = [])))]
+pub async fn list_endpoints(State(state): State<AppState>) -> Result<Json<EndpointList>, ApiError> {
     Ok(Json(EndpointList {
         endpoints: store::list_endpoints(&state.pool).await?,
     }))
 }
 
-async fn get_endpoint(
+#[utoipa::path(get, path = "/v1/webhook-endpoints/{id}", tag = "webhooks", params(("id" = Uuid, Path)),
+    responses((status = 200, body = EndpointRow), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn get_endpoint(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<EndpointRow>, ApiError> {
@@ -217,7 +226,11 @@ async fn get_endpoint(
         .ok_or(ApiError::NotFound("webhook endpoint"))
 }
 
-async fn update_endpoint(
+#[utoipa::path(patch, path = "/v1/webhook-endpoints/{id}", tag = "webhooks", params(("id" = Uuid, Path)),
+    request_body = UpdateEndpoint,
+    responses((status = 200, body = EndpointRow), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_endpoint(
     State(state): State<AppState>,
     Path(id): Path<String>,
     raw: Result<Bytes, BytesRejection>,
@@ -253,7 +266,10 @@ async fn update_endpoint(
     Ok(Json(row))
 }
 
-async fn delete_endpoint(
+#[utoipa::path(delete, path = "/v1/webhook-endpoints/{id}", tag = "webhooks", params(("id" = Uuid, Path)),
+    responses((status = 204, description = "Deleted, with its deliveries"), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete_endpoint(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -265,7 +281,9 @@ async fn delete_endpoint(
     }
 }
 
-async fn rotate_secret(
+#[utoipa::path(post, path = "/v1/webhook-endpoints/{id}/rotate-secret", tag = "webhooks", params(("id" = Uuid, Path)),
+    responses((status = 200, body = RotatedSecret), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn rotate_secret(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<RotatedSecret>, ApiError> {
@@ -283,7 +301,7 @@ async fn rotate_secret(
 }
 
 /// A delivery as the API shows it: with its `webhook-id` and, singly, its attempts.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeliveryView {
     #[serde(flatten)]
     pub delivery: DeliveryRow,
@@ -302,7 +320,7 @@ impl DeliveryView {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct DeliveryParams {
     /// pending, delivering, delivered or dead.
     pub status: Option<String>,
@@ -311,12 +329,15 @@ pub struct DeliveryParams {
     pub limit: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeliveryList {
     pub deliveries: Vec<DeliveryView>,
 }
 
-async fn list_deliveries(
+#[utoipa::path(get, path = "/v1/webhook-endpoints/{id}/deliveries", tag = "webhooks",
+    params(("id" = Uuid, Path), DeliveryParams),
+    responses((status = 200, body = DeliveryList), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list_deliveries(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<DeliveryParams>,
@@ -343,7 +364,10 @@ async fn list_deliveries(
     }))
 }
 
-async fn get_delivery(
+#[utoipa::path(get, path = "/v1/webhook-deliveries/{id}", tag = "webhooks", params(("id" = Uuid, Path)),
+    responses((status = 200, description = "The delivery with every attempt", body = DeliveryView), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_delivery(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<DeliveryView>, ApiError> {
@@ -355,7 +379,11 @@ async fn get_delivery(
     Ok(Json(DeliveryView::new(d, Some(attempts))))
 }
 
-async fn redeliver(
+#[utoipa::path(post, path = "/v1/webhook-deliveries/{id}/redeliver", tag = "webhooks", params(("id" = Uuid, Path)),
+    responses((status = 202, body = DeliveryView), (status = 404, body = ErrorBody),
+              (status = 409, description = "An attempt is in flight", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn redeliver(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -376,19 +404,22 @@ async fn redeliver(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedriveRequest {
     /// Redeliver every dead letter of the endpoint that died at or after this time.
     pub since: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RedriveResult {
     pub queued: u64,
 }
 
-async fn redrive(
+#[utoipa::path(post, path = "/v1/webhook-endpoints/{id}/redrive", tag = "webhooks", params(("id" = Uuid, Path)),
+    request_body = RedriveRequest,
+    responses((status = 200, body = RedriveResult), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn redrive(
     State(state): State<AppState>,
     Path(id): Path<String>,
     raw: Result<Bytes, BytesRejection>,

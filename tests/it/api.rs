@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{TOKEN, TestApp, booking_input, count, spawn_app};
+use crate::harness::{TestApp, booking_input, count, spawn_app};
 
 async fn nothing_stored(app: &TestApp) {
     assert_eq!(count(&app.pool, "SELECT count(*) FROM sagas").await, 0);
@@ -358,6 +358,7 @@ async fn openapi_health_and_metrics_are_served() {
         );
     }
     assert!(doc["components"]["schemas"]["SagaView"].is_object());
+    assert!(doc["components"]["schemas"]["CreatedEndpoint"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 
     let ready = app
@@ -387,5 +388,4 @@ async fn openapi_health_and_metrics_are_served() {
         .await
         .unwrap();
     assert!(metrics.contains("sagad_queue_depth"), "{metrics}");
-    let _ = TOKEN;
 }
