@@ -167,6 +167,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         _ => telemetry::DEFAULT_FILTER,
     };
     telemetry::init_logging(cli.log_format, filter);
+    if matches!(
+        cli.command,
+        Command::Saga { .. }
+            | Command::Sagas { .. }
+            | Command::Stripe { .. }
+            | Command::Webhooks { .. }
+    ) {
+        // Output commands end quietly when their reader goes away (`sagad saga list | head`),
+        // as Unix tools do, instead of failing on a broken pipe. The daemon keeps Rust's default.
+        // SAFETY: restores the default disposition of one signal, before any other thread writes.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cli.command {
         Command::Serve(args) => serve(*args).await,
         Command::Migrate { db } => {

@@ -12,11 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::store::{self, sagas};
 use actions::Deps;
@@ -170,7 +169,12 @@ impl Engine {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let wake = Arc::new(Notify::new());
         let mut background = JoinSet::new();
-        background.spawn(listen(self.pool.clone(), wake.clone(), shutdown.clone()));
+        background.spawn(store::listen::wake_on(
+            self.pool.clone(),
+            store::WORK_CHANNEL,
+            wake.clone(),
+            shutdown.clone(),
+        ));
         background.spawn(crate::maintenance::run(
             self.pool.clone(),
             self.config.maintenance_interval,
@@ -303,36 +307,4 @@ async fn release_all(pool: &PgPool, worker: &str) -> Result<u64, sqlx::Error> {
     .execute(pool)
     .await?
     .rows_affected())
-}
-
-/// LISTENs for new work and wakes the dispatcher; reconnects after errors (polling covers the gap).
-async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
-    let mut delay = Duration::from_millis(100);
-    while !shutdown.is_cancelled() {
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "LISTEN connection failed; polling meanwhile");
-                tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = shutdown.cancelled() => return }
-                delay = (delay * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        if let Err(e) = listener.listen(store::WORK_CHANNEL).await {
-            warn!(error = %e, "LISTEN failed");
-            continue;
-        }
-        delay = Duration::from_millis(100);
-        // A notification may have been missed while (re)connecting.
-        wake.notify_one();
-        loop {
-            tokio::select! {
-                r = listener.recv() => match r {
-                    Ok(_) => wake.notify_one(),
-                    Err(e) => { debug!(error = %e, "LISTEN connection lost"); break; }
-                },
-                _ = shutdown.cancelled() => return,
-            }
-        }
-    }
 }

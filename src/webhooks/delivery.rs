@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -66,7 +65,12 @@ impl Dispatcher {
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
         let wake = Arc::new(Notify::new());
-        let listener = tokio::spawn(listen(this.pool.clone(), wake.clone(), shutdown.clone()));
+        let listener = tokio::spawn(crate::store::listen::wake_on(
+            this.pool.clone(),
+            store::WEBHOOK_CHANNEL,
+            wake.clone(),
+            shutdown.clone(),
+        ));
         let slots = Arc::new(Semaphore::new(this.config.workers));
         let mut tasks = JoinSet::new();
         let mut last_rescue = Instant::now() - this.config.lease();
@@ -403,33 +407,6 @@ impl RateLimiter {
             Ok(())
         } else {
             Err(Duration::from_secs(1).saturating_sub(now.duration_since(entry.0)))
-        }
-    }
-}
-
-/// LISTENs for new deliveries and wakes the claim loop; polling covers any gap.
-async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
-    while !shutdown.is_cancelled() {
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "LISTEN for webhook deliveries failed; polling meanwhile");
-                tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = shutdown.cancelled() => return }
-                continue;
-            }
-        };
-        if listener.listen(store::WEBHOOK_CHANNEL).await.is_err() {
-            continue;
-        }
-        wake.notify_one();
-        loop {
-            tokio::select! {
-                r = listener.recv() => match r {
-                    Ok(_) => wake.notify_one(),
-                    Err(_) => break,
-                },
-                _ = shutdown.cancelled() => return,
-            }
         }
     }
 }

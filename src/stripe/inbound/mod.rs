@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use rand::Rng;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -95,7 +94,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let wake = Arc::new(Notify::new());
-    let listener = tokio::spawn(listen(pool.clone(), wake.clone(), shutdown.clone()));
+    let listener = tokio::spawn(crate::store::listen::wake_on(
+        pool.clone(),
+        INBOX_CHANNEL,
+        wake.clone(),
+        shutdown.clone(),
+    ));
     let slots = Arc::new(Semaphore::new(config.workers.max(1)));
     let mut tasks = JoinSet::new();
     let config = Arc::new(config);
@@ -236,36 +240,4 @@ async fn handle(pool: &PgPool, stripe: &StripeClient, config: &InboxConfig, row:
 pub fn count(event_type: &str, outcome: &'static str) {
     metrics::counter!("sagad_stripe_events_total", "type" => event_type.to_owned(), "outcome" => outcome)
         .increment(1);
-}
-
-/// LISTENs for new inbox rows and wakes the dispatcher; polling covers any gap.
-async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
-    let mut delay = Duration::from_millis(100);
-    while !shutdown.is_cancelled() {
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "LISTEN connection for the stripe inbox failed; polling meanwhile");
-                tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = shutdown.cancelled() => return }
-                delay = (delay * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        if let Err(e) = listener.listen(INBOX_CHANNEL).await {
-            warn!(error = %e, "LISTEN failed");
-            tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = shutdown.cancelled() => return }
-            continue;
-        }
-        delay = Duration::from_millis(100);
-        wake.notify_one();
-        loop {
-            tokio::select! {
-                r = listener.recv() => match r {
-                    Ok(_) => wake.notify_one(),
-                    Err(e) => { debug!(error = %e, "LISTEN connection lost"); break; }
-                },
-                _ = shutdown.cancelled() => return,
-            }
-        }
-    }
 }
