@@ -648,3 +648,43 @@ async fn an_event_committed_before_a_crash_is_processed_after_restart() {
         "{row:?}"
     );
 }
+
+#[tokio::test]
+async fn our_own_refund_is_not_recorded_twice_when_its_response_was_lost() {
+    use sagad::stripe::double::{Fault, Operation};
+    // Compensations retry after ~1 s, so Stripe's `charge.refunded` is processed before the retry.
+    let mut def = crate::harness::booking_definition();
+    def.compensation_retry.base_delay = Duration::from_millis(800);
+    def.compensation_retry.max_delay = Duration::from_secs(1);
+    let app = spawn_app_with(AppOptions {
+        definitions: vec![def],
+        ..Default::default()
+    })
+    .await;
+    app.double.configure_webhooks(webhooks_to(&app));
+    // The notification fails for good, so the saga refunds; the first refund's answer is lost
+    // after Stripe refunded.
+    app.notify.answer(503);
+    app.double.inject(Fault::lose_response(Operation::Refund));
+    let id = app
+        .start_booking(booking_input("refund-race", "pm_card_visa"))
+        .await;
+    let v = app.wait_terminal(id).await;
+    assert_eq!(v["status"], "compensated", "{v:#}");
+    let pi = v["booking"]["payment_intent_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let refunded = double_event(&app, "charge.refunded", &pi);
+    let row = inbox_final(&app, refunded["id"].as_str().unwrap()).await;
+    assert_eq!(row.status, "processed", "{row:?}");
+    let refunds: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE aggregate_id = $1 AND event_type = 'PaymentRefunded'",
+    )
+    .bind(id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(refunds, 1, "one refund, recorded once ({row:?})");
+    assert_eq!(app.payment_intents_of(id)[0].effects.refunds, 1);
+}

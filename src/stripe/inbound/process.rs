@@ -174,10 +174,12 @@ pub async fn process(
             notes.join("; ")
         }
         Kind::ChargeRefunded => {
-            if saga.leased {
-                // A step is in flight: it may be our own refund, whose event is not committed yet.
+            if saga.leased || saga.status == "compensating" {
+                // Our own refund may not be recorded yet: a step is in flight, or the refund
+                // compensation is pending (after a timed-out refund call whose effect happened,
+                // its retry records it). Once the compensation is done, the delta is exact.
                 return Ok(Decision::Defer(
-                    "a saga step is in flight; the refund may be ours".into(),
+                    "the saga is compensating; the refund may be ours".into(),
                 ));
             }
             let cumulative = ev.int_field("amount_refunded").unwrap_or(0);
