@@ -6,6 +6,7 @@ use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::webhooks;
 use crate::events::{NewEvent, SCHEMA_VERSION};
 
 /// An event as stored.
@@ -64,23 +65,34 @@ pub async fn append(
         }));
         previous = Some(id);
     }
-    sqlx::query(
-        "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, schema_version, payload, metadata)
-         SELECT e.id, $1, $2, e.version, e.type, $3, e.payload, e.metadata
-         FROM unnest($4::uuid[], $5::int[], $6::text[], $7::jsonb[], $8::jsonb[])
-              AS e(id, version, type, payload, metadata)",
-    )
-    .bind(aggregate_type)
-    .bind(aggregate_id)
-    .bind(SCHEMA_VERSION)
-    .bind(&ids)
-    .bind(&versions)
-    .bind(&types)
-    .bind(&payloads)
-    .bind(&metadata)
-    .execute(&mut *conn)
-    .await?;
-    crate::store::webhooks::fan_out(conn, &ids, &types).await?;
+    // One statement: the events, and their webhook deliveries (the outbox) in the same command.
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "WITH e AS (SELECT * FROM unnest($4::uuid[], $5::int[], $6::text[], $7::jsonb[], $8::jsonb[], $9::text[])
+                          AS e(id, version, type, payload, metadata, published)),
+                  appended AS (
+                      INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type,
+                                          schema_version, payload, metadata)
+                      SELECT e.id, $1, $2, e.version, e.type, $3, e.payload, e.metadata FROM e),
+                  pub_events AS (SELECT id, published AS type FROM e),
+                  {} {}",
+            webhooks::FAN_OUT_CTE,
+            webhooks::WAKE_IF_DELIVERIES.replace("$WAKE", "$10")
+        )
+    });
+    sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(SCHEMA_VERSION)
+        .bind(&ids)
+        .bind(&versions)
+        .bind(&types)
+        .bind(&payloads)
+        .bind(&metadata)
+        .bind(webhooks::published_types(&types))
+        .bind(webhooks::WEBHOOK_CHANNEL)
+        .fetch_optional(&mut *conn)
+        .await?;
     Ok(ids)
 }
 

@@ -14,40 +14,51 @@ use crate::webhooks::catalog;
 /// The channel that wakes idle delivery workers.
 pub const WEBHOOK_CHANNEL: &str = "sagad_webhooks";
 
+/// The outbox insert as a CTE named `deliveries`, over a CTE `pub_events(id, type)` that gives each
+/// event's published type (NULL: not published). Pattern semantics mirror `catalog::matches`: `*`,
+/// `prefix.*` or an exact name. With no enabled endpoint it is an empty index scan.
+pub(crate) const FAN_OUT_CTE: &str = "deliveries AS (
+             INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type)
+             SELECT gen_random_uuid(), ep.id, ev.id, ev.type
+             FROM pub_events AS ev
+             JOIN webhook_endpoints ep ON ev.type IS NOT NULL AND ep.enabled AND EXISTS (
+                 SELECT 1 FROM unnest(ep.event_types) AS p
+                 WHERE p = ev.type OR (right(p, 1) = '*' AND starts_with(ev.type, left(p, -1))))
+             ON CONFLICT (endpoint_id, event_id) DO NOTHING
+             RETURNING 1)";
+
+/// Wakes the delivery workers (at commit) when the fan-out inserted anything.
+pub(crate) const WAKE_IF_DELIVERIES: &str =
+    "SELECT pg_notify($WAKE, '') FROM (SELECT 1 FROM deliveries LIMIT 1) AS any_inserted";
+
+/// The published type of each internal event type (`None`: not published).
+pub fn published_types(internal_types: &[String]) -> Vec<Option<&'static str>> {
+    internal_types
+        .iter()
+        .map(|t| catalog::public_type(t))
+        .collect()
+}
+
 /// Inserts one delivery per published event and matching enabled endpoint, in the caller's
-/// transaction (the outbox). Events the catalog does not publish cost nothing; published ones one
-/// statement, which with no enabled endpoint is an empty index scan. Wakes the workers on commit.
+/// transaction (the outbox), for events already appended. (`events::append` does the same in the
+/// statement that appends.) Wakes the workers on commit.
 pub async fn fan_out(
     conn: &mut PgConnection,
     event_ids: &[Uuid],
     internal_types: &[String],
 ) -> Result<(), sqlx::Error> {
-    let (ids, types): (Vec<Uuid>, Vec<&str>) = event_ids
-        .iter()
-        .zip(internal_types)
-        .filter_map(|(id, t)| catalog::public_type(t).map(|p| (*id, p)))
-        .unzip();
-    if ids.is_empty() {
-        return Ok(());
-    }
-    // Pattern semantics mirror `catalog::matches`: `*`, `prefix.*` or an exact name.
-    sqlx::query(
-        "WITH ins AS (
-             INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type)
-             SELECT gen_random_uuid(), ep.id, ev.id, ev.type
-             FROM unnest($1::uuid[], $2::text[]) AS ev(id, type)
-             JOIN webhook_endpoints ep ON ep.enabled AND EXISTS (
-                 SELECT 1 FROM unnest(ep.event_types) AS p
-                 WHERE p = ev.type OR (right(p, 1) = '*' AND starts_with(ev.type, left(p, -1))))
-             ON CONFLICT (endpoint_id, event_id) DO NOTHING
-             RETURNING 1)
-         SELECT pg_notify($3, '') FROM (SELECT 1 FROM ins LIMIT 1) AS any_inserted",
-    )
-    .bind(&ids)
-    .bind(&types)
-    .bind(WEBHOOK_CHANNEL)
-    .fetch_optional(conn)
-    .await?;
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "WITH pub_events AS (SELECT * FROM unnest($1::uuid[], $2::text[]) AS e(id, type)), {FAN_OUT_CTE} {}",
+            WAKE_IF_DELIVERIES.replace("$WAKE", "$3")
+        )
+    });
+    sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
+        .bind(event_ids)
+        .bind(published_types(internal_types))
+        .bind(WEBHOOK_CHANNEL)
+        .fetch_optional(conn)
+        .await?;
     Ok(())
 }
 
