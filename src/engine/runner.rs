@@ -118,7 +118,7 @@ impl Worker {
                     tx.rollback().await?;
                     let mut tx = self.pool.begin().await?;
                     let o = Outcome::retry(format!("database: {e}"), false);
-                    let next = self.record_outcome(&mut tx, &def, row, o, "retry").await?;
+                    let next = self.record_outcome(&mut tx, &def, row, o).await?;
                     if next.is_some() {
                         tx.commit().await?;
                     }
@@ -127,12 +127,9 @@ impl Worker {
                 Err(e) => return Err(e),
             }
         } else {
-            let (outcome, kind) = self.run_remote(&def, row, action).await?;
+            let outcome = self.run_remote(&def, row, action).await?;
             let mut tx = self.pool.begin().await?;
-            match self
-                .record_outcome(&mut tx, &def, row, outcome, kind)
-                .await?
-            {
+            match self.record_outcome(&mut tx, &def, row, outcome).await? {
                 Some(next) => (tx, next),
                 None => return Ok(Next::Stop),
             }
@@ -183,7 +180,7 @@ impl Worker {
         let kind = outcome_kind(&outcome);
         let (saga, step_name, phase) = (row.saga_name.clone(), step.name.clone(), phase_of(row));
         let next = self
-            .record_outcome(tx, def, row, outcome, kind)
+            .record_outcome(tx, def, row, outcome)
             .instrument(span)
             .await?;
         crate::telemetry::step_finished(&saga, &step_name, phase, kind, started.elapsed());
@@ -196,7 +193,7 @@ impl Worker {
         def: &SagaDefinition,
         row: &SagaRow,
         action: Action,
-    ) -> Result<(Outcome, &'static str), Error> {
+    ) -> Result<Outcome, Error> {
         let started = std::time::Instant::now();
         let input = parse_input(row)?;
         let context = row.context.as_object().cloned().unwrap_or_default();
@@ -230,7 +227,7 @@ impl Worker {
             kind,
             started.elapsed(),
         );
-        Ok((outcome, kind))
+        Ok(outcome)
     }
 
     async fn record_outcome(
@@ -239,7 +236,6 @@ impl Worker {
         def: &SagaDefinition,
         row: &mut SagaRow,
         outcome: Outcome,
-        _kind: &'static str,
     ) -> Result<Option<Next>, Error> {
         self.record_with(tx, def, row, |state, env| plan::after(state, env, outcome))
             .await

@@ -4,7 +4,9 @@
 use sagad::stripe::double::{Fault, Operation};
 use serde_json::json;
 
-use crate::harness::{AppOptions, NOTIFY_SECRET, booking_input, count, spawn_app, spawn_app_with};
+use crate::harness::{
+    AppOptions, NOTIFY_SECRET, booking_input, count, spawn_app, spawn_app_with, start_concurrently,
+};
 
 const HAPPY: [&str; 7] = [
     "BookingRequested",
@@ -348,32 +350,17 @@ async fn fifty_concurrent_bookings_of_one_listing_confirm_exactly_one() {
         ..Default::default()
     })
     .await;
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..50 {
-        let (http, base) = (app.http.clone(), app.base.clone());
-        tasks.spawn(async move {
-            // Overlapping, not identical, stays.
+    // Overlapping, not identical, stays.
+    let inputs = (0..50)
+        .map(|i| {
             let mut input = booking_input("penthouse", "pm_card_visa");
             input["check_in"] = json!(format!("2027-07-{:02}", 1 + i % 3));
             input["check_out"] = json!(format!("2027-07-{:02}", 5 + i % 4));
             input["guest_id"] = json!(format!("guest-{i}"));
-            let v: serde_json::Value = http
-                .post(format!("{base}/v1/sagas?wait=20s"))
-                .bearer_auth(crate::harness::TOKEN)
-                .json(&json!({ "saga": "booking", "input": input }))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap()
-        });
-    }
-    let mut ids = Vec::new();
-    while let Some(id) = tasks.join_next().await {
-        ids.push(id.unwrap());
-    }
+            input
+        })
+        .collect();
+    let ids = start_concurrently(&[&app], inputs).await;
     let mut completed = 0;
     for id in ids {
         let v = app.wait_terminal(id).await;

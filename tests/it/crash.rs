@@ -382,12 +382,13 @@ async fn run(work: &Path, sagas: usize, kills: usize) -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let sagas_settled = load_ended.elapsed();
     let settle_started = tokio::time::Instant::now();
     let webhooks = check_webhooks(&pool, &receiver, &env).await?;
     let webhooks_took = settle_started.elapsed();
     let inbound = check_stripe_inbox(&pool, &double, &env).await?;
     eprintln!(
-        "crash run: sagas settled after the load; webhooks took {webhooks_took:?} more, the Stripe inbox {:?}",
+        "crash run: sagas settled {sagas_settled:?} after the load; webhooks {webhooks_took:?} more, the Stripe inbox {:?}",
         settle_started.elapsed() - webhooks_took
     );
     eprintln!(

@@ -9,7 +9,8 @@ use sagad::stripe::double::{Fault, Operation};
 use serde_json::json;
 
 use crate::harness::{
-    AppOptions, booking_definition, booking_input, count, spawn_app, spawn_app_with, spawn_instance,
+    AppOptions, booking_definition, booking_input, count, spawn_app, spawn_app_with,
+    spawn_instance, start_concurrently,
 };
 
 #[tokio::test]
@@ -31,17 +32,12 @@ async fn a_worker_that_dies_after_its_claim_is_replaced_when_the_lease_expires()
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].attempt, 1);
 
-    let worker = spawn_instance(
-        api.pool.clone(),
-        api.db_url.clone(),
-        api.double.clone(),
-        api.notify.clone(),
-        AppOptions {
+    let worker = api
+        .spawn_sibling(AppOptions {
             lease: Duration::from_secs(4),
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .await;
     let v = worker.wait_terminal(id).await;
     assert_eq!(v["status"], "completed", "{v:#}");
     // The dead worker's claim counted as the first attempt of the first step.
@@ -92,42 +88,16 @@ async fn two_instances_run_two_hundred_sagas_with_one_effect_per_step() {
         ..Default::default()
     })
     .await;
-    let b = spawn_instance(
-        a.pool.clone(),
-        a.db_url.clone(),
-        a.double.clone(),
-        a.notify.clone(),
-        AppOptions {
+    let b = a
+        .spawn_sibling(AppOptions {
             workers: 8,
             ..Default::default()
-        },
-    )
-    .await;
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..200 {
-        let (http, base) = if i % 2 == 0 {
-            (a.http.clone(), a.base.clone())
-        } else {
-            (b.http.clone(), b.base.clone())
-        };
-        tasks.spawn(async move {
-            let v: serde_json::Value = http
-                .post(format!("{base}/v1/sagas"))
-                .bearer_auth(crate::harness::TOKEN)
-                .json(&json!({"saga": "booking", "input": booking_input(&format!("room-{i}"), "pm_card_visa")}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap()
-        });
-    }
-    let mut ids = Vec::new();
-    while let Some(id) = tasks.join_next().await {
-        ids.push(id.unwrap());
-    }
+        })
+        .await;
+    let inputs = (0..200)
+        .map(|i| booking_input(&format!("room-{i}"), "pm_card_visa"))
+        .collect();
+    let ids = start_concurrently(&[&a, &b], inputs).await;
     for id in &ids {
         assert_eq!(a.wait_terminal(*id).await["status"], "completed");
     }
@@ -382,17 +352,12 @@ async fn a_running_saga_finishes_on_the_definition_version_it_started_with() {
     let mut v2 = booking_definition();
     v2.version = 2;
     v2.steps.pop();
-    let worker = spawn_instance(
-        api.pool.clone(),
-        api.db_url.clone(),
-        api.double.clone(),
-        api.notify.clone(),
-        AppOptions {
+    let worker = api
+        .spawn_sibling(AppOptions {
             definitions: vec![v2],
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .await;
     let v = worker.wait_terminal(id).await;
     assert_eq!(v["status"], "completed");
     assert_eq!(v["version"], 1);

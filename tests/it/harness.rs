@@ -352,6 +352,18 @@ pub fn booking_input(listing: &str, pm: &str) -> Value {
 }
 
 impl TestApp {
+    /// Another sagad process on this one's database and peers (multi-instance tests).
+    pub async fn spawn_sibling(&self, opts: AppOptions) -> TestApp {
+        spawn_instance(
+            self.pool.clone(),
+            self.db_url.clone(),
+            self.double.clone(),
+            self.notify.clone(),
+            opts,
+        )
+        .await
+    }
+
     async fn wait_ready(&mut self) {
         for _ in 0..200 {
             if self.server.as_ref().is_some_and(|s| s.is_finished()) {
@@ -457,6 +469,38 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Starts one booking saga per input, all at once, spread round-robin over `apps`; returns the
+/// saga ids in input order.
+pub async fn start_concurrently(apps: &[&TestApp], inputs: Vec<Value>) -> Vec<Uuid> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, input) in inputs.into_iter().enumerate() {
+        let app = apps[i % apps.len()];
+        let req = app
+            .post("/v1/sagas")
+            .json(&json!({ "saga": "booking", "input": input }));
+        tasks.spawn(async move {
+            let v: Value = req
+                .send()
+                .await
+                .expect("start request")
+                .json()
+                .await
+                .expect("start body");
+            let id = v["id"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("no saga id: {v}"));
+            (i, id)
+        });
+    }
+    let mut ids = vec![Uuid::nil(); tasks.len()];
+    while let Some(r) = tasks.join_next().await {
+        let (i, id) = r.expect("start task");
+        ids[i] = id;
+    }
+    ids
 }
 
 /// Counts rows of `sql` (a `SELECT count(*) …`).
