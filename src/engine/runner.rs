@@ -15,8 +15,8 @@ use super::outcome::Outcome;
 use super::plan::{self, Env, Plan, State};
 use super::registry::Registry;
 use crate::domain::BookingInput;
+use crate::store::bookings;
 use crate::store::sagas::{self, Fence, SagaRow, SagaStatus};
-use crate::store::{bookings, events};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -128,8 +128,15 @@ impl Worker {
             }
         } else {
             let outcome = self.run_remote(&def, row, action).await?;
+            let (fence, plan) = self.plan(&def, row, |state, env| plan::after(state, env, outcome));
+            if !chains_local(&def, &plan, row.id)? {
+                // One statement, atomic on its own: no BEGIN/COMMIT round trips.
+                let mut conn = self.pool.acquire().await?;
+                let next = self.record(&mut conn, row, &fence, plan).await?;
+                return Ok(next.unwrap_or(Next::Stop));
+            }
             let mut tx = self.pool.begin().await?;
-            match self.record_outcome(&mut tx, &def, row, outcome).await? {
+            match self.record(&mut tx, row, &fence, plan).await? {
                 Some(next) => (tx, next),
                 None => return Ok(Next::Stop),
             }
@@ -249,6 +256,18 @@ impl Worker {
         row: &mut SagaRow,
         make: impl FnOnce(&State<'_>, &Env) -> Plan,
     ) -> Result<Option<Next>, Error> {
+        let (fence, plan) = self.plan(def, row, make);
+        self.record(tx, row, &fence, plan).await
+    }
+
+    /// The transition from the saga's current state that `make` plans, and the fence it is
+    /// recorded under.
+    fn plan(
+        &self,
+        def: &SagaDefinition,
+        row: &SagaRow,
+        make: impl FnOnce(&State<'_>, &Env) -> Plan,
+    ) -> (Fence, Plan) {
         let context = row.context.as_object().cloned().unwrap_or_default();
         let failure_reason = row.failure_reason.clone();
         let status = row.status();
@@ -272,8 +291,7 @@ impl Worker {
             lease: self.lease,
             jitter_unit: rand::rng().random::<f64>(),
         };
-        let plan = make(&state, &env);
-        self.record(tx, row, &fence, plan).await
+        (fence, make(&state, &env))
     }
 
     /// Commits a plan in `tx` if the fence still holds; updates `row` to the new state.
@@ -288,36 +306,33 @@ impl Worker {
             e.worker = Some(self.worker_id.clone());
         }
         let t = &plan.transition;
-        let Some((first_version, cancel_requested)) = sagas::transition(tx, fence, t).await? else {
+        let booking = bookings::Change::of(plan.events.iter().map(|e| &e.event));
+        let step = plan.step.as_ref().map(|s| sagas::StepOutcome {
+            index: s.index,
+            phase: s.phase,
+            name: &s.name,
+            status: s.status,
+            attempts: s.attempts,
+            error: s.error.as_deref(),
+        });
+        let record = sagas::Record {
+            fence,
+            transition: t,
+            saga_name: &row.saga_name,
+            events: &plan.events,
+            booking: &booking,
+            step,
+        };
+        let Some(recorded) = sagas::record(tx, &record).await? else {
             warn!("lease lost before the outcome was recorded; another worker owns the saga now");
             return Ok(None);
         };
-        events::append(tx, &row.saga_name, row.id, first_version, &plan.events).await?;
-        for e in &plan.events {
-            bookings::apply(tx, row.id, &e.event).await?;
-        }
-        if let Some(s) = &plan.step {
-            sagas::record_step(
-                tx,
-                row.id,
-                s.index,
-                s.phase,
-                &s.name,
-                s.status,
-                s.attempts,
-                s.error.as_deref(),
-            )
-            .await?;
-        }
-        if t.keep_lease.is_none() {
-            sagas::notify(tx, row.id, t.status).await?;
-        }
-        // A guest cancelled while this step ran, and the saga would now sit idle (parked or done):
-        // queue it again so the cancellation is carried out at once.
-        let requeued = cancel_requested
-            && matches!(t.status, SagaStatus::Waiting | SagaStatus::Completed)
-            && sagas::requeue_for_cancel(tx, row.id).await?;
-        if t.status.is_terminal() {
+        let (first_version, cancel_requested, requeued) = (
+            recorded.first_version,
+            recorded.cancel_requested,
+            recorded.requeued,
+        );
+        if t.status.is_terminal() && !requeued {
             let reason = t
                 .failure_reason
                 .as_deref()
@@ -352,8 +367,29 @@ impl Worker {
 /// The action the saga's current step runs now (its compensation while compensating); `None` when
 /// the saga has nothing to run.
 fn current_action(def: &SagaDefinition, row: &SagaRow) -> Result<Option<Action>, Error> {
-    let status = row.status();
-    let Some(step) = def.steps.get(row.current_step.max(0) as usize) else {
+    action_at(def, row.status(), row.current_step)
+        .map_err(|name| Error::Corrupt(row.id, format!("unknown action `{name}`")))
+}
+
+/// True when `plan` keeps the lease for a local step: it then runs in the same transaction.
+fn chains_local(def: &SagaDefinition, plan: &Plan, id: uuid::Uuid) -> Result<bool, Error> {
+    let t = &plan.transition;
+    if t.keep_lease.is_none() {
+        return Ok(false);
+    }
+    let action = action_at(def, t.status, t.current_step)
+        .map_err(|name| Error::Corrupt(id, format!("unknown action `{name}`")))?;
+    Ok(action.is_some_and(Action::is_local))
+}
+
+/// The action step `index` runs in `status` (its compensation while compensating); `Err` carries
+/// an unknown action's name.
+fn action_at(
+    def: &SagaDefinition,
+    status: SagaStatus,
+    index: i32,
+) -> Result<Option<Action>, String> {
+    let Some(step) = def.steps.get(index.max(0) as usize) else {
         return Ok(None);
     };
     let name = match status {
@@ -361,9 +397,7 @@ fn current_action(def: &SagaDefinition, row: &SagaRow) -> Result<Option<Action>,
         SagaStatus::Compensating => step.compensation.as_deref().unwrap_or_default(),
         _ => return Ok(None),
     };
-    Action::parse(name)
-        .map(Some)
-        .ok_or_else(|| Error::Corrupt(row.id, format!("unknown action `{name}`")))
+    Action::parse(name).map(Some).ok_or_else(|| name.to_owned())
 }
 
 fn parse_input(row: &SagaRow) -> Result<BookingInput, Error> {

@@ -275,7 +275,7 @@ pub async fn start_saga(
                 worker: None,
             };
             events::append(&mut tx, &def.name, id, 1, std::slice::from_ref(&event)).await?;
-            bookings::apply(&mut tx, id, &event.event).await?;
+            bookings::insert_requested(&mut tx, id, &event.event).await?;
             if direct.is_none() {
                 // Wake a worker (in any process) to claim it.
                 sagas::notify(&mut tx, id, SagaStatus::Running).await?;

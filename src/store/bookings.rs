@@ -27,93 +27,188 @@ pub struct Booking {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Folds one event into the projection.
-pub async fn apply(
+/// The row a `BookingRequested` event creates; every later event only updates it ([`Change`]).
+pub async fn insert_requested(
     conn: &mut PgConnection,
     saga_id: Uuid,
     event: &Event,
 ) -> Result<(), sqlx::Error> {
-    let q = match event {
-        Event::BookingRequested {
-            listing_id,
-            guest_id,
-            check_in,
-            check_out,
-            amount,
-            currency,
-        } => sqlx::query(
-            "INSERT INTO bookings (saga_id, listing_id, guest_id, check_in, check_out, amount, currency, status)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'requested')",
-        )
-        .bind(saga_id)
-        .bind(listing_id)
-        .bind(guest_id)
-        .bind(check_in)
-        .bind(check_out)
-        .bind(amount)
-        .bind(currency),
-        Event::InventoryHeld { .. } => status(saga_id, "held"),
-        Event::PaymentActionRequired {
-            payment_intent_id, ..
-        } => sqlx::query(
-            "UPDATE bookings SET status = 'awaiting_authentication', payment_intent_id = $2, updated_at = now()
-             WHERE saga_id = $1",
-        )
-        .bind(saga_id)
-        .bind(payment_intent_id),
-        Event::PaymentAuthorized {
-            payment_intent_id, ..
-        } => sqlx::query(
-            "UPDATE bookings SET status = 'authorized', payment_intent_id = $2, updated_at = now()
-             WHERE saga_id = $1",
-        )
-        .bind(saga_id)
-        .bind(payment_intent_id),
-        Event::PaymentCaptured { .. } => status(saga_id, "paid"),
-        Event::BookingConfirmed {
-            confirmation_code, ..
-        } => sqlx::query(
-            "UPDATE bookings SET status = 'confirmed', confirmation_code = $2, updated_at = now()
-             WHERE saga_id = $1",
-        )
-        .bind(saga_id)
-        .bind(confirmation_code),
-        Event::CompensationStarted { .. } => status(saga_id, "cancelling"),
-        Event::BookingCancelled { reason } => sqlx::query(
-            "UPDATE bookings SET status = 'cancelled', cancel_reason = $2, updated_at = now()
-             WHERE saga_id = $1",
-        )
-        .bind(saga_id)
-        .bind(reason),
-        Event::SagaCompensated { reason } => sqlx::query(
-            "UPDATE bookings SET status = CASE WHEN cancel_reason IS NOT NULL THEN 'cancelled' ELSE 'failed' END,
-                                 cancel_reason = COALESCE(cancel_reason, $2), updated_at = now()
-             WHERE saga_id = $1",
-        )
-        .bind(saga_id)
-        .bind(reason),
-        Event::SagaStuck { .. } => status(saga_id, "needs_attention"),
-        Event::NotificationSent { .. }
-        | Event::StepFailed { .. }
-        | Event::InventoryReleased { .. }
-        | Event::PaymentVoided { .. }
-        | Event::PaymentRefunded { .. }
-        | Event::SagaCompleted {}
-        | Event::PaymentReceived { .. }
-        | Event::DisputeOpened { .. }
-        | Event::DisputeClosed { .. } => return Ok(()),
+    let Event::BookingRequested {
+        listing_id,
+        guest_id,
+        check_in,
+        check_out,
+        amount,
+        currency,
+    } = event
+    else {
+        return Ok(());
     };
-    q.execute(conn).await?;
+    sqlx::query(
+        "INSERT INTO bookings (saga_id, listing_id, guest_id, check_in, check_out, amount, currency, status)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'requested')",
+    )
+    .bind(saga_id)
+    .bind(listing_id)
+    .bind(guest_id)
+    .bind(check_in)
+    .bind(check_out)
+    .bind(amount)
+    .bind(currency)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
-fn status(
+/// What a run of events changes in a booking: the projection's fold, computed here so that any
+/// number of events is one `UPDATE` (or one part of the statement that records a step).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub status: Option<&'static str>,
+    /// `SagaCompensated` without a cancel reason in these events: `cancelled` when the row already
+    /// has a cancel reason (a guest cancellation), else `failed`.
+    pub compensated: bool,
+    pub payment_intent_id: Option<String>,
+    pub confirmation_code: Option<String>,
+    /// Replaces the row's cancel reason.
+    pub cancel_reason: Option<String>,
+    /// Becomes the cancel reason when the row has none.
+    pub default_cancel_reason: Option<String>,
+}
+
+impl Change {
+    /// Folds `events`, in order, as if each updated the row in turn.
+    pub fn of<'a>(events: impl IntoIterator<Item = &'a Event>) -> Self {
+        let mut c = Self::default();
+        for e in events {
+            c.fold(e);
+        }
+        c
+    }
+
+    fn set(&mut self, status: &'static str) {
+        self.status = Some(status);
+        self.compensated = false;
+    }
+
+    fn fold(&mut self, event: &Event) {
+        match event {
+            Event::InventoryHeld { .. } => self.set("held"),
+            Event::PaymentActionRequired {
+                payment_intent_id, ..
+            } => {
+                self.set("awaiting_authentication");
+                self.payment_intent_id = Some(payment_intent_id.clone());
+            }
+            Event::PaymentAuthorized {
+                payment_intent_id, ..
+            } => {
+                self.set("authorized");
+                self.payment_intent_id = Some(payment_intent_id.clone());
+            }
+            Event::PaymentCaptured { .. } => self.set("paid"),
+            Event::BookingConfirmed {
+                confirmation_code, ..
+            } => {
+                self.set("confirmed");
+                self.confirmation_code = Some(confirmation_code.clone());
+            }
+            Event::CompensationStarted { .. } => self.set("cancelling"),
+            Event::BookingCancelled { reason } => {
+                self.set("cancelled");
+                self.cancel_reason = Some(reason.clone());
+            }
+            Event::SagaCompensated { reason } => {
+                if self.cancel_reason.is_some() {
+                    self.set("cancelled");
+                } else {
+                    self.status = None;
+                    self.compensated = true;
+                    self.default_cancel_reason
+                        .get_or_insert_with(|| reason.clone());
+                }
+            }
+            Event::SagaStuck { .. } => self.set("needs_attention"),
+            // Created by `insert_requested`; the rest do not show in the projection.
+            Event::BookingRequested { .. }
+            | Event::NotificationSent { .. }
+            | Event::StepFailed { .. }
+            | Event::InventoryReleased { .. }
+            | Event::PaymentVoided { .. }
+            | Event::PaymentRefunded { .. }
+            | Event::SagaCompleted {}
+            | Event::PaymentReceived { .. }
+            | Event::DisputeOpened { .. }
+            | Event::DisputeClosed { .. } => {}
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The projection update of a [`Change`], with `{id}`, `{status}`, `{compensated}`, `{pi}`,
+/// `{code}`, `{reason}` and `{default_reason}` standing for its parameters.
+pub(crate) const UPDATE_TEMPLATE: &str = "UPDATE bookings SET
+        status = CASE WHEN {compensated} THEN
+                      CASE WHEN cancel_reason IS NOT NULL THEN 'cancelled' ELSE 'failed' END
+                 ELSE COALESCE({status}, status) END,
+        payment_intent_id = COALESCE({pi}, payment_intent_id),
+        confirmation_code = COALESCE({code}, confirmation_code),
+        cancel_reason = COALESCE({reason}, cancel_reason, {default_reason}),
+        updated_at = now()
+    WHERE saga_id = {id}";
+
+/// Fills [`UPDATE_TEMPLATE`]'s parameters with `$first`, `$first + 1`, … in the order
+/// status, compensated, payment intent, code, reason, default reason; `id` is the saga id's SQL.
+pub(crate) fn update_sql(id: &str, first: usize) -> String {
+    let p = |i: usize| format!("${}", first + i);
+    UPDATE_TEMPLATE
+        .replace("{id}", id)
+        .replace("{status}", &format!("{}::text", p(0)))
+        .replace("{compensated}", &format!("{}::bool", p(1)))
+        .replace("{pi}", &format!("{}::text", p(2)))
+        .replace("{code}", &format!("{}::text", p(3)))
+        .replace("{reason}", &format!("{}::text", p(4)))
+        .replace("{default_reason}", &format!("{}::text", p(5)))
+}
+
+impl Change {
+    /// Binds the six parameters of [`update_sql`], in order.
+    pub(crate) fn bind<'q>(
+        &'q self,
+        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        q.bind(self.status)
+            .bind(self.compensated)
+            .bind(self.payment_intent_id.as_deref())
+            .bind(self.confirmation_code.as_deref())
+            .bind(self.cancel_reason.as_deref())
+            .bind(self.default_cancel_reason.as_deref())
+    }
+}
+
+/// Folds `events` into the projection: the row for a `BookingRequested`, then one update for the
+/// rest (none when they change nothing).
+pub async fn apply(
+    conn: &mut PgConnection,
     saga_id: Uuid,
-    status: &'static str,
-) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    sqlx::query("UPDATE bookings SET status = $2, updated_at = now() WHERE saga_id = $1")
-        .bind(saga_id)
-        .bind(status)
+    events: &[&Event],
+) -> Result<(), sqlx::Error> {
+    for e in events {
+        insert_requested(conn, saga_id, e).await?;
+    }
+    let change = Change::of(events.iter().copied());
+    if change.is_empty() {
+        return Ok(());
+    }
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| update_sql("$1", 2));
+    change
+        .bind(sqlx::query(sqlx::AssertSqlSafe(SQL.as_str())).bind(saga_id))
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 pub async fn get(conn: &mut PgConnection, saga_id: Uuid) -> Result<Option<Booking>, sqlx::Error> {
@@ -121,4 +216,87 @@ pub async fn get(conn: &mut PgConnection, saga_id: Uuid) -> Result<Option<Bookin
         .bind(saga_id)
         .fetch_optional(conn)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authorized(pi: &str) -> Event {
+        Event::PaymentAuthorized {
+            payment_intent_id: pi.into(),
+            amount: 100,
+            currency: "eur".into(),
+        }
+    }
+
+    #[test]
+    fn events_that_do_not_show_change_nothing() {
+        let c = Change::of(&[
+            Event::SagaCompleted {},
+            Event::NotificationSent { status_code: 204 },
+        ]);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn the_last_status_wins_and_fields_accumulate() {
+        let c = Change::of(&[
+            authorized("pi_1"),
+            Event::PaymentCaptured {
+                payment_intent_id: "pi_1".into(),
+                amount: 100,
+                currency: "eur".into(),
+            },
+            Event::BookingConfirmed {
+                confirmation_code: "BK-ABCDEFGH".into(),
+                listing_id: "l".into(),
+                check_in: NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
+                check_out: NaiveDate::from_ymd_opt(2026, 1, 2).unwrap(),
+            },
+        ]);
+        assert_eq!(c.status, Some("confirmed"));
+        assert_eq!(c.payment_intent_id.as_deref(), Some("pi_1"));
+        assert_eq!(c.confirmation_code.as_deref(), Some("BK-ABCDEFGH"));
+        assert!(!c.compensated);
+    }
+
+    #[test]
+    fn compensated_alone_leaves_the_status_to_the_rows_cancel_reason() {
+        let c = Change::of(&[Event::SagaCompensated {
+            reason: "card_declined".into(),
+        }]);
+        assert!(c.compensated);
+        assert_eq!(c.status, None);
+        assert_eq!(c.cancel_reason, None);
+        assert_eq!(c.default_cancel_reason.as_deref(), Some("card_declined"));
+    }
+
+    #[test]
+    fn compensated_after_a_cancellation_in_the_same_run_is_cancelled() {
+        let c = Change::of(&[
+            Event::BookingCancelled {
+                reason: "guest_cancelled".into(),
+            },
+            Event::SagaCompensated {
+                reason: "guest_cancelled".into(),
+            },
+        ]);
+        assert_eq!(c.status, Some("cancelled"));
+        assert!(!c.compensated);
+        assert_eq!(c.cancel_reason.as_deref(), Some("guest_cancelled"));
+    }
+
+    #[test]
+    fn a_status_after_compensated_overrides_it() {
+        let c = Change::of(&[
+            Event::SagaCompensated { reason: "x".into() },
+            Event::SagaStuck {
+                step: "s".into(),
+                error: "e".into(),
+            },
+        ]);
+        assert_eq!(c.status, Some("needs_attention"));
+        assert!(!c.compensated);
+    }
 }

@@ -27,9 +27,102 @@ pub struct EventRecord {
     pub recorded_at: DateTime<Utc>,
 }
 
+/// The events of one append, as the arrays the append statement takes.
+pub(crate) struct Batch {
+    pub ids: Vec<Uuid>,
+    types: Vec<String>,
+    payloads: Vec<serde_json::Value>,
+    metadata: Vec<serde_json::Value>,
+}
+
+impl Batch {
+    pub fn new(aggregate_id: Uuid, events: &[NewEvent]) -> Self {
+        let mut b = Batch {
+            ids: Vec::with_capacity(events.len()),
+            types: Vec::with_capacity(events.len()),
+            payloads: Vec::with_capacity(events.len()),
+            metadata: Vec::with_capacity(events.len()),
+        };
+        let mut previous: Option<Uuid> = None;
+        for e in events {
+            let id = Uuid::now_v7();
+            let causation = e
+                .causation_id
+                .clone()
+                .or_else(|| previous.map(|p| p.to_string()));
+            b.ids.push(id);
+            b.types.push(e.event.type_name().to_owned());
+            b.payloads.push(e.event.payload());
+            b.metadata.push(serde_json::json!({
+                "correlation_id": aggregate_id,
+                "causation_id": causation,
+                "step": e.step,
+                "attempt": e.attempt,
+                "worker": e.worker,
+            }));
+            previous = Some(id);
+        }
+        b
+    }
+
+    /// Binds the seven parameters of [`append_ctes`], in order.
+    pub(crate) fn bind<'q>(
+        &'q self,
+        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        aggregate_type: &'q str,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        q.bind(aggregate_type)
+            .bind(SCHEMA_VERSION)
+            .bind(&self.ids)
+            .bind(&self.types)
+            .bind(&self.payloads)
+            .bind(&self.metadata)
+            .bind(webhooks::published_types(&self.types))
+    }
+}
+
+/// The CTEs that append a [`Batch`] and fan it out to webhook deliveries (the outbox): `e`,
+/// `appended`, `pub_events` and `deliveries`. `aggregate_id` and `first_version` are SQL
+/// expressions; `gate` is a FROM item that must yield one row for anything to be written (`""`
+/// for none); the batch's seven parameters are `$first_param` onwards ([`Batch::bind`]).
+pub(crate) fn append_ctes(
+    aggregate_id: &str,
+    first_version: &str,
+    gate: &str,
+    first_param: usize,
+) -> String {
+    let p = |i: usize| format!("${}", first_param + i);
+    let gate = if gate.is_empty() {
+        String::new()
+    } else {
+        format!(", {gate}")
+    };
+    format!(
+        "e AS (SELECT * FROM unnest({ids}::uuid[], {types}::text[], {payloads}::jsonb[], {metadata}::jsonb[],
+                                    {published}::text[])
+                   WITH ORDINALITY AS e(id, type, payload, metadata, published, ord)),
+         appended AS (
+             INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type,
+                                 schema_version, payload, metadata)
+             SELECT e.id, {agg_type}, {aggregate_id}, ({first_version}) + e.ord::int - 1, e.type,
+                    {schema}, e.payload, e.metadata
+             FROM e{gate}),
+         pub_events AS (SELECT e.id, e.published AS type FROM e{gate}),
+         {fan_out}",
+        agg_type = p(0),
+        schema = p(1),
+        ids = p(2),
+        types = p(3),
+        payloads = p(4),
+        metadata = p(5),
+        published = p(6),
+        fan_out = webhooks::FAN_OUT_CTE,
+    )
+}
+
 /// Appends `events` to the aggregate as versions `first_version`, `first_version + 1`, …
 /// The unique (aggregate_id, version) key refuses a concurrent writer that read the same version.
-/// Published events are fanned out to webhook deliveries in the same transaction (the outbox).
+/// Published events are fanned out to webhook deliveries in the same statement (the outbox).
 pub async fn append(
     conn: &mut PgConnection,
     aggregate_type: &str,
@@ -40,60 +133,23 @@ pub async fn append(
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let mut ids = Vec::with_capacity(events.len());
-    let mut versions = Vec::with_capacity(events.len());
-    let mut types = Vec::with_capacity(events.len());
-    let mut payloads = Vec::with_capacity(events.len());
-    let mut metadata = Vec::with_capacity(events.len());
-    let mut previous: Option<Uuid> = None;
-    for (i, e) in events.iter().enumerate() {
-        let id = Uuid::now_v7();
-        let causation = e
-            .causation_id
-            .clone()
-            .or_else(|| previous.map(|p| p.to_string()));
-        ids.push(id);
-        versions.push(first_version + i as i32);
-        types.push(e.event.type_name().to_owned());
-        payloads.push(e.event.payload());
-        metadata.push(serde_json::json!({
-            "correlation_id": aggregate_id,
-            "causation_id": causation,
-            "step": e.step,
-            "attempt": e.attempt,
-            "worker": e.worker,
-        }));
-        previous = Some(id);
-    }
-    // One statement: the events, and their webhook deliveries (the outbox) in the same command.
+    let batch = Batch::new(aggregate_id, events);
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
-            "WITH e AS (SELECT * FROM unnest($4::uuid[], $5::int[], $6::text[], $7::jsonb[], $8::jsonb[], $9::text[])
-                          AS e(id, version, type, payload, metadata, published)),
-                  appended AS (
-                      INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type,
-                                          schema_version, payload, metadata)
-                      SELECT e.id, $1, $2, e.version, e.type, $3, e.payload, e.metadata FROM e),
-                  pub_events AS (SELECT id, published AS type FROM e),
-                  {} {}",
-            webhooks::FAN_OUT_CTE,
-            webhooks::WAKE_IF_DELIVERIES.replace("$WAKE", "$10")
+            "WITH {} {}",
+            append_ctes("$1", "$2::int", "", 4),
+            webhooks::WAKE_IF_DELIVERIES.replace("$WAKE", "$3")
         )
     });
-    sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
-        .bind(aggregate_type)
+    let q = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
         .bind(aggregate_id)
-        .bind(SCHEMA_VERSION)
-        .bind(&ids)
-        .bind(&versions)
-        .bind(&types)
-        .bind(&payloads)
-        .bind(&metadata)
-        .bind(webhooks::published_types(&types))
-        .bind(webhooks::WEBHOOK_CHANNEL)
+        .bind(first_version)
+        .bind(webhooks::WEBHOOK_CHANNEL);
+    batch
+        .bind(q, aggregate_type)
         .fetch_optional(&mut *conn)
         .await?;
-    Ok(ids)
+    Ok(batch.ids)
 }
 
 /// An aggregate's events in version order.

@@ -4,11 +4,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Row};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{DONE_CHANNEL, WORK_CHANNEL};
+use super::{DONE_CHANNEL, WORK_CHANNEL, bookings, events, webhooks};
+use crate::events::NewEvent;
 
 /// Where a saga is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, ToSchema)]
@@ -256,60 +257,147 @@ pub struct Transition {
     pub events: i32,
 }
 
-/// Applies `t` if the worker still holds the saga as `fence` says. Returns the first reserved event
-/// version and whether a cancellation was requested meanwhile, or `None` when the fence no longer
-/// holds (the lease ran out and someone else claimed it): the caller must roll back.
-pub async fn transition(
-    conn: &mut PgConnection,
-    fence: &Fence,
-    t: &Transition,
-) -> Result<Option<(i32, bool)>, sqlx::Error> {
-    let row: Option<(i32, bool)> = sqlx::query_as(
-        "UPDATE sagas SET status = $6, current_step = $7, attempt = $8, context = $9, next_run_at = $10,
-                locked_by = CASE WHEN $11::float8 IS NULL THEN NULL ELSE locked_by END,
-                locked_until = now() + $11::float8 * interval '1 millisecond',
-                wait_key = $12, wait_deadline = $13,
-                failure_step = COALESCE($14, failure_step), failure_reason = COALESCE($15, failure_reason),
-                finished_at = CASE WHEN $6 IN ('completed', 'compensated', 'stuck') THEN now() END,
-                event_version = event_version + $16, updated_at = now()
-         WHERE id = $1 AND status = $2 AND current_step = $3 AND attempt = $4 AND locked_by = $5
-         RETURNING event_version - $16 + 1, cancel_requested",
-    )
-    .bind(fence.id)
-    .bind(fence.status.as_str())
-    .bind(fence.current_step)
-    .bind(fence.attempt)
-    .bind(&fence.worker)
-    .bind(t.status.as_str())
-    .bind(t.current_step)
-    .bind(t.attempt)
-    .bind(&t.context)
-    .bind(t.next_run_at)
-    .bind(t.keep_lease.map(|d| d.as_millis() as f64))
-    .bind(&t.wait_key)
-    .bind(t.wait_deadline)
-    .bind(&t.failure_step)
-    .bind(&t.failure_reason)
-    .bind(t.events)
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(row)
+/// A step attempt's outcome as its saga's step history shows it (one row per step and phase).
+#[derive(Debug, Clone)]
+pub struct StepOutcome<'a> {
+    pub index: i32,
+    pub phase: &'a str,
+    pub name: &'a str,
+    pub status: &'a str,
+    pub attempts: i32,
+    pub error: Option<&'a str>,
 }
 
-/// Puts a parked or completed saga back in the queue so a pending cancellation is carried out.
-pub async fn requeue_for_cancel(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
-    let n = sqlx::query(
-        "WITH r AS (UPDATE sagas SET status = 'running', wait_key = NULL, wait_deadline = NULL, finished_at = NULL,
-                                  locked_by = NULL, locked_until = NULL, next_run_at = now()
-                    WHERE id = $1 AND cancel_requested AND status IN ('waiting', 'completed') RETURNING id)
-         SELECT pg_notify($2, '') FROM r",
-    )
-    .bind(id)
-    .bind(WORK_CHANNEL)
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(n > 0)
+/// Everything one step outcome writes: the fenced transition, its events (and their webhook
+/// deliveries), the bookings projection, the step history and the wake-ups.
+pub struct Record<'a> {
+    pub fence: &'a Fence,
+    pub transition: &'a Transition,
+    pub saga_name: &'a str,
+    pub events: &'a [NewEvent],
+    pub booking: &'a bookings::Change,
+    pub step: Option<StepOutcome<'a>>,
+}
+
+/// The NOTIFY (channel, payload) a saga moving to `status` and letting its lease go sends at
+/// commit: workers for due work, waiters for a terminal state.
+fn notification(id: Uuid, status: SagaStatus) -> Option<(&'static str, String)> {
+    match status {
+        SagaStatus::Running | SagaStatus::Compensating => Some((WORK_CHANNEL, String::new())),
+        s if s.is_terminal() => Some((DONE_CHANNEL, id.to_string())),
+        _ => None,
+    }
+}
+
+/// What [`record`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct Recorded {
+    /// The first event version the transition reserved.
+    pub first_version: i32,
+    /// A guest cancellation was requested meanwhile.
+    pub cancel_requested: bool,
+    /// The saga would have been parked or completed with a cancellation pending: it was queued
+    /// again (status `running`) instead.
+    pub requeued: bool,
+}
+
+/// Records `r` in **one statement** if the worker still holds the saga as its fence says (one round
+/// trip; atomic on its own, or part of the caller's transaction). `None` when the fence no longer
+/// holds (the lease ran out and someone else claimed it): then nothing was written.
+pub async fn record(
+    conn: &mut PgConnection,
+    r: &Record<'_>,
+) -> Result<Option<Recorded>, sqlx::Error> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "WITH t AS (
+                 UPDATE sagas SET status = CASE WHEN {{requeue}} THEN 'running' ELSE $6 END,
+                        current_step = $7, attempt = $8, context = $9,
+                        next_run_at = CASE WHEN {{requeue}} THEN now() ELSE $10 END,
+                        locked_by = CASE WHEN {{requeue}} OR $11::float8 IS NULL THEN NULL ELSE locked_by END,
+                        locked_until = CASE WHEN NOT {{requeue}} THEN now() + $11::float8 * interval '1 millisecond' END,
+                        wait_key = CASE WHEN NOT {{requeue}} THEN $12 END,
+                        wait_deadline = CASE WHEN NOT {{requeue}} THEN $13 END,
+                        failure_step = COALESCE($14, failure_step), failure_reason = COALESCE($15, failure_reason),
+                        finished_at = CASE WHEN NOT {{requeue}} AND $6 IN ('completed', 'compensated', 'stuck') THEN now() END,
+                        event_version = event_version + $16, updated_at = now()
+                 WHERE id = $1 AND status = $2 AND current_step = $3 AND attempt = $4 AND locked_by = $5
+                 RETURNING event_version - $16 + 1 AS first_version, cancel_requested, {{requeue}} AS requeued),
+             {events},
+             booking AS ({booking} AND $30::bool AND EXISTS (SELECT 1 FROM t) RETURNING 1),
+             step AS (
+                 INSERT INTO saga_steps (saga_id, step_index, phase, step_name, status, attempts, last_error, finished_at)
+                 SELECT $1, $31::int, $32::text, $33::text, $34::text, $35::int, $36::text,
+                        CASE WHEN $34::text IN ('succeeded', 'failed', 'skipped') THEN now() END
+                 FROM t WHERE $31::int IS NOT NULL
+                 ON CONFLICT (saga_id, step_index, phase) DO UPDATE
+                 SET status = EXCLUDED.status, attempts = EXCLUDED.attempts,
+                     last_error = COALESCE(EXCLUDED.last_error, saga_steps.last_error),
+                     finished_at = EXCLUDED.finished_at
+                 RETURNING 1)
+             SELECT t.first_version, t.cancel_requested,
+                    t.requeued,
+                    (SELECT count(*) FROM (
+                         SELECT pg_notify(CASE WHEN t.requeued THEN $40 ELSE $37::text END,
+                                          CASE WHEN t.requeued THEN '' ELSE $38::text END)
+                         WHERE t.requeued OR $37::text IS NOT NULL) n) AS notified,
+                    (SELECT count(*) FROM ({wake_deliveries}) w) AS woke_deliveries
+             FROM t",
+            events = events::append_ctes("$1", "t.first_version", "t", 17),
+            booking = bookings::update_sql("$1", 24),
+            wake_deliveries = webhooks::WAKE_IF_DELIVERIES.replace("$WAKE", "$39"),
+        )
+        // A guest cancelled while the step ran and the saga would now sit idle (parked or done):
+        // it goes back to the queue, so the cancellation is carried out at once.
+        .replace("{requeue}", "(cancel_requested AND $6 IN ('waiting', 'completed'))")
+    });
+    let (f, t) = (r.fence, r.transition);
+    let batch = events::Batch::new(f.id, r.events);
+    let notify = match t.keep_lease {
+        None => notification(f.id, t.status),
+        Some(_) => None,
+    };
+    let q = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
+        .bind(f.id)
+        .bind(f.status.as_str())
+        .bind(f.current_step)
+        .bind(f.attempt)
+        .bind(&f.worker)
+        .bind(t.status.as_str())
+        .bind(t.current_step)
+        .bind(t.attempt)
+        .bind(&t.context)
+        .bind(t.next_run_at)
+        .bind(t.keep_lease.map(|d| d.as_millis() as f64))
+        .bind(&t.wait_key)
+        .bind(t.wait_deadline)
+        .bind(&t.failure_step)
+        .bind(&t.failure_reason)
+        .bind(t.events);
+    let q = r.booking.bind(batch.bind(q, r.saga_name));
+    let step = r.step.as_ref();
+    let row = q
+        .bind(!r.booking.is_empty())
+        .bind(step.map(|s| s.index))
+        .bind(step.map(|s| s.phase))
+        .bind(step.map(|s| s.name))
+        .bind(step.map(|s| s.status))
+        .bind(step.map(|s| s.attempts))
+        .bind(step.and_then(|s| s.error))
+        .bind(notify.as_ref().map(|(c, _)| *c))
+        .bind(notify.as_ref().map(|(_, p)| p.as_str()))
+        .bind(webhooks::WEBHOOK_CHANNEL)
+        .bind(WORK_CHANNEL)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(|row| {
+        Ok(Recorded {
+            first_version: row.try_get(0)?,
+            cancel_requested: row.try_get(1)?,
+            requeued: row.try_get(2)?,
+        })
+    })
+    .transpose()
 }
 
 /// Queues NOTIFYs (sent at commit) that wake workers and, for terminal states, waiters.
@@ -318,21 +406,12 @@ pub async fn notify(
     id: Uuid,
     status: SagaStatus,
 ) -> Result<(), sqlx::Error> {
-    match status {
-        SagaStatus::Running | SagaStatus::Compensating => {
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(WORK_CHANNEL)
-                .execute(conn)
-                .await?;
-        }
-        s if s.is_terminal() => {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(DONE_CHANNEL)
-                .bind(id.to_string())
-                .execute(conn)
-                .await?;
-        }
-        _ => {}
+    if let Some((channel, payload)) = notification(id, status) {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(channel)
+            .bind(payload)
+            .execute(conn)
+            .await?;
     }
     Ok(())
 }
@@ -483,38 +562,6 @@ pub struct StepRecord {
     pub last_error: Option<String>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
-}
-
-/// Records a step attempt's outcome (one row per step and phase, updated in place).
-#[allow(clippy::too_many_arguments)]
-pub async fn record_step(
-    conn: &mut PgConnection,
-    saga_id: Uuid,
-    step_index: i32,
-    phase: &str,
-    step_name: &str,
-    status: &str,
-    attempts: i32,
-    error: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO saga_steps (saga_id, step_index, phase, step_name, status, attempts, last_error, finished_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, CASE WHEN $5 IN ('succeeded', 'failed', 'skipped') THEN now() END)
-         ON CONFLICT (saga_id, step_index, phase) DO UPDATE
-         SET status = EXCLUDED.status, attempts = EXCLUDED.attempts,
-             last_error = COALESCE(EXCLUDED.last_error, saga_steps.last_error),
-             finished_at = EXCLUDED.finished_at",
-    )
-    .bind(saga_id)
-    .bind(step_index)
-    .bind(phase)
-    .bind(step_name)
-    .bind(status)
-    .bind(attempts)
-    .bind(error)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 pub async fn steps(conn: &mut PgConnection, saga_id: Uuid) -> Result<Vec<StepRecord>, sqlx::Error> {

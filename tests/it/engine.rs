@@ -51,34 +51,59 @@ async fn a_worker_that_dies_after_its_claim_is_replaced_when_the_lease_expires()
         "no step recorded twice"
     );
 
-    // The dead worker cannot record anything now: its fence no longer holds.
+    // The dead worker cannot record anything now: its fence no longer holds, and none of the
+    // statement's parts (events, projection, step history, wake-ups) writes anything.
     let mut conn = api.pool.acquire().await.unwrap();
-    let stale = sagas::transition(
-        &mut conn,
-        &sagas::Fence {
-            id,
-            status: sagas::SagaStatus::Running,
-            current_step: 0,
-            attempt: 1,
-            worker: "doomed-worker".into(),
+    let events = [sagad::events::NewEvent::from(
+        sagad::events::Event::SagaCompensated {
+            reason: "stale".into(),
         },
-        &sagas::Transition {
-            status: sagas::SagaStatus::Compensated,
-            current_step: 0,
-            attempt: 1,
-            context: json!({}),
-            next_run_at: None,
-            keep_lease: None,
-            wait_key: None,
-            wait_deadline: None,
-            failure_step: None,
-            failure_reason: None,
-            events: 0,
+    )];
+    let booking = sagad::store::bookings::Change::of(events.iter().map(|e| &e.event));
+    let stale = sagas::record(
+        &mut conn,
+        &sagas::Record {
+            fence: &sagas::Fence {
+                id,
+                status: sagas::SagaStatus::Running,
+                current_step: 0,
+                attempt: 1,
+                worker: "doomed-worker".into(),
+            },
+            transition: &sagas::Transition {
+                status: sagas::SagaStatus::Compensated,
+                current_step: 0,
+                attempt: 1,
+                context: json!({}),
+                next_run_at: None,
+                keep_lease: None,
+                wait_key: None,
+                wait_deadline: None,
+                failure_step: None,
+                failure_reason: Some("stale".into()),
+                events: 1,
+            },
+            saga_name: "booking",
+            events: &events,
+            booking: &booking,
+            step: Some(sagas::StepOutcome {
+                index: 0,
+                phase: "forward",
+                name: "hold_inventory",
+                status: "failed",
+                attempts: 9,
+                error: Some("stale"),
+            }),
         },
     )
     .await
     .unwrap();
     assert!(stale.is_none());
+    let after = worker.wait_terminal(id).await;
+    assert_eq!(after["status"], "completed", "{after:#}");
+    assert_eq!(after["steps"][0]["attempts"], 2, "{after:#}");
+    assert_eq!(after["booking"]["status"], "confirmed", "{after:#}");
+    assert_eq!(worker.event_types(id).await.len(), 7);
 }
 
 #[tokio::test]
@@ -247,6 +272,58 @@ async fn cancelling_a_waiting_saga_voids_its_payment_intent() {
             "InventoryReleased".into(),
             "SagaCompensated".into()
         ]),
+        "{events:?}"
+    );
+    assert_eq!(app.payment_intents_of(id)[0].effects.cancels, 1);
+}
+
+/// The step in flight would park the saga (3-D Secure) when the guest cancels: the same statement
+/// that records the outcome puts the saga back in the queue, so it compensates at once instead of
+/// waiting out the authentication deadline.
+#[tokio::test]
+async fn a_cancellation_while_the_step_that_parks_the_saga_runs_is_carried_out_at_once() {
+    let app = spawn_app().await;
+    app.double.inject(Fault::latency(
+        Operation::Create,
+        Duration::from_millis(800),
+    ));
+    let id = app
+        .start_booking(booking_input("igloo-3", "pm_card_authenticationRequired"))
+        .await;
+    // The hold is recorded: the authorization request is now in flight.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM bookings WHERE saga_id = $1")
+                .bind(id)
+                .fetch_optional(&app.pool)
+                .await
+                .unwrap();
+        if status.as_deref() == Some("held") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never held");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let resp = app
+        .post(&format!("/v1/sagas/{id}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let v = app.wait_terminal(id).await;
+    assert_eq!(v["status"], "compensated", "{v:#}");
+    let events = app.event_types(id).await;
+    assert_eq!(
+        &events[2..],
+        [
+            "PaymentActionRequired",
+            "CompensationStarted",
+            "BookingCancelled",
+            "PaymentVoided",
+            "InventoryReleased",
+            "SagaCompensated"
+        ],
         "{events:?}"
     );
     assert_eq!(app.payment_intents_of(id)[0].effects.cancels, 1);

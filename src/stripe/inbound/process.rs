@@ -354,9 +354,8 @@ async fn append(
         })
         .collect();
     events::append(conn, &saga.saga_name, saga.id, first, &batch).await?;
-    for e in &batch {
-        bookings::apply(conn, saga.id, &e.event).await?;
-    }
+    let events: Vec<&Event> = batch.iter().map(|e| &e.event).collect();
+    bookings::apply(conn, saga.id, &events).await?;
     Ok(())
 }
 
