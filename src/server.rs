@@ -6,12 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use uuid::Uuid;
 
 use crate::config::Role;
 use crate::engine::actions::{self, Deps, NotifyConfig};
@@ -94,12 +92,10 @@ pub async fn run(
         http: http_client(),
         notify: settings.notify,
     };
+    // One LISTEN connection for the whole process (see `store::listen`).
+    let mut channels = store::listen::Channels::new(pool.clone());
     let (finished, _) = broadcast::channel(1024);
-    let listener_task = tokio::spawn(forward_finished(
-        pool.clone(),
-        finished.clone(),
-        shutdown.clone(),
-    ));
+    channels.forward_ids(store::DONE_CHANNEL, finished.clone());
 
     let (engine_task, engine_running, dispatch) = if settings.role != Role::Api {
         let engine = Engine::new(pool.clone(), registry.clone(), deps, settings.engine)?;
@@ -107,7 +103,9 @@ pub async fn run(
         // A process that runs both API and workers starts its sagas itself.
         let dispatch = (settings.role == Role::All).then(|| engine.direct_dispatch());
         (
-            Some(tokio::spawn(engine.run(shutdown.clone()))),
+            Some(tokio::spawn(
+                engine.run(channels.wake(store::WORK_CHANNEL), shutdown.clone()),
+            )),
             Some(flag),
             dispatch,
         )
@@ -121,16 +119,20 @@ pub async fn run(
             pool.clone(),
             inbound_stripe,
             settings.stripe_inbound.inbox.clone(),
+            channels.wake(crate::store::stripe_events::INBOX_CHANNEL),
             shutdown.clone(),
         ))
     });
     // Outgoing webhook delivery runs wherever the engine runs.
     let webhook_task = if settings.role != Role::Api {
         let dispatcher = crate::webhooks::Dispatcher::new(pool.clone(), settings.webhooks.clone())?;
-        Some(tokio::spawn(dispatcher.run(shutdown.clone())))
+        let wake = channels.wake(store::webhooks::WEBHOOK_CHANNEL);
+        Some(tokio::spawn(dispatcher.run(wake, shutdown.clone())))
     } else {
         None
     };
+
+    let listener_task = tokio::spawn(channels.run(shutdown.clone()));
 
     let state = AppState {
         pool: pool.clone(),
@@ -172,34 +174,4 @@ pub async fn run(
     listener_task.abort();
     served?;
     Ok(())
-}
-
-/// LISTENs for terminal sagas and forwards their ids to `?wait=` waiters.
-async fn forward_finished(pool: PgPool, tx: broadcast::Sender<Uuid>, shutdown: CancellationToken) {
-    while !shutdown.is_cancelled() {
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "LISTEN for finished sagas failed");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        if listener.listen(store::DONE_CHANNEL).await.is_err() {
-            continue;
-        }
-        loop {
-            tokio::select! {
-                r = listener.recv() => match r {
-                    Ok(n) => {
-                        if let Ok(id) = n.payload().parse::<Uuid>() {
-                            let _ = tx.send(id);
-                        }
-                    }
-                    Err(_) => break,
-                },
-                _ = shutdown.cancelled() => return,
-            }
-        }
-    }
 }

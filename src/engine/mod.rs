@@ -166,15 +166,9 @@ impl Engine {
 
     /// Claims and drives sagas until `shutdown`; then stops claiming, lets in-flight steps finish
     /// within the grace period, and releases the leases of any that did not.
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        let wake = Arc::new(Notify::new());
+    /// `wake` fires on `store::WORK_CHANNEL` notifications ([`store::listen::Channels`]).
+    pub async fn run(mut self, wake: Arc<Notify>, shutdown: CancellationToken) {
         let mut background = JoinSet::new();
-        background.spawn(store::listen::wake_on(
-            self.pool.clone(),
-            store::WORK_CHANNEL,
-            wake.clone(),
-            shutdown.clone(),
-        ));
         background.spawn(crate::maintenance::run(
             self.pool.clone(),
             self.config.maintenance_interval,

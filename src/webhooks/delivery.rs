@@ -62,15 +62,9 @@ impl Dispatcher {
 
     /// Claims and delivers until `shutdown`; then lets in-flight attempts finish within the grace
     /// period and hands back whatever this process still holds.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// `wake` fires on `store::WEBHOOK_CHANNEL` notifications ([`store::listen::Channels`]).
+    pub async fn run(self, wake: Arc<Notify>, shutdown: CancellationToken) {
         let this = Arc::new(self);
-        let wake = Arc::new(Notify::new());
-        let listener = tokio::spawn(crate::store::listen::wake_on(
-            this.pool.clone(),
-            store::WEBHOOK_CHANNEL,
-            wake.clone(),
-            shutdown.clone(),
-        ));
         let slots = Arc::new(Semaphore::new(this.config.workers));
         let mut tasks = JoinSet::new();
         let mut last_rescue = Instant::now() - this.config.lease();
@@ -159,7 +153,6 @@ impl Dispatcher {
             Ok(n) => info!(released = n, "released webhook leases"),
             Err(e) => warn!(error = %e, "could not release webhook leases; they will expire"),
         }
-        listener.abort();
         info!("webhook delivery stopped");
     }
 

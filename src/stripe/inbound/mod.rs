@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::engine::retry::RetryPolicy;
-use crate::store::stripe_events::{self, Claim, INBOX_CHANNEL, StripeEventRow};
+use crate::store::stripe_events::{self, Claim, StripeEventRow};
 use crate::stripe::client::StripeClient;
 use crate::stripe::webhook::{self, Verifier};
 use process::Decision;
@@ -86,20 +86,15 @@ impl InboundSettings {
 }
 
 /// Claims and processes inbox events until `shutdown`; in-flight events finish (or their claims
-/// are handed back) before it returns.
+/// are handed back) before it returns. `wake` fires on `INBOX_CHANNEL` notifications
+/// ([`crate::store::listen::Channels`]).
 pub async fn run(
     pool: PgPool,
     stripe: StripeClient,
     config: InboxConfig,
+    wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
-    let wake = Arc::new(Notify::new());
-    let listener = tokio::spawn(crate::store::listen::wake_on(
-        pool.clone(),
-        INBOX_CHANNEL,
-        wake.clone(),
-        shutdown.clone(),
-    ));
     let slots = Arc::new(Semaphore::new(config.workers.max(1)));
     let mut tasks = JoinSet::new();
     let config = Arc::new(config);
@@ -175,8 +170,6 @@ pub async fn run(
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }
-    listener.abort();
-    let _ = listener.await;
     info!("stripe inbox workers stopped");
 }
 
