@@ -12,6 +12,7 @@ pub mod webhooks;
 
 use std::time::Duration;
 
+use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, migrate::Migrator};
 
@@ -46,6 +47,9 @@ pub fn sqlstate(err: &sqlx::Error) -> Option<String> {
         .map(|c| c.into_owned())
 }
 
+/// A pooled connection idle at least this long is pinged before use.
+const PING_IDLE_AFTER: Duration = Duration::from_secs(5);
+
 /// Connects a pool of `max_connections` to `url`.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Error> {
     let options: PgConnectOptions = url
@@ -55,6 +59,33 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Error> {
         .max_connections(max_connections)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(10))
+        // sqlx pings every connection it hands out: one more round trip per step. Ping only the
+        // ones that sat idle long enough to have been cut (server restart, a proxy's idle
+        // timeout); a connection that fails anyway is dropped, and every caller copes with a
+        // failed statement (a step is retried, an API request answers 503).
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IDLE_AFTER {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                // Every statement sagad prepares is a short OLTP statement whose best plan does
+                // not depend on its parameters; left to `auto`, PostgreSQL re-plans the
+                // data-modifying CTEs (step outcome, event append) on *every* execution because
+                // their custom plans look cheaper, and planning cost more than executing
+                // (docs/BENCHMARKS.md). Optional filters are written as separate statements
+                // (`QueryBuilder`), not `$1 IS NULL OR …`, so generic plans suit them too.
+                sqlx::query("SET plan_cache_mode = force_generic_plan")
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+        })
         .connect_with(options)
         .await?;
     Ok(pool)

@@ -531,22 +531,25 @@ pub struct ListFilter {
 
 /// Newest first, keyset-paginated.
 pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<SagaRow>, sqlx::Error> {
-    let (before_at, before_id) = f.before.unzip();
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM sagas
-         WHERE ($1::text IS NULL OR status = $1)
-           AND ($2::text IS NULL OR saga_name = $2)
-           AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
-         ORDER BY created_at DESC, id DESC
-         LIMIT $5"
-    )))
-    .bind(f.status.map(|s| s.as_str()))
-    .bind(&f.saga_name)
-    .bind(before_at)
-    .bind(before_id)
-    .bind(f.limit)
-    .fetch_all(pool)
-    .await
+    // Only the filters given are in the statement: each combination gets a plan that uses its
+    // index (connections use generic plans, see `store::connect`).
+    let mut q = sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM sagas WHERE true"));
+    if let Some(status) = f.status {
+        q.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(name) = &f.saga_name {
+        q.push(" AND saga_name = ").push_bind(name);
+    }
+    if let Some((at, id)) = f.before {
+        q.push(" AND (created_at, id) < (")
+            .push_bind(at)
+            .push(", ")
+            .push_bind(id)
+            .push(")");
+    }
+    q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+        .push_bind(f.limit);
+    q.build_query_as().fetch_all(pool).await
 }
 
 /// One step's record as the API shows it.

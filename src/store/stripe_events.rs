@@ -133,17 +133,17 @@ pub struct ListFilter {
 
 /// Newest first.
 pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<StripeEventRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM stripe_events
-         WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR event_type = $2)
-         ORDER BY received_at DESC, id DESC
-         LIMIT $3"
-    )))
-    .bind(f.status.map(|s| s.as_str()))
-    .bind(&f.event_type)
-    .bind(f.limit)
-    .fetch_all(pool)
-    .await
+    // Only the filters given are in the statement (generic plans, see `store::connect`).
+    let mut q = sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM stripe_events WHERE true"));
+    if let Some(status) = f.status {
+        q.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(t) = &f.event_type {
+        q.push(" AND event_type = ").push_bind(t);
+    }
+    q.push(" ORDER BY received_at DESC, id DESC LIMIT ")
+        .push_bind(f.limit);
+    q.build_query_as().fetch_all(pool).await
 }
 
 /// Claims up to `limit` due events for `worker` under a lease, committed at once; each claim is an attempt.

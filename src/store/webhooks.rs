@@ -532,18 +532,20 @@ pub async fn list_deliveries(
     before: Option<DateTime<Utc>>,
     limit: i64,
 ) -> Result<Vec<DeliveryRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries
-         WHERE endpoint_id = $1 AND ($2::text IS NULL OR status = $2)
-           AND ($3::timestamptz IS NULL OR created_at < $3)
-         ORDER BY created_at DESC, id DESC LIMIT $4"
-    )))
-    .bind(endpoint_id)
-    .bind(status)
-    .bind(before)
-    .bind(limit)
-    .fetch_all(db)
-    .await
+    // Only the filters given are in the statement (generic plans, see `store::connect`).
+    let mut q = sqlx::QueryBuilder::new(format!(
+        "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE endpoint_id = "
+    ));
+    q.push_bind(endpoint_id);
+    if let Some(status) = status {
+        q.push(" AND status = ").push_bind(status);
+    }
+    if let Some(before) = before {
+        q.push(" AND created_at < ").push_bind(before);
+    }
+    q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+        .push_bind(limit);
+    q.build_query_as().fetch_all(db).await
 }
 
 pub async fn get_delivery(
