@@ -231,9 +231,25 @@ pub async fn start_saga(
         .dispatch
         .as_ref()
         .and_then(|d| d.try_reserve().map(|slot| (d, slot)));
-    let mut tx = state.pool.begin().await?;
-    let outcome = sagas::insert(
-        &mut tx,
+    let event = NewEvent {
+        event: Event::BookingRequested {
+            listing_id: input.listing_id.clone(),
+            guest_id: input.guest_id.clone(),
+            check_in: input.check_in,
+            check_out: input.check_out,
+            amount: input.amount,
+            currency: input.currency.clone(),
+        },
+        causation_id: key.clone(),
+        step: None,
+        attempt: None,
+        worker: None,
+    };
+    // One statement, atomic on its own. Without a free worker here, a worker (in any process) is
+    // woken to claim it.
+    let mut conn = state.pool.acquire().await?;
+    let outcome = sagas::start(
+        &mut conn,
         &NewSaga {
             id,
             saga_name: &def.name,
@@ -245,42 +261,23 @@ pub async fn start_saga(
                 .as_ref()
                 .map(|(d, _)| (d.worker_id.as_str(), d.lease)),
         },
+        &event,
+        direct.is_none(),
     )
     .await?;
+    drop(conn);
     let mut fresh = None;
     let id = match outcome {
         InsertOutcome::Existing {
             id: existing,
             fingerprint: f,
         } => {
-            tx.rollback().await?;
             if f != fingerprint {
                 return Err(ApiError::IdempotencyMismatch);
             }
             existing
         }
         InsertOutcome::Created(row) => {
-            let event = NewEvent {
-                event: Event::BookingRequested {
-                    listing_id: input.listing_id.clone(),
-                    guest_id: input.guest_id.clone(),
-                    check_in: input.check_in,
-                    check_out: input.check_out,
-                    amount: input.amount,
-                    currency: input.currency.clone(),
-                },
-                causation_id: key.clone(),
-                step: None,
-                attempt: None,
-                worker: None,
-            };
-            events::append(&mut tx, &def.name, id, 1, std::slice::from_ref(&event)).await?;
-            bookings::insert_requested(&mut tx, id, &event.event).await?;
-            if direct.is_none() {
-                // Wake a worker (in any process) to claim it.
-                sagas::notify(&mut tx, id, SagaStatus::Running).await?;
-            }
-            tx.commit().await?;
             crate::telemetry::saga_started(&def.name);
             tracing::info!(saga_id = %id, saga = %def.name, direct = direct.is_some(), "saga started");
             let names: Vec<String> = def.steps.iter().map(|s| s.name.clone()).collect();

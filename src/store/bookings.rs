@@ -27,37 +27,53 @@ pub struct Booking {
     pub updated_at: DateTime<Utc>,
 }
 
-/// The row a `BookingRequested` event creates; every later event only updates it ([`Change`]).
-pub async fn insert_requested(
-    conn: &mut PgConnection,
-    saga_id: Uuid,
-    event: &Event,
-) -> Result<(), sqlx::Error> {
-    let Event::BookingRequested {
-        listing_id,
-        guest_id,
-        check_in,
-        check_out,
-        amount,
-        currency,
-    } = event
-    else {
-        return Ok(());
-    };
-    sqlx::query(
+/// The `INSERT … SELECT` of the row a `BookingRequested` event creates, gated by `from` (a FROM
+/// item such as the CTE that inserted the saga); `id` is the saga id's SQL and the event's six
+/// fields are `$first` onwards ([`bind_requested`]). Every later event only updates the row
+/// ([`Change`]).
+pub(crate) fn insert_requested_sql(id: &str, first: usize, from: &str) -> String {
+    let p = |i: usize| format!("${}", first + i);
+    format!(
         "INSERT INTO bookings (saga_id, listing_id, guest_id, check_in, check_out, amount, currency, status)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'requested')",
+         SELECT {id}, {}::text, {}::text, {}::date, {}::date, {}::int8, {}::text, 'requested' FROM {from}",
+        p(0),
+        p(1),
+        p(2),
+        p(3),
+        p(4),
+        p(5)
     )
-    .bind(saga_id)
-    .bind(listing_id)
-    .bind(guest_id)
-    .bind(check_in)
-    .bind(check_out)
-    .bind(amount)
-    .bind(currency)
-    .execute(conn)
-    .await?;
-    Ok(())
+}
+
+/// Binds the six parameters of [`insert_requested_sql`] from a `BookingRequested` event (anything
+/// else binds NULLs, which the table refuses).
+pub(crate) fn bind_requested<'q>(
+    q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    event: &'q Event,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    match event {
+        Event::BookingRequested {
+            listing_id,
+            guest_id,
+            check_in,
+            check_out,
+            amount,
+            currency,
+        } => q
+            .bind(listing_id)
+            .bind(guest_id)
+            .bind(check_in)
+            .bind(check_out)
+            .bind(amount)
+            .bind(currency),
+        _ => q
+            .bind(None::<&str>)
+            .bind(None::<&str>)
+            .bind(None::<NaiveDate>)
+            .bind(None::<NaiveDate>)
+            .bind(None::<i64>)
+            .bind(None::<&str>),
+    }
 }
 
 /// What a run of events changes in a booking: the projection's fold, computed here so that any
@@ -189,16 +205,13 @@ impl Change {
     }
 }
 
-/// Folds `events` into the projection: the row for a `BookingRequested`, then one update for the
-/// rest (none when they change nothing).
+/// Folds `events` into the projection in one update (none when they change nothing). The row
+/// itself is created with the saga (`sagas::start`).
 pub async fn apply(
     conn: &mut PgConnection,
     saga_id: Uuid,
     events: &[&Event],
 ) -> Result<(), sqlx::Error> {
-    for e in events {
-        insert_requested(conn, saga_id, e).await?;
-    }
     let change = Change::of(events.iter().copied());
     if change.is_empty() {
         return Ok(());

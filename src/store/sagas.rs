@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{FromRow, PgConnection, PgPool, Row};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -127,23 +127,38 @@ pub enum InsertOutcome {
     },
 }
 
-/// Inserts a saga due now, its first event version (1) reserved for the caller; a reused
-/// idempotency key inserts nothing and reports the earlier saga.
-pub async fn insert(
+/// Starts a saga in **one statement**: the saga (due now, or already leased to the caller's
+/// engine), its first event (version 1, fanned out to webhook deliveries), the booking row the
+/// event creates, and, unless `wake_workers` is false, the NOTIFY that wakes a worker. A reused
+/// idempotency key writes nothing and reports the earlier saga.
+pub async fn start(
     conn: &mut PgConnection,
     saga: &NewSaga<'_>,
+    first_event: &NewEvent,
+    wake_workers: bool,
 ) -> Result<InsertOutcome, sqlx::Error> {
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
-            "INSERT INTO sagas (id, saga_name, saga_version, status, input, next_run_at, idempotency_key,
-                                request_fingerprint, event_version, locked_by, locked_until, attempt)
-             VALUES ($1, $2, $3, 'running', $4, now(), $5, $6, 1, $7,
-                     now() + $8::float8 * interval '1 millisecond', CASE WHEN $7::text IS NULL THEN 0 ELSE 1 END)
-             ON CONFLICT (idempotency_key) DO NOTHING
-             RETURNING {COLUMNS}"
+            "WITH s AS (
+                 INSERT INTO sagas (id, saga_name, saga_version, status, input, next_run_at, idempotency_key,
+                                    request_fingerprint, event_version, locked_by, locked_until, attempt)
+                 VALUES ($1, $2, $3, 'running', $4, now(), $5, $6, 1, $7,
+                         now() + $8::float8 * interval '1 millisecond', CASE WHEN $7::text IS NULL THEN 0 ELSE 1 END)
+                 ON CONFLICT (idempotency_key) DO NOTHING
+                 RETURNING {COLUMNS}),
+             {events},
+             booking AS ({booking} RETURNING 1)
+             SELECT s.*,
+                    (SELECT count(*) FROM (SELECT pg_notify($9, '') WHERE $10::bool) n) AS notified,
+                    (SELECT count(*) FROM ({wake_deliveries}) w) AS woke_deliveries
+             FROM s",
+            events = events::append_ctes("$1", "1", "s", 12),
+            booking = bookings::insert_requested_sql("$1", 19, "s"),
+            wake_deliveries = webhooks::WAKE_IF_DELIVERIES.replace("$WAKE", "$11"),
         )
     });
-    let inserted: Option<SagaRow> = sqlx::query_as(sqlx::AssertSqlSafe(SQL.as_str()))
+    let batch = events::Batch::new(saga.id, std::slice::from_ref(first_event));
+    let q = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
         .bind(saga.id)
         .bind(saga.saga_name)
         .bind(saga.saga_version)
@@ -152,10 +167,12 @@ pub async fn insert(
         .bind(saga.request_fingerprint)
         .bind(saga.leased_to.map(|(w, _)| w))
         .bind(saga.leased_to.map(|(_, d)| d.as_millis() as f64))
-        .fetch_optional(&mut *conn)
-        .await?;
-    if let Some(row) = inserted {
-        return Ok(InsertOutcome::Created(Box::new(row)));
+        .bind(WORK_CHANNEL)
+        .bind(wake_workers)
+        .bind(webhooks::WEBHOOK_CHANNEL);
+    let q = bookings::bind_requested(batch.bind(q, saga.saga_name), &first_event.event);
+    if let Some(row) = q.fetch_optional(&mut *conn).await? {
+        return Ok(InsertOutcome::Created(Box::new(SagaRow::from_row(&row)?)));
     }
     let (id, fingerprint): (Uuid, Option<String>) =
         sqlx::query_as("SELECT id, request_fingerprint FROM sagas WHERE idempotency_key = $1")
