@@ -157,17 +157,102 @@ pub enum Section<T> {
     Measured(T),
 }
 
-/// Outgoing webhook deliveries to a fast local receiver.
+/// Outgoing webhook deliveries to a fast local receiver (one endpoint subscribed to `*`).
 #[derive(Debug, Clone, Serialize)]
 pub struct WebhookDeliveries {
+    /// Backlog deliveries per second: events appended in one transaction ÷ (its COMMIT returned →
+    /// the receiver had seen every one of them).
     pub deliveries_per_s: f64,
+    /// The figure above is over this many events.
+    pub backlog: usize,
+    pub backlog_elapsed_s: f64,
+    /// Backlog COMMIT returned → the first of its deliveries arrived.
+    pub backlog_first_ms: f64,
+    /// Event appended and COMMIT returned → its first delivery attempt arrived at the receiver,
+    /// one event per transaction at `latency_rate_per_s` (open loop).
     pub commit_to_first_attempt_ms: Option<Percentiles>,
+    pub latency_rate_per_s: f64,
+    pub latency_events: usize,
+    /// Requests the receiver got, all phases; more than the events means redeliveries.
+    pub receipts: usize,
+    pub duplicates: usize,
+    /// Requests whose Standard Webhooks signature did not verify with the endpoint's secret.
+    pub bad_signatures: usize,
+    /// Events never delivered within the deadline.
+    pub missing: usize,
+    /// `webhook_deliveries` by status at the end.
+    pub outcomes: BTreeMap<String, i64>,
+    /// Deliveries that needed more than one attempt.
+    pub retried: i64,
+    /// The sagad child's delivery settings (`SAGAD_WEBHOOK_WORKERS`,
+    /// `SAGAD_WEBHOOK_ENDPOINT_CONCURRENCY`) and database pool.
+    pub webhook_workers: usize,
+    pub endpoint_concurrency: usize,
+    pub db_pool_size: u32,
+    /// WARN/ERROR lines the child logged during the measured runs (after start-up).
+    pub log_warnings: usize,
+    /// VmHWM of the child after the phase.
+    pub peak_rss_mib: Option<f64>,
+}
+
+impl WebhookDeliveries {
+    /// Anything that makes the figures untrustworthy.
+    pub fn errors(&self) -> usize {
+        self.missing + self.bad_signatures
+    }
 }
 
 /// Verified Stripe webhook ingestion.
 #[derive(Debug, Clone, Serialize)]
 pub struct StripeIngestion {
     pub events_per_s: f64,
+}
+
+fn ms_or_dash(p: Option<Percentiles>) -> String {
+    p.map_or("-".into(), |p| {
+        format!("{:.1}/{:.1}/{:.1} ms", p.p50, p.p95, p.p99)
+    })
+}
+
+fn mib_or_dash(m: Option<f64>) -> String {
+    m.map_or("-".into(), |m| format!("{m:.0} MiB"))
+}
+
+impl WebhookDeliveries {
+    fn write(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "outgoing webhook deliveries/s: {:.1} ({} backlogged events in {:.2} s, first after {:.0} ms; \
+             {} delivery workers, {} in flight per endpoint, pool {})",
+            self.deliveries_per_s,
+            self.backlog,
+            self.backlog_elapsed_s,
+            self.backlog_first_ms,
+            self.webhook_workers,
+            self.endpoint_concurrency,
+            self.db_pool_size
+        );
+        let _ = writeln!(
+            out,
+            "  commit → first attempt p50/p95/p99: {} ({} events, one per transaction at {:.0}/s)",
+            ms_or_dash(self.commit_to_first_attempt_ms),
+            self.latency_events,
+            self.latency_rate_per_s
+        );
+        let _ = writeln!(
+            out,
+            "  receipts {}, duplicates {}, bad signatures {}, missing {}, retried {}, deliveries {:?}, \
+             log warnings {}, peak RSS {}",
+            self.receipts,
+            self.duplicates,
+            self.bad_signatures,
+            self.missing,
+            self.retried,
+            self.outcomes,
+            self.log_warnings,
+            mib_or_dash(self.peak_rss_mib)
+        );
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -351,15 +436,7 @@ impl Report {
             Section::NotAvailable { reason } => {
                 let _ = writeln!(out, "outgoing webhook deliveries/s: {reason}");
             }
-            Section::Measured(w) => {
-                let _ = writeln!(
-                    out,
-                    "outgoing webhook deliveries/s: {:.1}; commit → first attempt p50/p99 {}",
-                    w.deliveries_per_s,
-                    w.commit_to_first_attempt_ms
-                        .map_or("-".into(), |p| format!("{:.1}/{:.1} ms", p.p50, p.p99))
-                );
-            }
+            Section::Measured(w) => w.write(&mut out),
         }
         match &self.stripe_ingestion {
             Section::NotAvailable { reason } => {
