@@ -8,6 +8,7 @@
 //! measures the start RPC under moderate load. See `docs/BENCHMARKS.md`.
 
 mod child;
+mod ingest;
 mod load;
 mod outgoing;
 mod pgbench;
@@ -69,6 +70,10 @@ pub struct BenchArgs {
     /// to 1000 more one per transaction at a moderate rate (commit → first attempt); 0 skips.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub webhook_events: u64,
+    /// Correctly signed Stripe events POSTed to `/webhooks/stripe` by 16 concurrent clients
+    /// (verified ingestion/s); 0 skips.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub stripe_events: u64,
     /// Print the report as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -97,7 +102,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .chain(report.half_load.iter())
         .any(|s| s.errors > 0)
-        || matches!(&report.webhook_deliveries, Section::Measured(w) if w.errors() > 0);
+        || matches!(&report.webhook_deliveries, Section::Measured(w) if w.errors() > 0)
+        || matches!(&report.stripe_ingestion, Section::Measured(i) if i.errors() > 0);
     Ok(if failed {
         ExitCode::FAILURE
     } else {
@@ -289,8 +295,11 @@ async fn bench(
         },
         n => Section::Measured(ctx.webhook_deliveries(n as usize).await?),
     };
-    let stripe_ingestion = Section::NotAvailable {
-        reason: "not available in this build".into(),
+    let stripe_ingestion = match args.stripe_events {
+        0 => Section::NotAvailable {
+            reason: "skipped (--stripe-events 0)".into(),
+        },
+        n => Section::Measured(ctx.stripe_ingestion(n as usize).await?),
     };
 
     if let Some(name) = pgbench_db {

@@ -202,10 +202,54 @@ impl WebhookDeliveries {
     }
 }
 
-/// Verified Stripe webhook ingestion.
+/// Verified Stripe webhook ingestion: correctly signed events POSTed to `/webhooks/stripe`.
 #[derive(Debug, Clone, Serialize)]
 pub struct StripeIngestion {
+    /// Requests answered 2xx (signature verified, event stored and committed; redeliveries
+    /// included) ÷ (first request sent → last answer read).
     pub events_per_s: f64,
+    pub clients: usize,
+    /// Requests sent: one per event, plus the redeliveries.
+    pub requests: usize,
+    pub accepted: usize,
+    pub rejected: usize,
+    pub first_error: Option<String>,
+    pub elapsed_s: f64,
+    /// Request sent → 2xx answer read.
+    pub request_ms: Option<Percentiles>,
+    /// Events sent a second time (same id and body, a fresh signature) …
+    pub redeliveries_sent: usize,
+    /// … and how many of those sagad acknowledged as duplicates (`"duplicate": true`).
+    pub redeliveries_deduplicated: usize,
+    /// Distinct events in the inbox and the deliveries it counted.
+    pub stored_events: i64,
+    pub stored_deliveries: i64,
+    /// Events of types sagad acts on ÷ (first request sent → no inbox row pending or
+    /// processing); `None` if that did not happen within the deadline.
+    pub processed_per_s: Option<f64>,
+    /// Inbox rows by status at the end (`unmatched`: the PaymentIntent is nobody's here).
+    pub outcomes: BTreeMap<String, i64>,
+    /// Inbox rows that needed more than one processing attempt.
+    pub retried: i64,
+    /// `SAGAD_STRIPE_INBOX_WORKERS` of the child, and its database pool.
+    pub inbox_workers: usize,
+    pub db_pool_size: u32,
+    /// WARN/ERROR lines the child logged during the measured runs (after start-up).
+    pub log_warnings: usize,
+    /// VmHWM of the child after the phase.
+    pub peak_rss_mib: Option<f64>,
+}
+
+impl StripeIngestion {
+    /// Anything that makes the figures untrustworthy.
+    pub fn errors(&self) -> usize {
+        let distinct = self.requests.saturating_sub(self.redeliveries_sent) as i64;
+        self.rejected
+            + self
+                .redeliveries_sent
+                .saturating_sub(self.redeliveries_deduplicated)
+            + distinct.abs_diff(self.stored_events) as usize
+    }
 }
 
 fn ms_or_dash(p: Option<Percentiles>) -> String {
@@ -249,6 +293,48 @@ impl WebhookDeliveries {
             self.missing,
             self.retried,
             self.outcomes,
+            self.log_warnings,
+            mib_or_dash(self.peak_rss_mib)
+        );
+    }
+}
+
+impl StripeIngestion {
+    fn write(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "verified Stripe webhook ingestion/s: {:.1} ({} requests from {} clients in {:.2} s; \
+             request p50/p95/p99 {}; pool {})",
+            self.events_per_s,
+            self.requests,
+            self.clients,
+            self.elapsed_s,
+            ms_or_dash(self.request_ms),
+            self.db_pool_size
+        );
+        let _ = writeln!(
+            out,
+            "  processed/s (until no inbox row is pending, {} inbox workers): {}",
+            self.inbox_workers,
+            self.processed_per_s
+                .map_or("- (not within the deadline)".into(), |p| format!("{p:.1}"))
+        );
+        let _ = writeln!(
+            out,
+            "  accepted {}, rejected {}{}, redeliveries {} of which deduplicated {}, stored events {} \
+             (deliveries {}), inbox {:?}, retried {}, log warnings {}, peak RSS {}",
+            self.accepted,
+            self.rejected,
+            self.first_error
+                .as_deref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default(),
+            self.redeliveries_sent,
+            self.redeliveries_deduplicated,
+            self.stored_events,
+            self.stored_deliveries,
+            self.outcomes,
+            self.retried,
             self.log_warnings,
             mib_or_dash(self.peak_rss_mib)
         );
@@ -442,13 +528,7 @@ impl Report {
             Section::NotAvailable { reason } => {
                 let _ = writeln!(out, "verified Stripe webhook ingestion/s: {reason}");
             }
-            Section::Measured(i) => {
-                let _ = writeln!(
-                    out,
-                    "verified Stripe webhook ingestion/s: {:.1}",
-                    i.events_per_s
-                );
-            }
+            Section::Measured(i) => i.write(&mut out),
         }
         if let Some(statements) = self
             .settings
