@@ -16,6 +16,13 @@ pub struct ChildConfig<'a> {
     pub notify_url: &'a str,
     pub workers: usize,
     pub pool_size: u32,
+    /// Names the child's log file (`sagad-{label}.log` in `dir`).
+    pub label: &'a str,
+    /// `STRIPE_WEBHOOK_SECRET`: serves `POST /webhooks/stripe` (the Stripe ingestion phase).
+    pub stripe_webhook_secret: Option<&'a str>,
+    /// Permits `http://127.0.0.1` webhook endpoints (`SAGAD_WEBHOOK_ALLOW_HTTP`,
+    /// `SAGAD_WEBHOOK_ALLOW_NETS`): the outgoing webhook phase's receiver is local.
+    pub allow_local_webhooks: bool,
     /// Working directory: one without `sagas/`, so the built-in booking saga is used.
     pub dir: &'a Path,
 }
@@ -42,12 +49,11 @@ impl Sagad {
             .local_addr()?
             .port();
         let listen = format!("127.0.0.1:{port}");
-        let log = config
-            .dir
-            .join(format!("sagad-{}-workers.log", config.workers));
+        let log = config.dir.join(format!("sagad-{}.log", config.label));
         let log_file = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
-        let child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .arg("serve")
             .current_dir(config.dir)
             .env_remove("SAGAD_SAGAS_DIR")
@@ -66,9 +72,16 @@ impl Sagad {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start `sagad serve`")?;
+            .kill_on_drop(true);
+        if let Some(secret) = config.stripe_webhook_secret {
+            command.env("STRIPE_WEBHOOK_SECRET", secret);
+        }
+        if config.allow_local_webhooks {
+            command
+                .env("SAGAD_WEBHOOK_ALLOW_HTTP", "true")
+                .env("SAGAD_WEBHOOK_ALLOW_NETS", "127.0.0.1/32");
+        }
+        let child = command.spawn().context("cannot start `sagad serve`")?;
         let pid = child.id().context("the sagad child exited at once")?;
         let mut sagad = Self {
             child,
@@ -152,9 +165,88 @@ impl Sagad {
         Ok(())
     }
 
+    /// A mark at the end of what the child has logged so far.
+    pub fn log_mark(&self) -> LogMark {
+        LogMark {
+            path: self.log.clone(),
+            offset: std::fs::metadata(&self.log).map_or(0, |m| m.len()),
+        }
+    }
+
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+/// A position in the child's log file (which outlives the child).
+pub struct LogMark {
+    path: PathBuf,
+    offset: u64,
+}
+
+impl LogMark {
+    /// WARN and ERROR lines the child logged after the mark.
+    pub fn warnings_since(&self) -> usize {
+        let bytes = std::fs::read(&self.path).unwrap_or_default();
+        let after = bytes.get(self.offset as usize..).unwrap_or_default();
+        String::from_utf8_lossy(after)
+            .lines()
+            .filter(|l| is_warning(l))
+            .count()
+    }
+}
+
+/// A text (`… WARN target: …`, possibly with colour codes) or JSON (`"level":"WARN"`) log line at
+/// WARN or ERROR.
+fn is_warning(line: &str) -> bool {
+    if line.trim_start().starts_with('{') {
+        return line.contains(r#""level":"WARN""#) || line.contains(r#""level":"ERROR""#);
+    }
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An SGR sequence: ESC [ … m.
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+        .split_whitespace()
+        .take(3)
+        .any(|w| w == "WARN" || w == "ERROR")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_warning_lines() {
+        assert!(is_warning(
+            "2026-11-25T10:00:00.000000Z  WARN sagad::webhooks::delivery: webhook lease lost"
+        ));
+        assert!(is_warning(
+            "\u{1b}[2m2026-11-25T10:00:00Z\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m \u{1b}[2msagad\u{1b}[0m: x"
+        ));
+        assert!(is_warning(
+            "2026-11-25T10:00:00Z ERROR sagad::server: failed"
+        ));
+        assert!(is_warning(
+            r#"{"timestamp":"…","level":"WARN","message":"x"}"#
+        ));
+        assert!(!is_warning(
+            "2026-11-25T10:00:00Z  INFO sagad::server: WARN is only a word here"
+        ));
+        assert!(!is_warning(
+            r#"{"level":"INFO","message":"\"level\":\"WARN\""}"#
+        ));
     }
 }

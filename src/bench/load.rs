@@ -49,6 +49,23 @@ impl Api {
         })
     }
 
+    /// An authenticated `POST` of a JSON body; the answer's JSON body, or an error for a non-2xx.
+    pub async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("Authorization", &self.auth)
+            .json(body)
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: Value = resp.json().await?;
+        if !status.is_success() {
+            anyhow::bail!("POST {path} answered {status}: {body}");
+        }
+        Ok(body)
+    }
+
     /// `POST /v1/sagas`; returns the new saga's id.
     async fn start(&self, body: &Value) -> anyhow::Result<Uuid> {
         let resp = self

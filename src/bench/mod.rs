@@ -8,7 +8,9 @@
 //! measures the start RPC under moderate load. See `docs/BENCHMARKS.md`.
 
 mod child;
+mod ingest;
 mod load;
+mod outgoing;
 mod pgbench;
 pub mod report;
 
@@ -64,6 +66,14 @@ pub struct BenchArgs {
     /// it preloaded; with DATABASE_URL the extension must already be preloaded). Adds a little overhead.
     #[arg(long)]
     pub statements: bool,
+    /// Outgoing webhooks: events appended in one transaction as a backlog (deliveries/s), then up
+    /// to 1000 more one per transaction at a moderate rate (commit → first attempt); 0 skips.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub webhook_events: u64,
+    /// Correctly signed Stripe events POSTed to `/webhooks/stripe` by 16 concurrent clients
+    /// (verified ingestion/s); 0 skips.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub stripe_events: u64,
     /// Print the report as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -91,7 +101,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .settings
         .iter()
         .chain(report.half_load.iter())
-        .any(|s| s.errors > 0);
+        .any(|s| s.errors > 0)
+        || matches!(&report.webhook_deliveries, Section::Measured(w) if w.errors() > 0)
+        || matches!(&report.stripe_ingestion, Section::Measured(i) if i.errors() > 0);
     Ok(if failed {
         ExitCode::FAILURE
     } else {
@@ -277,6 +289,18 @@ async fn bench(
         }
         _ => None,
     };
+    let webhook_deliveries = match args.webhook_events {
+        0 => Section::NotAvailable {
+            reason: "skipped (--webhook-events 0)".into(),
+        },
+        n => Section::Measured(ctx.webhook_deliveries(n as usize).await?),
+    };
+    let stripe_ingestion = match args.stripe_events {
+        0 => Section::NotAvailable {
+            reason: "skipped (--stripe-events 0)".into(),
+        },
+        n => Section::Measured(ctx.stripe_ingestion(n as usize).await?),
+    };
 
     if let Some(name) = pgbench_db {
         drop_database(&admin, &name).await?;
@@ -296,12 +320,8 @@ async fn bench(
         },
         settings,
         half_load,
-        webhook_deliveries: Section::NotAvailable {
-            reason: "not available in this build".into(),
-        },
-        stripe_ingestion: Section::NotAvailable {
-            reason: "not available in this build".into(),
-        },
+        webhook_deliveries,
+        stripe_ingestion,
         targets: Vec::new(),
     };
     report.evaluate_targets();
@@ -377,6 +397,35 @@ fn ms(samples: impl Iterator<Item = Duration>) -> Option<Percentiles> {
 }
 
 impl Bench<'_> {
+    /// Creates (or re-creates) database `name` and migrates it; returns its URL.
+    async fn fresh_database(&self, name: &str) -> anyhow::Result<String> {
+        let url = database_url(self.admin_url, name)?;
+        create_database(&self.admin, name).await?;
+        {
+            let pool = store::connect(&url, 1).await?;
+            store::migrate(&pool).await?;
+            pool.close().await;
+        }
+        wait_for_no_backends(&self.admin, name).await?;
+        Ok(url)
+    }
+
+    /// The `sagad serve` child of a setting or phase; callers set `label` and what they need.
+    fn child_config<'c>(&'c self, url: &'c str, workers: usize, pool_size: u32) -> ChildConfig<'c> {
+        ChildConfig {
+            database_url: url,
+            token: TOKEN,
+            stripe_base: &self.stripe_base,
+            notify_url: &self.notify_url,
+            workers,
+            pool_size,
+            label: "sagad",
+            stripe_webhook_secret: None,
+            allow_local_webhooks: false,
+            dir: &self.dir,
+        }
+    }
+
     /// One setting on a fresh database: sagad up, warm-up, measured load, sagad down, then the
     /// database's own counters and, for closed-loop settings, pgbench at the same client count.
     async fn setting(&self, workers: usize, load: Load, budget: Budget) -> anyhow::Result<Setting> {
@@ -385,14 +434,7 @@ impl Bench<'_> {
             Load::ClosedLoop { .. } => name,
             Load::OpenLoop { .. } => format!("{name}_half"),
         };
-        let url = database_url(self.admin_url, &name)?;
-        create_database(&self.admin, &name).await?;
-        {
-            let pool = store::connect(&url, 1).await?;
-            store::migrate(&pool).await?;
-            pool.close().await;
-        }
-        wait_for_no_backends(&self.admin, &name).await?;
+        let url = self.fresh_database(&name).await?;
         if self.statements {
             sqlx::query("SELECT pg_stat_statements_reset()")
                 .execute(&self.admin)
@@ -400,14 +442,13 @@ impl Bench<'_> {
         }
         let before = transactions(&self.admin, &name).await?;
         let pool_size = workers as u32 + EXTRA_CONNECTIONS;
+        let label = match load {
+            Load::ClosedLoop { .. } => format!("{workers}-workers"),
+            Load::OpenLoop { .. } => format!("{workers}-workers-half"),
+        };
         let sagad = Sagad::start(&ChildConfig {
-            database_url: &url,
-            token: TOKEN,
-            stripe_base: &self.stripe_base,
-            notify_url: &self.notify_url,
-            workers,
-            pool_size,
-            dir: &self.dir,
+            label: &label,
+            ..self.child_config(&url, workers, pool_size)
         })
         .await?;
         // Let start-up settle (first maintenance pass, pool warm-up) before reading idle memory.

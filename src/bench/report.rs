@@ -157,17 +157,188 @@ pub enum Section<T> {
     Measured(T),
 }
 
-/// Outgoing webhook deliveries to a fast local receiver.
+/// Outgoing webhook deliveries to a fast local receiver (one endpoint subscribed to `*`).
 #[derive(Debug, Clone, Serialize)]
 pub struct WebhookDeliveries {
+    /// Backlog deliveries per second: events appended in one transaction ÷ (its COMMIT returned →
+    /// the receiver had seen every one of them).
     pub deliveries_per_s: f64,
+    /// The figure above is over this many events.
+    pub backlog: usize,
+    pub backlog_elapsed_s: f64,
+    /// Backlog COMMIT returned → the first of its deliveries arrived.
+    pub backlog_first_ms: f64,
+    /// Event appended and COMMIT returned → its first delivery attempt arrived at the receiver,
+    /// one event per transaction at `latency_rate_per_s` (open loop).
     pub commit_to_first_attempt_ms: Option<Percentiles>,
+    pub latency_rate_per_s: f64,
+    pub latency_events: usize,
+    /// Requests the receiver got, all phases; more than the events means redeliveries.
+    pub receipts: usize,
+    pub duplicates: usize,
+    /// Requests whose Standard Webhooks signature did not verify with the endpoint's secret.
+    pub bad_signatures: usize,
+    /// Events never delivered within the deadline.
+    pub missing: usize,
+    /// `webhook_deliveries` by status at the end.
+    pub outcomes: BTreeMap<String, i64>,
+    /// Deliveries that needed more than one attempt.
+    pub retried: i64,
+    /// The sagad child's delivery settings (`SAGAD_WEBHOOK_WORKERS`,
+    /// `SAGAD_WEBHOOK_ENDPOINT_CONCURRENCY`) and database pool.
+    pub webhook_workers: usize,
+    pub endpoint_concurrency: usize,
+    pub db_pool_size: u32,
+    /// WARN/ERROR lines the child logged during the measured runs (after start-up).
+    pub log_warnings: usize,
+    /// VmHWM of the child after the phase.
+    pub peak_rss_mib: Option<f64>,
 }
 
-/// Verified Stripe webhook ingestion.
+impl WebhookDeliveries {
+    /// Anything that makes the figures untrustworthy.
+    pub fn errors(&self) -> usize {
+        self.missing + self.bad_signatures
+    }
+}
+
+/// Verified Stripe webhook ingestion: correctly signed events POSTed to `/webhooks/stripe`.
 #[derive(Debug, Clone, Serialize)]
 pub struct StripeIngestion {
+    /// Requests answered 2xx (signature verified, event stored and committed; redeliveries
+    /// included) ÷ (first request sent → last answer read).
     pub events_per_s: f64,
+    pub clients: usize,
+    /// Requests sent: one per event, plus the redeliveries.
+    pub requests: usize,
+    pub accepted: usize,
+    pub rejected: usize,
+    pub first_error: Option<String>,
+    pub elapsed_s: f64,
+    /// Request sent → 2xx answer read.
+    pub request_ms: Option<Percentiles>,
+    /// Events sent a second time (same id and body, a fresh signature) …
+    pub redeliveries_sent: usize,
+    /// … and how many of those sagad acknowledged as duplicates (`"duplicate": true`).
+    pub redeliveries_deduplicated: usize,
+    /// Distinct events in the inbox and the deliveries it counted.
+    pub stored_events: i64,
+    pub stored_deliveries: i64,
+    /// Events of types sagad acts on ÷ (first request sent → no inbox row pending or
+    /// processing); `None` if that did not happen within the deadline.
+    pub processed_per_s: Option<f64>,
+    /// Inbox rows by status at the end (`unmatched`: the PaymentIntent is nobody's here).
+    pub outcomes: BTreeMap<String, i64>,
+    /// Inbox rows that needed more than one processing attempt.
+    pub retried: i64,
+    /// `SAGAD_STRIPE_INBOX_WORKERS` of the child, and its database pool.
+    pub inbox_workers: usize,
+    pub db_pool_size: u32,
+    /// WARN/ERROR lines the child logged during the measured runs (after start-up).
+    pub log_warnings: usize,
+    /// VmHWM of the child after the phase.
+    pub peak_rss_mib: Option<f64>,
+}
+
+impl StripeIngestion {
+    /// Anything that makes the figures untrustworthy.
+    pub fn errors(&self) -> usize {
+        let distinct = self.requests.saturating_sub(self.redeliveries_sent) as i64;
+        self.rejected
+            + self
+                .redeliveries_sent
+                .saturating_sub(self.redeliveries_deduplicated)
+            + distinct.abs_diff(self.stored_events) as usize
+    }
+}
+
+fn ms_or_dash(p: Option<Percentiles>) -> String {
+    p.map_or("-".into(), |p| {
+        format!("{:.1}/{:.1}/{:.1} ms", p.p50, p.p95, p.p99)
+    })
+}
+
+fn mib_or_dash(m: Option<f64>) -> String {
+    m.map_or("-".into(), |m| format!("{m:.0} MiB"))
+}
+
+impl WebhookDeliveries {
+    fn write(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "outgoing webhook deliveries/s: {:.1} ({} backlogged events in {:.2} s, first after {:.0} ms; \
+             {} delivery workers, {} in flight per endpoint, pool {})",
+            self.deliveries_per_s,
+            self.backlog,
+            self.backlog_elapsed_s,
+            self.backlog_first_ms,
+            self.webhook_workers,
+            self.endpoint_concurrency,
+            self.db_pool_size
+        );
+        let _ = writeln!(
+            out,
+            "  commit → first attempt p50/p95/p99: {} ({} events, one per transaction at {:.0}/s)",
+            ms_or_dash(self.commit_to_first_attempt_ms),
+            self.latency_events,
+            self.latency_rate_per_s
+        );
+        let _ = writeln!(
+            out,
+            "  receipts {}, duplicates {}, bad signatures {}, missing {}, retried {}, deliveries {:?}, \
+             log warnings {}, peak RSS {}",
+            self.receipts,
+            self.duplicates,
+            self.bad_signatures,
+            self.missing,
+            self.retried,
+            self.outcomes,
+            self.log_warnings,
+            mib_or_dash(self.peak_rss_mib)
+        );
+    }
+}
+
+impl StripeIngestion {
+    fn write(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "verified Stripe webhook ingestion/s: {:.1} ({} requests from {} clients in {:.2} s; \
+             request p50/p95/p99 {}; pool {})",
+            self.events_per_s,
+            self.requests,
+            self.clients,
+            self.elapsed_s,
+            ms_or_dash(self.request_ms),
+            self.db_pool_size
+        );
+        let _ = writeln!(
+            out,
+            "  processed/s (until no inbox row is pending, {} inbox workers): {}",
+            self.inbox_workers,
+            self.processed_per_s
+                .map_or("- (not within the deadline)".into(), |p| format!("{p:.1}"))
+        );
+        let _ = writeln!(
+            out,
+            "  accepted {}, rejected {}{}, redeliveries {} of which deduplicated {}, stored events {} \
+             (deliveries {}), inbox {:?}, retried {}, log warnings {}, peak RSS {}",
+            self.accepted,
+            self.rejected,
+            self.first_error
+                .as_deref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default(),
+            self.redeliveries_sent,
+            self.redeliveries_deduplicated,
+            self.stored_events,
+            self.stored_deliveries,
+            self.outcomes,
+            self.retried,
+            self.log_warnings,
+            mib_or_dash(self.peak_rss_mib)
+        );
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -351,27 +522,13 @@ impl Report {
             Section::NotAvailable { reason } => {
                 let _ = writeln!(out, "outgoing webhook deliveries/s: {reason}");
             }
-            Section::Measured(w) => {
-                let _ = writeln!(
-                    out,
-                    "outgoing webhook deliveries/s: {:.1}; commit → first attempt p50/p99 {}",
-                    w.deliveries_per_s,
-                    w.commit_to_first_attempt_ms
-                        .map_or("-".into(), |p| format!("{:.1}/{:.1} ms", p.p50, p.p99))
-                );
-            }
+            Section::Measured(w) => w.write(&mut out),
         }
         match &self.stripe_ingestion {
             Section::NotAvailable { reason } => {
                 let _ = writeln!(out, "verified Stripe webhook ingestion/s: {reason}");
             }
-            Section::Measured(i) => {
-                let _ = writeln!(
-                    out,
-                    "verified Stripe webhook ingestion/s: {:.1}",
-                    i.events_per_s
-                );
-            }
+            Section::Measured(i) => i.write(&mut out),
         }
         if let Some(statements) = self
             .settings

@@ -33,7 +33,7 @@ use tokio::sync::oneshot;
 
 pub use faults::{Fault, FaultKind, Operation};
 pub use state::{Counters, Effects, EventRecord, PaymentIntentRecord};
-pub use webhooks::{DeliveryRecord, WebhookConfig};
+pub use webhooks::{DeliveryRecord, WebhookConfig, envelope};
 
 use faults::Faults;
 use idempotency::IdempotencyStore;
