@@ -366,15 +366,33 @@ async fn drop_database(admin: &PgPool, name: &str) -> anyhow::Result<()> {
 }
 
 /// `xact_commit`, `xact_rollback` of one database.
-async fn transactions(admin: &PgPool, name: &str) -> anyhow::Result<(i64, i64)> {
-    Ok(
-        sqlx::query_as(
-            "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = $1",
+/// What the server counted, read before and after a setting.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+struct Counters {
+    /// `pg_stat_database.xact_commit` of the bench database: every transaction, including the
+    /// empty ones a listening backend runs to read a NOTIFY and read-only autocommit statements.
+    xact_commit: i64,
+    xact_rollback: i64,
+    /// The next transaction id (server-wide): its delta counts transactions that wrote, the ones
+    /// whose commit must reach the WAL.
+    next_xid: i64,
+    /// `pg_stat_wal.wal_sync` (server-wide): WAL flushes to disk. Concurrent commits share one
+    /// (group commit), so this is what durability costs.
+    wal_sync: i64,
+}
+
+impl Counters {
+    async fn read(admin: &PgPool, name: &str) -> anyhow::Result<Self> {
+        Ok(sqlx::query_as(
+            "SELECT d.xact_commit, d.xact_rollback,
+                    pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS next_xid,
+                    w.wal_sync
+             FROM pg_stat_database d, pg_stat_wal w WHERE d.datname = $1",
         )
         .bind(name)
         .fetch_one(admin)
-        .await?,
-    )
+        .await?)
+    }
 }
 
 /// Backends publish their counters when they exit: wait until none is left on `name`.
@@ -440,7 +458,7 @@ impl Bench<'_> {
                 .execute(&self.admin)
                 .await?;
         }
-        let before = transactions(&self.admin, &name).await?;
+        let before = Counters::read(&self.admin, &name).await?;
         let pool_size = workers as u32 + EXTRA_CONNECTIONS;
         let label = match load {
             Load::ClosedLoop { .. } => format!("{workers}-workers"),
@@ -490,7 +508,7 @@ impl Bench<'_> {
         drop(done);
         sagad.stop().await?;
         wait_for_no_backends(&self.admin, &name).await?;
-        let after = transactions(&self.admin, &name).await?;
+        let after = Counters::read(&self.admin, &name).await?;
 
         let db = store::connect(&url, 1).await?;
         let outcomes: Vec<(String, i64)> =
@@ -523,7 +541,8 @@ impl Bench<'_> {
         let completed = samples.iter().filter(|s| s.end_to_end.is_some()).count();
         let errors: Vec<&str> = samples.iter().filter_map(|s| s.error.as_deref()).collect();
         let sagas_per_s = completed as f64 / measured.elapsed.as_secs_f64().max(1e-9);
-        let commits = after.0 - before.0;
+        let commits = after.xact_commit - before.xact_commit;
+        let per_saga = |n: i64| n as f64 / (finished.max(1) as f64);
 
         let pgbench_tps = match (&self.pgbench, load) {
             (Some(p), Load::ClosedLoop { .. }) => {
@@ -553,8 +572,10 @@ impl Bench<'_> {
             end_to_end_db_ms: Percentiles::of(db_latency),
             start_rpc_ms: ms(samples.iter().filter_map(|s| s.start_rpc)),
             commits,
-            rollbacks: after.1 - before.1,
-            commits_per_saga: commits as f64 / (finished.max(1) as f64),
+            rollbacks: after.xact_rollback - before.xact_rollback,
+            commits_per_saga: per_saga(commits),
+            write_transactions_per_saga: per_saga(after.next_xid - before.next_xid),
+            wal_syncs_per_saga: per_saga(after.wal_sync - before.wal_sync),
             pgbench_tps,
             sagas_per_pgbench_tps: pgbench_tps.filter(|t| *t > 0.0).map(|t| sagas_per_s / t),
             idle_rss_mib: idle.map(|m| m.rss_mib),
@@ -562,9 +583,11 @@ impl Bench<'_> {
             statements,
         };
         progress(format_args!(
-            "{workers} workers: {:.1} sagas/s, {:.1} commits/saga{}",
+            "{workers} workers: {:.1} sagas/s, {:.1} commits/saga ({:.1} writing, {:.2} WAL flushes){}",
             setting.sagas_per_s,
             setting.commits_per_saga,
+            setting.write_transactions_per_saga,
+            setting.wal_syncs_per_saga,
             pgbench_tps
                 .map(|t| format!(", pgbench -N {t:.0} TPS"))
                 .unwrap_or_default()

@@ -137,6 +137,10 @@ pub struct Setting {
     pub commits: i64,
     pub rollbacks: i64,
     pub commits_per_saga: f64,
+    /// Transaction ids assigned (server-wide) per finished saga: the transactions that wrote.
+    pub write_transactions_per_saga: f64,
+    /// `pg_stat_wal.wal_sync` delta (server-wide) per finished saga: WAL flushes to disk.
+    pub wal_syncs_per_saga: f64,
     /// `pgbench -N -c W -j W` on a scratch database of the same server, W = workers.
     pub pgbench_tps: Option<f64>,
     pub sagas_per_pgbench_tps: Option<f64>,
@@ -435,14 +439,14 @@ impl Report {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "{:>7} {:>7} {:>6} {:>8} {:>23} {:>16} {:>12} {:>9} {:>7} {:>13}",
+            "{:>7} {:>7} {:>6} {:>8} {:>23} {:>16} {:>20} {:>9} {:>7} {:>13}",
             "workers",
             "clients",
             "sagas",
             "sagas/s",
             "end-to-end p50/95/99 ms",
             "start p50/99 ms",
-            "commits/saga",
+            "commit/write/fsync",
             "pgbench",
             "ratio",
             "RSS idle/peak"
@@ -467,16 +471,20 @@ impl Report {
                 s.idle_rss_mib.map_or("-".into(), |m| format!("{m:.0}")),
                 s.peak_rss_mib.map_or("-".into(), |m| format!("{m:.0}"))
             );
+            let commits = format!(
+                "{:.1}/{:.1}/{:.2}",
+                s.commits_per_saga, s.write_transactions_per_saga, s.wal_syncs_per_saga
+            );
             let _ = writeln!(
                 out,
-                "{:>7} {:>7} {:>6} {:>8.1} {:>23} {:>16} {:>12.1} {:>9} {:>7} {:>13}",
+                "{:>7} {:>7} {:>6} {:>8.1} {:>23} {:>16} {:>20} {:>9} {:>7} {:>13}",
                 s.workers,
                 clients,
                 s.sagas,
                 s.sagas_per_s,
                 e2e,
                 start,
-                s.commits_per_saga,
+                commits,
                 pgbench,
                 ratio,
                 rss
@@ -484,7 +492,7 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "(pgbench = `pgbench -N` TPS at clients = workers; ratio = sagas/s ÷ pgbench; RSS in MiB of the `sagad serve` child)"
+            "(per saga: commit = pg_stat_database.xact_commit, write = transaction ids assigned, fsync = pg_stat_wal.wal_sync;\n pgbench = `pgbench -N` TPS at clients = workers; ratio = sagas/s ÷ pgbench; RSS in MiB of the `sagad serve` child)"
         );
         for s in self.settings.iter().chain(self.half_load.iter()) {
             let not_completed: i64 = s
