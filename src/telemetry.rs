@@ -59,6 +59,13 @@ pub fn saga_started(saga: &str) {
     counter!("sagad_sagas_started_total", "saga" => saga.to_owned()).increment(1);
 }
 
+/// How a worker got a saga: `direct` (started here, a worker was free), `queued` (started here,
+/// waited in the local queue) or `claimed` (from the database queue).
+pub fn saga_dispatched(saga: &str, path: &'static str) {
+    counter!("sagad_sagas_dispatched_total", "saga" => saga.to_owned(), "path" => path)
+        .increment(1);
+}
+
 pub fn saga_finished(saga: &str, status: SagaStatus) {
     counter!("sagad_sagas_finished_total", "saga" => saga.to_owned(), "status" => status.as_str())
         .increment(1);

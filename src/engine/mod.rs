@@ -80,35 +80,53 @@ pub enum Error {
 /// Hands sagas started by this process's API straight to its own workers: the saga is inserted
 /// already leased to this engine, so no claim (and no wake-up) is needed. The lease protects it as
 /// any claim does: if the process dies, the rescuer frees it.
+///
+/// When every worker is busy, up to `workers` more sagas wait in a local queue, leased too, and
+/// go before anything claimed from the database. The bound keeps the wait short next to the lease;
+/// should a queued saga's lease run out anyway, another process may claim it, and the fence lets
+/// only one of them record anything.
 #[derive(Clone)]
 pub struct DirectDispatch {
     slots: Arc<Semaphore>,
-    tx: mpsc::UnboundedSender<(sagas::SagaRow, OwnedSemaphorePermit)>,
+    queue: Arc<Semaphore>,
+    tx: mpsc::UnboundedSender<(sagas::SagaRow, Reservation)>,
     pub worker_id: String,
     pub lease: Duration,
 }
 
+/// Where a directly dispatched saga will run.
+pub enum Reservation {
+    /// A free worker, now.
+    Worker(OwnedSemaphorePermit),
+    /// A place in the local queue.
+    Queued(OwnedSemaphorePermit),
+}
+
 impl DirectDispatch {
-    /// A free worker slot, if there is one now.
-    pub fn try_reserve(&self) -> Option<OwnedSemaphorePermit> {
-        self.slots.clone().try_acquire_owned().ok()
+    /// A free worker slot or, failing that, a place in the local queue, if there is one now.
+    pub fn try_reserve(&self) -> Option<Reservation> {
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Some(Reservation::Worker(p));
+        }
+        self.queue
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(Reservation::Queued)
     }
 
     /// Gives a saga leased to this engine to a worker; returns its id if the engine has stopped.
-    pub fn hand_over(
-        &self,
-        row: sagas::SagaRow,
-        slot: OwnedSemaphorePermit,
-    ) -> Result<(), uuid::Uuid> {
-        self.tx.send((row, slot)).map_err(|e| e.0.0.id)
+    pub fn hand_over(&self, row: sagas::SagaRow, r: Reservation) -> Result<(), uuid::Uuid> {
+        self.tx.send((row, r)).map_err(|e| e.0.0.id)
     }
 }
 
 pub struct Engine {
     running: Arc<std::sync::atomic::AtomicBool>,
     slots: Arc<Semaphore>,
-    direct_tx: mpsc::UnboundedSender<(sagas::SagaRow, OwnedSemaphorePermit)>,
-    direct_rx: mpsc::UnboundedReceiver<(sagas::SagaRow, OwnedSemaphorePermit)>,
+    queue: Arc<Semaphore>,
+    direct_tx: mpsc::UnboundedSender<(sagas::SagaRow, Reservation)>,
+    direct_rx: mpsc::UnboundedReceiver<(sagas::SagaRow, Reservation)>,
     pool: PgPool,
     registry: Arc<Registry>,
     deps: Deps,
@@ -140,6 +158,7 @@ impl Engine {
         Ok(Self {
             running: Arc::default(),
             slots: Arc::new(Semaphore::new(config.workers)),
+            queue: Arc::new(Semaphore::new(config.workers)),
             direct_tx,
             direct_rx,
             pool,
@@ -153,6 +172,7 @@ impl Engine {
     pub fn direct_dispatch(&self) -> DirectDispatch {
         DirectDispatch {
             slots: self.slots.clone(),
+            queue: self.queue.clone(),
             tx: self.direct_tx.clone(),
             worker_id: self.config.worker_id.clone(),
             lease: self.config.lease,
@@ -201,10 +221,24 @@ impl Engine {
         // queue after every saga.
         let mut backlog = true;
         let mut next_check = tokio::time::Instant::now();
+        // Sagas the API started and leased to this engine while every worker was busy.
+        let mut queued: std::collections::VecDeque<(sagas::SagaRow, OwnedSemaphorePermit)> =
+            Default::default();
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
+            // The local queue first: those sagas are leased to this engine already.
+            while !queued.is_empty() {
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    break;
+                };
+                if let Some((row, place)) = queued.pop_front() {
+                    drop(place);
+                    crate::telemetry::saga_dispatched(&row.saga_name, "queued");
+                    spawn(&mut tasks, row, permit);
+                }
+            }
             // Take the worker slots first, then claim that many: the API may take slots too.
-            let mut permits: Vec<OwnedSemaphorePermit> = if backlog {
+            let mut permits: Vec<OwnedSemaphorePermit> = if backlog && queued.is_empty() {
                 std::iter::from_fn(|| slots.clone().try_acquire_owned().ok()).collect()
             } else {
                 Vec::new()
@@ -231,6 +265,7 @@ impl Engine {
                     let Some(permit) = permits.pop() else {
                         break; // cannot happen: at most `free` rows come back
                     };
+                    crate::telemetry::saga_dispatched(&row.saga_name, "claimed");
                     spawn(&mut tasks, row, permit);
                 }
                 drop(permits);
@@ -243,15 +278,23 @@ impl Engine {
             }
             tokio::select! {
                 _ = wake.notified() => backlog = true,
-                Some((row, permit)) = self.direct_rx.recv() => spawn(&mut tasks, row, permit),
-                // Full and behind: claim again as soon as a slot frees.
-                Some(_) = tasks.join_next(), if backlog && !tasks.is_empty() => {}
+                Some((row, r)) = self.direct_rx.recv() => match r {
+                    Reservation::Worker(permit) => {
+                        crate::telemetry::saga_dispatched(&row.saga_name, "direct");
+                        spawn(&mut tasks, row, permit)
+                    }
+                    Reservation::Queued(place) => queued.push_back((row, place)),
+                },
+                // Full and behind: claim (or take from the local queue) as soon as a slot frees.
+                Some(_) = tasks.join_next(), if (backlog || !queued.is_empty()) && !tasks.is_empty() => {}
                 _ = tokio::time::sleep_until(next_check), if !backlog => backlog = true,
                 _ = tokio::time::sleep(self.config.poll_interval), if backlog => {}
                 _ = shutdown.cancelled() => {}
             }
         }
         self.direct_rx.close();
+        // Queued sagas are released with every other lease this process holds, below.
+        drop(queued);
 
         info!(in_flight = tasks.len(), "engine stopping: no new claims");
         self.running

@@ -226,11 +226,12 @@ pub async fn start_saga(
     let input_json = serde_json::to_value(&input).map_err(anyhow::Error::from)?;
     let id = Uuid::now_v7();
 
-    // A free worker in this process takes the saga at once: it is inserted already leased to it.
+    // A free worker (or a place in the local queue) in this process takes the saga: it is inserted
+    // already leased to it.
     let direct = state
         .dispatch
         .as_ref()
-        .and_then(|d| d.try_reserve().map(|slot| (d, slot)));
+        .and_then(|d| d.try_reserve().map(|r| (d, r)));
     let event = NewEvent {
         event: Event::BookingRequested {
             listing_id: input.listing_id.clone(),

@@ -329,6 +329,72 @@ async fn a_cancellation_while_the_step_that_parks_the_saga_runs_is_carried_out_a
     assert_eq!(app.payment_intents_of(id)[0].effects.cancels, 1);
 }
 
+/// Sagas started while every worker is busy wait in the process's own queue, already leased to
+/// it (no NOTIFY, no claim); once that queue is full they go through the database queue.
+#[tokio::test]
+async fn sagas_started_while_the_workers_are_busy_wait_in_the_local_queue_then_the_database() {
+    // A saga name of its own: the metrics registry is shared by every test in this process.
+    let mut def = booking_definition();
+    def.name = "local-queue-test".into();
+    let app = spawn_app_with(AppOptions {
+        workers: 1,
+        definitions: vec![def],
+        ..Default::default()
+    })
+    .await;
+    app.double
+        .inject(Fault::latency(Operation::Create, Duration::from_millis(500)).times(3));
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let resp = app
+            .post("/v1/sagas")
+            .json(&json!({
+                "saga": "local-queue-test",
+                "input": booking_input(&format!("queue-{i}"), "pm_card_visa"),
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        let v = app.wait_terminal(id.parse().unwrap()).await;
+        assert_eq!(v["status"], "completed", "{v:#}");
+    }
+    let metrics = app
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dispatched = |path: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("sagad_sagas_dispatched_total{")
+                    && l.contains("saga=\"local-queue-test\"")
+                    && l.contains(&format!("path=\"{path}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    // Usually one of each. The first may find its worker slot held for a moment by the engine's
+    // own claim (it takes slots before claiming) and wait in the local queue instead; either way
+    // the second, started while the first occupies the only worker, waits in the local queue.
+    let (direct, queued, claimed) = (
+        dispatched("direct"),
+        dispatched("queued"),
+        dispatched("claimed"),
+    );
+    assert_eq!(direct + queued + claimed, 3, "{metrics}");
+    assert!(queued >= 1, "{metrics}");
+}
+
 #[tokio::test]
 async fn a_compensation_that_keeps_failing_parks_the_saga_as_stuck() {
     let app = spawn_app().await;
