@@ -14,8 +14,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// The default filter of a long-running command.
-pub const DEFAULT_FILTER: &str = "info,sqlx=warn,hyper=warn,h2=warn,reqwest=warn";
+/// The default filter of a long-running command. async-stripe (`stripe`) warns on every non-2xx
+/// answer, including the expected ones (a decline, an unknown PaymentIntent); sagad logs each
+/// failed call once itself, classified (`stripe::client::failed`).
+pub const DEFAULT_FILTER: &str = "info,sqlx=warn,hyper=warn,h2=warn,reqwest=warn,stripe=error";
 
 /// Installs the global subscriber; `RUST_LOG` overrides `default_filter`. Safe to call twice.
 pub fn init_logging(format: LogFormat, default_filter: &str) {

@@ -441,9 +441,19 @@ fn idempotent(key: &str) -> Result<RequestStrategy, Error> {
         .map_err(|e| Error::Config(format!("invalid idempotency key: {e}")))
 }
 
+/// Classifies a failed call and logs it once: a warning when the outcome is unknown or sagad is
+/// misconfigured, info for Stripe's definite answers (a decline, a refusal such as an unknown
+/// PaymentIntent), which the caller turns into saga outcomes.
 fn failed(err: StripeError) -> Error {
     let err = classify(err);
-    tracing::warn!(error = %err, transient = err.is_transient(), "stripe call failed");
+    match &err {
+        Error::Transient(_) | Error::Config(_) => {
+            tracing::warn!(error = %err, transient = err.is_transient(), "stripe call failed")
+        }
+        Error::CardDeclined { .. } | Error::Rejected { .. } => {
+            tracing::info!(error = %err, "stripe answered with an error")
+        }
+    }
     err
 }
 
