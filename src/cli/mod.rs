@@ -95,14 +95,15 @@ pub enum SagasCommand {
 
 #[derive(clap::Args, Debug)]
 pub struct ApiArgs {
-    /// Base URL of the sagad API.
+    /// Base URL of the sagad API. (`--api-url`, not `--url`: `webhooks endpoints create --url`
+    /// is the endpoint's own URL, and a global `--url` would silently take its value.)
     #[arg(
-        long,
+        long = "api-url",
         global = true,
         env = "SAGAD_URL",
         default_value = "http://127.0.0.1:8080"
     )]
-    pub url: String,
+    pub api_url: String,
     /// Bearer token (one of the server's SAGAD_API_TOKENS).
     #[arg(
         long,
@@ -358,7 +359,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn saga_command(api: ApiArgs, command: SagaCommand) -> anyhow::Result<ExitCode> {
-    let base = api.url.trim_end_matches('/').to_owned();
+    let base = api.api_url.trim_end_matches('/').to_owned();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?;
@@ -414,7 +415,7 @@ async fn saga_command(api: ApiArgs, command: SagaCommand) -> anyhow::Result<Exit
         .header("Authorization", &auth)
         .send()
         .await
-        .with_context(|| format!("cannot reach sagad at {base} (set --url / SAGAD_URL)"))?;
+        .with_context(|| format!("cannot reach sagad at {base} (set --api-url / SAGAD_URL)"))?;
     let status = resp.status();
     let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
     if !status.is_success() {

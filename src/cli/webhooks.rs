@@ -96,7 +96,7 @@ pub enum DeliveriesCommand {
 }
 
 pub async fn run(api: ApiArgs, command: WebhooksCommand) -> anyhow::Result<ExitCode> {
-    let base = api.url.trim_end_matches('/').to_owned();
+    let base = api.api_url.trim_end_matches('/').to_owned();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
@@ -173,7 +173,7 @@ pub async fn run(api: ApiArgs, command: WebhooksCommand) -> anyhow::Result<ExitC
         .bearer_auth(&api.token)
         .send()
         .await
-        .with_context(|| format!("cannot reach sagad at {base} (set --url / SAGAD_URL)"))?;
+        .with_context(|| format!("cannot reach sagad at {base} (set --api-url / SAGAD_URL)"))?;
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
     let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);

@@ -981,3 +981,125 @@ async fn endpoints_can_be_listed_updated_and_deleted() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+/// Runs `sagad webhooks …` against `app`; returns (success, stdout, stderr).
+async fn webhooks_cli(app: &TestApp, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sagad"))
+        .arg("webhooks")
+        .args(args)
+        .env("SAGAD_URL", &app.base)
+        .env("SAGAD_API_TOKEN", crate::harness::TOKEN)
+        .output()
+        .await
+        .expect("run sagad webhooks");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The operator's commands, end to end against a running sagad: subscribe, list, pause, look at
+/// deliveries and a delivery's attempts, redeliver, rotate the secret, unsubscribe; bad input is
+/// refused with the API's message and a failing exit status.
+#[tokio::test]
+async fn the_webhooks_cli_manages_endpoints_and_deliveries() {
+    let app = spawn_app_with(AppOptions::default()).await;
+    let rx = Receiver::start().await;
+
+    let (ok, out, err) = webhooks_cli(
+        &app,
+        &[
+            "endpoints",
+            "create",
+            "--url",
+            &rx.url,
+            "--event-type",
+            "booking.*",
+            "--description",
+            "calendar sync",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"), "{created}");
+
+    let (ok, out, err) = webhooks_cli(&app, &["endpoints", "list"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains(&id) && out.contains("calendar sync"), "{out}");
+
+    emit(&app.pool, vec![cancelled("cli")]).await;
+    let hits = rx.wait_hits(1).await;
+    assert!(verify(&secret, &hits[0].headers, &hits[0].body));
+    let delivery = wait_delivery_status(&app, id.parse().unwrap(), "delivered").await;
+
+    let (ok, out, err) = webhooks_cli(
+        &app,
+        &["endpoints", "deliveries", &id, "--status", "delivered"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains(&delivery.to_string()), "{out}");
+    let (ok, out, err) = webhooks_cli(&app, &["deliveries", "show", &delivery.to_string()]).await;
+    assert!(ok, "{err}");
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["status"], "delivered", "{shown}");
+    assert_eq!(shown["attempts"].as_array().unwrap().len(), 1, "{shown}");
+
+    // Redeliver: the receiver sees the same webhook-id again.
+    let (ok, _, err) =
+        webhooks_cli(&app, &["deliveries", "redeliver", &delivery.to_string()]).await;
+    assert!(ok, "{err}");
+    let hits = rx.wait_hits(2).await;
+    assert_eq!(hits[1].header("webhook-id"), hits[0].header("webhook-id"));
+
+    // Pause it: new events are not fanned out to a disabled endpoint.
+    let (ok, out, err) = webhooks_cli(&app, &["endpoints", "update", &id, "--disable"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["enabled"],
+        false
+    );
+    emit(&app.pool, vec![cancelled("while paused")]).await;
+    assert_eq!(deliveries(&app.pool, id.parse().unwrap()).await.len(), 1);
+
+    // A new secret, printed once; both sign during the overlap.
+    let (ok, out, err) = webhooks_cli(&app, &["endpoints", "rotate-secret", &id]).await;
+    assert!(ok, "{err}");
+    let rotated = serde_json::from_str::<Value>(&out).unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(rotated.starts_with("whsec_") && rotated != secret, "{out}");
+
+    // Bad input: the API's message, a failing exit status, nothing created.
+    let (ok, _, err) = webhooks_cli(
+        &app,
+        &[
+            "endpoints",
+            "create",
+            "--url",
+            &rx.url,
+            "--event-type",
+            "booking.nonsense",
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains("HTTP 422") && err.contains("booking.nonsense"),
+        "{err}"
+    );
+    let (ok, _, err) = webhooks_cli(&app, &["endpoints", "show", "not-an-id"]).await;
+    assert!(!ok);
+    assert!(err.contains("HTTP 4"), "{err}");
+
+    let (ok, _, err) = webhooks_cli(&app, &["endpoints", "delete", &id]).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = webhooks_cli(&app, &["endpoints", "show", &id]).await;
+    assert!(!ok);
+    assert!(err.contains("HTTP 404"), "{err}");
+}
