@@ -233,6 +233,14 @@ impl Engine {
                 };
                 if let Some((row, place)) = queued.pop_front() {
                     drop(place);
+                    if row
+                        .locked_until
+                        .is_some_and(|until| until <= chrono::Utc::now())
+                    {
+                        // Waited past its lease: the rescuer hands it to whoever claims it next.
+                        warn!(saga_id = %row.id, "a locally queued saga outwaited its lease");
+                        continue;
+                    }
                     crate::telemetry::saga_dispatched(&row.saga_name, "queued");
                     spawn(&mut tasks, row, permit);
                 }
