@@ -268,7 +268,8 @@ impl Default for ClientOptions {
 /// A cheap-to-clone Stripe client.
 #[derive(Clone)]
 pub struct StripeClient {
-    inner: stripe::Client,
+    /// async-stripe's request types, sent over sagad's pooled transport.
+    inner: super::transport::Transport,
     api_base: String,
 }
 
@@ -305,12 +306,8 @@ impl StripeClient {
             ));
         }
         let api_base = normalize_base(options.api_base.as_deref().unwrap_or(DEFAULT_API_BASE))?;
-        let inner = stripe::ClientBuilder::new(secret_key)
-            .url(api_base.clone())
-            .timeout(options.timeout)
-            .app_info("sagad", Some(env!("CARGO_PKG_VERSION").to_owned()), None)
-            .build()
-            .map_err(|e| Error::Config(e.to_string()))?;
+        let inner = super::transport::Transport::new(secret_key, api_base.clone(), options.timeout)
+            .map_err(Error::Config)?;
         Ok(Self { inner, api_base })
     }
 

@@ -3,6 +3,7 @@
 pub mod client;
 pub mod double;
 pub mod inbound;
+mod transport;
 pub mod webhook;
 
 pub use client::{

@@ -53,6 +53,24 @@ fn rejected_code(err: &Error) -> (u16, &str, Option<&str>) {
     }
 }
 
+/// Calls one after another share a kept-alive connection (async-stripe's own client opens one per
+/// call: a TCP and, against Stripe, a TLS handshake each time).
+#[tokio::test]
+async fn sequential_calls_reuse_one_connection() {
+    let double = double().await;
+    let client = client(&double);
+    for i in 0..5 {
+        let pi = authorized(&client, &format!("reuse-{i}")).await;
+        client
+            .capture(&pi, &format!("reuse-{i}-capture"))
+            .await
+            .unwrap();
+        client.retrieve(&pi).await.unwrap();
+    }
+    assert_eq!(double.counters().effects.captures, 5);
+    assert_eq!(double.connections_accepted(), 1, "15 calls");
+}
+
 #[tokio::test]
 async fn authorize_visa_holds_the_funds() {
     let double = double().await;

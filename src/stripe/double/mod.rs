@@ -77,6 +77,8 @@ struct Inner {
 #[derive(Debug, Default)]
 struct Shared {
     inner: Mutex<Inner>,
+    /// TCP connections accepted, to see whether clients reuse them.
+    connections: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -107,11 +109,18 @@ impl StripeDouble {
         let app = server::router(shared.clone()).merge(webhooks::routes(shared.clone()));
         let sender = tokio_util::sync::CancellationToken::new();
         tokio::spawn(webhooks::run(shared.clone(), sender.clone()));
+        let shared_conns = shared.clone();
         tokio::spawn(async move {
             let shutdown = async {
                 // Resolves on an explicit stop and when the handle is dropped.
                 let _ = rx.await;
             };
+            let counted = shared_conns.clone();
+            let listener = axum::serve::ListenerExt::tap_io(listener, move |_| {
+                counted
+                    .connections
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            });
             if let Err(err) = axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await
@@ -162,6 +171,13 @@ impl StripeDouble {
     /// Effects actually performed since start (replays and failed requests perform none).
     pub fn counters(&self) -> Counters {
         self.shared.lock().ledger.counters()
+    }
+
+    /// TCP connections the double has accepted so far.
+    pub fn connections_accepted(&self) -> u64 {
+        self.shared
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Every request answered, in completion order.
