@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use rand::Rng;
+use serde::Deserialize;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
@@ -171,17 +172,8 @@ impl Worker {
     ) -> Result<Option<Next>, Error> {
         let started = std::time::Instant::now();
         let input = parse_input(row)?;
-        let context = row.context.as_object().cloned().unwrap_or_default();
-        let step = &def.steps[row.current_step as usize];
-        let ctx = StepCtx {
-            saga_id: row.id,
-            input: &input,
-            context: &context,
-            definition: def,
-            step,
-            attempt: row.attempt,
-            failure_reason: row.failure_reason.as_deref(),
-        };
+        let ctx = step_ctx(def, row, &input);
+        let step = ctx.step;
         let span = step_span(row, step, action);
         let outcome = action.run_local(tx, &ctx).instrument(span.clone()).await?;
         let kind = outcome_kind(&outcome);
@@ -203,17 +195,8 @@ impl Worker {
     ) -> Result<Outcome, Error> {
         let started = std::time::Instant::now();
         let input = parse_input(row)?;
-        let context = row.context.as_object().cloned().unwrap_or_default();
-        let step = &def.steps[row.current_step as usize];
-        let ctx = StepCtx {
-            saga_id: row.id,
-            input: &input,
-            context: &context,
-            definition: def,
-            step,
-            attempt: row.attempt,
-            failure_reason: row.failure_reason.as_deref(),
-        };
+        let ctx = step_ctx(def, row, &input);
+        let step = ctx.step;
         let span = step_span(row, step, action);
         let outcome = match tokio::time::timeout(step.timeout, action.run_remote(&self.deps, &ctx))
             .instrument(span.clone())
@@ -268,8 +251,6 @@ impl Worker {
         row: &SagaRow,
         make: impl FnOnce(&State<'_>, &Env) -> Plan,
     ) -> (Fence, Plan) {
-        let context = row.context.as_object().cloned().unwrap_or_default();
-        let failure_reason = row.failure_reason.clone();
         let status = row.status();
         let fence = Fence {
             id: row.id,
@@ -283,8 +264,8 @@ impl Worker {
             status,
             current_step: row.current_step.max(0) as usize,
             attempt: row.attempt,
-            context: &context,
-            failure_reason: failure_reason.as_deref(),
+            context: context_of(row),
+            failure_reason: row.failure_reason.as_deref(),
         };
         let env = Env {
             now: chrono::Utc::now(),
@@ -401,8 +382,27 @@ fn action_at(
 }
 
 fn parse_input(row: &SagaRow) -> Result<BookingInput, Error> {
-    serde_json::from_value(row.input.clone())
-        .map_err(|e| Error::Corrupt(row.id, format!("input: {e}")))
+    BookingInput::deserialize(&row.input).map_err(|e| Error::Corrupt(row.id, format!("input: {e}")))
+}
+
+/// The outputs of the saga's steps so far (borrowed; empty when there are none).
+fn context_of(row: &SagaRow) -> &serde_json::Map<String, serde_json::Value> {
+    static EMPTY: std::sync::LazyLock<serde_json::Map<String, serde_json::Value>> =
+        std::sync::LazyLock::new(serde_json::Map::new);
+    row.context.as_object().unwrap_or(&EMPTY)
+}
+
+/// What the current step's action reads.
+fn step_ctx<'a>(def: &'a SagaDefinition, row: &'a SagaRow, input: &'a BookingInput) -> StepCtx<'a> {
+    StepCtx {
+        saga_id: row.id,
+        input,
+        context: context_of(row),
+        definition: def,
+        step: &def.steps[row.current_step as usize],
+        attempt: row.attempt,
+        failure_reason: row.failure_reason.as_deref(),
+    }
 }
 
 fn phase_of(row: &SagaRow) -> &'static str {
