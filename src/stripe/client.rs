@@ -339,12 +339,7 @@ impl StripeClient {
         if let Some(description) = &req.description {
             create = create.description(description.clone());
         }
-        let pi = create
-            .customize()
-            .request_strategy(idempotent(idempotency_key)?)
-            .send(&self.inner)
-            .await
-            .map_err(failed)?;
+        let pi = self.send(create, idempotent(idempotency_key)?).await?;
         tracing::Span::current().record("payment_intent", pi.id.as_str());
         Ok(pi.into())
     }
@@ -352,12 +347,12 @@ impl StripeClient {
     /// Reads a PaymentIntent (safe to call any number of times).
     #[tracing::instrument(skip(self))]
     pub async fn retrieve(&self, payment_intent: &str) -> Result<PaymentIntentInfo, Error> {
-        let pi = RetrievePaymentIntent::new(payment_intent)
-            .customize()
-            .request_strategy(RequestStrategy::Once)
-            .send(&self.inner)
-            .await
-            .map_err(failed)?;
+        let pi = self
+            .send(
+                RetrievePaymentIntent::new(payment_intent),
+                RequestStrategy::Once,
+            )
+            .await?;
         Ok(pi.into())
     }
 
@@ -368,12 +363,12 @@ impl StripeClient {
         payment_intent: &str,
         idempotency_key: &str,
     ) -> Result<PaymentIntentInfo, Error> {
-        let pi = CapturePaymentIntent::new(payment_intent)
-            .customize()
-            .request_strategy(idempotent(idempotency_key)?)
-            .send(&self.inner)
-            .await
-            .map_err(failed)?;
+        let pi = self
+            .send(
+                CapturePaymentIntent::new(payment_intent),
+                idempotent(idempotency_key)?,
+            )
+            .await?;
         Ok(pi.into())
     }
 
@@ -384,12 +379,12 @@ impl StripeClient {
         payment_intent: &str,
         idempotency_key: &str,
     ) -> Result<PaymentIntentInfo, Error> {
-        let pi = CancelPaymentIntent::new(payment_intent)
-            .customize()
-            .request_strategy(idempotent(idempotency_key)?)
-            .send(&self.inner)
-            .await
-            .map_err(failed)?;
+        let pi = self
+            .send(
+                CancelPaymentIntent::new(payment_intent),
+                idempotent(idempotency_key)?,
+            )
+            .await?;
         Ok(pi.into())
     }
 
@@ -400,13 +395,12 @@ impl StripeClient {
         payment_intent: &str,
         idempotency_key: &str,
     ) -> Result<RefundInfo, Error> {
-        let refund = CreateRefund::new()
-            .payment_intent(payment_intent)
-            .customize()
-            .request_strategy(idempotent(idempotency_key)?)
-            .send(&self.inner)
-            .await
-            .map_err(failed)?;
+        let refund = self
+            .send(
+                CreateRefund::new().payment_intent(payment_intent),
+                idempotent(idempotency_key)?,
+            )
+            .await?;
         Ok(refund.into())
     }
 
@@ -418,15 +412,30 @@ impl StripeClient {
         amount: i64,
         idempotency_key: &str,
     ) -> Result<RefundInfo, Error> {
-        let refund = CreateRefund::new()
-            .payment_intent(payment_intent)
-            .amount(amount)
-            .customize()
-            .request_strategy(idempotent(idempotency_key)?)
+        let refund = self
+            .send(
+                CreateRefund::new()
+                    .payment_intent(payment_intent)
+                    .amount(amount),
+                idempotent(idempotency_key)?,
+            )
+            .await?;
+        Ok(refund.into())
+    }
+}
+
+impl StripeClient {
+    /// Sends `req` once under `strategy` over the pooled transport, classifying a failure.
+    async fn send<R>(&self, req: R, strategy: RequestStrategy) -> Result<R::Output, Error>
+    where
+        R: StripeRequest,
+        R::Output: miniserde::Deserialize,
+    {
+        req.customize()
+            .request_strategy(strategy)
             .send(&self.inner)
             .await
-            .map_err(failed)?;
-        Ok(refund.into())
+            .map_err(failed)
     }
 }
 
