@@ -358,12 +358,36 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Sends an API request with the operator's token: the JSON answer (`null` when there is none),
+/// or an error carrying the API's own message.
+pub(crate) async fn api_call(
+    req: reqwest::RequestBuilder,
+    api: &ApiArgs,
+) -> anyhow::Result<serde_json::Value> {
+    let base = api.api_url.trim_end_matches('/');
+    let resp = req
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach sagad at {base} (set --api-url / SAGAD_URL)"))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        let msg = body
+            .pointer("/error/message")
+            .and_then(|m| m.as_str())
+            .unwrap_or("request failed");
+        bail!("HTTP {status}: {msg}");
+    }
+    Ok(body)
+}
+
 async fn saga_command(api: ApiArgs, command: SagaCommand) -> anyhow::Result<ExitCode> {
     let base = api.api_url.trim_end_matches('/').to_owned();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?;
-    let auth = format!("Bearer {}", api.token);
     let (req, show_events) = match &command {
         SagaCommand::Start {
             listing,
@@ -411,32 +435,13 @@ async fn saga_command(api: ApiArgs, command: SagaCommand) -> anyhow::Result<Exit
         }
         SagaCommand::Cancel { id } => (http.post(format!("{base}/v1/sagas/{id}/cancel")), false),
     };
-    let resp = req
-        .header("Authorization", &auth)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach sagad at {base} (set --api-url / SAGAD_URL)"))?;
-    let status = resp.status();
-    let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
-    if !status.is_success() {
-        let msg = body
-            .pointer("/error/message")
-            .and_then(|m| m.as_str())
-            .unwrap_or("request failed");
-        bail!("HTTP {status}: {msg}");
-    }
+    let body = api_call(req, &api).await?;
     match command {
         SagaCommand::List { .. } => print_list(&body),
         _ => print_saga(&body),
     }
     if show_events && let Some(id) = body.get("id").and_then(|v| v.as_str()) {
-        let events: serde_json::Value = http
-            .get(format!("{base}/v1/sagas/{id}/events"))
-            .header("Authorization", &auth)
-            .send()
-            .await?
-            .json()
-            .await?;
+        let events = api_call(http.get(format!("{base}/v1/sagas/{id}/events")), &api).await?;
         println!("\nevents:");
         for e in events["events"].as_array().into_iter().flatten() {
             println!(

@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use clap::Subcommand;
 use serde_json::{Value, json};
 
@@ -169,21 +168,7 @@ pub async fn run(api: ApiArgs, command: WebhooksCommand) -> anyhow::Result<ExitC
             }
         },
     };
-    let resp = req
-        .bearer_auth(&api.token)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach sagad at {base} (set --api-url / SAGAD_URL)"))?;
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    if !status.is_success() {
-        let msg = body
-            .pointer("/error/message")
-            .and_then(|m| m.as_str())
-            .unwrap_or("request failed");
-        bail!("HTTP {status}: {msg}");
-    }
+    let body = super::api_call(req, &api).await?;
     if !body.is_null() {
         println!("{}", serde_json::to_string_pretty(&body)?);
     }
