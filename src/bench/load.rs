@@ -51,36 +51,22 @@ impl Api {
 
     /// An authenticated `POST` of a JSON body; the answer's JSON body, or an error for a non-2xx.
     pub async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let resp = self
-            .http
+        answer(self.post(path).json(body), &format!("POST {path}")).await
+    }
+
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
             .post(format!("{}{path}", self.base))
             .header("Authorization", &self.auth)
-            .json(body)
-            .send()
-            .await?;
-        let status = resp.status();
-        let body: Value = resp.json().await?;
-        if !status.is_success() {
-            anyhow::bail!("POST {path} answered {status}: {body}");
-        }
-        Ok(body)
     }
 
     /// `POST /v1/sagas`; returns the new saga's id.
     async fn start(&self, body: &Value) -> anyhow::Result<Uuid> {
-        let resp = self
-            .http
-            .post(format!("{}/v1/sagas", self.base))
-            .header("Authorization", &self.auth)
+        let req = self
+            .post("/v1/sagas")
             .header("Idempotency-Key", Uuid::new_v4().to_string())
-            .json(body)
-            .send()
-            .await?;
-        let status = resp.status();
-        let body: Value = resp.json().await?;
-        if !status.is_success() {
-            anyhow::bail!("start RPC answered {status}: {body}");
-        }
+            .json(body);
+        let body = answer(req, "start RPC").await?;
         body["id"]
             .as_str()
             .and_then(|s| s.parse().ok())
@@ -280,4 +266,15 @@ pub async fn open_loop(
         samples,
         elapsed: started.elapsed(),
     })
+}
+
+/// The JSON answer of `req`, or an error naming `what` for a non-2xx.
+async fn answer(req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Value> {
+    let resp = req.send().await?;
+    let status = resp.status();
+    let body: Value = resp.json().await?;
+    if !status.is_success() {
+        anyhow::bail!("{what} answered {status}: {body}");
+    }
+    Ok(body)
 }
