@@ -59,6 +59,12 @@ async fn bad_input_gets_a_precise_4xx_and_stores_nothing() {
             .body(body)
             .send()
     };
+    // A 422 and its error body.
+    let unprocessable = async |body: Value| {
+        let (status, err) = error_of(post(body.to_string()).await.unwrap()).await;
+        assert_eq!(status, 422, "{err}");
+        err
+    };
 
     let (status, err) = error_of(post("{\"saga\": \"booking\", ".into()).await.unwrap()).await;
     assert_eq!(
@@ -66,13 +72,7 @@ async fn bad_input_gets_a_precise_4xx_and_stores_nothing() {
         (400, Some("malformed_json"))
     );
 
-    let (status, err) = error_of(
-        post(json!({"saga": "booking", "input": {}}).to_string())
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 422);
+    let err = unprocessable(json!({"saga": "booking", "input": {}})).await;
     let fields: Vec<&str> = err["error"]["fields"]
         .as_array()
         .unwrap()
@@ -100,13 +100,7 @@ async fn bad_input_gets_a_precise_4xx_and_stores_nothing() {
 
     let mut input = booking_input("x", "pm_card_visa");
     input["check_out"] = input["check_in"].clone();
-    let (status, err) = error_of(
-        post(json!({"saga": "booking", "input": input}).to_string())
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 422);
+    let err = unprocessable(json!({"saga": "booking", "input": input})).await;
     assert_eq!(err["error"]["fields"][0]["field"], "input.check_out");
     assert!(
         err["error"]["message"]
@@ -117,34 +111,18 @@ async fn bad_input_gets_a_precise_4xx_and_stores_nothing() {
 
     let mut input = booking_input("x", "pm_card_visa");
     input["amount"] = json!(-100);
-    let (status, err) = error_of(
-        post(json!({"saga": "booking", "input": input}).to_string())
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 422);
+    let err = unprocessable(json!({"saga": "booking", "input": input})).await;
     assert_eq!(err["error"]["fields"][0]["field"], "input.amount");
 
     let mut input = booking_input("x", "pm_card_visa");
     input["currency"] = json!("EURO");
     input["payment_method"] = json!("card_123");
-    let (status, err) = error_of(
-        post(json!({"saga": "booking", "input": input}).to_string())
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 422);
+    let err = unprocessable(json!({"saga": "booking", "input": input})).await;
     assert_eq!(err["error"]["fields"].as_array().unwrap().len(), 2);
 
-    let (status, err) = error_of(
-        post(json!({"saga": "teleport", "input": booking_input("x", "pm_card_visa")}).to_string())
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 422);
+    let err =
+        unprocessable(json!({"saga": "teleport", "input": booking_input("x", "pm_card_visa")}))
+            .await;
     assert_eq!(err["error"]["fields"][0]["field"], "saga");
     assert!(
         err["error"]["message"]
@@ -155,13 +133,7 @@ async fn bad_input_gets_a_precise_4xx_and_stores_nothing() {
 
     let mut input = booking_input("x", "pm_card_visa");
     input["coupon"] = json!("FREE");
-    let (status, err) = error_of(
-        post(json!({"saga": "booking", "input": input}).to_string())
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 422);
+    let err = unprocessable(json!({"saga": "booking", "input": input})).await;
     assert!(
         err["error"]["message"].as_str().unwrap().contains("coupon"),
         "{err}"

@@ -153,14 +153,7 @@ async fn failure_at_authorize_releases_the_hold_once() {
         pis[0].effects.captures + pis[0].effects.cancels + pis[0].effects.refunds,
         0
     );
-    assert_eq!(
-        count(
-            &app.pool,
-            "SELECT count(*) FROM inventory_claims WHERE status = 'active'"
-        )
-        .await,
-        0
-    );
+    assert_eq!(app.active_claims().await, 0);
 }
 
 #[tokio::test]
@@ -290,14 +283,7 @@ async fn failure_at_notify_cancels_refunds_and_releases_in_reverse() {
         (1, 1, 0)
     );
     assert_eq!(v["booking"]["status"], "cancelled");
-    assert_eq!(
-        count(
-            &app.pool,
-            "SELECT count(*) FROM inventory_claims WHERE status = 'active'"
-        )
-        .await,
-        0
-    );
+    assert_eq!(app.active_claims().await, 0);
 }
 
 #[tokio::test]
@@ -371,14 +357,7 @@ async fn fifty_concurrent_bookings_of_one_listing_confirm_exactly_one() {
         }
     }
     assert_eq!(completed, 1);
-    assert_eq!(
-        count(
-            &app.pool,
-            "SELECT count(*) FROM inventory_claims WHERE status = 'active'"
-        )
-        .await,
-        1
-    );
+    assert_eq!(app.active_claims().await, 1);
     assert_eq!(
         count(
             &app.pool,

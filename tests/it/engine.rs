@@ -290,21 +290,7 @@ async fn a_cancellation_while_the_step_that_parks_the_saga_runs_is_carried_out_a
     let id = app
         .start_booking(booking_input("igloo-3", "pm_card_authenticationRequired"))
         .await;
-    // The hold is recorded: the authorization request is now in flight.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM bookings WHERE saga_id = $1")
-                .bind(id)
-                .fetch_optional(&app.pool)
-                .await
-                .unwrap();
-        if status.as_deref() == Some("held") {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never held");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    app.wait_faults_taken().await;
     let resp = app
         .post(&format!("/v1/sagas/{id}/cancel"))
         .send()
@@ -449,12 +435,7 @@ async fn shutdown_finishes_the_step_in_flight_and_hands_the_saga_back() {
     let id = app
         .start_booking(booking_input("mill-1", "pm_card_visa"))
         .await;
-    // Wait until the authorize step's Stripe call is in flight: the double has taken the fault.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !app.double.pending_faults().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    app.wait_faults_taken().await;
     let (pool, db_url, double, notify) = (
         app.pool.clone(),
         app.db_url.clone(),

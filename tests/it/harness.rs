@@ -409,6 +409,20 @@ impl TestApp {
             .expect("saga id")
     }
 
+    /// Waits until the Stripe double has taken every injected fault: with a latency fault, the
+    /// faulted call is then in flight.
+    pub async fn wait_faults_taken(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !self.double.pending_faults().is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the double never took {:?}",
+                self.double.pending_faults()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Polls the saga until it is terminal (completed, compensated, stuck), for at most 30 s.
     pub async fn wait_terminal(&self, id: Uuid) -> Value {
         self.wait_status(id, &["completed", "compensated", "stuck"])
@@ -435,6 +449,15 @@ impl TestApp {
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// Active inventory claims (holds and bookings), over every listing.
+    pub async fn active_claims(&self) -> i64 {
+        count(
+            &self.pool,
+            "SELECT count(*) FROM inventory_claims WHERE status = 'active'",
+        )
+        .await
     }
 
     /// The saga's event types, in version order.

@@ -468,13 +468,7 @@ async fn failing_for_the_configured_period_disables_the_endpoint() {
         !ep.enabled && ep.disabled_reason.as_deref() == Some("failing")
     })
     .await;
-    let types: Vec<String> =
-        sqlx::query_scalar("SELECT event_type FROM events WHERE aggregate_id = $1")
-            .bind(endpoint)
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(types, ["EndpointDisabled"]);
+    assert_eq!(app.event_types(endpoint).await, ["EndpointDisabled"]);
 }
 
 #[tokio::test]
