@@ -226,21 +226,6 @@ pub async fn rotate_secret(
     Ok(Some(expires))
 }
 
-/// The secrets that sign an attempt now: the current one first, then any still in overlap.
-pub async fn live_secrets(
-    db: impl PgExecutor<'_>,
-    endpoint_id: Uuid,
-) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT secret FROM webhook_secrets
-         WHERE endpoint_id = $1 AND (expires_at IS NULL OR expires_at > now())
-         ORDER BY expires_at IS NOT NULL, created_at DESC",
-    )
-    .bind(endpoint_id)
-    .fetch_all(db)
-    .await
-}
-
 /// Disables an enabled endpoint and appends an `EndpointDisabled` event to its own aggregate
 /// (fanned out like any other event), all in `conn`'s transaction. False if it was not enabled.
 pub async fn disable_endpoint(
@@ -308,10 +293,13 @@ pub struct ClaimedDelivery {
     pub version: i32,
     pub payload: serde_json::Value,
     pub recorded_at: DateTime<Utc>,
+    /// The secrets that sign the attempt: the current one first, then any still in overlap.
+    pub secrets: Vec<String>,
 }
 
 /// Claims up to `limit` due deliveries of enabled endpoints, at most `per_endpoint` in flight per
-/// endpoint (counting other workers' leases), with SKIP LOCKED and a lease.
+/// endpoint (counting other workers' leases), with SKIP LOCKED and a lease; each with what its
+/// attempt needs (URL, event, signing secrets), so an attempt makes no other query.
 pub async fn claim_due(
     pool: &PgPool,
     worker: &str,
@@ -341,7 +329,10 @@ pub async fn claim_due(
          WHERE d.id = chosen.id AND e.id = d.endpoint_id AND ev.event_id = d.event_id
          RETURNING d.id, d.endpoint_id, d.event_id, d.event_type, d.attempts, d.schedule_pos,
                    e.url, e.rate_limit, ev.aggregate_type, ev.aggregate_id, ev.version,
-                   ev.payload, ev.recorded_at",
+                   ev.payload, ev.recorded_at,
+                   ARRAY(SELECT s.secret FROM webhook_secrets s
+                         WHERE s.endpoint_id = e.id AND (s.expires_at IS NULL OR s.expires_at > now())
+                         ORDER BY s.expires_at IS NOT NULL, s.created_at DESC) AS secrets",
     )
     .bind(worker)
     .bind(lease)

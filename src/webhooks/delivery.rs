@@ -168,14 +168,7 @@ impl Dispatcher {
         }
         let body = body(&d);
         let msg_id = webhook_id(d.id);
-        let secrets = match store::live_secrets(&self.pool, d.endpoint_id).await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "loading endpoint secrets failed; the lease will expire");
-                return;
-            }
-        };
-        let secrets: Vec<Vec<u8>> = secrets.iter().map(|s| signing::secret_bytes(s)).collect();
+        let secrets: Vec<Vec<u8>> = d.secrets.iter().map(|s| signing::secret_bytes(s)).collect();
         let attempted_at = Utc::now();
         let started = Instant::now();
         let resp = self
