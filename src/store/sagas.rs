@@ -417,22 +417,6 @@ pub async fn record(
     .transpose()
 }
 
-/// Queues NOTIFYs (sent at commit) that wake workers and, for terminal states, waiters.
-pub async fn notify(
-    conn: &mut PgConnection,
-    id: Uuid,
-    status: SagaStatus,
-) -> Result<(), sqlx::Error> {
-    if let Some((channel, payload)) = notification(id, status) {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(channel)
-            .bind(payload)
-            .execute(conn)
-            .await?;
-    }
-    Ok(())
-}
-
 /// Gives a lease back without an outcome (shutdown): the saga is due again at once.
 pub async fn release_lease(pool: &PgPool, id: Uuid, worker: &str) -> Result<bool, sqlx::Error> {
     let n = sqlx::query(
