@@ -203,7 +203,7 @@ async fn reads_list_with_keyset_pagination_and_show_events() {
         if let Some(c) = &cursor {
             url.push_str(&format!("&cursor={c}"));
         }
-        let page: Value = app.get(&url).send().await.unwrap().json().await.unwrap();
+        let page: Value = app.get_json(&url).await;
         for s in page["sagas"].as_array().unwrap() {
             seen.push(s["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap());
         }
@@ -217,13 +217,8 @@ async fn reads_list_with_keyset_pagination_and_show_events() {
     assert_eq!(seen, newest_first);
 
     let page: Value = app
-        .get("/v1/sagas?status=compensated&saga=booking")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json("/v1/sagas?status=compensated&saga=booking")
+        .await;
     assert_eq!(page["sagas"].as_array().unwrap().len(), 1);
     assert_eq!(page["sagas"][0]["id"], ids[5].to_string());
     assert_eq!(
@@ -239,14 +234,7 @@ async fn reads_list_with_keyset_pagination_and_show_events() {
         400
     );
 
-    let events: Value = app
-        .get(&format!("/v1/sagas/{}/events", ids[0]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events: Value = app.get_json(&format!("/v1/sagas/{}/events", ids[0])).await;
     let events = events["events"].as_array().unwrap();
     assert_eq!(events.len(), 7);
     for (i, e) in events.iter().enumerate() {

@@ -189,19 +189,12 @@ async fn guest_cancellation_after_completion_refunds_releases_and_cancels() {
     assert_eq!((pis[0].effects.captures, pis[0].effects.refunds), (1, 1));
     // A second cancellation is refused: nothing left to undo.
     assert_eq!(
-        app.post(&format!("/v1/sagas/{id}/cancel"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        app.post_status(&format!("/v1/sagas/{id}/cancel")).await,
         409
     );
     assert_eq!(
-        app.post(&format!("/v1/sagas/{}/cancel", uuid::Uuid::now_v7()))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        app.post_status(&format!("/v1/sagas/{}/cancel", uuid::Uuid::now_v7()))
+            .await,
         404
     );
 }
@@ -254,11 +247,7 @@ async fn cancelling_a_waiting_saga_voids_its_payment_intent() {
         .await;
     app.wait_status(id, &["waiting"]).await;
     assert_eq!(
-        app.post(&format!("/v1/sagas/{id}/cancel"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        app.post_status(&format!("/v1/sagas/{id}/cancel")).await,
         202
     );
     let v = app.wait_terminal(id).await;
@@ -403,14 +392,7 @@ async fn a_compensation_that_keeps_failing_parks_the_saga_as_stuck() {
     assert_eq!(events.last().unwrap(), "SagaStuck");
     assert_eq!(v["booking"]["status"], "needs_attention");
     // Visible to operators, and the hold is still in place until someone decides.
-    let stuck: serde_json::Value = app
-        .get("/v1/sagas?status=stuck")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stuck: serde_json::Value = app.get_json("/v1/sagas?status=stuck").await;
     assert_eq!(stuck["sagas"][0]["id"], id.to_string());
     let refund_attempts: i32 = sqlx::query_scalar(
         "SELECT attempts FROM saga_steps WHERE saga_id = $1 AND phase = 'compensation' AND step_name = 'payment.refund'",

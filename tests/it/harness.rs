@@ -380,6 +380,27 @@ impl TestApp {
         panic!("sagad did not come up at {}", self.base);
     }
 
+    /// `GET path`'s JSON body (whatever the status).
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path)
+            .send()
+            .await
+            .expect("GET request")
+            .json()
+            .await
+            .expect("JSON body")
+    }
+
+    /// `POST path` without a body: the status.
+    pub async fn post_status(&self, path: &str) -> u16 {
+        self.post(path)
+            .send()
+            .await
+            .expect("POST request")
+            .status()
+            .as_u16()
+    }
+
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
         self.http
             .post(format!("{}{path}", self.base))

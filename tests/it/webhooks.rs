@@ -198,13 +198,7 @@ async fn deliveries(pool: &PgPool, endpoint: Uuid) -> Vec<(Uuid, String)> {
 }
 
 async fn delivery_view(app: &TestApp, id: Uuid) -> Value {
-    app.get(&format!("/v1/webhook-deliveries/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    app.get_json(&format!("/v1/webhook-deliveries/{id}")).await
 }
 
 async fn wait_delivery_status(app: &TestApp, endpoint: Uuid, status: &str) -> Uuid {
@@ -432,13 +426,8 @@ async fn gone_disables_the_endpoint_and_emits_endpoint_disabled() {
     assert_matches_schema(&body);
 
     let ep: Value = app
-        .get(&format!("/v1/webhook-endpoints/{gone_id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/v1/webhook-endpoints/{gone_id}"))
+        .await;
     assert_eq!(ep["enabled"], false);
     assert_eq!(ep["disabled_reason"], "gone");
     // A disabled endpoint gets nothing more.
@@ -856,15 +845,10 @@ async fn dead_letters_are_recorded_visible_and_redeliverable() {
     let id = wait_delivery_status(&app, endpoint, "dead").await;
 
     let list: Value = app
-        .get(&format!(
+        .get_json(&format!(
             "/v1/webhook-endpoints/{endpoint}/deliveries?status=dead"
         ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(list["deliveries"][0]["id"], id.to_string());
     let view = delivery_view(&app, id).await;
     let attempts = view["attempts"].as_array().unwrap();
@@ -913,14 +897,7 @@ async fn endpoints_can_be_listed_updated_and_deleted() {
     })
     .await;
     let (id, _) = create_endpoint(&app, "http://127.0.0.1:9/a", &["booking.*"]).await;
-    let list: Value = app
-        .get("/v1/webhook-endpoints")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get_json("/v1/webhook-endpoints").await;
     assert_eq!(list["endpoints"].as_array().unwrap().len(), 1);
     assert!(
         list["endpoints"][0].get("secret").is_none(),
