@@ -10,17 +10,13 @@ use crate::store::{events, inventory, sagas};
 pub async fn run_once(pool: &PgPool) -> Result<usize, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let expired = inventory::expire_holds(&mut tx, 100).await?;
-    for (saga_id, hold_id) in &expired {
+    for (saga_id, hold_id, saga_name) in &expired {
         let version = sagas::reserve_event_versions(&mut tx, *saga_id, 1).await?;
-        let saga_name: String = sqlx::query_scalar("SELECT saga_name FROM sagas WHERE id = $1")
-            .bind(saga_id)
-            .fetch_one(&mut *tx)
-            .await?;
         let event = NewEvent::from(Event::InventoryReleased {
             hold_id: *hold_id,
             reason: "hold_expired".into(),
         });
-        events::append(&mut tx, &saga_name, *saga_id, version, &[event]).await?;
+        events::append(&mut tx, saga_name, *saga_id, version, &[event]).await?;
         info!(saga_id = %saga_id, hold_id = %hold_id, "inventory hold expired");
     }
     tx.commit().await?;

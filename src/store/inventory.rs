@@ -99,17 +99,19 @@ pub async fn convert_to_booking(
     Ok(id.map_or(ConfirmResult::HoldLost, ConfirmResult::Booked))
 }
 
-/// Expires holds past their TTL, returning (saga id, hold id) of each.
+/// Expires holds past their TTL, returning (saga id, hold id, saga name) of each.
 pub async fn expire_holds(
     conn: &mut PgConnection,
     limit: i64,
-) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
+) -> Result<Vec<(Uuid, Uuid, String)>, sqlx::Error> {
     sqlx::query_as(
-        "UPDATE inventory_claims SET status = 'expired', released_at = now()
-         WHERE id IN (SELECT id FROM inventory_claims
-                      WHERE status = 'active' AND kind = 'hold' AND expires_at <= now()
-                      ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-         RETURNING saga_id, id",
+        "UPDATE inventory_claims c SET status = 'expired', released_at = now()
+         FROM sagas s
+         WHERE c.id IN (SELECT id FROM inventory_claims
+                        WHERE status = 'active' AND kind = 'hold' AND expires_at <= now()
+                        ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+           AND s.id = c.saga_id
+         RETURNING c.saga_id, c.id, s.saga_name",
     )
     .bind(limit)
     .fetch_all(conn)

@@ -372,3 +372,42 @@ async fn fifty_concurrent_bookings_of_one_listing_confirm_exactly_one() {
         "losers never reached Stripe"
     );
 }
+
+/// A hold past its TTL stops blocking the dates, and its saga gets `InventoryReleased
+/// (hold_expired)` as its next event version, in the maintenance pass's own transaction.
+#[tokio::test]
+async fn an_expired_hold_is_released_with_an_event_on_its_saga() {
+    let mut def = crate::harness::booking_definition();
+    def.steps[0].params = json!({ "hold_ttl": "300ms" });
+    def.steps[1].params = json!({ "action_deadline": "1m" });
+    let app = spawn_app_with(AppOptions {
+        definitions: vec![def],
+        ..Default::default()
+    })
+    .await;
+    // 3-D Secure parks the saga after the hold, so nothing else touches it meanwhile.
+    let id = app
+        .start_booking(booking_input("barn-9", "pm_card_authenticationRequired"))
+        .await;
+    app.wait_status(id, &["waiting"]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    sagad::maintenance::holds::run_once(&app.pool)
+        .await
+        .unwrap();
+
+    assert_eq!(app.active_claims().await, 0);
+    let released: Vec<(i32, String, String)> = sqlx::query_as(
+        "SELECT version, payload->>'reason', aggregate_type FROM events
+         WHERE aggregate_id = $1 AND event_type = 'InventoryReleased'",
+    )
+    .bind(id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    // Right after the saga parked (versions 1–3), and once: whatever the saga does next does not
+    // release the dates again.
+    assert_eq!(
+        released,
+        [(4, "hold_expired".to_owned(), "booking".to_owned())]
+    );
+}
