@@ -308,11 +308,7 @@ impl Worker {
             warn!("lease lost before the outcome was recorded; another worker owns the saga now");
             return Ok(None);
         };
-        let (first_version, cancel_requested, requeued) = (
-            recorded.first_version,
-            recorded.cancel_requested,
-            recorded.requeued,
-        );
+        let requeued = recorded.requeued;
         if t.status.is_terminal() && !requeued {
             let reason = t
                 .failure_reason
@@ -331,8 +327,8 @@ impl Worker {
         row.current_step = t.current_step;
         row.attempt = t.attempt;
         row.context = t.context.clone();
-        row.event_version = first_version + plan.events.len() as i32 - 1;
-        row.cancel_requested = cancel_requested;
+        row.event_version = recorded.first_version + plan.events.len() as i32 - 1;
+        row.cancel_requested = recorded.cancel_requested;
         if t.failure_reason.is_some() {
             row.failure_reason = t.failure_reason.clone();
             row.failure_step = t.failure_step.clone().or(row.failure_step.take());
