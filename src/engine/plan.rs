@@ -74,12 +74,32 @@ fn transition(
         context: Value::Object(context.clone()),
         next_run_at: None,
         keep_lease: None,
+        lease_floor: None,
         wait_key: None,
         wait_deadline: None,
         failure_step: None,
         failure_reason: None,
         events: 0,
     }
+}
+
+/// Slack on top of the next step's timeout that a kept lease must still have: recording the
+/// outcome after the timeout fired takes a round trip or two.
+const LEASE_MARGIN: Duration = Duration::from_secs(2);
+
+/// The same worker goes on with step `step` at once, under its lease. The lease is renewed only
+/// when less of it remains than that step may take (see [`Transition::lease_floor`]).
+fn go_on(
+    status: SagaStatus,
+    step: usize,
+    def: &SagaDefinition,
+    context: &Map<String, Value>,
+    env: &Env,
+) -> Transition {
+    let mut t = transition(status, step, 1, context);
+    t.keep_lease = Some(env.lease);
+    t.lease_floor = def.steps.get(step).map(|s| s.timeout + LEASE_MARGIN);
+    t
 }
 
 fn tagged(events: Vec<Event>, step: &str, attempt: i32) -> Vec<NewEvent> {
@@ -120,12 +140,7 @@ fn compensate(
     }));
     events.extend(then);
     let mut t = match compensable_at_or_below(s.def, start) {
-        Some(first) => {
-            let mut t = transition(SagaStatus::Compensating, first, 1, context);
-            t.keep_lease = Some(env.lease);
-            t.next_run_at = Some(env.now);
-            t
-        }
+        Some(first) => go_on(SagaStatus::Compensating, first, s.def, context, env),
         None => {
             events.push(NewEvent::from(Event::SagaCompensated {
                 reason: reason.to_owned(),
@@ -204,10 +219,7 @@ fn after_forward(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
             context.insert(step.name.clone(), output);
             let mut events = tagged(events, &step.name, s.attempt);
             let t = if i + 1 < s.def.steps.len() {
-                let mut t = transition(SagaStatus::Running, i + 1, 1, &context);
-                t.keep_lease = Some(env.lease);
-                t.next_run_at = Some(env.now);
-                t
+                go_on(SagaStatus::Running, i + 1, s.def, &context, env)
             } else {
                 events.push(NewEvent::from(Event::SagaCompleted {}));
                 transition(SagaStatus::Completed, s.def.steps.len(), 0, &context)
@@ -378,12 +390,7 @@ fn after_compensation(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
         Outcome::Done { events, .. } => {
             let mut events = tagged(events, &step.name, s.attempt);
             let t = match compensable_at_or_below(s.def, j as isize - 1) {
-                Some(next) => {
-                    let mut t = transition(SagaStatus::Compensating, next, 1, s.context);
-                    t.keep_lease = Some(env.lease);
-                    t.next_run_at = Some(env.now);
-                    t
-                }
+                Some(next) => go_on(SagaStatus::Compensating, next, s.def, s.context, env),
                 None => {
                     events.push(NewEvent::from(Event::SagaCompensated {
                         reason: reason.clone(),
@@ -431,6 +438,47 @@ fn after_compensation(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
             env,
             Outcome::retry("compensation asked to wait; retrying", true),
         ),
+    }
+}
+
+/// Plans that commit together, in one statement: a step's outcome and the outcomes of the local
+/// steps it chained, in order.
+#[derive(Debug)]
+pub struct Batch {
+    /// The last plan's transition, counting every plan's events and keeping the latest failure.
+    pub transition: Transition,
+    pub events: Vec<NewEvent>,
+    /// One per step and phase: a later record of the same step replaces an earlier one.
+    pub steps: Vec<StepRecord>,
+}
+
+/// Folds `plans` (at least one, each planned on the state the one before leads to) into what one
+/// outcome statement records.
+pub fn merge(plans: Vec<Plan>) -> Batch {
+    let mut events = Vec::new();
+    let mut steps: Vec<StepRecord> = Vec::new();
+    let (mut failure_step, mut failure_reason) = (None, None);
+    let mut transition = None;
+    for plan in plans {
+        events.extend(plan.events);
+        if let Some(step) = plan.step {
+            steps.retain(|s| (s.index, s.phase) != (step.index, step.phase));
+            steps.push(step);
+        }
+        let t = plan.transition;
+        if t.failure_reason.is_some() {
+            (failure_step, failure_reason) = (t.failure_step.clone(), t.failure_reason.clone());
+        }
+        transition = Some(t);
+    }
+    let mut transition = transition.expect("merge needs at least one plan");
+    transition.events = events.len() as i32;
+    transition.failure_step = failure_step;
+    transition.failure_reason = failure_reason;
+    Batch {
+        transition,
+        events,
+        steps,
     }
 }
 
@@ -504,6 +552,72 @@ mod tests {
         assert_eq!(types(&p), ["SagaCompleted"]);
         assert_eq!(p.transition.events, 1);
         assert!(p.transition.keep_lease.is_none());
+    }
+
+    #[test]
+    fn a_kept_lease_is_renewed_only_below_what_the_next_step_may_take() {
+        let def = booking();
+        let ctx = Map::new();
+        let p = after(
+            &state(&def, SagaStatus::Running, 0, 1, &ctx),
+            &env(),
+            Outcome::done(json!({}), vec![]),
+        );
+        // The next step (authorize_payment) may take its 20 s timeout, plus the margin.
+        assert_eq!(
+            p.transition.lease_floor,
+            Some(def.steps[1].timeout + LEASE_MARGIN)
+        );
+        assert_eq!(p.transition.next_run_at, None, "left alone while leased");
+    }
+
+    #[test]
+    fn merged_plans_record_the_last_state_every_event_and_each_step_once() {
+        let def = booking();
+        let ctx = Map::new();
+        // capture_payment fails for good: compensation starts (with a failure reason) ...
+        let failed = after(
+            &state(&def, SagaStatus::Running, 2, 1, &ctx),
+            &env(),
+            Outcome::fail("card_declined", false),
+        );
+        assert_eq!(failed.transition.status, SagaStatus::Compensating);
+        let first_reason = failed.transition.failure_reason.clone();
+        assert!(first_reason.is_some());
+        // ... and the next plan, for the compensation that ran after it, carries none.
+        let compensated = after(
+            &state(&def, SagaStatus::Compensating, 1, 1, &ctx),
+            &env(),
+            Outcome::done(json!({}), vec![]),
+        );
+        assert_eq!(compensated.transition.failure_reason, None);
+        let (n1, n2) = (failed.events.len(), compensated.events.len());
+        let last = compensated.transition.clone();
+        let mut retried_step = failed.step.clone().unwrap();
+        retried_step.status = "succeeded";
+        let again = Plan {
+            transition: last.clone(),
+            events: vec![],
+            step: Some(retried_step.clone()),
+        };
+
+        let b = merge(vec![failed, compensated, again]);
+        assert_eq!(
+            (b.transition.status, b.transition.current_step),
+            (last.status, last.current_step)
+        );
+        assert_eq!(b.events.len(), n1 + n2);
+        assert_eq!(b.transition.events as usize, n1 + n2);
+        assert_eq!(
+            b.transition.failure_reason, first_reason,
+            "the failure is kept"
+        );
+        assert_eq!(b.steps.len(), 2, "{:?}", b.steps);
+        assert_eq!(
+            b.steps.last(),
+            Some(&retried_step),
+            "the later record of a step wins"
+        );
     }
 
     #[test]

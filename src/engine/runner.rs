@@ -109,81 +109,93 @@ impl Worker {
             return Ok(Next::Stop);
         };
 
-        let (mut tx, mut next) = if action.is_local() {
+        if action.is_local() {
             let mut tx = self.pool.begin().await?;
-            match self.run_local(&mut tx, &def, row, action).await {
-                Ok(Some(next)) => (tx, next),
-                Ok(None) => return Ok(Next::Stop),
+            let (fence, plan) = match self.run_local(&mut tx, &def, row, action).await {
+                Ok(planned) => planned,
                 Err(Error::Db(e)) => {
                     // The local effect failed in the database: nothing happened; retry the step.
                     tx.rollback().await?;
-                    let mut tx = self.pool.begin().await?;
+                    let mut conn = self.pool.acquire().await?;
                     let o = Outcome::retry(format!("database: {e}"), false);
-                    let next = self.record_outcome(&mut tx, &def, row, o).await?;
-                    if next.is_some() {
-                        tx.commit().await?;
-                    }
+                    let next = self.record_outcome(&mut conn, &def, row, o).await?;
                     return Ok(next.unwrap_or(Next::Stop));
                 }
                 Err(e) => return Err(e),
-            }
-        } else {
-            let outcome = self.run_remote(&def, row, action).await?;
-            let (fence, plan) = self.plan(&def, row, |state, env| plan::after(state, env, outcome));
-            if !chains_local(&def, &plan, row.id)? {
-                // One statement, atomic on its own: no BEGIN/COMMIT round trips.
-                let mut conn = self.pool.acquire().await?;
-                let next = self.record(&mut conn, row, &fence, plan).await?;
-                return Ok(next.unwrap_or(Next::Stop));
-            }
-            let mut tx = self.pool.begin().await?;
-            match self.record(&mut tx, row, &fence, plan).await? {
-                Some(next) => (tx, next),
-                None => return Ok(Next::Stop),
-            }
-        };
-        // Chain the local steps that follow into this transaction: one commit for all of them.
-        while matches!(next, Next::Continue)
-            && !self.shutdown.is_cancelled()
-            && !row.cancel_requested
-        {
-            let Some(action) = current_action(&def, row)? else {
-                break;
             };
-            if !action.is_local() {
-                break;
-            }
-            match self.run_local(&mut tx, &def, row, action).await? {
-                Some(n) => next = n,
-                None => return Ok(Next::Stop),
-            }
+            return self.chain(tx, &def, row, fence, plan).await;
         }
-        tx.commit().await?;
-        Ok(next)
+        let outcome = self.run_remote(&def, row, action).await?;
+        let (fence, plan) = self.plan(&def, row, |state, env| plan::after(state, env, outcome));
+        if !chains_local(&def, &plan, row.id)? {
+            // One statement, atomic on its own: no BEGIN/COMMIT round trips.
+            let mut conn = self.pool.acquire().await?;
+            let next = self.record(&mut conn, row, &fence, vec![plan]).await?;
+            return Ok(next.unwrap_or(Next::Stop));
+        }
+        let tx = self.pool.begin().await?;
+        self.chain(tx, &def, row, fence, plan).await
     }
 
-    /// Runs a local action in `tx` and records its outcome there.
+    /// Runs in `tx` the local steps that `plan` goes on with, each planned on the state the one
+    /// before it leads to, then records every outcome in **one statement** under `fence` (the
+    /// state before `plan`) and commits: the local effects and all the outcomes commit together,
+    /// or, when the fence no longer holds, none of them does.
+    ///
+    /// A guest cancellation arriving meanwhile is learnt from the record, so the chained steps
+    /// run and are then compensated like any completed step.
+    async fn chain(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        def: &SagaDefinition,
+        row: &mut SagaRow,
+        fence: Fence,
+        plan: Plan,
+    ) -> Result<Next, Error> {
+        let mut plans = vec![plan];
+        while let Some(last) = plans.last()
+            && !self.shutdown.is_cancelled()
+            && chains_local(def, last, row.id)?
+        {
+            advance(row, &last.transition);
+            let Some(action) = current_action(def, row)? else {
+                break;
+            };
+            let (_, plan) = self.run_local(&mut tx, def, row, action).await?;
+            plans.push(plan);
+        }
+        match self.record(&mut tx, row, &fence, plans).await? {
+            Some(next) => {
+                tx.commit().await?;
+                Ok(next)
+            }
+            // The transaction rolls back when dropped, the local effects with it.
+            None => Ok(Next::Stop),
+        }
+    }
+
+    /// Runs a local action in `tx` and plans its outcome; the caller records it.
     async fn run_local(
         &self,
         tx: &mut PgConnection,
         def: &SagaDefinition,
-        row: &mut SagaRow,
+        row: &SagaRow,
         action: Action,
-    ) -> Result<Option<Next>, Error> {
+    ) -> Result<(Fence, Plan), Error> {
         let started = std::time::Instant::now();
         let input = parse_input(row)?;
         let ctx = step_ctx(def, row, &input);
         let step = ctx.step;
         let span = step_span(row, step, action);
-        let outcome = action.run_local(tx, &ctx).instrument(span.clone()).await?;
-        let kind = outcome_kind(&outcome);
-        let (saga, step_name, phase) = (row.saga_name.clone(), step.name.clone(), phase_of(row));
-        let next = self
-            .record_outcome(tx, def, row, outcome)
-            .instrument(span)
-            .await?;
-        crate::telemetry::step_finished(&saga, &step_name, phase, kind, started.elapsed());
-        Ok(next)
+        let outcome = action.run_local(tx, &ctx).instrument(span).await?;
+        crate::telemetry::step_finished(
+            &row.saga_name,
+            &step.name,
+            phase_of(row),
+            outcome_kind(&outcome),
+            started.elapsed(),
+        );
+        Ok(self.plan(def, row, |state, env| plan::after(state, env, outcome)))
     }
 
     /// Runs a remote action outside any transaction, bounded by the step's timeout.
@@ -240,7 +252,7 @@ impl Worker {
         make: impl FnOnce(&State<'_>, &Env) -> Plan,
     ) -> Result<Option<Next>, Error> {
         let (fence, plan) = self.plan(def, row, make);
-        self.record(tx, row, &fence, plan).await
+        self.record(tx, row, &fence, vec![plan]).await
     }
 
     /// The transition from the saga's current state that `make` plans, and the fence it is
@@ -275,36 +287,42 @@ impl Worker {
         (fence, make(&state, &env))
     }
 
-    /// Commits a plan in `tx` if the fence still holds; updates `row` to the new state.
+    /// Records `plans` (one step's outcome and those of the local steps it chained) in one
+    /// statement on `conn` if the fence still holds; updates `row` to the new state.
     async fn record(
         &self,
-        tx: &mut PgConnection,
+        conn: &mut PgConnection,
         row: &mut SagaRow,
         fence: &Fence,
-        mut plan: Plan,
+        plans: Vec<Plan>,
     ) -> Result<Option<Next>, Error> {
-        for e in &mut plan.events {
+        let mut batch = plan::merge(plans);
+        for e in &mut batch.events {
             e.worker = Some(self.worker_id.clone());
         }
-        let t = &plan.transition;
-        let booking = bookings::Change::of(plan.events.iter().map(|e| &e.event));
-        let step = plan.step.as_ref().map(|s| sagas::StepOutcome {
-            index: s.index,
-            phase: s.phase,
-            name: &s.name,
-            status: s.status,
-            attempts: s.attempts,
-            error: s.error.as_deref(),
-        });
+        let t = &batch.transition;
+        let booking = bookings::Change::of(batch.events.iter().map(|e| &e.event));
+        let steps: Vec<_> = batch
+            .steps
+            .iter()
+            .map(|s| sagas::StepOutcome {
+                index: s.index,
+                phase: s.phase,
+                name: &s.name,
+                status: s.status,
+                attempts: s.attempts,
+                error: s.error.as_deref(),
+            })
+            .collect();
         let record = sagas::Record {
             fence,
             transition: t,
             saga_name: &row.saga_name,
-            events: &plan.events,
+            events: &batch.events,
             booking: &booking,
-            step,
+            steps: &steps,
         };
-        let Some(recorded) = sagas::record(tx, &record).await? else {
+        let Some(recorded) = sagas::record(conn, &record).await? else {
             warn!("lease lost before the outcome was recorded; another worker owns the saga now");
             return Ok(None);
         };
@@ -317,27 +335,29 @@ impl Worker {
             info!(status = %t.status, reason = reason.unwrap_or("-"), "saga finished");
             crate::telemetry::saga_finished(&row.saga_name, t.status);
         }
-        row.status = if requeued {
-            SagaStatus::Running
-        } else {
-            t.status
+        advance(row, t);
+        if requeued {
+            row.status = SagaStatus::Running.as_str().to_owned();
         }
-        .as_str()
-        .to_owned();
-        row.current_step = t.current_step;
-        row.attempt = t.attempt;
-        row.context = t.context.clone();
-        row.event_version = recorded.first_version + plan.events.len() as i32 - 1;
+        row.event_version = recorded.first_version + batch.events.len() as i32 - 1;
         row.cancel_requested = recorded.cancel_requested;
-        if t.failure_reason.is_some() {
-            row.failure_reason = t.failure_reason.clone();
-            row.failure_step = t.failure_step.clone().or(row.failure_step.take());
-        }
         Ok(Some(if t.keep_lease.is_some() {
             Next::Continue
         } else {
             Next::Stop
         }))
+    }
+}
+
+/// Moves `row` to the state `t` leads to (what is known of it before it is recorded).
+fn advance(row: &mut SagaRow, t: &sagas::Transition) {
+    row.status = t.status.as_str().to_owned();
+    row.current_step = t.current_step;
+    row.attempt = t.attempt;
+    row.context = t.context.clone();
+    if t.failure_reason.is_some() {
+        row.failure_reason = t.failure_reason.clone();
+        row.failure_step = t.failure_step.clone().or(row.failure_step.take());
     }
 }
 

@@ -266,6 +266,11 @@ pub struct Transition {
     pub next_run_at: Option<DateTime<Utc>>,
     /// Keep the lease (the same worker goes on with the next step at once) for this long.
     pub keep_lease: Option<Duration>,
+    /// With `keep_lease`: leave the current lease as it is while at least this much of it remains,
+    /// renew it otherwise (`None`: always renew). Then a step that goes on touches no indexed
+    /// column of `sagas` (`next_run_at` too is left alone while leased), so PostgreSQL can update
+    /// the row in place (a HOT update) instead of adding an entry to each of its indexes.
+    pub lease_floor: Option<Duration>,
     pub wait_key: Option<String>,
     pub wait_deadline: Option<DateTime<Utc>>,
     pub failure_step: Option<String>,
@@ -285,15 +290,17 @@ pub struct StepOutcome<'a> {
     pub error: Option<&'a str>,
 }
 
-/// Everything one step outcome writes: the fenced transition, its events (and their webhook
-/// deliveries), the bookings projection, the step history and the wake-ups.
+/// Everything a step outcome writes (or the outcomes of a step and of the local steps it chained,
+/// committed together): the fenced transition, its events (and their webhook deliveries), the
+/// bookings projection, the step history and the wake-ups.
 pub struct Record<'a> {
     pub fence: &'a Fence,
     pub transition: &'a Transition,
     pub saga_name: &'a str,
     pub events: &'a [NewEvent],
     pub booking: &'a bookings::Change,
-    pub step: Option<StepOutcome<'a>>,
+    /// Step history rows, at most one per step and phase.
+    pub steps: &'a [StepOutcome<'a>],
 }
 
 /// The NOTIFY (channel, payload) a saga moving to `status` and letting its lease go sends at
@@ -330,9 +337,11 @@ pub async fn record(
             "WITH t AS (
                  UPDATE sagas SET status = CASE WHEN {{requeue}} THEN 'running' ELSE $6 END,
                         current_step = $7, attempt = $8, context = $9,
-                        next_run_at = CASE WHEN {{requeue}} THEN now() ELSE $10 END,
+                        next_run_at = CASE WHEN {{requeue}} THEN now() WHEN $11::float8 IS NOT NULL THEN next_run_at ELSE $10 END,
                         locked_by = CASE WHEN {{requeue}} OR $11::float8 IS NULL THEN NULL ELSE locked_by END,
-                        locked_until = CASE WHEN NOT {{requeue}} THEN now() + $11::float8 * interval '1 millisecond' END,
+                        locked_until = CASE WHEN {{requeue}} OR $11::float8 IS NULL THEN NULL
+                                            WHEN locked_until >= now() + $41::float8 * interval '1 millisecond' THEN locked_until
+                                            ELSE now() + $11::float8 * interval '1 millisecond' END,
                         wait_key = CASE WHEN NOT {{requeue}} THEN $12 END,
                         wait_deadline = CASE WHEN NOT {{requeue}} THEN $13 END,
                         failure_step = COALESCE($14, failure_step), failure_reason = COALESCE($15, failure_reason),
@@ -344,9 +353,10 @@ pub async fn record(
              booking AS ({booking} AND $30::bool AND EXISTS (SELECT 1 FROM t) RETURNING 1),
              step AS (
                  INSERT INTO saga_steps (saga_id, step_index, phase, step_name, status, attempts, last_error, finished_at)
-                 SELECT $1, $31::int, $32::text, $33::text, $34::text, $35::int, $36::text,
-                        CASE WHEN $34::text IN ('succeeded', 'failed', 'skipped') THEN now() END
-                 FROM t WHERE $31::int IS NOT NULL
+                 SELECT $1, x.i, x.phase, x.name, x.status, x.attempts, x.error,
+                        CASE WHEN x.status IN ('succeeded', 'failed', 'skipped') THEN now() END
+                 FROM t, unnest($31::int[], $32::text[], $33::text[], $34::text[], $35::int[], $36::text[])
+                         AS x(i, phase, name, status, attempts, error)
                  ON CONFLICT (saga_id, step_index, phase) DO UPDATE
                  SET status = EXCLUDED.status, attempts = EXCLUDED.attempts,
                      last_error = COALESCE(EXCLUDED.last_error, saga_steps.last_error),
@@ -392,19 +402,20 @@ pub async fn record(
         .bind(&t.failure_reason)
         .bind(t.events);
     let q = r.booking.bind(batch.bind(q, r.saga_name));
-    let step = r.step.as_ref();
+    let steps = r.steps;
     let row = q
         .bind(!r.booking.is_empty())
-        .bind(step.map(|s| s.index))
-        .bind(step.map(|s| s.phase))
-        .bind(step.map(|s| s.name))
-        .bind(step.map(|s| s.status))
-        .bind(step.map(|s| s.attempts))
-        .bind(step.and_then(|s| s.error))
+        .bind(steps.iter().map(|s| s.index).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.phase).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.name).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.status).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.attempts).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.error).collect::<Vec<_>>())
         .bind(notify.as_ref().map(|(c, _)| *c))
         .bind(notify.as_ref().map(|(_, p)| p.as_str()))
         .bind(webhooks::WEBHOOK_CHANNEL)
         .bind(WORK_CHANNEL)
+        .bind(t.lease_floor.map(|d| d.as_millis() as f64))
         .fetch_optional(&mut *conn)
         .await?;
     row.map(|row| {

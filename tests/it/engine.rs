@@ -77,6 +77,7 @@ async fn a_worker_that_dies_after_its_claim_is_replaced_when_the_lease_expires()
                 context: json!({}),
                 next_run_at: None,
                 keep_lease: None,
+                lease_floor: None,
                 wait_key: None,
                 wait_deadline: None,
                 failure_step: None,
@@ -86,14 +87,14 @@ async fn a_worker_that_dies_after_its_claim_is_replaced_when_the_lease_expires()
             saga_name: "booking",
             events: &events,
             booking: &booking,
-            step: Some(sagas::StepOutcome {
+            steps: &[sagas::StepOutcome {
                 index: 0,
                 phase: "forward",
                 name: "hold_inventory",
                 status: "failed",
                 attempts: 9,
                 error: Some("stale"),
-            }),
+            }],
         },
     )
     .await
@@ -104,6 +105,96 @@ async fn a_worker_that_dies_after_its_claim_is_replaced_when_the_lease_expires()
     assert_eq!(after["steps"][0]["attempts"], 2, "{after:#}");
     assert_eq!(after["booking"]["status"], "confirmed", "{after:#}");
     assert_eq!(worker.event_types(id).await.len(), 7);
+}
+
+#[tokio::test]
+async fn a_step_that_goes_on_keeps_its_lease_until_too_little_of_it_remains() {
+    let api = spawn_app_with(AppOptions {
+        role: Role::Api,
+        ..Default::default()
+    })
+    .await;
+    let id = api
+        .start_booking(booking_input("cabin-8", "pm_card_visa"))
+        .await;
+    let lease = Duration::from_secs(60);
+    let claimed = sagas::claim_due(&api.pool, "w1", lease, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let leased = async |step: i32| {
+        sqlx::query_as::<
+            _,
+            (
+                i32,
+                Option<chrono::DateTime<chrono::Utc>>,
+                Option<chrono::DateTime<chrono::Utc>>,
+            ),
+        >("SELECT current_step, locked_until, next_run_at FROM sagas WHERE id = $1")
+        .bind(id)
+        .fetch_one(&api.pool)
+        .await
+        .map(|(s, until, next)| {
+            assert_eq!(s, step);
+            (until, next)
+        })
+        .unwrap()
+    };
+    let (until0, next0) = leased(0).await;
+    let go_on = |step: i32, keep_lease: Option<Duration>, floor: Duration| sagas::Transition {
+        status: sagas::SagaStatus::Running,
+        current_step: step,
+        attempt: 1,
+        context: json!({}),
+        next_run_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+        keep_lease,
+        lease_floor: Some(floor),
+        wait_key: None,
+        wait_deadline: None,
+        failure_step: None,
+        failure_reason: None,
+        events: 0,
+    };
+    let booking = sagad::store::bookings::Change::of(std::iter::empty());
+    let mut conn = api.pool.acquire().await.unwrap();
+    let mut record = async |from: i32, t: sagas::Transition| {
+        let fence = sagas::Fence {
+            id,
+            status: sagas::SagaStatus::Running,
+            current_step: from,
+            attempt: 1,
+            worker: "w1".into(),
+        };
+        let r = sagas::Record {
+            fence: &fence,
+            transition: &t,
+            saga_name: "booking",
+            events: &[],
+            booking: &booking,
+            steps: &[],
+        };
+        assert!(sagas::record(&mut conn, &r).await.unwrap().is_some());
+    };
+
+    // Plenty of the lease left for the next step: neither the lease nor next_run_at changes (no
+    // indexed column of the row does, so PostgreSQL can update it in place).
+    record(0, go_on(1, Some(lease), Duration::from_secs(22))).await;
+    assert_eq!(leased(1).await, (until0, next0));
+
+    // The next step may take longer than what is left: the lease is renewed.
+    record(1, go_on(2, Some(lease), Duration::from_secs(61))).await;
+    let (until2, next2) = leased(2).await;
+    assert!(until2 > until0, "{until2:?} after {until0:?}");
+    assert_eq!(next2, next0);
+
+    // Letting the lease go releases it whatever the floor says, and the saga is due when planned.
+    let t = go_on(3, None, Duration::from_secs(1));
+    let due = t.next_run_at;
+    record(2, t).await;
+    let (until3, next3) = leased(3).await;
+    assert_eq!(until3, None);
+    assert_eq!(
+        next3.map(|t| t.timestamp_micros()),
+        due.map(|t| t.timestamp_micros())
+    );
 }
 
 #[tokio::test]
