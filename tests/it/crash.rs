@@ -401,6 +401,18 @@ async fn run(work: &Path, sagas: usize, kills: usize) -> anyhow::Result<()> {
         "{report}; {cancelled} guest cancellations, {kills_done} + 1 SIGKILLs, PostgreSQL restarted once"
     );
     drop(sagad);
+    // The daemon's log went to a file: plain text, no terminal colour codes.
+    let log = std::fs::read_to_string(&env.log)?;
+    anyhow::ensure!(
+        log.contains(" INFO "),
+        "no info lines in {}",
+        env.log.display()
+    );
+    anyhow::ensure!(
+        !log.contains('\u{1b}'),
+        "terminal escape codes in {}",
+        env.log.display()
+    );
     pool.close().await;
     pg.stop().await?;
     Ok(())
