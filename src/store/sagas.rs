@@ -328,6 +328,11 @@ pub struct Recorded {
 /// Records `r` in **one statement** if the worker still holds the saga as its fence says (one round
 /// trip; atomic on its own, or part of the caller's transaction). `None` when the fence no longer
 /// holds (the lease ran out and someone else claimed it): then nothing was written.
+///
+/// The fence is compared with `IS NOT DISTINCT FROM` (its values are never NULL) because no index
+/// can serve that: the row is always found by its primary key. With `status = $2`, a generic plan
+/// made while the table was small (a fresh database, sagad forces generic plans) could pick
+/// `sagas_status_listing` and walk every saga in that status on each step.
 pub async fn record(
     conn: &mut PgConnection,
     r: &Record<'_>,
@@ -347,7 +352,7 @@ pub async fn record(
                         failure_step = COALESCE($14, failure_step), failure_reason = COALESCE($15, failure_reason),
                         finished_at = CASE WHEN NOT {{requeue}} AND $6 IN ('completed', 'compensated', 'stuck') THEN now() END,
                         event_version = event_version + $16, updated_at = now()
-                 WHERE id = $1 AND status = $2 AND current_step = $3 AND attempt = $4 AND locked_by = $5
+                 WHERE id = $1 AND (status, current_step, attempt, locked_by) IS NOT DISTINCT FROM ($2, $3, $4, $5)
                  RETURNING event_version - $16 + 1 AS first_version, cancel_requested, {{requeue}} AS requeued),
              {events},
              booking AS ({booking} AND $30::bool AND EXISTS (SELECT 1 FROM t) RETURNING 1),
