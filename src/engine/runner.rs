@@ -90,19 +90,14 @@ impl Worker {
                 .and_then(|s| Action::parse(&s.action))
                 .is_some_and(Action::is_local);
             info!("guest cancellation: compensating");
-            let mut tx = self.pool.begin().await?;
+            // One statement, atomic on its own.
+            let mut conn = self.pool.acquire().await?;
             let next = self
-                .record_with(&mut tx, &def, row, |state, env| {
+                .record_with(&mut conn, &def, row, |state, env| {
                     plan::cancel(state, env, local)
                 })
                 .await?;
-            return match next {
-                Some(next) => {
-                    tx.commit().await?;
-                    Ok(next)
-                }
-                None => Ok(Next::Stop),
-            };
+            return Ok(next.unwrap_or(Next::Stop));
         }
         let Some(action) = current_action(&def, row)? else {
             sagas::release_lease(&self.pool, row.id, &self.worker_id).await?;

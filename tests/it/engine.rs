@@ -13,6 +13,35 @@ use crate::harness::{
     spawn_instance, start_concurrently,
 };
 
+/// What `worker` holds after a first claim of step `step` of a running saga.
+fn fence(id: uuid::Uuid, step: i32, worker: &str) -> sagas::Fence {
+    sagas::Fence {
+        id,
+        status: sagas::SagaStatus::Running,
+        current_step: step,
+        attempt: 1,
+        worker: worker.into(),
+    }
+}
+
+/// A transition to `status` at `step` (first attempt) that sets nothing else.
+fn transition(status: sagas::SagaStatus, step: i32) -> sagas::Transition {
+    sagas::Transition {
+        status,
+        current_step: step,
+        attempt: 1,
+        context: json!({}),
+        next_run_at: None,
+        keep_lease: None,
+        lease_floor: None,
+        wait_key: None,
+        wait_deadline: None,
+        failure_step: None,
+        failure_reason: None,
+        events: 0,
+    }
+}
+
 #[tokio::test]
 async fn a_worker_that_dies_after_its_claim_is_replaced_when_the_lease_expires() {
     // API only: nothing runs the saga until we say so.
@@ -63,26 +92,11 @@ async fn a_worker_that_dies_after_its_claim_is_replaced_when_the_lease_expires()
     let stale = sagas::record(
         &mut conn,
         &sagas::Record {
-            fence: &sagas::Fence {
-                id,
-                status: sagas::SagaStatus::Running,
-                current_step: 0,
-                attempt: 1,
-                worker: "doomed-worker".into(),
-            },
+            fence: &fence(id, 0, "doomed-worker"),
             transition: &sagas::Transition {
-                status: sagas::SagaStatus::Compensated,
-                current_step: 0,
-                attempt: 1,
-                context: json!({}),
-                next_run_at: None,
-                keep_lease: None,
-                lease_floor: None,
-                wait_key: None,
-                wait_deadline: None,
-                failure_step: None,
                 failure_reason: Some("stale".into()),
                 events: 1,
+                ..transition(sagas::SagaStatus::Compensated, 0)
             },
             saga_name: "booking",
             events: &events,
@@ -140,29 +154,15 @@ async fn a_step_that_goes_on_keeps_its_lease_until_too_little_of_it_remains() {
     };
     let (until0, next0) = leased(0).await;
     let go_on = |step: i32, keep_lease: Option<Duration>, floor: Duration| sagas::Transition {
-        status: sagas::SagaStatus::Running,
-        current_step: step,
-        attempt: 1,
-        context: json!({}),
         next_run_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
         keep_lease,
         lease_floor: Some(floor),
-        wait_key: None,
-        wait_deadline: None,
-        failure_step: None,
-        failure_reason: None,
-        events: 0,
+        ..transition(sagas::SagaStatus::Running, step)
     };
     let booking = sagad::store::bookings::Change::of(std::iter::empty());
     let mut conn = api.pool.acquire().await.unwrap();
     let mut record = async |from: i32, t: sagas::Transition| {
-        let fence = sagas::Fence {
-            id,
-            status: sagas::SagaStatus::Running,
-            current_step: from,
-            attempt: 1,
-            worker: "w1".into(),
-        };
+        let fence = fence(id, from, "w1");
         let r = sagas::Record {
             fence: &fence,
             transition: &t,
