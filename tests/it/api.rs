@@ -338,14 +338,6 @@ async fn openapi_health_and_metrics_are_served() {
         .start_booking(booking_input("inn-2", "pm_card_visa"))
         .await;
     app.wait_terminal(id).await;
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("sagad_queue_depth"), "{metrics}");
 }

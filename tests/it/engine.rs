@@ -429,14 +429,7 @@ async fn sagas_started_while_the_workers_are_busy_wait_in_the_local_queue_then_t
         let v = app.wait_terminal(id.parse().unwrap()).await;
         assert_eq!(v["status"], "completed", "{v:#}");
     }
-    let metrics = app
-        .get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     let dispatched = |path: &str| -> u64 {
         metrics
             .lines()

@@ -391,6 +391,17 @@ impl TestApp {
             .expect("JSON body")
     }
 
+    /// The Prometheus exposition at `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics")
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
     /// `POST path` without a body: the status.
     pub async fn post_status(&self, path: &str) -> u16 {
         self.post(path)
