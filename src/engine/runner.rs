@@ -1,6 +1,7 @@
 //! Runs one claimed saga: a step outside any transaction, then its outcome, events, projection and
 //! next schedule in one transaction guarded by the fence the claim handed out. While the next step
-//! is due at once, the same worker goes on with it under the same lease.
+//! is due at once, the same worker goes on with it under the same lease: a remote one before the
+//! outcomes so far are recorded, a local one inside the transaction that records them.
 
 use std::sync::Arc;
 
@@ -77,8 +78,9 @@ impl Worker {
         .await
     }
 
-    /// Runs the saga's current step and records its outcome; local steps that follow run in the
-    /// same transaction (their effect and record commit together with the step before them).
+    /// Runs the saga's current step and records its outcome. Remote steps that follow at once run
+    /// first (their outcomes are recorded together); local steps that follow run in the record's
+    /// transaction (their effect and record commit together with the steps before them).
     async fn step(&self, row: &mut SagaRow) -> Result<Next, Error> {
         let def = self.registry.get(&row.saga_name, row.saga_version).await?;
         let status = row.status();
@@ -118,23 +120,65 @@ impl Worker {
                 }
                 Err(e) => return Err(e),
             };
-            return self.chain(tx, &def, row, fence, plan).await;
+            return self.chain(tx, &def, row, fence, vec![plan]).await;
         }
         let outcome = self.run_remote(&def, row, action).await?;
         let (fence, plan) = self.plan(&def, row, |state, env| plan::after(state, env, outcome));
-        if !chains_local(&def, &plan, row.id)? {
+        let mut plans = vec![plan];
+        // Remote steps that follow at once run before anything is recorded (see `next_remote`).
+        while let Some(action) = self.next_remote(&def, row, &plans).await? {
+            let outcome = self.run_remote(&def, row, action).await?;
+            let (_, plan) = self.plan(&def, row, |state, env| plan::after(state, env, outcome));
+            plans.push(plan);
+        }
+        if !chains_local(&def, plans.last().expect("one plan at least"), row.id)? {
             // One statement, atomic on its own: no BEGIN/COMMIT round trips.
             let mut conn = self.pool.acquire().await?;
-            let next = self.record(&mut conn, row, &fence, vec![plan]).await?;
+            let next = self.record(&mut conn, row, &fence, plans).await?;
             return Ok(next.unwrap_or(Next::Stop));
         }
         let tx = self.pool.begin().await?;
-        self.chain(tx, &def, row, fence, plan).await
+        self.chain(tx, &def, row, fence, plans).await
     }
 
-    /// Runs in `tx` the local steps that `plan` goes on with, each planned on the state the one
-    /// before it leads to, then records every outcome in **one statement** under `fence` (the
-    /// state before `plan`) and commits: the local effects and all the outcomes commit together,
+    /// The remote step the last of `plans` goes on with, when it may run before those outcomes
+    /// are recorded; `row` is then moved to the state they lead to.
+    ///
+    /// Recording a remote step's outcome before the next remote call would cost a writing
+    /// transaction and buys nothing for exactly-once effects: every remote call carries an
+    /// idempotency key derived from the saga and the effect, so if this process dies before the
+    /// record, the next owner repeats the calls and gets the same answers (the effects are not
+    /// repeated). It goes on only while it keeps the lease with room for the next step, and not
+    /// when a guest cancellation is pending: that must be learnt before, say, a capture.
+    async fn next_remote(
+        &self,
+        def: &SagaDefinition,
+        row: &mut SagaRow,
+        plans: &[Plan],
+    ) -> Result<Option<Action>, Error> {
+        let Some(last) = plans.last() else {
+            return Ok(None);
+        };
+        let t = &last.transition;
+        if t.keep_lease.is_none() || self.shutdown.is_cancelled() {
+            return Ok(None);
+        }
+        let action = action_at(def, t.status, t.current_step)
+            .map_err(|name| Error::Corrupt(row.id, format!("unknown action `{name}`")))?;
+        let Some(action) = action.filter(|a| !a.is_local()) else {
+            return Ok(None);
+        };
+        let floor = t.lease_floor.unwrap_or(self.lease);
+        if !sagas::may_go_on(&self.pool, row.id, &self.worker_id, floor).await? {
+            return Ok(None);
+        }
+        advance(row, t);
+        Ok(Some(action))
+    }
+
+    /// Runs in `tx` the local steps that the last of `plans` goes on with, each planned on the
+    /// state the one before it leads to, then records every outcome in **one statement** under
+    /// `fence` (the state before the first plan) and commits: the local effects and all the outcomes commit together,
     /// or, when the fence no longer holds, none of them does.
     ///
     /// A guest cancellation arriving meanwhile is learnt from the record, so the chained steps
@@ -145,9 +189,8 @@ impl Worker {
         def: &SagaDefinition,
         row: &mut SagaRow,
         fence: Fence,
-        plan: Plan,
+        mut plans: Vec<Plan>,
     ) -> Result<Next, Error> {
-        let mut plans = vec![plan];
         while let Some(last) = plans.last()
             && !self.shutdown.is_cancelled()
             && chains_local(def, last, row.id)?

@@ -433,6 +433,30 @@ pub async fn record(
     .transpose()
 }
 
+/// Whether `worker` may run the saga's next remote step before the outcome of the one before it is
+/// recorded: it still holds the lease, with at least `floor` of it left (by the database's clock),
+/// and no guest cancellation is pending (which must be learnt before, say, money is captured).
+/// A read by primary key: no transaction, nothing written.
+pub async fn may_go_on(
+    pool: &PgPool,
+    id: Uuid,
+    worker: &str,
+    floor: Duration,
+) -> Result<bool, sqlx::Error> {
+    let ok: Option<bool> = sqlx::query_scalar(
+        "SELECT locked_by IS NOT DISTINCT FROM $2
+                AND locked_until >= now() + $3::float8 * interval '1 millisecond'
+                AND NOT cancel_requested
+         FROM sagas WHERE id = $1",
+    )
+    .bind(id)
+    .bind(worker)
+    .bind(floor.as_millis() as f64)
+    .fetch_optional(pool)
+    .await?;
+    Ok(ok == Some(true))
+}
+
 /// Gives a lease back without an outcome (shutdown): the saga is due again at once.
 pub async fn release_lease(pool: &PgPool, id: Uuid, worker: &str) -> Result<bool, sqlx::Error> {
     let n = sqlx::query(

@@ -570,3 +570,102 @@ async fn a_running_saga_finishes_on_the_definition_version_it_started_with() {
         .expect("a changed v1 is refused");
     assert!(err.to_string().contains("version 3"), "{err}");
 }
+
+/// When each forward step was recorded (`now()` is the recording transaction's start).
+async fn steps_recorded_at(
+    app: &crate::harness::TestApp,
+    id: uuid::Uuid,
+) -> std::collections::HashMap<String, chrono::DateTime<chrono::Utc>> {
+    sqlx::query_as(
+        "SELECT step_name, finished_at FROM saga_steps WHERE saga_id = $1 AND phase = 'forward'",
+    )
+    .bind(id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect()
+}
+
+/// A remote step followed at once by another one is not recorded on its own: authorize, capture
+/// and the chained confirm are recorded by one statement (their step rows share the transaction's
+/// timestamp), which saves a writing transaction per saga.
+#[tokio::test]
+async fn consecutive_remote_steps_are_recorded_together() {
+    let app = spawn_app().await;
+    let id = app
+        .start_booking(booking_input("chain-1", "pm_card_visa"))
+        .await;
+    let v = app.wait_terminal(id).await;
+    assert_eq!(v["status"], "completed", "{v:#}");
+    let at = steps_recorded_at(&app, id).await;
+    assert_eq!(at["authorize_payment"], at["capture_payment"], "{at:?}");
+    assert_eq!(at["capture_payment"], at["confirm_booking"], "{at:?}");
+    assert_ne!(at["hold_inventory"], at["authorize_payment"], "{at:?}");
+    let pi = &app.payment_intents_of(id)[0];
+    assert_eq!((pi.effects.authorizations, pi.effects.captures), (1, 1));
+}
+
+/// Before the next remote step runs unrecorded, the worker checks it still has room in its lease
+/// for that step (its timeout + 2 s); with too little left, the outcome is recorded first, which
+/// renews the lease.
+#[tokio::test]
+async fn a_remote_step_with_too_little_lease_left_is_recorded_before_the_next_one() {
+    // Test steps time out after ≤ 3 s: the capture needs 5 s of lease left.
+    let app = spawn_app_with(AppOptions {
+        lease: Duration::from_secs(6),
+        ..Default::default()
+    })
+    .await;
+    app.double.inject(Fault::latency(
+        Operation::Create,
+        Duration::from_millis(1500),
+    ));
+    let id = app
+        .start_booking(booking_input("chain-2", "pm_card_visa"))
+        .await;
+    let v = app.wait_terminal(id).await;
+    assert_eq!(v["status"], "completed", "{v:#}");
+    let at = steps_recorded_at(&app, id).await;
+    assert_ne!(at["authorize_payment"], at["capture_payment"], "{at:?}");
+    assert_eq!(at["capture_payment"], at["confirm_booking"], "{at:?}");
+    assert_eq!(app.payment_intents_of(id)[0].effects.captures, 1);
+}
+
+/// A guest cancelling while the authorization runs is learnt before the capture: the
+/// authorization is voided and the guest is never charged (a capture then a refund would cost
+/// the platform Stripe's fee).
+#[tokio::test]
+async fn a_cancellation_while_authorizing_voids_instead_of_capturing() {
+    let app = spawn_app().await;
+    app.double.inject(Fault::latency(
+        Operation::Create,
+        Duration::from_millis(800),
+    ));
+    let id = app
+        .start_booking(booking_input("chain-3", "pm_card_visa"))
+        .await;
+    app.wait_faults_taken().await;
+    assert_eq!(
+        app.post_status(&format!("/v1/sagas/{id}/cancel")).await,
+        202
+    );
+    let v = app.wait_terminal(id).await;
+    assert_eq!(v["status"], "compensated", "{v:#}");
+    let events = app.event_types(id).await;
+    assert_eq!(
+        events,
+        [
+            "BookingRequested",
+            "InventoryHeld",
+            "PaymentAuthorized",
+            "CompensationStarted",
+            "BookingCancelled",
+            "PaymentVoided",
+            "InventoryReleased",
+            "SagaCompensated"
+        ]
+    );
+    let pi = &app.payment_intents_of(id)[0];
+    assert_eq!((pi.effects.captures, pi.effects.cancels), (0, 1), "{pi:?}");
+}
