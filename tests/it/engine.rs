@@ -669,3 +669,51 @@ async fn a_cancellation_while_authorizing_voids_instead_of_capturing() {
     let pi = &app.payment_intents_of(id)[0];
     assert_eq!((pi.effects.captures, pi.effects.cancels), (0, 1), "{pi:?}");
 }
+
+/// `?wait=` looks at the database again every second: a saga whose end was not heard of (the
+/// LISTEN connection was reconnecting, say) still ends the wait long before its deadline.
+#[tokio::test]
+async fn a_wait_ends_when_the_saga_ends_even_if_its_notification_is_lost() {
+    // API only: nothing runs the saga, and the end below comes from outside sagad (no NOTIFY).
+    let api = spawn_app_with(AppOptions {
+        role: Role::Api,
+        ..Default::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let waiting = api
+        .post("/v1/sagas?wait=60s")
+        .json(&json!({ "saga": "booking", "input": booking_input("quiet-1", "pm_card_visa") }))
+        .send();
+    let end_it = async {
+        let id: uuid::Uuid = loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Some(id) = sqlx::query_scalar("SELECT id FROM sagas")
+                .fetch_optional(&api.pool)
+                .await
+                .unwrap()
+            {
+                break id;
+            }
+        };
+        sqlx::query(
+            "UPDATE sagas SET status = 'stuck', failure_reason = 'ended by the test', finished_at = now()
+             WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&api.pool)
+        .await
+        .unwrap();
+    };
+    let (resp, ()) = tokio::join!(waiting, end_it);
+    let resp = resp.unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["status"], "stuck", "{v:#}");
+    // Without the re-check it would have waited the full 60 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
