@@ -529,6 +529,7 @@ impl Bench<'_> {
         .bind(&ids)
         .fetch_all(&db)
         .await?;
+        let slowest = slowest_saga(&db, &ids).await?;
         db.close().await;
         let statements = if self.statements {
             Some(self.statement_counts(&name, finished).await?)
@@ -581,6 +582,7 @@ impl Bench<'_> {
             idle_rss_mib: idle.map(|m| m.rss_mib),
             peak_rss_mib: peak.map(|m| m.hwm_mib),
             statements,
+            slowest,
         };
         progress(format_args!(
             "{workers} workers: {:.1} sagas/s, {:.1} commits/saga ({:.1} writing, {:.2} WAL flushes){}",
@@ -630,4 +632,28 @@ fn describe(budget: Budget) -> String {
         Budget::Sagas(n) => format!("{n} sagas"),
         Budget::Time(d) => format!("{d:?} of load"),
     }
+}
+
+/// The saga among `ids` that took longest from creation to its end, with its events' offsets.
+async fn slowest_saga(
+    db: &sqlx::PgPool,
+    ids: &[uuid::Uuid],
+) -> anyhow::Result<Option<report::Slowest>> {
+    let rows: Vec<(uuid::Uuid, f64, String, f64)> = sqlx::query_as(
+        "WITH s AS (SELECT id, created_at, finished_at FROM sagas
+                    WHERE id = ANY($1) AND finished_at IS NOT NULL
+                    ORDER BY finished_at - created_at DESC LIMIT 1)
+         SELECT s.id, (extract(epoch FROM s.finished_at - s.created_at) * 1000)::float8,
+                e.event_type, (extract(epoch FROM e.recorded_at - s.created_at) * 1000)::float8
+         FROM s JOIN events e ON e.aggregate_id = s.id
+         ORDER BY e.version",
+    )
+    .bind(ids)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.first().map(|(id, ms, _, _)| report::Slowest {
+        saga_id: *id,
+        ms: *ms,
+        events: rows.iter().map(|(_, _, t, at)| (t.clone(), *at)).collect(),
+    }))
 }

@@ -151,6 +151,34 @@ pub struct Setting {
     /// Only with `--statements`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub statements: Option<Vec<StatementCount>>,
+    /// The measured saga that took longest as the database saw it, event by event: where a
+    /// latency tail comes from.
+    pub slowest: Option<Slowest>,
+}
+
+/// One saga's timeline: each event and when it was recorded, after the saga was created.
+#[derive(Debug, Clone, Serialize)]
+pub struct Slowest {
+    pub saga_id: uuid::Uuid,
+    pub ms: f64,
+    pub events: Vec<(String, f64)>,
+}
+
+impl Slowest {
+    fn write(&self, out: &mut String, label: &str) {
+        let timeline: Vec<String> = self
+            .events
+            .iter()
+            .map(|(t, ms)| format!("{t} +{ms:.1}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "slowest saga ({label}): {:.1} ms, {}: {}",
+            self.ms,
+            self.saga_id,
+            timeline.join(", ")
+        );
+    }
 }
 
 /// A figure the issue asks for whose feature is not in this build yet.
@@ -524,6 +552,17 @@ impl Report {
                 "end-to-end as the database saw it ({} workers): p50 {:.1} ms, p99 {:.1} ms",
                 db.0, db.1.p50, db.1.p99
             );
+        }
+        for s in self.settings.iter().chain(self.half_load.iter()) {
+            if let Some(slow) = &s.slowest {
+                let label = match s.load {
+                    Load::ClosedLoop { .. } => format!("{} workers", s.workers),
+                    Load::OpenLoop { rate_per_s } => {
+                        format!("{} workers @{rate_per_s:.0}/s", s.workers)
+                    }
+                };
+                slow.write(&mut out, &label);
+            }
         }
         let _ = writeln!(out);
         match &self.webhook_deliveries {
