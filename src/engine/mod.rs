@@ -82,13 +82,17 @@ pub enum Error {
 /// any claim does: if the process dies, the rescuer frees it.
 ///
 /// When every worker is busy, up to `workers` more sagas wait in a local queue, leased too, and
-/// go before anything claimed from the database. The bound keeps the wait short next to the lease;
+/// go before anything claimed from the database, first come, first served: while the queue holds
+/// any, a new saga queues behind them instead of taking a worker that just freed up (which the
+/// engine gives to the queue's head). The bound keeps the wait short next to the lease;
 /// should a queued saga's lease run out anyway, another process may claim it, and the fence lets
 /// only one of them record anything.
 #[derive(Clone)]
 pub struct DirectDispatch {
     slots: Arc<Semaphore>,
     queue: Arc<Semaphore>,
+    /// Places in the local queue (all free when nothing waits in it).
+    queue_places: usize,
     tx: mpsc::UnboundedSender<(sagas::SagaRow, Reservation)>,
     pub worker_id: String,
     pub lease: Duration,
@@ -105,7 +109,11 @@ pub enum Reservation {
 impl DirectDispatch {
     /// A free worker slot or, failing that, a place in the local queue, if there is one now.
     pub fn try_reserve(&self) -> Option<Reservation> {
-        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+        // Nothing waits in the local queue: a free worker may take it now. Otherwise it queues
+        // behind those (a new saga taking each freed worker would starve them for seconds).
+        if self.queue.available_permits() == self.queue_places
+            && let Ok(p) = self.slots.clone().try_acquire_owned()
+        {
             return Some(Reservation::Worker(p));
         }
         self.queue
@@ -173,6 +181,7 @@ impl Engine {
         DirectDispatch {
             slots: self.slots.clone(),
             queue: self.queue.clone(),
+            queue_places: self.config.workers,
             tx: self.direct_tx.clone(),
             worker_id: self.config.worker_id.clone(),
             lease: self.config.lease,
@@ -224,33 +233,38 @@ impl Engine {
         // Sagas the API started and leased to this engine while every worker was busy.
         let mut queued: std::collections::VecDeque<(sagas::SagaRow, OwnedSemaphorePermit)> =
             Default::default();
+        // While both the local queue and the database have work, freed workers alternate
+        // between them: under sustained load the local queue is never empty, and a saga that
+        // went through the database (started while this process was full, or due for a retry)
+        // would otherwise wait until the load stops.
+        let mut database_turn = false;
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
-            // The local queue first: those sagas are leased to this engine already.
-            while !queued.is_empty() {
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // Take the worker slots first, then claim that many: the API may take slots too.
+            let mut permits: Vec<OwnedSemaphorePermit> = Vec::new();
+            while let Ok(permit) = slots.clone().try_acquire_owned() {
+                if backlog && (queued.is_empty() || database_turn) {
+                    database_turn = false;
+                    permits.push(permit);
+                    continue;
+                }
+                database_turn = true;
+                // The local queue: those sagas are leased to this engine already.
+                let Some((row, place)) = queued.pop_front() else {
                     break;
                 };
-                if let Some((row, place)) = queued.pop_front() {
-                    drop(place);
-                    if row
-                        .locked_until
-                        .is_some_and(|until| until <= chrono::Utc::now())
-                    {
-                        // Waited past its lease: the rescuer hands it to whoever claims it next.
-                        warn!(saga_id = %row.id, "a locally queued saga outwaited its lease");
-                        continue;
-                    }
-                    crate::telemetry::saga_dispatched(&row.saga_name, "queued");
-                    spawn(&mut tasks, row, permit);
+                drop(place);
+                if row
+                    .locked_until
+                    .is_some_and(|until| until <= chrono::Utc::now())
+                {
+                    // Waited past its lease: the rescuer hands it to whoever claims it next.
+                    warn!(saga_id = %row.id, "a locally queued saga outwaited its lease");
+                    continue;
                 }
+                crate::telemetry::saga_dispatched(&row.saga_name, "queued");
+                spawn(&mut tasks, row, permit);
             }
-            // Take the worker slots first, then claim that many: the API may take slots too.
-            let mut permits: Vec<OwnedSemaphorePermit> = if backlog && queued.is_empty() {
-                std::iter::from_fn(|| slots.clone().try_acquire_owned().ok()).collect()
-            } else {
-                Vec::new()
-            };
             let free = permits.len();
             if free > 0 {
                 let claimed = match sagas::claim_due(
@@ -282,6 +296,10 @@ impl Engine {
                     backlog = false;
                     next_check = tokio::time::Instant::now()
                         + next_due_in(&self.pool, self.config.poll_interval).await;
+                    if !queued.is_empty() {
+                        // The workers the database did not need go to the local queue now.
+                        continue;
+                    }
                 }
             }
             tokio::select! {
@@ -352,4 +370,40 @@ async fn release_all(pool: &PgPool, worker: &str) -> Result<u64, sqlx::Error> {
     .execute(pool)
     .await?
     .rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dispatch(workers: usize) -> DirectDispatch {
+        let (tx, _) = mpsc::unbounded_channel();
+        DirectDispatch {
+            slots: Arc::new(Semaphore::new(workers)),
+            queue: Arc::new(Semaphore::new(workers)),
+            queue_places: workers,
+            tx,
+            worker_id: "w".into(),
+            lease: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn a_new_saga_queues_behind_waiting_ones_when_a_worker_frees_up() {
+        let d = dispatch(2);
+        let first = d.try_reserve();
+        let second = d.try_reserve();
+        assert!(matches!(first, Some(Reservation::Worker(_))));
+        assert!(matches!(second, Some(Reservation::Worker(_))));
+        let waiting = d.try_reserve();
+        assert!(matches!(waiting, Some(Reservation::Queued(_))));
+        // A worker frees up: it is the waiting saga's, so the next one queues behind it.
+        drop(first);
+        let behind = d.try_reserve();
+        assert!(matches!(behind, Some(Reservation::Queued(_))));
+        // The engine took both off the queue (the first onto the freed worker): nothing waits
+        // any more, so a free worker takes a new saga at once.
+        drop((waiting, behind, second));
+        assert!(matches!(d.try_reserve(), Some(Reservation::Worker(_))));
+    }
 }

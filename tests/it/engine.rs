@@ -717,3 +717,52 @@ async fn a_wait_ends_when_the_saga_ends_even_if_its_notification_is_lost() {
         started.elapsed()
     );
 }
+
+/// Under sustained load the local queue never empties; a saga that went through the database
+/// (started while this process was full) still runs soon, because freed workers alternate
+/// between the two. It used to wait until the load stopped (seconds in the benchmark).
+#[tokio::test]
+async fn a_saga_queued_in_the_database_is_not_starved_by_the_local_queue() {
+    let app = spawn_app_with(AppOptions {
+        workers: 1,
+        ..Default::default()
+    })
+    .await;
+    app.double
+        .inject(Fault::latency(Operation::Create, Duration::from_millis(150)).times(100));
+    // One runs, one waits in the local queue, the third goes through the database.
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            app.start_booking(booking_input(&format!("fair-{i}"), "pm_card_visa"))
+                .await,
+        );
+    }
+    let through_database = ids[2];
+    // Keep the local queue fed: a new saga every 100 ms, faster than one worker finishes them.
+    for i in 3..12 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ids.push(
+            app.start_booking(booking_input(&format!("fair-{i}"), "pm_card_visa"))
+                .await,
+        );
+    }
+    for id in &ids {
+        let v = app.wait_terminal(*id).await;
+        assert_eq!(v["status"], "completed", "{v:#}");
+    }
+    let held: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT aggregate_id FROM events WHERE event_type = 'InventoryHeld' ORDER BY recorded_at",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let position = held.iter().position(|id| *id == through_database).unwrap();
+    // Third, or fourth if the first saga found its worker taken for a moment by a claim.
+    assert!(
+        position <= 3,
+        "the saga started through the database held {}th of {}",
+        position + 1,
+        held.len()
+    );
+}
