@@ -178,8 +178,8 @@ impl Worker {
 
     /// Runs in `tx` the local steps that the last of `plans` goes on with, each planned on the
     /// state the one before it leads to, then records every outcome in **one statement** under
-    /// `fence` (the state before the first plan) and commits: the local effects and all the outcomes commit together,
-    /// or, when the fence no longer holds, none of them does.
+    /// `fence` (the state before the first plan) and commits: the local effects and all the
+    /// outcomes commit together, or, when the fence no longer holds, none of them does.
     ///
     /// A guest cancellation arriving meanwhile is learnt from the record, so the chained steps
     /// run and are then compensated like any completed step.

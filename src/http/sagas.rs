@@ -348,7 +348,7 @@ async fn wait_until_finished(state: &AppState, id: Uuid, wait: Duration) -> Resu
             return Ok(());
         }
         // Look again at least every second: a notification can be missed (while the LISTEN
-        // connection reconnects, or when the process that committed the end died meanwhile).
+        // connection reconnects, say).
         let recheck = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
         loop {
             match tokio::time::timeout_at(recheck, rx.recv()).await {
