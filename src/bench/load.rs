@@ -54,6 +54,17 @@ impl Api {
         answer(self.post(path).json(body), &format!("POST {path}")).await
     }
 
+    /// sagad's `/metrics` (Prometheus text).
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let resp = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(resp.text().await?)
+    }
+
     fn post(&self, path: &str) -> reqwest::RequestBuilder {
         self.http
             .post(format!("{}{path}", self.base))

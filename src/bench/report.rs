@@ -154,6 +154,55 @@ pub struct Setting {
     /// The measured saga that took longest as the database saw it, event by event: where a
     /// latency tail comes from.
     pub slowest: Option<Slowest>,
+    /// The start RPC's p99 as sagad's own request histogram saw it (router → handler returned),
+    /// read as the upper bound of the bucket that holds it (buckets 1, 2, 3, 5, 7.5, 10, 15, 20,
+    /// 30, 50 … ms).
+    pub start_rpc_in_sagad_p99_ms: Option<f64>,
+}
+
+/// From a Prometheus text exposition: the cumulative buckets (upper bound, count) of `metric`'s
+/// series whose labels include each of `labels` (one series), lowest bound first.
+pub fn histogram_buckets(text: &str, metric: &str, labels: &[&str]) -> Vec<(f64, u64)> {
+    let prefix = format!("{metric}_bucket{{");
+    let mut buckets: Vec<(f64, u64)> = text
+        .lines()
+        .filter_map(|line| {
+            let (set, value) = line.strip_prefix(&prefix)?.rsplit_once("} ")?;
+            if !labels.iter().all(|l| set.contains(l)) {
+                return None;
+            }
+            let le = set
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("le=\""))?
+                .strip_suffix('"')?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, value.trim().parse::<f64>().ok()? as u64))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+}
+
+/// The upper bound of the bucket that holds the `q` quantile of the observations made between
+/// two readings of the same cumulative buckets (`before` may be empty), and how many there were.
+pub fn quantile_bound(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> Option<(f64, u64)> {
+    let delta: Vec<(f64, u64)> = after
+        .iter()
+        .map(|&(le, n)| {
+            let was = before.iter().find(|b| b.0 == le).map_or(0, |b| b.1);
+            (le, n.saturating_sub(was))
+        })
+        .collect();
+    let total = delta.last()?.1;
+    let wanted = ((q * total as f64).ceil() as u64).max(1);
+    delta
+        .iter()
+        .find(|(_, n)| *n >= wanted)
+        .map(|(le, _)| (*le, total))
 }
 
 /// One saga's timeline: each event and when it was recorded, after the saga was created.
@@ -564,6 +613,21 @@ impl Report {
                 slow.write(&mut out, &label);
             }
         }
+        for s in self.settings.iter().chain(self.half_load.iter()) {
+            if let Some(p99) = s.start_rpc_in_sagad_p99_ms {
+                let load = match s.load {
+                    Load::ClosedLoop { .. } => String::new(),
+                    Load::OpenLoop { rate_per_s } => format!(" @{rate_per_s:.0}/s"),
+                };
+                let _ = writeln!(
+                    out,
+                    "start RPC as sagad timed it ({} workers{load}): p99 ≤ {p99} ms (client side: {})",
+                    s.workers,
+                    s.start_rpc_ms
+                        .map_or("-".into(), |p| format!("p99 {:.1} ms", p.p99)),
+                );
+            }
+        }
         let _ = writeln!(out);
         match &self.webhook_deliveries {
             Section::NotAvailable { reason } => {
@@ -618,6 +682,40 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_histogram_quantile_is_read_as_its_buckets_upper_bound() {
+        let reading = |fast: u64, slow: u64| {
+            format!(
+                r#"# TYPE sagad_http_request_duration_seconds histogram
+sagad_http_request_duration_seconds_bucket{{method="POST",route="/v1/sagas",status="202",le="0.005"}} {fast}
+sagad_http_request_duration_seconds_bucket{{method="POST",route="/v1/sagas",status="202",le="0.05"}} {}
+sagad_http_request_duration_seconds_bucket{{method="POST",route="/v1/sagas",status="202",le="+Inf"}} {}
+sagad_http_request_duration_seconds_bucket{{method="GET",route="/v1/sagas/{{id}}",status="200",le="0.005"}} 1
+sagad_http_request_duration_seconds_bucket{{method="GET",route="/v1/sagas/{{id}}",status="200",le="+Inf"}} 1
+"#,
+                fast + slow,
+                fast + slow
+            )
+        };
+        let start = ["method=\"POST\"", "route=\"/v1/sagas\"", "status=\"202\""];
+        let buckets =
+            |text: &str| histogram_buckets(text, "sagad_http_request_duration_seconds", &start);
+        // A slow warm-up (2 of 100) decides the p99 of the whole...
+        let warm = buckets(&reading(0, 2));
+        let after = buckets(&reading(98, 2));
+        assert_eq!(quantile_bound(&[], &after, 0.99), Some((0.05, 100)));
+        assert_eq!(quantile_bound(&[], &after, 0.98), Some((0.005, 100)));
+        // ... and not that of the window after it.
+        assert_eq!(quantile_bound(&warm, &after, 0.99), Some((0.005, 98)));
+        let other = ["route=\"/nope\""];
+        let none = histogram_buckets(
+            &reading(1, 1),
+            "sagad_http_request_duration_seconds",
+            &other,
+        );
+        assert!(none.is_empty());
+    }
 
     #[test]
     fn percentiles_use_nearest_rank() {

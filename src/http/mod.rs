@@ -65,9 +65,30 @@ pub fn app(state: AppState, api: bool) -> Router {
         }
     }
     router
+        .route_layer(middleware::from_fn(track_requests))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Times every request that matched a route (see [`crate::telemetry::http_request`]).
+async fn track_requests(req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let resp = next.run(req).await;
+    if let Some(route) = route {
+        crate::telemetry::http_request(
+            method.as_str(),
+            route,
+            resp.status().as_u16(),
+            started.elapsed(),
+        );
+    }
+    resp
 }
 
 /// Bearer-token authentication for `/v1`.

@@ -340,4 +340,14 @@ async fn openapi_health_and_metrics_are_served() {
     app.wait_terminal(id).await;
     let metrics = app.metrics().await;
     assert!(metrics.contains("sagad_queue_depth"), "{metrics}");
+    // Requests are timed by route: the matched path, not the saga's own (ids would make a series
+    // per saga).
+    assert!(
+        metrics.contains(
+            r#"sagad_http_request_duration_seconds_bucket{method="POST",route="/v1/sagas",status="202",le="0.0075"}"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"route="/v1/sagas/{id}""#), "{metrics}");
+    assert!(!metrics.contains(&id.to_string()), "{metrics}");
 }
