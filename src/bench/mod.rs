@@ -476,7 +476,7 @@ impl Bench<'_> {
         let api = Api::new(&sagad.base, TOKEN)?;
         let done = Completions::listen(&url).await?;
         let run = format!("{}-w{workers}", self.run_id);
-        let mut starts_before = Vec::new();
+        let mut starts_before = Default::default();
         let (warmup, measured) = match load {
             Load::ClosedLoop { clients } => {
                 progress(format_args!(
@@ -491,7 +491,7 @@ impl Bench<'_> {
                     Budget::Sagas(clients),
                 )
                 .await?;
-                starts_before = start_rpc_buckets(&api).await;
+                starts_before = sagad_histograms(&api).await;
                 let measured = load::closed_loop(&api, &done, &run, clients, budget).await?;
                 (warm.samples.len(), measured)
             }
@@ -509,8 +509,9 @@ impl Bench<'_> {
         let peak = sagad.memory();
         // The start RPC as sagad itself timed it, over the measured window: tells sagad's share
         // of the client-side figure from the client's, the network's and the scheduler's.
-        let start_rpc_in_sagad =
-            report::quantile_bound(&starts_before, &start_rpc_buckets(&api).await, 0.99);
+        let after = sagad_histograms(&api).await;
+        let start_rpc_in_sagad = report::quantile_bound(&starts_before.0, &after.0, 0.99);
+        let start_pool_wait = report::quantile_bound(&starts_before.1, &after.1, 0.99);
         drop(done);
         sagad.stop().await?;
         wait_for_no_backends(&self.admin, &name).await?;
@@ -590,6 +591,7 @@ impl Bench<'_> {
             statements,
             slowest,
             start_rpc_in_sagad_p99_ms: start_rpc_in_sagad.map(|(le, _)| le * 1000.0),
+            start_pool_wait_p99_ms: start_pool_wait.map(|(le, _)| le * 1000.0),
         };
         progress(format_args!(
             "{workers} workers: {:.1} sagas/s, {:.1} commits/saga ({:.1} writing, {:.2} WAL flushes){}",
@@ -665,12 +667,16 @@ async fn slowest_saga(
     }))
 }
 
-/// The start RPC's request-duration buckets in sagad's `/metrics` (empty if unreadable).
-async fn start_rpc_buckets(api: &Api) -> Vec<(f64, u64)> {
+/// From sagad's `/metrics` (empty if unreadable): the start RPC's request-duration buckets and its
+/// wait for a pooled connection.
+async fn sagad_histograms(api: &Api) -> (Vec<(f64, u64)>, Vec<(f64, u64)>) {
     let text = api.metrics().await.unwrap_or_default();
-    report::histogram_buckets(
-        &text,
-        "sagad_http_request_duration_seconds",
-        &["method=\"POST\"", "route=\"/v1/sagas\"", "status=\"202\""],
+    (
+        report::histogram_buckets(
+            &text,
+            "sagad_http_request_duration_seconds",
+            &["method=\"POST\"", "route=\"/v1/sagas\"", "status=\"202\""],
+        ),
+        report::histogram_buckets(&text, "sagad_db_acquire_seconds", &["site=\"start_saga\""]),
     )
 }

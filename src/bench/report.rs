@@ -158,6 +158,8 @@ pub struct Setting {
     /// read as the upper bound of the bucket that holds it (buckets 1, 2, 3, 5, 7.5, 10, 15, 20,
     /// 30, 50 … ms).
     pub start_rpc_in_sagad_p99_ms: Option<f64>,
+    /// Of which waiting for a pooled connection: p99 bucket of `sagad_db_acquire_seconds`.
+    pub start_pool_wait_p99_ms: Option<f64>,
 }
 
 /// From a Prometheus text exposition: the cumulative buckets (upper bound, count) of `metric`'s
@@ -621,8 +623,10 @@ impl Report {
                 };
                 let _ = writeln!(
                     out,
-                    "start RPC as sagad timed it ({} workers{load}): p99 ≤ {p99} ms (client side: {})",
+                    "start RPC as sagad timed it ({} workers{load}): p99 ≤ {p99} ms, waiting for a connection p99 ≤ {} ms (client side: {})",
                     s.workers,
+                    s.start_pool_wait_p99_ms
+                        .map_or("-".into(), |w| w.to_string()),
                     s.start_rpc_ms
                         .map_or("-".into(), |p| format!("p99 {:.1} ms", p.p99)),
                 );

@@ -248,7 +248,9 @@ pub async fn start_saga(
     };
     // One statement, atomic on its own. Without a free worker here, a worker (in any process) is
     // woken to claim it.
+    let waiting = std::time::Instant::now();
     let mut conn = state.pool.acquire().await?;
+    crate::telemetry::db_acquired("start_saga", waiting.elapsed());
     let outcome = sagas::start(
         &mut conn,
         &NewSaga {

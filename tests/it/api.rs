@@ -350,4 +350,9 @@ async fn openapi_health_and_metrics_are_served() {
     );
     assert!(metrics.contains(r#"route="/v1/sagas/{id}""#), "{metrics}");
     assert!(!metrics.contains(&id.to_string()), "{metrics}");
+    // The start RPC's wait for a pooled connection, apart.
+    assert!(
+        metrics.contains(r#"sagad_db_acquire_seconds_bucket{site="start_saga",le="0.0075"}"#),
+        "{metrics}"
+    );
 }
