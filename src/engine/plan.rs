@@ -67,20 +67,7 @@ fn transition(
     attempt: i32,
     context: &Map<String, Value>,
 ) -> Transition {
-    Transition {
-        status,
-        current_step: step as i32,
-        attempt,
-        context: Value::Object(context.clone()),
-        next_run_at: None,
-        keep_lease: None,
-        lease_floor: None,
-        wait_key: None,
-        wait_deadline: None,
-        failure_step: None,
-        failure_reason: None,
-        events: 0,
-    }
+    Transition::new(status, step as i32, attempt, Value::Object(context.clone()))
 }
 
 /// Slack on top of the next step's timeout that a kept lease must still have: recording the

@@ -279,6 +279,27 @@ pub struct Transition {
     pub events: i32,
 }
 
+impl Transition {
+    /// To `status` at `step` (attempt `attempt`) with `context`, setting nothing else: no schedule,
+    /// no lease kept, no wait, no failure, no events.
+    pub fn new(status: SagaStatus, step: i32, attempt: i32, context: serde_json::Value) -> Self {
+        Self {
+            status,
+            current_step: step,
+            attempt,
+            context,
+            next_run_at: None,
+            keep_lease: None,
+            lease_floor: None,
+            wait_key: None,
+            wait_deadline: None,
+            failure_step: None,
+            failure_reason: None,
+            events: 0,
+        }
+    }
+}
+
 /// A step attempt's outcome as its saga's step history shows it (one row per step and phase).
 #[derive(Debug, Clone)]
 pub struct StepOutcome<'a> {

@@ -26,20 +26,7 @@ fn fence(id: uuid::Uuid, step: i32, worker: &str) -> sagas::Fence {
 
 /// A transition to `status` at `step` (first attempt) that sets nothing else.
 fn transition(status: sagas::SagaStatus, step: i32) -> sagas::Transition {
-    sagas::Transition {
-        status,
-        current_step: step,
-        attempt: 1,
-        context: json!({}),
-        next_run_at: None,
-        keep_lease: None,
-        lease_floor: None,
-        wait_key: None,
-        wait_deadline: None,
-        failure_step: None,
-        failure_reason: None,
-        events: 0,
-    }
+    sagas::Transition::new(status, step, 1, json!({}))
 }
 
 #[tokio::test]
@@ -357,26 +344,35 @@ async fn cancelling_a_waiting_saga_voids_its_payment_intent() {
     assert_eq!(app.payment_intents_of(id)[0].effects.cancels, 1);
 }
 
+/// Starts a booking whose authorization takes 800 ms and, while that call is in flight, asks to
+/// cancel it (accepted); returns the saga's id.
+async fn cancel_while_authorizing(
+    app: &crate::harness::TestApp,
+    listing: &str,
+    payment_method: &str,
+) -> uuid::Uuid {
+    app.double.inject(Fault::latency(
+        Operation::Create,
+        Duration::from_millis(800),
+    ));
+    let id = app
+        .start_booking(booking_input(listing, payment_method))
+        .await;
+    app.wait_faults_taken().await;
+    assert_eq!(
+        app.post_status(&format!("/v1/sagas/{id}/cancel")).await,
+        202
+    );
+    id
+}
+
 /// The step in flight would park the saga (3-D Secure) when the guest cancels: the same statement
 /// that records the outcome puts the saga back in the queue, so it compensates at once instead of
 /// waiting out the authentication deadline.
 #[tokio::test]
 async fn a_cancellation_while_the_step_that_parks_the_saga_runs_is_carried_out_at_once() {
     let app = spawn_app().await;
-    app.double.inject(Fault::latency(
-        Operation::Create,
-        Duration::from_millis(800),
-    ));
-    let id = app
-        .start_booking(booking_input("igloo-3", "pm_card_authenticationRequired"))
-        .await;
-    app.wait_faults_taken().await;
-    let resp = app
-        .post(&format!("/v1/sagas/{id}/cancel"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    let id = cancel_while_authorizing(&app, "igloo-3", "pm_card_authenticationRequired").await;
     let v = app.wait_terminal(id).await;
     assert_eq!(v["status"], "compensated", "{v:#}");
     let events = app.event_types(id).await;
@@ -638,18 +634,7 @@ async fn a_remote_step_with_too_little_lease_left_is_recorded_before_the_next_on
 #[tokio::test]
 async fn a_cancellation_while_authorizing_voids_instead_of_capturing() {
     let app = spawn_app().await;
-    app.double.inject(Fault::latency(
-        Operation::Create,
-        Duration::from_millis(800),
-    ));
-    let id = app
-        .start_booking(booking_input("chain-3", "pm_card_visa"))
-        .await;
-    app.wait_faults_taken().await;
-    assert_eq!(
-        app.post_status(&format!("/v1/sagas/{id}/cancel")).await,
-        202
-    );
+    let id = cancel_while_authorizing(&app, "chain-3", "pm_card_visa").await;
     let v = app.wait_terminal(id).await;
     assert_eq!(v["status"], "compensated", "{v:#}");
     let events = app.event_types(id).await;
