@@ -207,6 +207,16 @@ pub fn quantile_bound(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> Op
         .map(|(le, _)| (*le, total))
 }
 
+impl Setting {
+    /// "8 workers", or "8 workers @132/s" for the open-loop run.
+    fn label(&self) -> String {
+        match self.load {
+            Load::ClosedLoop { .. } => format!("{} workers", self.workers),
+            Load::OpenLoop { rate_per_s } => format!("{} workers @{rate_per_s:.0}/s", self.workers),
+        }
+    }
+}
+
 /// One saga's timeline: each event and when it was recorded, after the saga was created.
 #[derive(Debug, Clone, Serialize)]
 pub struct Slowest {
@@ -606,25 +616,15 @@ impl Report {
         }
         for s in self.settings.iter().chain(self.half_load.iter()) {
             if let Some(slow) = &s.slowest {
-                let label = match s.load {
-                    Load::ClosedLoop { .. } => format!("{} workers", s.workers),
-                    Load::OpenLoop { rate_per_s } => {
-                        format!("{} workers @{rate_per_s:.0}/s", s.workers)
-                    }
-                };
-                slow.write(&mut out, &label);
+                slow.write(&mut out, &s.label());
             }
         }
         for s in self.settings.iter().chain(self.half_load.iter()) {
             if let Some(p99) = s.start_rpc_in_sagad_p99_ms {
-                let load = match s.load {
-                    Load::ClosedLoop { .. } => String::new(),
-                    Load::OpenLoop { rate_per_s } => format!(" @{rate_per_s:.0}/s"),
-                };
                 let _ = writeln!(
                     out,
-                    "start RPC as sagad timed it ({} workers{load}): p99 ≤ {p99} ms, waiting for a connection p99 ≤ {} ms (client side: {})",
-                    s.workers,
+                    "start RPC as sagad timed it ({}): p99 ≤ {p99} ms, waiting for a connection p99 ≤ {} ms (client side: {})",
+                    s.label(),
                     s.start_pool_wait_p99_ms
                         .map_or("-".into(), |w| w.to_string()),
                     s.start_rpc_ms

@@ -126,7 +126,10 @@ impl Worker {
         let (fence, plan) = self.plan(&def, row, |state, env| plan::after(state, env, outcome));
         let mut plans = vec![plan];
         // Remote steps that follow at once run before anything is recorded (see `next_remote`).
-        while let Some(action) = self.next_remote(&def, row, &plans).await? {
+        while let Some(action) = self
+            .next_remote(&def, row, plans.last().expect("one plan at least"))
+            .await?
+        {
             let outcome = self.run_remote(&def, row, action).await?;
             let (_, plan) = self.plan(&def, row, |state, env| plan::after(state, env, outcome));
             plans.push(plan);
@@ -141,8 +144,8 @@ impl Worker {
         self.chain(tx, &def, row, fence, plans).await
     }
 
-    /// The remote step the last of `plans` goes on with, when it may run before those outcomes
-    /// are recorded; `row` is then moved to the state they lead to.
+    /// The remote step `last` (the latest of the outcomes not recorded yet) goes on with, when it
+    /// may run before they are recorded; `row` is then moved to the state they lead to.
     ///
     /// Recording a remote step's outcome before the next remote call would cost a writing
     /// transaction and buys nothing for exactly-once effects: every remote call carries an
@@ -154,18 +157,13 @@ impl Worker {
         &self,
         def: &SagaDefinition,
         row: &mut SagaRow,
-        plans: &[Plan],
+        last: &Plan,
     ) -> Result<Option<Action>, Error> {
-        let Some(last) = plans.last() else {
-            return Ok(None);
-        };
-        let t = &last.transition;
-        if t.keep_lease.is_none() || self.shutdown.is_cancelled() {
+        if self.shutdown.is_cancelled() {
             return Ok(None);
         }
-        let action = action_at(def, t.status, t.current_step)
-            .map_err(|name| Error::Corrupt(row.id, format!("unknown action `{name}`")))?;
-        let Some(action) = action.filter(|a| !a.is_local()) else {
+        let t = &last.transition;
+        let Some(action) = next_action(def, last, row.id)?.filter(|a| !a.is_local()) else {
             return Ok(None);
         };
         let floor = t.lease_floor.unwrap_or(self.lease);
@@ -408,13 +406,17 @@ fn current_action(def: &SagaDefinition, row: &SagaRow) -> Result<Option<Action>,
 
 /// True when `plan` keeps the lease for a local step: it then runs in the same transaction.
 fn chains_local(def: &SagaDefinition, plan: &Plan, id: uuid::Uuid) -> Result<bool, Error> {
+    Ok(next_action(def, plan, id)?.is_some_and(Action::is_local))
+}
+
+/// The action the same worker goes on with once `plan` is done (it keeps the lease), if any.
+fn next_action(def: &SagaDefinition, plan: &Plan, id: uuid::Uuid) -> Result<Option<Action>, Error> {
     let t = &plan.transition;
     if t.keep_lease.is_none() {
-        return Ok(false);
+        return Ok(None);
     }
-    let action = action_at(def, t.status, t.current_step)
-        .map_err(|name| Error::Corrupt(id, format!("unknown action `{name}`")))?;
-    Ok(action.is_some_and(Action::is_local))
+    action_at(def, t.status, t.current_step)
+        .map_err(|name| Error::Corrupt(id, format!("unknown action `{name}`")))
 }
 
 /// The action step `index` runs in `status` (its compensation while compensating); `Err` carries
