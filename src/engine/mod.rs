@@ -7,6 +7,7 @@ pub mod plan;
 pub mod registry;
 pub mod retry;
 pub mod runner;
+pub mod start;
 
 use std::sync::Arc;
 use std::time::Duration;

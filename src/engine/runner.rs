@@ -1,7 +1,9 @@
 //! Runs one claimed saga: a step outside any transaction, then its outcome, events, projection and
 //! next schedule in one transaction guarded by the fence the claim handed out. While the next step
 //! is due at once, the same worker goes on with it under the same lease: a remote one before the
-//! outcomes so far are recorded, a local one inside the transaction that records them.
+//! outcomes so far are recorded, a local one inside the transaction that records them, or, when
+//! its outcome can be planned ahead ([`Action::plan_ahead`]), inside the very statement that
+//! records them (no transaction of its own: one round trip).
 
 use std::sync::Arc;
 
@@ -11,14 +13,14 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
-use super::actions::{Action, Deps, StepCtx};
+use super::actions::{Action, AheadEffect, Deps, StepCtx};
 use super::definition::{SagaDefinition, StepDefinition};
 use super::outcome::Outcome;
 use super::plan::{self, Env, Plan, State};
 use super::registry::Registry;
 use crate::domain::BookingInput;
-use crate::store::bookings;
 use crate::store::sagas::{self, Fence, SagaRow, SagaStatus};
+use crate::store::{self, bookings, sqlstate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -107,6 +109,12 @@ impl Worker {
         };
 
         if action.is_local() {
+            if let Some(next) = self
+                .record_ahead(&def, row, &self.fence(row), Vec::new())
+                .await?
+            {
+                return Ok(next);
+            }
             let mut tx = self.pool.begin().await?;
             let (fence, plan) = match self.run_local(&mut tx, &def, row, action).await {
                 Ok(planned) => planned,
@@ -137,11 +145,88 @@ impl Worker {
         if !chains_local(&def, plans.last().expect("one plan at least"), row.id)? {
             // One statement, atomic on its own: no BEGIN/COMMIT round trips.
             let mut conn = self.pool.acquire().await?;
-            let next = self.record(&mut conn, row, &fence, plans).await?;
+            let next = self.record(&mut conn, row, &fence, plans, false).await?;
             return Ok(next.unwrap_or(Next::Stop));
+        }
+        if let Some(next) = self.record_ahead(&def, row, &fence, plans.clone()).await? {
+            return Ok(next);
         }
         let tx = self.pool.begin().await?;
         self.chain(tx, &def, row, fence, plans).await
+    }
+
+    /// Records `plans` (outcomes not recorded yet; none when the saga's current step is local)
+    /// together with the local steps they go on with, each planned ahead
+    /// ([`Action::plan_ahead`]), in **one statement** under `fence`, without BEGIN/COMMIT: the
+    /// statement carries out their effects (a hold turned into a booking) and records every
+    /// outcome, or does neither.
+    ///
+    /// `None` when nothing was written and the caller must go step by step in a transaction: a
+    /// local step's outcome depends on what it finds (it cannot be planned ahead), or the
+    /// statement found its effect impossible (the hold was lost: the confirm step then fails as
+    /// it should, step by step).
+    async fn record_ahead(
+        &self,
+        def: &SagaDefinition,
+        row: &mut SagaRow,
+        fence: &Fence,
+        mut plans: Vec<Plan>,
+    ) -> Result<Option<Next>, Error> {
+        // The state each planned step starts from; `row` itself moves only once recorded.
+        let mut ahead = row.clone();
+        let mut planned = Vec::new();
+        let mut convert_hold = false;
+        loop {
+            if let Some(last) = plans.last() {
+                if !chains_local(def, last, row.id)? {
+                    break;
+                }
+                advance(&mut ahead, &last.transition);
+            }
+            let Some(action) = current_action(def, &ahead)?.filter(|a| a.is_local()) else {
+                break;
+            };
+            let input = parse_input(&ahead)?;
+            let ctx = step_ctx(def, &ahead, &input);
+            let Some((outcome, effect)) = action.plan_ahead(&ctx) else {
+                return Ok(None);
+            };
+            convert_hold |= effect == AheadEffect::ConvertHoldToBooking;
+            planned.push((
+                ctx.step.name.clone(),
+                phase_of(&ahead),
+                outcome_kind(&outcome),
+            ));
+            let (_, plan) = self.plan(def, &ahead, |state, env| plan::after(state, env, outcome));
+            plans.push(plan);
+        }
+        if planned.is_empty() {
+            return Ok(None);
+        }
+        let started = std::time::Instant::now();
+        let mut conn = self.pool.acquire().await?;
+        match self
+            .record(&mut conn, row, fence, plans, convert_hold)
+            .await
+        {
+            Ok(next) => {
+                for (step, phase, kind) in planned {
+                    crate::telemetry::step_finished(
+                        &row.saga_name,
+                        &step,
+                        phase,
+                        kind,
+                        started.elapsed(),
+                    );
+                }
+                Ok(Some(next.unwrap_or(Next::Stop)))
+            }
+            Err(Error::Db(e)) if store::sqlstate(&e).as_deref() == Some(sqlstate::HOLD_LOST) => {
+                info!("the hold is gone: confirming step by step");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The remote step `last` (the latest of the outcomes not recorded yet) goes on with, when it
@@ -200,7 +285,7 @@ impl Worker {
             let (_, plan) = self.run_local(&mut tx, def, row, action).await?;
             plans.push(plan);
         }
-        match self.record(&mut tx, row, &fence, plans).await? {
+        match self.record(&mut tx, row, &fence, plans, false).await? {
             Some(next) => {
                 tx.commit().await?;
                 Ok(next)
@@ -288,7 +373,7 @@ impl Worker {
         make: impl FnOnce(&State<'_>, &Env) -> Plan,
     ) -> Result<Option<Next>, Error> {
         let (fence, plan) = self.plan(def, row, make);
-        self.record(tx, row, &fence, vec![plan]).await
+        self.record(tx, row, &fence, vec![plan], false).await
     }
 
     /// The transition from the saga's current state that `make` plans, and the fence it is
@@ -300,13 +385,7 @@ impl Worker {
         make: impl FnOnce(&State<'_>, &Env) -> Plan,
     ) -> (Fence, Plan) {
         let status = row.status();
-        let fence = Fence {
-            id: row.id,
-            status,
-            current_step: row.current_step,
-            attempt: row.attempt,
-            worker: self.worker_id.clone(),
-        };
+        let fence = self.fence(row);
         let state = State {
             def,
             status,
@@ -323,14 +402,27 @@ impl Worker {
         (fence, make(&state, &env))
     }
 
+    /// What this worker holds of `row`: the guard its outcome must still match.
+    fn fence(&self, row: &SagaRow) -> Fence {
+        Fence {
+            id: row.id,
+            status: row.status(),
+            current_step: row.current_step,
+            attempt: row.attempt,
+            worker: self.worker_id.clone(),
+        }
+    }
+
     /// Records `plans` (one step's outcome and those of the local steps it chained) in one
     /// statement on `conn` if the fence still holds; updates `row` to the new state.
+    /// `convert_hold`: a confirm step among them was planned ahead ([`sagas::Record`]).
     async fn record(
         &self,
         conn: &mut PgConnection,
         row: &mut SagaRow,
         fence: &Fence,
         plans: Vec<Plan>,
+        convert_hold: bool,
     ) -> Result<Option<Next>, Error> {
         let mut batch = plan::merge(plans);
         for e in &mut batch.events {
@@ -357,6 +449,7 @@ impl Worker {
             events: &batch.events,
             booking: &booking,
             steps: &steps,
+            convert_hold,
         };
         let Some(recorded) = sagas::record(conn, &record).await? else {
             warn!("lease lost before the outcome was recorded; another worker owns the saga now");

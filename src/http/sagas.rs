@@ -21,11 +21,12 @@ use uuid::Uuid;
 
 use super::{ApiError, AppState, BODY_LIMIT, ErrorBody};
 use crate::domain::{FieldError, RawBookingInput};
+use crate::engine::start::{self, Starting};
 use crate::events::{Event, NewEvent};
 use crate::store::bookings::{self, Booking};
 use crate::store::events::{self, EventRecord};
 use crate::store::sagas::{
-    self, CancelOutcome, InsertOutcome, ListFilter, NewSaga, SagaRow, SagaStatus, StepRecord,
+    self, CancelOutcome, InsertOutcome, ListFilter, SagaRow, SagaStatus, StepRecord,
 };
 
 pub fn routes() -> Router<AppState> {
@@ -246,31 +247,26 @@ pub async fn start_saga(
         attempt: None,
         worker: None,
     };
-    // One statement, atomic on its own. Without a free worker here, a worker (in any process) is
-    // woken to claim it.
+    // One statement, atomic on its own, which also places the hold when the dates are free.
+    // Without a free worker here, a worker (in any process) is woken to claim it.
     let waiting = std::time::Instant::now();
     let mut conn = state.pool.acquire().await?;
     crate::telemetry::db_acquired("start_saga", waiting.elapsed());
-    let outcome = sagas::start(
-        &mut conn,
-        &NewSaga {
-            id,
-            saga_name: &def.name,
-            saga_version: def.version as i32,
-            input: &input_json,
-            idempotency_key: key.as_deref(),
-            request_fingerprint: &fingerprint,
-            leased_to: direct
-                .as_ref()
-                .map(|(d, _)| (d.worker_id.as_str(), d.lease)),
-        },
-        &event,
-        direct.is_none(),
-    )
-    .await?;
+    let starting = Starting {
+        def: &def,
+        id,
+        input: &input,
+        input_json: &input_json,
+        idempotency_key: key.as_deref(),
+        fingerprint: &fingerprint,
+        leased_to: direct
+            .as_ref()
+            .map(|(d, _)| (d.worker_id.as_str(), d.lease)),
+    };
+    let started = start::start(&mut conn, &starting, event, direct.is_none()).await?;
     drop(conn);
     let mut fresh = None;
-    let id = match outcome {
+    let id = match started.outcome {
         InsertOutcome::Existing {
             id: existing,
             fingerprint: f,
@@ -280,12 +276,30 @@ pub async fn start_saga(
             }
             existing
         }
-        InsertOutcome::Created(row) => {
+        InsertOutcome::Created { row, ran_ahead } => {
             crate::telemetry::saga_started(&def.name);
-            tracing::info!(saga_id = %id, saga = %def.name, direct = direct.is_some(), "saga started");
+            tracing::info!(saga_id = %id, saga = %def.name, direct = direct.is_some(), held = ran_ahead, "saga started");
             let names: Vec<String> = def.steps.iter().map(|s| s.name.clone()).collect();
+            // The start's statement wrote the step rows and the booking with the saga: their
+            // timestamps are its transaction's, the saga's `created_at`.
+            let at = row.created_at;
             let mut v = view((*row).clone(), &names);
-            v.steps = Some(Vec::new());
+            v.steps = Some(
+                started
+                    .ran_ahead
+                    .iter()
+                    .map(|r| StepRecord {
+                        step_index: r.index,
+                        phase: r.phase.to_owned(),
+                        step_name: r.name.clone(),
+                        status: r.status.to_owned(),
+                        attempts: r.attempts,
+                        last_error: r.error.clone(),
+                        started_at: at,
+                        finished_at: Some(at),
+                    })
+                    .collect(),
+            );
             v.booking = Some(Booking {
                 saga_id: id,
                 listing_id: input.listing_id.clone(),
@@ -294,7 +308,7 @@ pub async fn start_saga(
                 check_out: input.check_out,
                 amount: input.amount,
                 currency: input.currency.clone(),
-                status: "requested".into(),
+                status: if ran_ahead { "held" } else { "requested" }.into(),
                 payment_intent_id: None,
                 confirmation_code: None,
                 cancel_reason: None,

@@ -28,14 +28,15 @@ pub struct Booking {
 }
 
 /// The `INSERT … SELECT` of the row a `BookingRequested` event creates, gated by `from` (a FROM
-/// item such as the CTE that inserted the saga); `id` is the saga id's SQL and the event's six
+/// item such as the CTE that inserted the saga); `id` is the saga id's SQL, `status` the SQL of
+/// its status (`'requested'`, or what steps recorded with the start made it) and the event's six
 /// fields are `$first` onwards ([`bind_requested`]). Every later event only updates the row
 /// ([`Change`]).
-pub(crate) fn insert_requested_sql(id: &str, first: usize, from: &str) -> String {
+pub(crate) fn insert_requested_sql(id: &str, first: usize, from: &str, status: &str) -> String {
     let p = |i: usize| format!("${}", first + i);
     format!(
         "INSERT INTO bookings (saga_id, listing_id, guest_id, check_in, check_out, amount, currency, status)
-         SELECT {id}, {}::text, {}::text, {}::date, {}::date, {}::int8, {}::text, 'requested' FROM {from}",
+         SELECT {id}, {}::text, {}::text, {}::date, {}::date, {}::int8, {}::text, {status} FROM {from}",
         p(0),
         p(1),
         p(2),

@@ -84,7 +84,8 @@ impl Batch {
 /// The CTEs that append a [`Batch`] and fan it out to webhook deliveries (the outbox): `e`,
 /// `appended`, `pub_events` and `deliveries`. `aggregate_id` and `first_version` are SQL
 /// expressions; `gate` is a FROM item that must yield one row for anything to be written (`""`
-/// for none); the batch's seven parameters are `$first_param` onwards ([`Batch::bind`]).
+/// for none), optionally followed by a `WHERE` clause on it and the events `e` (`e.ord` counts
+/// them from 1); the batch's seven parameters are `$first_param` onwards ([`Batch::bind`]).
 pub(crate) fn append_ctes(
     aggregate_id: &str,
     first_version: &str,

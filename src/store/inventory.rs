@@ -1,7 +1,7 @@
 //! Inventory claims: holds and bookings, protected by the `inventory_no_overlap` exclusion constraint.
 
-use chrono::{DateTime, NaiveDate, Utc};
-use sqlx::PgConnection;
+use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
+use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -19,40 +19,94 @@ pub enum HoldResult {
     Unavailable,
 }
 
-/// Places a hold. The database decides: an overlapping active claim makes the insert a no-op.
-pub async fn hold(
-    conn: &mut PgConnection,
-    saga_id: Uuid,
-    listing_id: &str,
-    check_in: NaiveDate,
-    check_out: NaiveDate,
-    ttl: std::time::Duration,
-) -> Result<HoldResult, sqlx::Error> {
-    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-    let inserted: Option<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+/// A hold to place. Its id and expiry are chosen before the statement (the expiry to the
+/// microsecond, as the column keeps it), so that a hold placed by a statement that also records
+/// its outcome (`sagas::start`) carries the same values in its event as in its row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewHold<'a> {
+    pub id: Uuid,
+    pub saga_id: Uuid,
+    pub listing_id: &'a str,
+    pub check_in: NaiveDate,
+    pub check_out: NaiveDate,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl<'a> NewHold<'a> {
+    /// A new hold of `listing_id` for the stay, expiring `ttl` from `now`.
+    pub fn new(
+        saga_id: Uuid,
+        listing_id: &'a str,
+        (check_in, check_out): (NaiveDate, NaiveDate),
+        now: DateTime<Utc>,
+        ttl: std::time::Duration,
+    ) -> Self {
+        let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        let expires_at = now
+            .checked_add_signed(ttl)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        Self {
+            id: Uuid::now_v7(),
+            saga_id,
+            listing_id,
+            check_in,
+            check_out,
+            expires_at: expires_at.trunc_subsecs(6),
+        }
+    }
+
+    /// Binds the five parameters of [`insert_hold_sql`], in order.
+    pub(crate) fn bind<'q>(
+        &'q self,
+        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        q.bind(self.id)
+            .bind(self.listing_id)
+            .bind(self.check_in)
+            .bind(self.check_out)
+            .bind(self.expires_at)
+    }
+}
+
+/// The `INSERT` of a [`NewHold`] for the saga whose id is the SQL `saga_id`, its five
+/// parameters `$first` onwards ([`NewHold::bind`]), written only when `filter` (a `WHERE`
+/// clause, or `""`) holds. An overlapping active claim (the `inventory_no_overlap` exclusion
+/// constraint), or an earlier claim of the same saga, makes it insert nothing: the database
+/// decides, concurrent holds included.
+pub(crate) fn insert_hold_sql(saga_id: &str, first: usize, filter: &str) -> String {
+    let p = |i: usize| format!("${}", first + i);
+    format!(
         "INSERT INTO inventory_claims (id, saga_id, listing_id, stay, kind, status, expires_at)
-         VALUES ($1, $2, $3, daterange($4, $5, '[)'), 'hold', 'active', now() + $6 * interval '1 millisecond')
+         SELECT {id}::uuid, {saga_id}, {listing}::text, daterange({check_in}::date, {check_out}::date, '[)'),
+                'hold', 'active', {expires_at}::timestamptz {filter}
          ON CONFLICT DO NOTHING
          RETURNING id, expires_at",
+        id = p(0),
+        listing = p(1),
+        check_in = p(2),
+        check_out = p(3),
+        expires_at = p(4),
     )
-    .bind(Uuid::now_v7())
-    .bind(saga_id)
-    .bind(listing_id)
-    .bind(check_in)
-    .bind(check_out)
-    .bind(ttl_ms as f64)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if let Some((hold_id, expires_at)) = inserted {
+}
+
+/// Places a hold. The database decides: an overlapping active claim makes the insert a no-op.
+pub async fn hold(conn: &mut PgConnection, new: &NewHold<'_>) -> Result<HoldResult, sqlx::Error> {
+    static SQL: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| insert_hold_sql("$1", 2, ""));
+    let inserted = new
+        .bind(sqlx::query(sqlx::AssertSqlSafe(SQL.as_str())).bind(new.saga_id))
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(row) = inserted {
         return Ok(HoldResult::Held {
-            hold_id,
-            expires_at,
+            hold_id: row.try_get(0)?,
+            expires_at: row.try_get(1)?,
         });
     }
     let existing: Option<(Uuid, Option<DateTime<Utc>>)> = sqlx::query_as(
         "SELECT id, expires_at FROM inventory_claims WHERE saga_id = $1 AND status = 'active'",
     )
-    .bind(saga_id)
+    .bind(new.saga_id)
     .fetch_optional(&mut *conn)
     .await?;
     Ok(match existing {
@@ -82,20 +136,29 @@ pub enum ConfirmResult {
     HoldLost,
 }
 
+/// The `UPDATE` that turns the active hold of the saga whose id is the SQL `saga_id` into a
+/// booking, returning the claim's id (none when the hold is lost); `and` adds conditions
+/// (`" AND …"`, or `""`).
+pub(crate) fn convert_to_booking_sql(saga_id: &str, and: &str) -> String {
+    format!(
+        "UPDATE inventory_claims SET kind = 'booking', expires_at = NULL
+         WHERE saga_id = {saga_id} AND status = 'active' AND (kind = 'booking' OR expires_at > now()){and}
+         RETURNING id"
+    )
+}
+
 /// Turns the saga's active hold into a booking (no expiry). A hold past its TTL counts as lost even
 /// before the expiry sweep marks it.
 pub async fn convert_to_booking(
     conn: &mut PgConnection,
     saga_id: Uuid,
 ) -> Result<ConfirmResult, sqlx::Error> {
-    let id: Option<Uuid> = sqlx::query_scalar(
-        "UPDATE inventory_claims SET kind = 'booking', expires_at = NULL
-         WHERE saga_id = $1 AND status = 'active' AND (kind = 'booking' OR expires_at > now())
-         RETURNING id",
-    )
-    .bind(saga_id)
-    .fetch_optional(conn)
-    .await?;
+    static SQL: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| convert_to_booking_sql("$1", ""));
+    let id: Option<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(SQL.as_str()))
+        .bind(saga_id)
+        .fetch_optional(conn)
+        .await?;
     Ok(id.map_or(ConfirmResult::HoldLost, ConfirmResult::Booked))
 }
 

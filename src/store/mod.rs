@@ -35,9 +35,13 @@ pub enum Error {
 
 /// SQLSTATE codes sagad reacts to, matched by code, never by message text.
 pub mod sqlstate {
+    pub const FOREIGN_KEY_VIOLATION: &str = "23503";
     pub const UNIQUE_VIOLATION: &str = "23505";
     pub const EXCLUSION_VIOLATION: &str = "23P01";
     pub const SERIALIZATION_FAILURE: &str = "40001";
+    /// sagad's own (`sagad_require`, migration 0005): a statement that was to turn a hold into a
+    /// booking found no live hold, and wrote nothing.
+    pub const HOLD_LOST: &str = "SG001";
 }
 
 /// The SQLSTATE of a database error, if it is one.

@@ -8,7 +8,7 @@ use sqlx::{FromRow, PgConnection, PgPool, Row};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{DONE_CHANNEL, WORK_CHANNEL, bookings, events, webhooks};
+use super::{DONE_CHANNEL, WORK_CHANNEL, bookings, events, inventory, webhooks};
 use crate::events::NewEvent;
 
 /// Where a saga is in its life.
@@ -116,49 +116,114 @@ pub struct NewSaga<'a> {
     /// Insert it already claimed (first attempt) by this worker for this long: the starting
     /// process runs it itself, without a claim.
     pub leased_to: Option<(&'a str, Duration)>,
+    /// Its first events: `BookingRequested` (which creates the booking row), then those of the
+    /// steps run ahead, if any.
+    pub events: &'a [NewEvent],
+    /// Leading steps the start statement carries out itself.
+    pub ahead: Option<StartAhead<'a>>,
+}
+
+/// Leading steps of a new saga that its start statement carries out, planned ahead as having
+/// succeeded: the hold they place, the state they lead to and their step rows. When the hold
+/// cannot be placed (the dates are taken), the saga starts at its first step as if there were
+/// none, with its first event only; a worker then runs the hold step, which finds them taken.
+pub struct StartAhead<'a> {
+    pub hold: &'a inventory::NewHold<'a>,
+    pub current_step: i32,
+    pub context: &'a serde_json::Value,
+    /// The booking's status after the steps' events.
+    pub booking_status: &'a str,
+    pub steps: &'a [StepOutcome<'a>],
 }
 
 pub enum InsertOutcome {
-    Created(Box<SagaRow>),
-    /// The idempotency key was used before: the saga it started and that request's fingerprint.
-    Existing {
-        id: Uuid,
-        fingerprint: String,
+    Created {
+        row: Box<SagaRow>,
+        /// The steps planned ahead were carried out (the saga starts past them).
+        ran_ahead: bool,
     },
+    /// The idempotency key was used before: the saga it started and that request's fingerprint.
+    Existing { id: Uuid, fingerprint: String },
+}
+
+/// The start statement, with or without steps ahead (its parameters: [`start`]).
+fn start_sql(ahead: bool) -> String {
+    // `held`: whether the saga starts past the steps ahead. `claim` places their hold, unless
+    // the idempotency key was used before (a replay must not hold anything: the earlier saga
+    // has its own). Parts gated on `s` write nothing for a reused key.
+    let (claim, held, steps) = if ahead {
+        (
+            format!(
+                "claim AS ({}),",
+                inventory::insert_hold_sql(
+                    "$1",
+                    35,
+                    "WHERE NOT EXISTS (SELECT 1 FROM sagas WHERE idempotency_key = $5)"
+                )
+            ),
+            "EXISTS (SELECT 1 FROM claim)",
+            format!(
+                ", {}",
+                steps_cte(
+                    "(SELECT 1 FROM s WHERE EXISTS (SELECT 1 FROM claim)) AS ran",
+                    29
+                )
+            ),
+        )
+    } else {
+        (String::new(), "true", String::new())
+    };
+    format!(
+        "WITH {claim}
+         s AS (
+             INSERT INTO sagas (id, saga_name, saga_version, status, input, next_run_at, idempotency_key,
+                                request_fingerprint, locked_by, locked_until, attempt,
+                                current_step, context, event_version)
+             SELECT $1, $2, $3, 'running', $4, now(), $5, $6, $7,
+                    now() + $8::float8 * interval '1 millisecond', CASE WHEN $7::text IS NULL THEN 0 ELSE 1 END,
+                    CASE WHEN {held} THEN $25::int ELSE 0 END,
+                    CASE WHEN {held} THEN $26::jsonb ELSE '{{}}'::jsonb END,
+                    CASE WHEN {held} THEN $27::int ELSE 1 END
+             ON CONFLICT (idempotency_key) DO NOTHING
+             RETURNING {COLUMNS}),
+         {events},
+         booking AS ({booking} RETURNING 1){steps}
+         SELECT s.*,
+                (SELECT count(*) FROM (SELECT pg_notify($9, '') WHERE $10::bool) n) AS notified,
+                (SELECT count(*) FROM ({wake_deliveries}) w) AS woke_deliveries
+         FROM s",
+        // Only the events the saga starts with: the first, or all of them past the steps ahead.
+        events = events::append_ctes("$1", "1", "s WHERE e.ord <= s.event_version", 12),
+        booking = bookings::insert_requested_sql(
+            "$1",
+            19,
+            "s",
+            &format!("CASE WHEN {held} THEN $28::text ELSE 'requested' END")
+        ),
+        wake_deliveries = webhooks::WAKE_IF_DELIVERIES.replace("$WAKE", "$11"),
+    )
 }
 
 /// Starts a saga in **one statement**: the saga (due now, or already leased to the caller's
 /// engine), its first event (version 1, fanned out to webhook deliveries), the booking row the
-/// event creates, and, unless `wake_workers` is false, the NOTIFY that wakes a worker. A reused
-/// idempotency key writes nothing and reports the earlier saga.
+/// event creates, and, unless `wake_workers` is false, the NOTIFY that wakes a worker. With
+/// steps ahead, the same statement places their hold and, if it could, records them: their
+/// events, step rows and the state past them. A reused idempotency key writes nothing and
+/// reports the earlier saga.
 pub async fn start(
     conn: &mut PgConnection,
     saga: &NewSaga<'_>,
-    first_event: &NewEvent,
     wake_workers: bool,
 ) -> Result<InsertOutcome, sqlx::Error> {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "WITH s AS (
-                 INSERT INTO sagas (id, saga_name, saga_version, status, input, next_run_at, idempotency_key,
-                                    request_fingerprint, event_version, locked_by, locked_until, attempt)
-                 VALUES ($1, $2, $3, 'running', $4, now(), $5, $6, 1, $7,
-                         now() + $8::float8 * interval '1 millisecond', CASE WHEN $7::text IS NULL THEN 0 ELSE 1 END)
-                 ON CONFLICT (idempotency_key) DO NOTHING
-                 RETURNING {COLUMNS}),
-             {events},
-             booking AS ({booking} RETURNING 1)
-             SELECT s.*,
-                    (SELECT count(*) FROM (SELECT pg_notify($9, '') WHERE $10::bool) n) AS notified,
-                    (SELECT count(*) FROM ({wake_deliveries}) w) AS woke_deliveries
-             FROM s",
-            events = events::append_ctes("$1", "1", "s", 12),
-            booking = bookings::insert_requested_sql("$1", 19, "s"),
-            wake_deliveries = webhooks::WAKE_IF_DELIVERIES.replace("$WAKE", "$11"),
-        )
-    });
-    let batch = events::Batch::new(saga.id, std::slice::from_ref(first_event));
-    let q = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
+    static PLAIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| start_sql(false));
+    static AHEAD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| start_sql(true));
+    let first = saga
+        .events
+        .first()
+        .ok_or_else(|| sqlx::Error::Protocol("a saga starts with an event".into()))?;
+    let batch = events::Batch::new(saga.id, saga.events);
+    let sql = if saga.ahead.is_some() { &AHEAD } else { &PLAIN };
+    let q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
         .bind(saga.id)
         .bind(saga.saga_name)
         .bind(saga.saga_version)
@@ -170,9 +235,29 @@ pub async fn start(
         .bind(WORK_CHANNEL)
         .bind(wake_workers)
         .bind(webhooks::WEBHOOK_CHANNEL);
-    let q = bookings::bind_requested(batch.bind(q, saga.saga_name), &first_event.event);
+    let q = bookings::bind_requested(batch.bind(q, saga.saga_name), &first.event);
+    static EMPTY: std::sync::LazyLock<serde_json::Value> =
+        std::sync::LazyLock::new(|| serde_json::json!({}));
+    let q = match &saga.ahead {
+        Some(a) => a.hold.bind(bind_steps(
+            q.bind(a.current_step)
+                .bind(a.context)
+                .bind(saga.events.len() as i32)
+                .bind(a.booking_status),
+            a.steps,
+        )),
+        None => q.bind(0).bind(&*EMPTY).bind(1).bind("requested"),
+    };
     if let Some(row) = q.fetch_optional(&mut *conn).await? {
-        return Ok(InsertOutcome::Created(Box::new(SagaRow::from_row(&row)?)));
+        let row = SagaRow::from_row(&row)?;
+        let ran_ahead = saga
+            .ahead
+            .as_ref()
+            .is_some_and(|a| row.current_step == a.current_step);
+        return Ok(InsertOutcome::Created {
+            row: Box::new(row),
+            ran_ahead,
+        });
     }
     let (id, fingerprint): (Uuid, Option<String>) =
         sqlx::query_as("SELECT id, request_fingerprint FROM sagas WHERE idempotency_key = $1")
@@ -183,6 +268,44 @@ pub async fn start(
         id,
         fingerprint: fingerprint.unwrap_or_default(),
     })
+}
+
+/// The upsert of step history rows (at most one per step and phase) of saga `$1`, written only
+/// when `gate` (a FROM item) yields a row; the six arrays are `$first` onwards ([`bind_steps`]).
+fn steps_cte(gate: &str, first: usize) -> String {
+    let p = |i: usize| format!("${}", first + i);
+    format!(
+        "step AS (
+             INSERT INTO saga_steps (saga_id, step_index, phase, step_name, status, attempts, last_error, finished_at)
+             SELECT $1, x.i, x.phase, x.name, x.status, x.attempts, x.error,
+                    CASE WHEN x.status IN ('succeeded', 'failed', 'skipped') THEN now() END
+             FROM {gate}, unnest({}::int[], {}::text[], {}::text[], {}::text[], {}::int[], {}::text[])
+                     AS x(i, phase, name, status, attempts, error)
+             ON CONFLICT (saga_id, step_index, phase) DO UPDATE
+             SET status = EXCLUDED.status, attempts = EXCLUDED.attempts,
+                 last_error = COALESCE(EXCLUDED.last_error, saga_steps.last_error),
+                 finished_at = EXCLUDED.finished_at
+             RETURNING 1)",
+        p(0),
+        p(1),
+        p(2),
+        p(3),
+        p(4),
+        p(5)
+    )
+}
+
+/// Binds the six parameters of [`steps_cte`], in order.
+fn bind_steps<'q>(
+    q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    steps: &[StepOutcome<'q>],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    q.bind(steps.iter().map(|s| s.index).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.phase).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.name).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.status).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.attempts).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.error).collect::<Vec<_>>())
 }
 
 /// Reserves the next `n` event versions of a saga (row-locked until the transaction ends), returning
@@ -322,6 +445,10 @@ pub struct Record<'a> {
     pub booking: &'a bookings::Change,
     /// Step history rows, at most one per step and phase.
     pub steps: &'a [StepOutcome<'a>],
+    /// A confirm step planned ahead is among the outcomes: turn the saga's hold into a booking
+    /// in the same statement, which fails with [`sqlstate::HOLD_LOST`](super::sqlstate::HOLD_LOST)
+    /// and writes nothing when the hold is lost.
+    pub convert_hold: bool,
 }
 
 /// The NOTIFY (channel, payload) a saga moving to `status` and letting its lease go sends at
@@ -358,7 +485,24 @@ pub async fn record(
     conn: &mut PgConnection,
     r: &Record<'_>,
 ) -> Result<Option<Recorded>, sqlx::Error> {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    // `converting`: the statement also turns the saga's hold into a booking, and fails with
+    // `sqlstate::HOLD_LOST` (writing nothing) when there is no live hold to turn.
+    fn sql(converting: bool) -> String {
+        let (converted, require) = if converting {
+            (
+                format!(
+                    ", converted AS ({})",
+                    inventory::convert_to_booking_sql("$1", " AND EXISTS (SELECT 1 FROM t)")
+                ),
+                format!(
+                    ",\n sagad_require(EXISTS (SELECT 1 FROM converted), '{}',
+                                    'hold_lost: the hold expired or was released before the booking was confirmed') AS hold_converted",
+                    super::sqlstate::HOLD_LOST
+                ),
+            )
+        } else {
+            (String::new(), String::new())
+        };
         format!(
             "WITH t AS (
                  UPDATE sagas SET status = CASE WHEN {{requeue}} THEN 'running' ELSE $6 END,
@@ -377,40 +521,34 @@ pub async fn record(
                  RETURNING event_version - $16 + 1 AS first_version, cancel_requested, {{requeue}} AS requeued),
              {events},
              booking AS ({booking} AND $30::bool AND EXISTS (SELECT 1 FROM t) RETURNING 1),
-             step AS (
-                 INSERT INTO saga_steps (saga_id, step_index, phase, step_name, status, attempts, last_error, finished_at)
-                 SELECT $1, x.i, x.phase, x.name, x.status, x.attempts, x.error,
-                        CASE WHEN x.status IN ('succeeded', 'failed', 'skipped') THEN now() END
-                 FROM t, unnest($31::int[], $32::text[], $33::text[], $34::text[], $35::int[], $36::text[])
-                         AS x(i, phase, name, status, attempts, error)
-                 ON CONFLICT (saga_id, step_index, phase) DO UPDATE
-                 SET status = EXCLUDED.status, attempts = EXCLUDED.attempts,
-                     last_error = COALESCE(EXCLUDED.last_error, saga_steps.last_error),
-                     finished_at = EXCLUDED.finished_at
-                 RETURNING 1)
+             {steps}{converted}
              SELECT t.first_version, t.cancel_requested,
                     t.requeued,
                     (SELECT count(*) FROM (
                          SELECT pg_notify(CASE WHEN t.requeued THEN $40 ELSE $37::text END,
                                           CASE WHEN t.requeued THEN '' ELSE $38::text END)
                          WHERE t.requeued OR $37::text IS NOT NULL) n) AS notified,
-                    (SELECT count(*) FROM ({wake_deliveries}) w) AS woke_deliveries
+                    (SELECT count(*) FROM ({wake_deliveries}) w) AS woke_deliveries{require}
              FROM t",
             events = events::append_ctes("$1", "t.first_version", "t", 17),
             booking = bookings::update_sql("$1", 24),
+            steps = steps_cte("t", 31),
             wake_deliveries = webhooks::WAKE_IF_DELIVERIES.replace("$WAKE", "$39"),
         )
         // A guest cancelled while the step ran and the saga would now sit idle (parked or done):
         // it goes back to the queue, so the cancellation is carried out at once.
         .replace("{requeue}", "(cancel_requested AND $6 IN ('waiting', 'completed'))")
-    });
+    }
+    static PLAIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| sql(false));
+    static CONVERTING: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| sql(true));
     let (f, t) = (r.fence, r.transition);
     let batch = events::Batch::new(f.id, r.events);
     let notify = match t.keep_lease {
         None => notification(f.id, t.status),
         Some(_) => None,
     };
-    let q = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
+    let sql = if r.convert_hold { &CONVERTING } else { &PLAIN };
+    let q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
         .bind(f.id)
         .bind(f.status.as_str())
         .bind(f.current_step)
@@ -428,15 +566,7 @@ pub async fn record(
         .bind(&t.failure_reason)
         .bind(t.events);
     let q = r.booking.bind(batch.bind(q, r.saga_name));
-    let steps = r.steps;
-    let row = q
-        .bind(!r.booking.is_empty())
-        .bind(steps.iter().map(|s| s.index).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.phase).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.name).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.status).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.attempts).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.error).collect::<Vec<_>>())
+    let row = bind_steps(q.bind(!r.booking.is_empty()), r.steps)
         .bind(notify.as_ref().map(|(c, _)| *c))
         .bind(notify.as_ref().map(|(_, p)| p.as_str()))
         .bind(webhooks::WEBHOOK_CHANNEL)

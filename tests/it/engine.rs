@@ -56,8 +56,11 @@ async fn a_worker_that_dies_after_its_claim_is_replaced_when_the_lease_expires()
         .await;
     let v = worker.wait_terminal(id).await;
     assert_eq!(v["status"], "completed", "{v:#}");
-    // The dead worker's claim counted as the first attempt of the first step.
-    assert_eq!(v["steps"][0]["attempts"], 2);
+    // The start placed the hold; the dead worker's claim counted as the first attempt of the
+    // step after it.
+    assert_eq!(v["steps"][0]["attempts"], 1);
+    assert_eq!(v["steps"][1]["step_name"], "authorize_payment");
+    assert_eq!(v["steps"][1]["attempts"], 2);
     let pis = worker.payment_intents_of(id);
     assert_eq!(pis.len(), 1);
     assert_eq!(pis[0].effects.captures, 1);
@@ -79,7 +82,7 @@ async fn a_worker_that_dies_after_its_claim_is_replaced_when_the_lease_expires()
     let stale = sagas::record(
         &mut conn,
         &sagas::Record {
-            fence: &fence(id, 0, "doomed-worker"),
+            fence: &fence(id, 1, "doomed-worker"),
             transition: &sagas::Transition {
                 failure_reason: Some("stale".into()),
                 events: 1,
@@ -89,13 +92,14 @@ async fn a_worker_that_dies_after_its_claim_is_replaced_when_the_lease_expires()
             events: &events,
             booking: &booking,
             steps: &[sagas::StepOutcome {
-                index: 0,
+                index: 1,
                 phase: "forward",
-                name: "hold_inventory",
+                name: "authorize_payment",
                 status: "failed",
                 attempts: 9,
                 error: Some("stale"),
             }],
+            convert_hold: false,
         },
     )
     .await
@@ -103,7 +107,7 @@ async fn a_worker_that_dies_after_its_claim_is_replaced_when_the_lease_expires()
     assert!(stale.is_none());
     let after = worker.wait_terminal(id).await;
     assert_eq!(after["status"], "completed", "{after:#}");
-    assert_eq!(after["steps"][0]["attempts"], 2, "{after:#}");
+    assert_eq!(after["steps"][1]["attempts"], 2, "{after:#}");
     assert_eq!(after["booking"]["status"], "confirmed", "{after:#}");
     assert_eq!(worker.event_types(id).await.len(), 7);
 }
@@ -139,7 +143,8 @@ async fn a_step_that_goes_on_keeps_its_lease_until_too_little_of_it_remains() {
         })
         .unwrap()
     };
-    let (until0, next0) = leased(0).await;
+    // The start placed the hold: the claim is of the step after it.
+    let (until0, next0) = leased(1).await;
     let go_on = |step: i32, keep_lease: Option<Duration>, floor: Duration| sagas::Transition {
         next_run_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
         keep_lease,
@@ -157,29 +162,30 @@ async fn a_step_that_goes_on_keeps_its_lease_until_too_little_of_it_remains() {
             events: &[],
             booking: &booking,
             steps: &[],
+            convert_hold: false,
         };
         assert!(sagas::record(&mut conn, &r).await.unwrap().is_some());
     };
 
     // Plenty of the lease left for the next step: neither the lease nor next_run_at changes (no
     // indexed column of the row does, so PostgreSQL can update it in place).
-    record(0, go_on(1, Some(lease), Duration::from_secs(22))).await;
-    assert_eq!(leased(1).await, (until0, next0));
+    record(1, go_on(2, Some(lease), Duration::from_secs(22))).await;
+    assert_eq!(leased(2).await, (until0, next0));
 
     // The next step may take longer than what is left: the lease is renewed.
-    record(1, go_on(2, Some(lease), Duration::from_secs(61))).await;
-    let (until2, next2) = leased(2).await;
-    assert!(until2 > until0, "{until2:?} after {until0:?}");
-    assert_eq!(next2, next0);
+    record(2, go_on(3, Some(lease), Duration::from_secs(61))).await;
+    let (until3, next3) = leased(3).await;
+    assert!(until3 > until0, "{until3:?} after {until0:?}");
+    assert_eq!(next3, next0);
 
     // Letting the lease go releases it whatever the floor says, and the saga is due when planned.
-    let t = go_on(3, None, Duration::from_secs(1));
+    let t = go_on(4, None, Duration::from_secs(1));
     let due = t.next_run_at;
-    record(2, t).await;
-    let (until3, next3) = leased(3).await;
-    assert_eq!(until3, None);
+    record(3, t).await;
+    let (until4, next4) = leased(4).await;
+    assert_eq!(until4, None);
     assert_eq!(
-        next3.map(|t| t.timestamp_micros()),
+        next4.map(|t| t.timestamp_micros()),
         due.map(|t| t.timestamp_micros())
     );
 }
@@ -736,18 +742,22 @@ async fn a_saga_queued_in_the_database_is_not_starved_by_the_local_queue() {
         let v = app.wait_terminal(*id).await;
         assert_eq!(v["status"], "completed", "{v:#}");
     }
-    let held: Vec<uuid::Uuid> = sqlx::query_scalar(
-        "SELECT aggregate_id FROM events WHERE event_type = 'InventoryHeld' ORDER BY recorded_at",
+    // The start statement holds the inventory; the first step a worker runs is the authorization.
+    let authorized: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT aggregate_id FROM events WHERE event_type = 'PaymentAuthorized' ORDER BY recorded_at",
     )
     .fetch_all(&app.pool)
     .await
     .unwrap();
-    let position = held.iter().position(|id| *id == through_database).unwrap();
+    let position = authorized
+        .iter()
+        .position(|id| *id == through_database)
+        .unwrap();
     // Third, or fourth if the first saga found its worker taken for a moment by a claim.
     assert!(
         position <= 3,
-        "the saga started through the database held {}th of {}",
+        "the saga started through the database was authorized {}th of {}",
         position + 1,
-        held.len()
+        authorized.len()
     );
 }

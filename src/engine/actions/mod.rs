@@ -19,6 +19,7 @@ use super::outcome::Outcome;
 use crate::domain::BookingInput;
 use crate::stripe::client::StripeClient;
 
+pub use inventory::plan_hold;
 pub use notify::NotifyConfig;
 pub use payment::wait_key as payment_wait_key;
 
@@ -93,6 +94,16 @@ impl Action {
     }
 }
 
+/// What the statement that records a local action planned ahead ([`Action::plan_ahead`]) must
+/// also do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AheadEffect {
+    /// Nothing: the action's events are all it writes.
+    None,
+    /// Turn the saga's hold into a booking; if the hold is lost, the statement fails as a whole.
+    ConvertHoldToBooking,
+}
+
 /// What actions need from the outside world.
 #[derive(Clone)]
 pub struct Deps {
@@ -159,6 +170,28 @@ impl Action {
             | Action::ReleaseInventory
             | Action::ConfirmBooking
             | Action::CancelBooking => Outcome::fail("local action run as remote (bug)", false),
+        }
+    }
+
+    /// A local action's outcome planned before it runs, and what the statement that records it
+    /// must carry out besides: then one statement does both, or neither. `None` when the outcome
+    /// depends on what the action finds (it then runs step by step in the recording transaction).
+    pub fn plan_ahead(self, ctx: &StepCtx<'_>) -> Option<(Outcome, AheadEffect)> {
+        match self {
+            // Planned as booked; the statement fails when the hold turns out to be lost.
+            Action::ConfirmBooking => {
+                Some((inventory::confirmed(ctx), AheadEffect::ConvertHoldToBooking))
+            }
+            Action::CancelBooking => Some((inventory::cancelled(ctx), AheadEffect::None)),
+            // The hold is planned ahead only by the start statement (`engine::start`), which
+            // knows the saga is new; release depends on what is there to release.
+            Action::HoldInventory
+            | Action::ReleaseInventory
+            | Action::AuthorizePayment
+            | Action::VoidPayment
+            | Action::CapturePayment
+            | Action::RefundPayment
+            | Action::SendNotification => None,
         }
     }
 
