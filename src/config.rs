@@ -79,6 +79,10 @@ pub struct ServeArgs {
     /// Sagas this process drives at once.
     #[arg(long, env = "SAGAD_WORKERS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: u32,
+    /// Sagas started here while every worker is busy that wait in this process (already leased to
+    /// it) rather than go through the database; default 4 per worker.
+    #[arg(long, env = "SAGAD_LOCAL_QUEUE", value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub local_queue: Option<u32>,
     /// How long a worker's claim lasts; must exceed every step's timeout.
     #[arg(long, env = "SAGAD_LEASE", default_value = "60s", value_parser = parse_duration)]
     pub lease: Duration,

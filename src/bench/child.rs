@@ -122,6 +122,11 @@ impl Sagad {
         }
     }
 
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     pub fn memory(&self) -> Option<Memory> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
         let kib = |field: &str| -> Option<f64> {

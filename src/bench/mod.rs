@@ -8,6 +8,7 @@
 //! measures the start RPC under moderate load. See `docs/BENCHMARKS.md`.
 
 mod child;
+mod cpu;
 mod ingest;
 mod load;
 mod outgoing;
@@ -379,6 +380,9 @@ struct Counters {
     /// `pg_stat_wal.wal_sync` (server-wide): WAL flushes to disk. Concurrent commits share one
     /// (group commit), so this is what durability costs.
     wal_sync: i64,
+    /// `pg_stat_wal.wal_records` and `wal_bytes` (server-wide): what the writes cost in WAL.
+    wal_records: i64,
+    wal_bytes: i64,
 }
 
 impl Counters {
@@ -386,7 +390,7 @@ impl Counters {
         Ok(sqlx::query_as(
             "SELECT d.xact_commit, d.xact_rollback,
                     pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS next_xid,
-                    w.wal_sync
+                    w.wal_sync, w.wal_records, w.wal_bytes::int8 AS wal_bytes
              FROM pg_stat_database d, pg_stat_wal w WHERE d.datname = $1",
         )
         .bind(name)
@@ -477,6 +481,7 @@ impl Bench<'_> {
         let done = Completions::listen(&url).await?;
         let run = format!("{}-w{workers}", self.run_id);
         let mut starts_before = Default::default();
+        let cpu_before;
         let (warmup, measured) = match load {
             Load::ClosedLoop { clients } => {
                 progress(format_args!(
@@ -492,6 +497,7 @@ impl Bench<'_> {
                 )
                 .await?;
                 starts_before = sagad_histograms(&api).await;
+                cpu_before = cpu::Sample::now(sagad.pid());
                 let measured = load::closed_loop(&api, &done, &run, clients, budget).await?;
                 (warm.samples.len(), measured)
             }
@@ -500,12 +506,14 @@ impl Bench<'_> {
                     "{workers} workers, open loop at {rate_per_s:.1} sagas/s (half the peak): {}",
                     describe(budget)
                 ));
+                cpu_before = cpu::Sample::now(sagad.pid());
                 (
                     0,
                     load::open_loop(&api, &done, &run, rate_per_s, budget).await?,
                 )
             }
         };
+        let cpu_after = cpu::Sample::now(sagad.pid());
         let peak = sagad.memory();
         // The start RPC as sagad itself timed it, over the measured window: tells sagad's share
         // of the client-side figure from the client's, the network's and the scheduler's.
@@ -584,6 +592,16 @@ impl Bench<'_> {
             commits_per_saga: per_saga(commits),
             write_transactions_per_saga: per_saga(after.next_xid - before.next_xid),
             wal_syncs_per_saga: per_saga(after.wal_sync - before.wal_sync),
+            wal_records_per_saga: per_saga(after.wal_records - before.wal_records),
+            wal_bytes_per_saga: per_saga(after.wal_bytes - before.wal_bytes),
+            cpu: cpu_before.zip(cpu_after).and_then(|(b, a)| {
+                cpu::PerSaga::between(
+                    b,
+                    a,
+                    completed,
+                    std::thread::available_parallelism().map_or(1, |n| n.get()),
+                )
+            }),
             pgbench_tps,
             sagas_per_pgbench_tps: pgbench_tps.filter(|t| *t > 0.0).map(|t| sagas_per_s / t),
             idle_rss_mib: idle.map(|m| m.rss_mib),
@@ -611,8 +629,8 @@ impl Bench<'_> {
         database: &str,
         sagas: i64,
     ) -> anyhow::Result<Vec<StatementCount>> {
-        let rows: Vec<(i64, i64, String)> = sqlx::query_as(
-            "SELECT s.calls, s.rows, s.query FROM pg_stat_statements s
+        let rows: Vec<(i64, i64, f64, String)> = sqlx::query_as(
+            "SELECT s.calls, s.rows, s.mean_exec_time, s.query FROM pg_stat_statements s
              JOIN pg_database d ON d.oid = s.dbid
              WHERE d.datname = $1 ORDER BY s.calls DESC, s.query",
         )
@@ -622,9 +640,10 @@ impl Bench<'_> {
         let per = sagas.max(1) as f64;
         Ok(rows
             .into_iter()
-            .map(|(calls, rows, query)| StatementCount {
+            .map(|(calls, rows, exec_ms_per_call, query)| StatementCount {
                 calls_per_saga: calls as f64 / per,
                 rows_per_saga: rows as f64 / per,
+                exec_ms_per_call,
                 query,
             })
             .collect())

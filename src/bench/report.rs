@@ -106,6 +106,8 @@ pub enum Load {
 pub struct StatementCount {
     pub calls_per_saga: f64,
     pub rows_per_saga: f64,
+    /// Mean execution time of one call, as PostgreSQL timed it (`mean_exec_time`).
+    pub exec_ms_per_call: f64,
     pub query: String,
 }
 
@@ -141,6 +143,11 @@ pub struct Setting {
     pub write_transactions_per_saga: f64,
     /// `pg_stat_wal.wal_sync` delta (server-wide) per finished saga: WAL flushes to disk.
     pub wal_syncs_per_saga: f64,
+    /// `pg_stat_wal.wal_records` and `wal_bytes` deltas (server-wide) per finished saga.
+    pub wal_records_per_saga: f64,
+    pub wal_bytes_per_saga: f64,
+    /// CPU time per saga over the measured window, machine-wide and by process.
+    pub cpu: Option<super::cpu::PerSaga>,
     /// `pgbench -N -c W -j W` on a scratch database of the same server, W = workers.
     pub pgbench_tps: Option<f64>,
     pub sagas_per_pgbench_tps: Option<f64>,
@@ -620,6 +627,22 @@ impl Report {
             }
         }
         for s in self.settings.iter().chain(self.half_load.iter()) {
+            if let Some(c) = &s.cpu {
+                let _ = writeln!(
+                    out,
+                    "CPU per saga ({}): {:.2} ms (sagad {:.2}, bench driver and peers {:.2}, PostgreSQL and the rest {:.2}; CPUs {:.0} % busy); WAL per saga {:.0} records, {:.1} KiB",
+                    s.label(),
+                    c.total_ms,
+                    c.sagad_ms,
+                    c.bench_ms,
+                    c.rest_ms,
+                    c.busy_share * 100.0,
+                    s.wal_records_per_saga,
+                    s.wal_bytes_per_saga / 1024.0,
+                );
+            }
+        }
+        for s in self.settings.iter().chain(self.half_load.iter()) {
             if let Some(p99) = s.start_rpc_in_sagad_p99_ms {
                 let _ = writeln!(
                     out,
@@ -654,13 +677,23 @@ impl Report {
             let _ = writeln!(out);
             let _ = writeln!(
                 out,
-                "statements per completed saga ({} workers, pg_stat_statements): {total:.1}",
-                statements.0
+                "statements per completed saga ({} workers, pg_stat_statements): {total:.1}, executing {:.2} ms",
+                statements.0,
+                statements
+                    .1
+                    .iter()
+                    .map(|s| s.calls_per_saga * s.exec_ms_per_call)
+                    .sum::<f64>()
             );
+            let _ = writeln!(out, "   calls  ms/call  statement");
             for s in statements.1.iter().filter(|s| s.calls_per_saga >= 0.05) {
                 let query: String = s.query.split_whitespace().collect::<Vec<_>>().join(" ");
-                let short: String = query.chars().take(100).collect();
-                let _ = writeln!(out, "  {:>6.2}  {short}", s.calls_per_saga);
+                let short: String = query.chars().take(90).collect();
+                let _ = writeln!(
+                    out,
+                    "  {:>6.2}  {:>7.3}  {short}",
+                    s.calls_per_saga, s.exec_ms_per_call
+                );
             }
         }
         let _ = writeln!(out);

@@ -406,6 +406,7 @@ async fn sagas_started_while_the_workers_are_busy_wait_in_the_local_queue_then_t
     def.name = "local-queue-test".into();
     let app = spawn_app_with(AppOptions {
         workers: 1,
+        local_queue: Some(1),
         definitions: vec![def],
         ..Default::default()
     })
@@ -716,6 +717,7 @@ async fn a_wait_ends_when_the_saga_ends_even_if_its_notification_is_lost() {
 async fn a_saga_queued_in_the_database_is_not_starved_by_the_local_queue() {
     let app = spawn_app_with(AppOptions {
         workers: 1,
+        local_queue: Some(1),
         ..Default::default()
     })
     .await;

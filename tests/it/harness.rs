@@ -216,6 +216,8 @@ impl NotifyReceiver {
 pub struct AppOptions {
     pub role: Role,
     pub workers: usize,
+    /// Places in the local queue (`None`: the default, per worker).
+    pub local_queue: Option<usize>,
     pub lease: Duration,
     pub definitions: Vec<SagaDefinition>,
     /// Endpoint secrets for `POST /webhooks/stripe` (empty: the route is not served).
@@ -245,6 +247,7 @@ impl Default for AppOptions {
         Self {
             role: Role::All,
             workers: 8,
+            local_queue: None,
             lease: Duration::from_secs(30),
             definitions: vec![booking_definition()],
             stripe_webhook_secrets: vec![STRIPE_WEBHOOK_SECRET.into()],
@@ -300,6 +303,9 @@ pub async fn spawn_instance(
         }),
         engine: EngineConfig {
             workers: opts.workers,
+            local_queue: opts
+                .local_queue
+                .unwrap_or(sagad::engine::LOCAL_QUEUE_PER_WORKER * opts.workers),
             lease: opts.lease,
             poll_interval: Duration::from_millis(200),
             maintenance_interval: Duration::from_millis(100),
