@@ -103,9 +103,11 @@ pub async fn run(
         // A process that runs both API and workers starts its sagas itself.
         let dispatch = (settings.role == Role::All).then(|| engine.direct_dispatch());
         (
-            Some(tokio::spawn(
-                engine.run(channels.wake(store::WORK_CHANNEL), shutdown.clone()),
-            )),
+            Some(tokio::spawn(engine.run(
+                channels.wake(store::WORK_CHANNEL),
+                channels.log_ids(store::CANCEL_CHANNEL),
+                shutdown.clone(),
+            ))),
             Some(flag),
             dispatch,
         )

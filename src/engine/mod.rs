@@ -105,9 +105,17 @@ pub struct DirectDispatch {
     queue: Arc<Semaphore>,
     /// Places in the local queue (all free when nothing waits in it).
     queue_places: usize,
-    tx: mpsc::UnboundedSender<(sagas::SagaRow, Reservation)>,
+    tx: mpsc::UnboundedSender<(Leased, Reservation)>,
     pub worker_id: String,
     pub lease: Duration,
+}
+
+/// A saga leased to this process, and when the lease was taken by this process's clock: before
+/// the statement that took it was sent, so that `since + lease` is never later than the lease's
+/// end as the database counts it.
+pub struct Leased {
+    pub row: sagas::SagaRow,
+    pub since: std::time::Instant,
 }
 
 /// Where a directly dispatched saga will run.
@@ -136,8 +144,8 @@ impl DirectDispatch {
     }
 
     /// Gives a saga leased to this engine to a worker; returns its id if the engine has stopped.
-    pub fn hand_over(&self, row: sagas::SagaRow, r: Reservation) -> Result<(), uuid::Uuid> {
-        self.tx.send((row, r)).map_err(|e| e.0.0.id)
+    pub fn hand_over(&self, saga: Leased, r: Reservation) -> Result<(), uuid::Uuid> {
+        self.tx.send((saga, r)).map_err(|e| e.0.0.row.id)
     }
 }
 
@@ -145,8 +153,8 @@ pub struct Engine {
     running: Arc<std::sync::atomic::AtomicBool>,
     slots: Arc<Semaphore>,
     queue: Arc<Semaphore>,
-    direct_tx: mpsc::UnboundedSender<(sagas::SagaRow, Reservation)>,
-    direct_rx: mpsc::UnboundedReceiver<(sagas::SagaRow, Reservation)>,
+    direct_tx: mpsc::UnboundedSender<(Leased, Reservation)>,
+    direct_rx: mpsc::UnboundedReceiver<(Leased, Reservation)>,
     pool: PgPool,
     registry: Arc<Registry>,
     deps: Deps,
@@ -207,8 +215,14 @@ impl Engine {
 
     /// Claims and drives sagas until `shutdown`; then stops claiming, lets in-flight steps finish
     /// within the grace period, and releases the leases of any that did not.
-    /// `wake` fires on `store::WORK_CHANNEL` notifications ([`store::listen::Channels`]).
-    pub async fn run(mut self, wake: Arc<Notify>, shutdown: CancellationToken) {
+    /// `wake` fires on `store::WORK_CHANNEL` notifications; `cancellations` logs the sagas whose
+    /// cancellation was notified on `store::CANCEL_CHANNEL` ([`store::listen::Channels`]).
+    pub async fn run(
+        mut self,
+        wake: Arc<Notify>,
+        cancellations: Arc<store::listen::Heard>,
+        shutdown: CancellationToken,
+    ) {
         let mut background = JoinSet::new();
         background.spawn(crate::maintenance::run(
             self.pool.clone(),
@@ -222,6 +236,7 @@ impl Engine {
             deps: self.deps.clone(),
             worker_id: self.config.worker_id.clone(),
             lease: self.config.lease,
+            cancellations,
             shutdown: shutdown.clone(),
         });
         let slots = self.slots.clone();
@@ -229,10 +244,10 @@ impl Engine {
         info!(workers = self.config.workers, worker_id = %self.config.worker_id, "engine started");
         self.running
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        let spawn = |tasks: &mut JoinSet<()>, row, permit: OwnedSemaphorePermit| {
+        let spawn = |tasks: &mut JoinSet<()>, saga: Leased, permit: OwnedSemaphorePermit| {
             let worker = worker.clone();
             tasks.spawn(async move {
-                worker.drive(row).await;
+                worker.drive(saga).await;
                 drop(permit);
             });
         };
@@ -243,7 +258,7 @@ impl Engine {
         let mut backlog = true;
         let mut next_check = tokio::time::Instant::now();
         // Sagas the API started and leased to this engine while every worker was busy.
-        let mut queued: std::collections::VecDeque<(sagas::SagaRow, OwnedSemaphorePermit)> =
+        let mut queued: std::collections::VecDeque<(Leased, OwnedSemaphorePermit)> =
             Default::default();
         // While both the local queue and the database have work, freed workers alternate
         // between them: under sustained load the local queue is never empty, and a saga that
@@ -262,10 +277,11 @@ impl Engine {
                 }
                 database_turn = true;
                 // The local queue: those sagas are leased to this engine already.
-                let Some((row, place)) = queued.pop_front() else {
+                let Some((saga, place)) = queued.pop_front() else {
                     break;
                 };
                 drop(place);
+                let row = &saga.row;
                 if row
                     .locked_until
                     .is_some_and(|until| until <= chrono::Utc::now())
@@ -275,10 +291,11 @@ impl Engine {
                     continue;
                 }
                 crate::telemetry::saga_dispatched(&row.saga_name, "queued");
-                spawn(&mut tasks, row, permit);
+                spawn(&mut tasks, saga, permit);
             }
             let free = permits.len();
             if free > 0 {
+                let since = std::time::Instant::now();
                 let claimed = match sagas::claim_due(
                     &self.pool,
                     &self.config.worker_id,
@@ -300,7 +317,7 @@ impl Engine {
                         break; // cannot happen: at most `free` rows come back
                     };
                     crate::telemetry::saga_dispatched(&row.saga_name, "claimed");
-                    spawn(&mut tasks, row, permit);
+                    spawn(&mut tasks, Leased { row, since }, permit);
                 }
                 drop(permits);
                 if got < free {
@@ -316,12 +333,12 @@ impl Engine {
             }
             tokio::select! {
                 _ = wake.notified() => backlog = true,
-                Some((row, r)) = self.direct_rx.recv() => match r {
+                Some((saga, r)) = self.direct_rx.recv() => match r {
                     Reservation::Worker(permit) => {
-                        crate::telemetry::saga_dispatched(&row.saga_name, "direct");
-                        spawn(&mut tasks, row, permit)
+                        crate::telemetry::saga_dispatched(&saga.row.saga_name, "direct");
+                        spawn(&mut tasks, saga, permit)
                     }
-                    Reservation::Queued(place) => queued.push_back((row, place)),
+                    Reservation::Queued(place) => queued.push_back((saga, place)),
                 },
                 // Full and behind: claim (or take from the local queue) as soon as a slot frees.
                 Some(_) = tasks.join_next(), if (backlog || !queued.is_empty()) && !tasks.is_empty() => {}

@@ -6,6 +6,7 @@
 //! records them (no transaction of its own: one round trip).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use rand::Rng;
 use serde::Deserialize;
@@ -13,12 +14,14 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
+use super::Leased;
 use super::actions::{Action, AheadEffect, Deps, StepCtx};
 use super::definition::{SagaDefinition, StepDefinition};
 use super::outcome::Outcome;
 use super::plan::{self, Env, Plan, State};
 use super::registry::Registry;
 use crate::domain::BookingInput;
+use crate::store::listen::Heard;
 use crate::store::sagas::{self, Fence, SagaRow, SagaStatus};
 use crate::store::{self, bookings, sqlstate};
 
@@ -38,6 +41,8 @@ pub struct Worker {
     pub deps: Deps,
     pub worker_id: String,
     pub lease: std::time::Duration,
+    /// Cancellations notified to this process ([`sagas::request_cancel`]).
+    pub cancellations: Arc<Heard>,
     pub shutdown: CancellationToken,
 }
 
@@ -49,11 +54,12 @@ enum Next {
 
 impl Worker {
     /// Drives a claimed saga as far as it can go now.
-    pub async fn drive(&self, mut row: SagaRow) {
+    pub async fn drive(&self, saga: Leased) {
+        let Leased { mut row, since } = saga;
         let span = tracing::info_span!("saga", saga_id = %row.id, saga = %row.saga_name);
         async {
             loop {
-                match self.step(&mut row).await {
+                match self.step(&mut row, since).await {
                     Ok(Next::Continue) if !self.shutdown.is_cancelled() => continue,
                     Ok(Next::Continue) => {
                         // Shutting down: hand the saga back rather than start another step.
@@ -83,7 +89,8 @@ impl Worker {
     /// Runs the saga's current step and records its outcome. Remote steps that follow at once run
     /// first (their outcomes are recorded together); local steps that follow run in the record's
     /// transaction (their effect and record commit together with the steps before them).
-    async fn step(&self, row: &mut SagaRow) -> Result<Next, Error> {
+    /// `leased`: when this process took the lease ([`Leased::since`]).
+    async fn step(&self, row: &mut SagaRow, leased: Instant) -> Result<Next, Error> {
         let def = self.registry.get(&row.saga_name, row.saga_version).await?;
         let status = row.status();
 
@@ -135,7 +142,7 @@ impl Worker {
         let mut plans = vec![plan];
         // Remote steps that follow at once run before anything is recorded (see `next_remote`).
         while let Some(action) = self
-            .next_remote(&def, row, plans.last().expect("one plan at least"))
+            .next_remote(&def, row, leased, plans.last().expect("one plan at least"))
             .await?
         {
             let outcome = self.run_remote(&def, row, action).await?;
@@ -238,10 +245,16 @@ impl Worker {
     /// record, the next owner repeats the calls and gets the same answers (the effects are not
     /// repeated). It goes on only while it keeps the lease with room for the next step, and not
     /// when a guest cancellation is pending: that must be learnt before, say, a capture.
+    ///
+    /// Both are known here without a query, as a rule: the lease by this process's clock (from
+    /// when it was taken, `leased`, not counting renewals: an underestimate), the cancellation from
+    /// the notification its commit sends. Only when the listener may have missed one (it was not
+    /// listening without a break since `leased`) does it ask the database.
     async fn next_remote(
         &self,
         def: &SagaDefinition,
         row: &mut SagaRow,
+        leased: Instant,
         last: &Plan,
     ) -> Result<Option<Action>, Error> {
         if self.shutdown.is_cancelled() {
@@ -252,7 +265,13 @@ impl Worker {
             return Ok(None);
         };
         let floor = t.lease_floor.unwrap_or(self.lease);
-        if !sagas::may_go_on(&self.pool, row.id, &self.worker_id, floor).await? {
+        let room = (leased + self.lease).saturating_duration_since(Instant::now()) >= floor;
+        let go_on = room
+            && match self.cancellations.since(row.id, leased) {
+                Some(cancelled) => !cancelled,
+                None => sagas::may_go_on(&self.pool, row.id, &self.worker_id, floor).await?,
+            };
+        if !go_on {
             return Ok(None);
         }
         advance(row, t);

@@ -317,7 +317,13 @@ pub async fn start_saga(
             });
             fresh = Some(v);
             if let Some((d, slot)) = direct
-                && let Err(row) = d.hand_over(*row, slot)
+                && let Err(row) = d.hand_over(
+                    crate::engine::Leased {
+                        row: *row,
+                        since: waiting,
+                    },
+                    slot,
+                )
             {
                 // The engine is stopping: give the lease back for another process.
                 sagas::release_lease(&state.pool, row, &d.worker_id).await?;

@@ -1,13 +1,14 @@
 //! LISTEN/NOTIFY: **one** listening connection per process for every channel sagad listens on
-//! (the saga queue, the Stripe inbox, webhook deliveries, finished sagas).
+//! (the saga queue, the Stripe inbox, webhook deliveries, finished and cancelled sagas).
 //!
 //! One connection, not one per queue, because PostgreSQL (≤ 16) signals every listening backend of
 //! a database on every NOTIFY, whatever its channels, and each signalled backend wakes up and runs
 //! a transaction to read the notification queue: with four listeners, each saga's two NOTIFYs cost
 //! eight wake-ups and eight (empty) transactions on a busy server.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -21,6 +22,56 @@ enum Sink {
     Wake(Arc<Notify>),
     /// Forward the payload, a saga id, to whoever waits for it.
     Ids(broadcast::Sender<Uuid>),
+    /// Note the payload, a saga id, and when it was heard.
+    Log(Arc<Heard>),
+}
+
+/// How long [`Heard`] remembers an id.
+const HEARD_FOR: Duration = Duration::from_secs(10 * 60);
+
+/// The saga ids heard on a channel lately, and whether the listening connection was up all along,
+/// so that a reader can tell "not notified" from "perhaps missed".
+#[derive(Default)]
+pub struct Heard {
+    state: Mutex<HeardState>,
+}
+
+#[derive(Default)]
+struct HeardState {
+    /// Since when the connection has been listening without a break (`None`: it is down).
+    listening_since: Option<Instant>,
+    ids: HashMap<Uuid, Instant>,
+}
+
+impl Heard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HeardState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether `id` was heard at or after `since`: `Some(false)` only when every notification sent
+    /// since then has been received (the connection listened throughout, and `since` is recent
+    /// enough to be remembered); `None` when one may have been missed.
+    pub fn since(&self, id: Uuid, since: Instant) -> Option<bool> {
+        let s = self.lock();
+        if s.ids.get(&id).is_some_and(|at| *at >= since) {
+            return Some(true);
+        }
+        let listening = s.listening_since.is_some_and(|from| from <= since);
+        (listening && since.elapsed() < HEARD_FOR).then_some(false)
+    }
+
+    fn heard(&self, id: Uuid) {
+        let now = Instant::now();
+        let mut s = self.lock();
+        s.ids.retain(|_, at| now.duration_since(*at) < HEARD_FOR);
+        s.ids.insert(id, now);
+    }
+
+    fn listening(&self, up: bool) {
+        self.lock().listening_since = up.then(Instant::now);
+    }
 }
 
 /// The channels this process listens on, and where their notifications go.
@@ -50,10 +101,29 @@ impl Channels {
         self.sinks.push((channel, Sink::Ids(to)));
     }
 
-    fn wake_all(&self) {
+    /// Notes `channel`'s payloads that parse as a UUID, and when, in the returned log.
+    pub fn log_ids(&mut self, channel: &'static str) -> Arc<Heard> {
+        let heard = Arc::new(Heard::default());
+        self.sinks.push((channel, Sink::Log(heard.clone())));
+        heard
+    }
+
+    /// After a (re)connect: the queues look for what they may have missed; the logs know since
+    /// when they hear everything.
+    fn connected(&self) {
         for (_, sink) in &self.sinks {
-            if let Sink::Wake(w) = sink {
-                w.notify_one();
+            match sink {
+                Sink::Wake(w) => w.notify_one(),
+                Sink::Log(heard) => heard.listening(true),
+                Sink::Ids(_) => {}
+            }
+        }
+    }
+
+    fn disconnected(&self) {
+        for (_, sink) in &self.sinks {
+            if let Sink::Log(heard) = sink {
+                heard.listening(false);
             }
         }
     }
@@ -68,6 +138,11 @@ impl Channels {
                 Sink::Ids(to) => {
                     if let Ok(id) = payload.parse::<Uuid>() {
                         let _ = to.send(id);
+                    }
+                }
+                Sink::Log(heard) => {
+                    if let Ok(id) = payload.parse::<Uuid>() {
+                        heard.heard(id);
                     }
                 }
             }
@@ -98,16 +173,63 @@ impl Channels {
                 }
             };
             delay = Duration::from_millis(100);
-            self.wake_all();
+            self.connected();
             loop {
                 tokio::select! {
-                    r = listener.recv() => match r {
-                        Ok(n) => self.deliver(n.channel(), n.payload()),
+                    r = listener.try_recv() => match r {
+                        Ok(Some(n)) => self.deliver(n.channel(), n.payload()),
+                        // The connection was lost and made again, listening on every channel:
+                        // what was sent in between is gone.
+                        Ok(None) => {
+                            debug!("LISTEN connection lost and made again");
+                            self.disconnected();
+                            self.connected();
+                        }
                         Err(e) => { debug!(error = %e, "LISTEN connection lost"); break; }
                     },
                     _ = shutdown.cancelled() => return,
                 }
             }
+            self.disconnected();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heard_tells_notified_from_not_notified_only_while_listening_throughout() {
+        let heard = Heard::default();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let before_listening = Instant::now();
+        // Not listening yet: nothing can be told.
+        assert_eq!(heard.since(a, before_listening), None);
+
+        heard.listening(true);
+        let since = Instant::now();
+        assert_eq!(heard.since(a, since), Some(false));
+        // Listening began after that instant: a notification sent before may be lost.
+        assert_eq!(heard.since(a, before_listening), None);
+
+        heard.heard(a);
+        assert_eq!(heard.since(a, since), Some(true));
+        assert_eq!(heard.since(b, since), Some(false));
+        // Heard before the instant asked about: it says nothing of what came after.
+        let later = Instant::now();
+        assert_eq!(heard.since(a, later), Some(false));
+
+        // A break in listening: from then on, what was not heard may have been missed.
+        heard.listening(false);
+        assert_eq!(heard.since(b, since), None);
+        assert_eq!(
+            heard.since(a, since),
+            Some(true),
+            "what was heard stays heard"
+        );
+        heard.listening(true);
+        assert_eq!(heard.since(b, since), None);
+        assert_eq!(heard.since(b, Instant::now()), Some(false));
     }
 }

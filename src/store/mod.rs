@@ -20,6 +20,9 @@ use sqlx::{PgPool, migrate::Migrator};
 pub const WORK_CHANNEL: &str = "sagad_work";
 /// The channel that tells start-saga waiters a saga reached a terminal state.
 pub const DONE_CHANNEL: &str = "sagad_saga_done";
+/// The channel that tells the worker driving a saga that a guest asked to cancel it (payload:
+/// the saga id), so that it learns of it before its next remote step without a query.
+pub const CANCEL_CHANNEL: &str = "sagad_cancel";
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 

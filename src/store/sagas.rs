@@ -8,7 +8,7 @@ use sqlx::{FromRow, PgConnection, PgPool, Row};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{DONE_CHANNEL, WORK_CHANNEL, bookings, events, inventory, webhooks};
+use super::{CANCEL_CHANNEL, DONE_CHANNEL, WORK_CHANNEL, bookings, events, inventory, webhooks};
 use crate::events::NewEvent;
 
 /// Where a saga is in its life.
@@ -587,7 +587,8 @@ pub async fn record(
 /// Whether `worker` may run the saga's next remote step before the outcome of the one before it is
 /// recorded: it still holds the lease, with at least `floor` of it left (by the database's clock),
 /// and no guest cancellation is pending (which must be learnt before, say, money is captured).
-/// A read by primary key: no transaction, nothing written.
+/// A read by primary key: no transaction, nothing written. (The runner asks only when it cannot
+/// tell by itself: its listener may have missed a cancellation.)
 pub async fn may_go_on(
     pool: &PgPool,
     id: Uuid,
@@ -672,7 +673,9 @@ pub enum CancelOutcome {
 }
 
 /// Records a guest's cancellation. A worker turns it into compensation: at once if the saga is idle,
-/// after the step in flight otherwise. A completed saga is re-opened to be compensated.
+/// after the step in flight otherwise. A completed saga is re-opened to be compensated. The
+/// commit also notifies `CANCEL_CHANNEL` with the saga id: a worker in the middle of a run of
+/// remote steps learns of it before the next one (a capture, say).
 pub async fn request_cancel(pool: &PgPool, id: Uuid) -> Result<CancelOutcome, sqlx::Error> {
     let row: Option<(String, bool)> = sqlx::query_as(
         "WITH cur AS (SELECT id, status FROM sagas WHERE id = $1 FOR UPDATE),
@@ -684,11 +687,13 @@ pub async fn request_cancel(pool: &PgPool, id: Uuid) -> Result<CancelOutcome, sq
                              updated_at = now()
                       FROM cur WHERE s.id = cur.id AND cur.status IN ('running', 'waiting', 'completed')
                       RETURNING s.id),
-              n AS (SELECT pg_notify($2, '') FROM upd)
-         SELECT cur.status, EXISTS (SELECT 1 FROM upd) FROM cur LEFT JOIN n ON true",
+              n AS (SELECT pg_notify($2, '') FROM upd),
+              c AS (SELECT pg_notify($3, upd.id::text) FROM upd)
+         SELECT cur.status, EXISTS (SELECT 1 FROM upd) FROM cur LEFT JOIN n ON true LEFT JOIN c ON true",
     )
     .bind(id)
     .bind(WORK_CHANNEL)
+    .bind(CANCEL_CHANNEL)
     .fetch_optional(pool)
     .await?;
     Ok(match row {

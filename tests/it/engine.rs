@@ -372,6 +372,39 @@ async fn cancel_while_authorizing(
     id
 }
 
+/// The worker learns of a cancellation from its notification, without a query; when its listener
+/// may have missed one (the LISTEN connection broke meanwhile), it asks the database before the
+/// capture. Here the cancellation is written without a notification while the connection is cut:
+/// only the database can tell, and the payment is voided, never captured.
+#[tokio::test]
+async fn a_cancellation_the_listener_may_have_missed_is_looked_up_before_the_capture() {
+    let app = spawn_app().await;
+    app.double.inject(Fault::latency(
+        Operation::Create,
+        Duration::from_millis(1500),
+    ));
+    let id = app
+        .start_booking(booking_input("igloo-9", "pm_card_visa"))
+        .await;
+    app.wait_faults_taken().await;
+    let cut: i64 = count(
+        &app.pool,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND query LIKE 'LISTEN %'",
+    )
+    .await;
+    assert_eq!(cut, 1, "one LISTEN connection per process");
+    sqlx::query("UPDATE sagas SET cancel_requested = true WHERE id = $1")
+        .bind(id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let v = app.wait_terminal(id).await;
+    assert_eq!(v["status"], "compensated", "{v:#}");
+    let pi = &app.payment_intents_of(id)[0];
+    assert_eq!((pi.effects.captures, pi.effects.cancels), (0, 1), "{pi:?}");
+}
+
 /// The step in flight would park the saga (3-D Secure) when the guest cancels: the same statement
 /// that records the outcome puts the saga back in the queue, so it compensates at once instead of
 /// waiting out the authentication deadline.
