@@ -26,7 +26,7 @@ pub struct DbArgs {
     /// Port of the embedded PostgreSQL (default: a free port on 127.0.0.1).
     #[arg(long, env = "SAGAD_EMBEDDED_PG_PORT")]
     pub embedded_port: Option<u16>,
-    /// Maximum database connections of this process.
+    /// Database connections of this process (`sagad serve` keeps them all open).
     #[arg(long, env = "SAGAD_DB_POOL_SIZE", default_value_t = 20, value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub pool_size: u32,
     /// Apply pending migrations at start (`false` when a deploy step runs `sagad migrate`).

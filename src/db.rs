@@ -33,8 +33,17 @@ impl Database {
 }
 
 /// Connects to `DATABASE_URL`, or starts the embedded cluster in `data_dir`; applies migrations
-/// when `args.migrate` (or `force_migrate`).
+/// when `args.migrate` (or `force_migrate`). The pool opens connections as they are needed.
 pub async fn open(args: &DbArgs, force_migrate: bool) -> Result<Database, Error> {
+    open_with(args, force_migrate, 1).await
+}
+
+/// As [`open`], keeping at least `min_connections` of the pool open (`sagad serve`: all of it).
+pub async fn open_with(
+    args: &DbArgs,
+    force_migrate: bool,
+    min_connections: u32,
+) -> Result<Database, Error> {
     let (url, embedded) = match &args.database_url {
         Some(url) => (url.clone(), None),
         None => {
@@ -61,7 +70,7 @@ pub async fn open(args: &DbArgs, force_migrate: bool) -> Result<Database, Error>
             (url, Some(pg))
         }
     };
-    let pool = match store::connect(&url, args.pool_size).await {
+    let pool = match store::connect_pool(&url, args.pool_size, min_connections).await {
         Ok(p) => p,
         Err(e) => {
             if let Some(pg) = embedded {

@@ -33,6 +33,11 @@ use pgbench::Pgbench;
 use report::{Database, Load, Machine, Percentiles, Report, Section, Setting, StatementCount};
 
 const TOKEN: &str = "bench-token-0123456789";
+/// Sagas per closed-loop client before the measured window: every pooled connection of the fresh
+/// sagad child is open and has prepared its statements by then (a production process is warm).
+const WARM_UP_PER_CLIENT: usize = 4;
+/// The open loop runs this long at its rate before the measured window, for the same reason.
+const OPEN_LOOP_WARM_UP: Duration = Duration::from_secs(2);
 /// Connections beyond the workers: API requests, the two LISTEN connections, maintenance.
 const EXTRA_CONNECTIONS: u32 = 8;
 
@@ -48,7 +53,7 @@ pub struct BenchArgs {
     /// Concurrent closed-loop clients per worker.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub clients_per_worker: u32,
-    /// Sagas measured per setting (after a warm-up of one saga per client).
+    /// Sagas measured per setting (after a warm-up of four sagas per client).
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=10_000_000))]
     pub sagas: u64,
     /// Run each setting for this long instead of a fixed number of sagas (e.g. 30s).
@@ -480,7 +485,7 @@ impl Bench<'_> {
         let api = Api::new(&sagad.base, TOKEN)?;
         let done = Completions::listen(&url).await?;
         let run = format!("{}-w{workers}", self.run_id);
-        let mut starts_before = Default::default();
+        let starts_before;
         let cpu_before;
         let (warmup, measured) = match load {
             Load::ClosedLoop { clients } => {
@@ -493,7 +498,7 @@ impl Bench<'_> {
                     &done,
                     &format!("{run}-warm"),
                     clients,
-                    Budget::Sagas(clients),
+                    Budget::Sagas(clients * WARM_UP_PER_CLIENT),
                 )
                 .await?;
                 starts_before = sagad_histograms(&api).await;
@@ -503,12 +508,21 @@ impl Bench<'_> {
             }
             Load::OpenLoop { rate_per_s } => {
                 progress(format_args!(
-                    "{workers} workers, open loop at {rate_per_s:.1} sagas/s (half the peak): {}",
+                    "{workers} workers, open loop at {rate_per_s:.1} sagas/s (half the peak): warming up for {OPEN_LOOP_WARM_UP:?}, then {}",
                     describe(budget)
                 ));
+                let warm = load::open_loop(
+                    &api,
+                    &done,
+                    &format!("{run}-warm"),
+                    rate_per_s,
+                    Budget::Time(OPEN_LOOP_WARM_UP),
+                )
+                .await?;
+                starts_before = sagad_histograms(&api).await;
                 cpu_before = cpu::Sample::now(sagad.pid());
                 (
-                    0,
+                    warm.samples.len(),
                     load::open_loop(&api, &done, &run, rate_per_s, budget).await?,
                 )
             }

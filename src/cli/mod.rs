@@ -316,7 +316,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
              payments wait for their deadline"
         );
     }
-    let database = db::open(&args.db, false).await?;
+    // The daemon keeps its whole pool open (`store::connect_pool`).
+    let database = db::open_with(&args.db, false, args.db.pool_size).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {} (SAGAD_LISTEN)", args.listen))?;

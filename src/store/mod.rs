@@ -57,14 +57,26 @@ pub fn sqlstate(err: &sqlx::Error) -> Option<String> {
 /// A pooled connection idle at least this long is pinged before use.
 const PING_IDLE_AFTER: Duration = Duration::from_secs(5);
 
-/// Connects a pool of `max_connections` to `url`.
+/// Connects a pool of `max_connections` to `url` that opens connections as they are needed.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Error> {
+    connect_pool(url, max_connections, 1).await
+}
+
+/// Connects a pool of `max_connections` to `url` that keeps at least `min_connections` open
+/// (opened in the background). A daemon keeps its whole pool open: a connection made when a
+/// burst needs it costs that request a fork, the authentication and the first preparation of
+/// every statement it runs, tens of milliseconds on a busy server.
+pub async fn connect_pool(
+    url: &str,
+    max_connections: u32,
+    min_connections: u32,
+) -> Result<PgPool, Error> {
     let options: PgConnectOptions = url
         .parse()
         .map_err(|e: sqlx::Error| Error::Url(e.to_string()))?;
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
-        .min_connections(1)
+        .min_connections(min_connections.clamp(1, max_connections))
         .acquire_timeout(Duration::from_secs(10))
         // sqlx pings every connection it hands out: one more round trip per step. Ping only the
         // ones that sat idle long enough to have been cut (server restart, a proxy's idle
