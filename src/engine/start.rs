@@ -24,6 +24,9 @@ use crate::store::inventory::NewHold;
 use crate::store::sagas::{self, InsertOutcome, NewSaga, SagaStatus, StartAhead, StepOutcome};
 use crate::store::{self, bookings, sqlstate};
 
+/// A booking's status when its saga starts with nothing run ahead.
+const REQUESTED: &str = "requested";
+
 /// A saga about to start.
 pub struct Starting<'a> {
     pub def: &'a SagaDefinition,
@@ -41,6 +44,8 @@ pub struct Started {
     pub outcome: InsertOutcome,
     /// The steps the start carried out, as their rows in the step history show them.
     pub ran_ahead: Vec<plan::StepRecord>,
+    /// The booking's status as the start left it (`requested`, or `held`).
+    pub booking_status: &'static str,
 }
 
 /// The hold step planned ahead: the hold to place and the plan of its outcome.
@@ -137,12 +142,13 @@ pub async fn start(
         .collect();
     let booking_status = bookings::Change::of(events.iter().map(|e| &e.event))
         .status
-        .unwrap_or("requested");
+        .unwrap_or(REQUESTED);
     let Some(a) = &ahead else {
         let outcome = sagas::start(conn, &new_saga(s, &events, None), wake_workers).await?;
         return Ok(Started {
             outcome,
             ran_ahead: Vec::new(),
+            booking_status: REQUESTED,
         });
     };
     let with_hold = StartAhead {
@@ -162,7 +168,7 @@ pub async fn start(
             }
             Err(e) => return Err(e),
         };
-    let ran_ahead = match &outcome {
+    let (ran_ahead, booking_status) = match &outcome {
         InsertOutcome::Created {
             ran_ahead: true, ..
         } => {
@@ -173,9 +179,13 @@ pub async fn start(
                 "done",
                 began.elapsed(),
             );
-            a.plan.step.iter().cloned().collect()
+            (a.plan.step.iter().cloned().collect(), booking_status)
         }
-        _ => Vec::new(),
+        _ => (Vec::new(), REQUESTED),
     };
-    Ok(Started { outcome, ran_ahead })
+    Ok(Started {
+        outcome,
+        ran_ahead,
+        booking_status,
+    })
 }

@@ -308,7 +308,7 @@ pub async fn start_saga(
                 check_out: input.check_out,
                 amount: input.amount,
                 currency: input.currency.clone(),
-                status: if ran_ahead { "held" } else { "requested" }.into(),
+                status: started.booking_status.into(),
                 payment_intent_id: None,
                 confirmation_code: None,
                 cancel_reason: None,
