@@ -135,10 +135,12 @@ async fn run_in(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<Repor
             if args.statements {
                 pg = preload_pg_stat_statements(pg, opts).await?;
             }
+            preallocate_wal(&pg.url("postgres")).await?;
             (
                 pg.url("postgres"),
                 Some(pg),
-                "embedded (temporary durable cluster, default settings)".to_owned(),
+                "embedded (temporary durable cluster, default settings, WAL segments preallocated)"
+                    .to_owned(),
             )
         }
     };
@@ -147,6 +149,37 @@ async fn run_in(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<Repor
         pg.stop().await?;
     }
     result
+}
+
+/// WAL segments the embedded cluster is given before any measurement (1 GiB).
+const PREALLOCATED_WAL_SEGMENTS: u32 = 64;
+
+/// Makes the fresh cluster write its WAL into recycled segments, as a server that has been up for
+/// a while does. A new cluster has none: each 16 MiB segment is created when the previous one
+/// fills, zero-filled and flushed by the backend that needs it while every committing backend
+/// waits (`IO:WALInitWrite`/`WALInitSync` in `pg_stat_activity`), a stall of tens of milliseconds
+/// every few seconds that lands in whichever run is measuring then. So: keep up to 1 GiB of
+/// segments for reuse (`min_wal_size`), fill that many once, and checkpoint, which recycles
+/// them. pgbench runs on the same cluster and benefits alike.
+async fn preallocate_wal(admin_url: &str) -> anyhow::Result<()> {
+    progress(format_args!(
+        "preallocating {PREALLOCATED_WAL_SEGMENTS} WAL segments (min_wal_size = 1GB) …"
+    ));
+    let pool = store::connect(admin_url, 1).await?;
+    sqlx::query("ALTER SYSTEM SET min_wal_size = '1GB'")
+        .execute(&pool)
+        .await?;
+    sqlx::query("SELECT pg_reload_conf()").execute(&pool).await?;
+    for _ in 0..PREALLOCATED_WAL_SEGMENTS {
+        // A transaction id's commit record, so that the switch has something to end.
+        sqlx::query("SELECT pg_current_xact_id()")
+            .execute(&pool)
+            .await?;
+        sqlx::query("SELECT pg_switch_wal()").execute(&pool).await?;
+    }
+    sqlx::query("CHECKPOINT").execute(&pool).await?;
+    pool.close().await;
+    Ok(())
 }
 
 /// `ALTER SYSTEM` then a restart: pg_stat_statements must be loaded at server start.
