@@ -169,7 +169,9 @@ async fn preallocate_wal(admin_url: &str) -> anyhow::Result<()> {
     sqlx::query("ALTER SYSTEM SET min_wal_size = '1GB'")
         .execute(&pool)
         .await?;
-    sqlx::query("SELECT pg_reload_conf()").execute(&pool).await?;
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(&pool)
+        .await?;
     for _ in 0..PREALLOCATED_WAL_SEGMENTS {
         // A transaction id's commit record, so that the switch has something to end.
         sqlx::query("SELECT pg_current_xact_id()")

@@ -33,16 +33,11 @@ pub struct Booking {
 /// fields are `$first` onwards ([`bind_requested`]). Every later event only updates the row
 /// ([`Change`]).
 pub(crate) fn insert_requested_sql(id: &str, first: usize, from: &str, status: &str) -> String {
-    let p = |i: usize| format!("${}", first + i);
+    let [listing, guest, check_in, check_out, amount, currency] = super::placeholders(first);
     format!(
         "INSERT INTO bookings (saga_id, listing_id, guest_id, check_in, check_out, amount, currency, status)
-         SELECT {id}, {}::text, {}::text, {}::date, {}::date, {}::int8, {}::text, {status} FROM {from}",
-        p(0),
-        p(1),
-        p(2),
-        p(3),
-        p(4),
-        p(5)
+         SELECT {id}, {listing}::text, {guest}::text, {check_in}::date, {check_out}::date, {amount}::int8,
+                {currency}::text, {status} FROM {from}"
     )
 }
 

@@ -74,18 +74,13 @@ impl<'a> NewHold<'a> {
 /// constraint), or an earlier claim of the same saga, makes it insert nothing: the database
 /// decides, concurrent holds included.
 pub(crate) fn insert_hold_sql(saga_id: &str, first: usize, filter: &str) -> String {
-    let p = |i: usize| format!("${}", first + i);
+    let [id, listing, check_in, check_out, expires_at] = super::placeholders(first);
     format!(
         "INSERT INTO inventory_claims (id, saga_id, listing_id, stay, kind, status, expires_at)
          SELECT {id}::uuid, {saga_id}, {listing}::text, daterange({check_in}::date, {check_out}::date, '[)'),
                 'hold', 'active', {expires_at}::timestamptz {filter}
          ON CONFLICT DO NOTHING
-         RETURNING id, expires_at",
-        id = p(0),
-        listing = p(1),
-        check_in = p(2),
-        check_out = p(3),
-        expires_at = p(4),
+         RETURNING id, expires_at"
     )
 }
 

@@ -54,6 +54,12 @@ pub fn sqlstate(err: &sqlx::Error) -> Option<String> {
         .map(|c| c.into_owned())
 }
 
+/// The placeholders `$first`, `$first + 1`, … of `N` consecutive parameters, for SQL assembled
+/// from parts that each take a run of parameters.
+pub(crate) fn placeholders<const N: usize>(first: usize) -> [String; N] {
+    std::array::from_fn(|i| format!("${}", first + i))
+}
+
 /// A pooled connection idle at least this long is pinged before use.
 const PING_IDLE_AFTER: Duration = Duration::from_secs(5);
 

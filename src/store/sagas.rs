@@ -273,25 +273,20 @@ pub async fn start(
 /// The upsert of step history rows (at most one per step and phase) of saga `$1`, written only
 /// when `gate` (a FROM item) yields a row; the six arrays are `$first` onwards ([`bind_steps`]).
 fn steps_cte(gate: &str, first: usize) -> String {
-    let p = |i: usize| format!("${}", first + i);
+    let [index, phase, name, status, attempts, error] = super::placeholders(first);
     format!(
         "step AS (
              INSERT INTO saga_steps (saga_id, step_index, phase, step_name, status, attempts, last_error, finished_at)
              SELECT $1, x.i, x.phase, x.name, x.status, x.attempts, x.error,
                     CASE WHEN x.status IN ('succeeded', 'failed', 'skipped') THEN now() END
-             FROM {gate}, unnest({}::int[], {}::text[], {}::text[], {}::text[], {}::int[], {}::text[])
+             FROM {gate}, unnest({index}::int[], {phase}::text[], {name}::text[], {status}::text[],
+                                 {attempts}::int[], {error}::text[])
                      AS x(i, phase, name, status, attempts, error)
              ON CONFLICT (saga_id, step_index, phase) DO UPDATE
              SET status = EXCLUDED.status, attempts = EXCLUDED.attempts,
                  last_error = COALESCE(EXCLUDED.last_error, saga_steps.last_error),
                  finished_at = EXCLUDED.finished_at
-             RETURNING 1)",
-        p(0),
-        p(1),
-        p(2),
-        p(3),
-        p(4),
-        p(5)
+             RETURNING 1)"
     )
 }
 

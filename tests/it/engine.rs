@@ -350,6 +350,23 @@ async fn cancelling_a_waiting_saga_voids_its_payment_intent() {
     assert_eq!(app.payment_intents_of(id)[0].effects.cancels, 1);
 }
 
+/// Starts a booking whose authorization takes `latency`, and returns its id once that call is in
+/// flight.
+async fn start_authorizing(
+    app: &crate::harness::TestApp,
+    listing: &str,
+    payment_method: &str,
+    latency: Duration,
+) -> uuid::Uuid {
+    app.double
+        .inject(Fault::latency(Operation::Create, latency));
+    let id = app
+        .start_booking(booking_input(listing, payment_method))
+        .await;
+    app.wait_faults_taken().await;
+    id
+}
+
 /// Starts a booking whose authorization takes 800 ms and, while that call is in flight, asks to
 /// cancel it (accepted); returns the saga's id.
 async fn cancel_while_authorizing(
@@ -357,14 +374,7 @@ async fn cancel_while_authorizing(
     listing: &str,
     payment_method: &str,
 ) -> uuid::Uuid {
-    app.double.inject(Fault::latency(
-        Operation::Create,
-        Duration::from_millis(800),
-    ));
-    let id = app
-        .start_booking(booking_input(listing, payment_method))
-        .await;
-    app.wait_faults_taken().await;
+    let id = start_authorizing(app, listing, payment_method, Duration::from_millis(800)).await;
     assert_eq!(
         app.post_status(&format!("/v1/sagas/{id}/cancel")).await,
         202
@@ -379,14 +389,7 @@ async fn cancel_while_authorizing(
 #[tokio::test]
 async fn a_cancellation_the_listener_may_have_missed_is_looked_up_before_the_capture() {
     let app = spawn_app().await;
-    app.double.inject(Fault::latency(
-        Operation::Create,
-        Duration::from_millis(1500),
-    ));
-    let id = app
-        .start_booking(booking_input("igloo-9", "pm_card_visa"))
-        .await;
-    app.wait_faults_taken().await;
+    let id = start_authorizing(&app, "igloo-9", "pm_card_visa", Duration::from_millis(1500)).await;
     let cut: i64 = count(
         &app.pool,
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
@@ -530,14 +533,7 @@ async fn a_compensation_that_keeps_failing_parks_the_saga_as_stuck() {
 #[tokio::test]
 async fn shutdown_finishes_the_step_in_flight_and_hands_the_saga_back() {
     let app = spawn_app().await;
-    app.double.inject(Fault::latency(
-        Operation::Create,
-        Duration::from_millis(600),
-    ));
-    let id = app
-        .start_booking(booking_input("mill-1", "pm_card_visa"))
-        .await;
-    app.wait_faults_taken().await;
+    let id = start_authorizing(&app, "mill-1", "pm_card_visa", Duration::from_millis(600)).await;
     let (pool, db_url, double, notify) = (
         app.pool.clone(),
         app.db_url.clone(),
