@@ -327,10 +327,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         notify,
         engine: EngineConfig {
             workers: args.workers as usize,
-            local_queue: args.local_queue.map_or(
-                crate::engine::LOCAL_QUEUE_PER_WORKER * args.workers as usize,
-                |n| n as usize,
-            ),
+            local_queue: args.local_queue.map(|n| n as usize),
             lease: args.lease,
             poll_interval: args.poll_interval,
             shutdown_grace: args.shutdown_grace,

@@ -28,8 +28,9 @@ pub struct EngineConfig {
     /// Sagas this process drives at once.
     pub workers: usize,
     /// Sagas started here while every worker is busy that wait in this process, already leased
-    /// to it, instead of going through the database (a NOTIFY, then a claim).
-    pub local_queue: usize,
+    /// to it, instead of going through the database (a NOTIFY, then a claim); `None`:
+    /// [`LOCAL_QUEUE_PER_WORKER`] per worker.
+    pub local_queue: Option<usize>,
     /// How long a claim is valid; a worker that dies is replaced after this.
     pub lease: Duration,
     /// Fallback polling when no NOTIFY arrives.
@@ -46,7 +47,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             workers: 16,
-            local_queue: LOCAL_QUEUE_PER_WORKER * 16,
+            local_queue: None,
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
             maintenance_interval: Duration::from_secs(1),
@@ -62,6 +63,14 @@ impl Default for EngineConfig {
 /// only one saga per worker, a third of the starts went through the database instead (a NOTIFY
 /// and a claim each; `docs/BENCHMARKS.md`).
 pub const LOCAL_QUEUE_PER_WORKER: usize = 4;
+
+impl EngineConfig {
+    /// Places in the local queue.
+    fn local_queue(&self) -> usize {
+        self.local_queue
+            .unwrap_or(LOCAL_QUEUE_PER_WORKER * self.workers)
+    }
+}
 
 /// `host-pid-random`: unique per process, readable in `locked_by`.
 pub fn default_worker_id() -> String {
@@ -186,7 +195,7 @@ impl Engine {
         Ok(Self {
             running: Arc::default(),
             slots: Arc::new(Semaphore::new(config.workers)),
-            queue: Arc::new(Semaphore::new(config.local_queue)),
+            queue: Arc::new(Semaphore::new(config.local_queue())),
             direct_tx,
             direct_rx,
             pool,
@@ -201,7 +210,7 @@ impl Engine {
         DirectDispatch {
             slots: self.slots.clone(),
             queue: self.queue.clone(),
-            queue_places: self.config.local_queue,
+            queue_places: self.config.local_queue(),
             tx: self.direct_tx.clone(),
             worker_id: self.config.worker_id.clone(),
             lease: self.config.lease,
@@ -282,10 +291,7 @@ impl Engine {
                 };
                 drop(place);
                 let row = &saga.row;
-                if row
-                    .locked_until
-                    .is_some_and(|until| until <= chrono::Utc::now())
-                {
+                if saga.since + self.config.lease <= std::time::Instant::now() {
                     // Waited past its lease: the rescuer hands it to whoever claims it next.
                     warn!(saga_id = %row.id, "a locally queued saga outwaited its lease");
                     continue;

@@ -35,6 +35,20 @@ pub struct StepRecord {
     pub error: Option<String>,
 }
 
+impl StepRecord {
+    /// The row as the statement that records it takes it.
+    pub fn outcome(&self) -> crate::store::sagas::StepOutcome<'_> {
+        crate::store::sagas::StepOutcome {
+            index: self.index,
+            phase: self.phase,
+            name: &self.name,
+            status: self.status,
+            attempts: self.attempts,
+            error: self.error.as_deref(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub transition: Transition,

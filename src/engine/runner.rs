@@ -449,18 +449,7 @@ impl Worker {
         }
         let t = &batch.transition;
         let booking = bookings::Change::of(batch.events.iter().map(|e| &e.event));
-        let steps: Vec<_> = batch
-            .steps
-            .iter()
-            .map(|s| sagas::StepOutcome {
-                index: s.index,
-                phase: s.phase,
-                name: &s.name,
-                status: s.status,
-                attempts: s.attempts,
-                error: s.error.as_deref(),
-            })
-            .collect();
+        let steps: Vec<_> = batch.steps.iter().map(plan::StepRecord::outcome).collect();
         let record = sagas::Record {
             fence,
             transition: t,

@@ -131,14 +131,7 @@ pub async fn start(
     let steps: Vec<StepOutcome<'_>> = ahead
         .iter()
         .filter_map(|a| a.plan.step.as_ref())
-        .map(|r| StepOutcome {
-            index: r.index,
-            phase: r.phase,
-            name: &r.name,
-            status: r.status,
-            attempts: r.attempts,
-            error: r.error.as_deref(),
-        })
+        .map(plan::StepRecord::outcome)
         .collect();
     let booking_status = bookings::Change::of(events.iter().map(|e| &e.event))
         .status
@@ -169,9 +162,7 @@ pub async fn start(
             Err(e) => return Err(e),
         };
     let (ran_ahead, booking_status) = match &outcome {
-        InsertOutcome::Created {
-            ran_ahead: true, ..
-        } => {
+        InsertOutcome::Created(row) if row.current_step == a.plan.transition.current_step => {
             crate::telemetry::step_finished(
                 &s.def.name,
                 &s.def.steps[0].name,

@@ -276,9 +276,9 @@ pub async fn start_saga(
             }
             existing
         }
-        InsertOutcome::Created { row, ran_ahead } => {
+        InsertOutcome::Created(row) => {
             crate::telemetry::saga_started(&def.name);
-            tracing::info!(saga_id = %id, saga = %def.name, direct = direct.is_some(), held = ran_ahead, "saga started");
+            tracing::info!(saga_id = %id, saga = %def.name, direct = direct.is_some(), held = !started.ran_ahead.is_empty(), "saga started");
             let names: Vec<String> = def.steps.iter().map(|s| s.name.clone()).collect();
             // The start's statement wrote the step rows and the booking with the saga: their
             // timestamps are its transaction's, the saga's `created_at`.

@@ -179,10 +179,9 @@ impl Channels {
                     r = listener.try_recv() => match r {
                         Ok(Some(n)) => self.deliver(n.channel(), n.payload()),
                         // The connection was lost and made again, listening on every channel:
-                        // what was sent in between is gone.
+                        // what was sent in between is gone, as after any (re)connect.
                         Ok(None) => {
                             debug!("LISTEN connection lost and made again");
-                            self.disconnected();
                             self.connected();
                         }
                         Err(e) => { debug!(error = %e, "LISTEN connection lost"); break; }

@@ -137,42 +137,49 @@ pub struct StartAhead<'a> {
 }
 
 pub enum InsertOutcome {
-    Created {
-        row: Box<SagaRow>,
-        /// The steps planned ahead were carried out (the saga starts past them).
-        ran_ahead: bool,
-    },
+    /// The new saga as inserted: past the steps ahead when its `current_step` is theirs.
+    Created(Box<SagaRow>),
     /// The idempotency key was used before: the saga it started and that request's fingerprint.
     Existing { id: Uuid, fingerprint: String },
 }
 
 /// The start statement, with or without steps ahead (its parameters: [`start`]).
 fn start_sql(ahead: bool) -> String {
-    // `held`: whether the saga starts past the steps ahead. `claim` places their hold, unless
-    // the idempotency key was used before (a replay must not hold anything: the earlier saga
-    // has its own). Parts gated on `s` write nothing for a reused key.
-    let (claim, held, steps) = if ahead {
+    // With steps ahead, `claim` places their hold, unless the idempotency key was used before (a
+    // replay must not hold anything: the earlier saga has its own), and the saga starts past
+    // them only if it did; parts gated on `s` write nothing for a reused key. `past(p, v)`: `p`
+    // past the steps ahead, else the plain start's `v`.
+    const HELD: &str = "EXISTS (SELECT 1 FROM claim)";
+    let past = |ahead_value: &str, plain: &str| {
+        if ahead {
+            format!("CASE WHEN {HELD} THEN {ahead_value} ELSE {plain} END")
+        } else {
+            plain.to_owned()
+        }
+    };
+    let (claim, steps) = if ahead {
         (
             format!(
                 "claim AS ({}),",
                 inventory::insert_hold_sql(
                     "$1",
-                    35,
+                    29,
                     "WHERE NOT EXISTS (SELECT 1 FROM sagas WHERE idempotency_key = $5)"
                 )
             ),
-            "EXISTS (SELECT 1 FROM claim)",
             format!(
                 ", {}",
-                steps_cte(
-                    "(SELECT 1 FROM s WHERE EXISTS (SELECT 1 FROM claim)) AS ran",
-                    29
-                )
+                steps_cte(&format!("(SELECT 1 FROM s WHERE {HELD}) AS ran"), 34)
             ),
         )
     } else {
-        (String::new(), "true", String::new())
+        (String::new(), String::new())
     };
+    let (step, context, versions) = (
+        past("$25::int", "0"),
+        past("$26::jsonb", "'{}'::jsonb"),
+        past("$27::int", "1"),
+    );
     format!(
         "WITH {claim}
          s AS (
@@ -181,9 +188,7 @@ fn start_sql(ahead: bool) -> String {
                                 current_step, context, event_version)
              SELECT $1, $2, $3, 'running', $4, now(), $5, $6, $7,
                     now() + $8::float8 * interval '1 millisecond', CASE WHEN $7::text IS NULL THEN 0 ELSE 1 END,
-                    CASE WHEN {held} THEN $25::int ELSE 0 END,
-                    CASE WHEN {held} THEN $26::jsonb ELSE '{{}}'::jsonb END,
-                    CASE WHEN {held} THEN $27::int ELSE 1 END
+                    {step}, {context}, {versions}
              ON CONFLICT (idempotency_key) DO NOTHING
              RETURNING {COLUMNS}),
          {events},
@@ -194,12 +199,7 @@ fn start_sql(ahead: bool) -> String {
          FROM s",
         // Only the events the saga starts with: the first, or all of them past the steps ahead.
         events = events::append_ctes("$1", "1", "s WHERE e.ord <= s.event_version", 12),
-        booking = bookings::insert_requested_sql(
-            "$1",
-            19,
-            "s",
-            &format!("CASE WHEN {held} THEN $28::text ELSE 'requested' END")
-        ),
+        booking = bookings::insert_requested_sql("$1", 19, "s", &past("$28::text", "'requested'")),
         wake_deliveries = webhooks::WAKE_IF_DELIVERIES.replace("$WAKE", "$11"),
     )
 }
@@ -236,28 +236,20 @@ pub async fn start(
         .bind(wake_workers)
         .bind(webhooks::WEBHOOK_CHANNEL);
     let q = bookings::bind_requested(batch.bind(q, saga.saga_name), &first.event);
-    static EMPTY: std::sync::LazyLock<serde_json::Value> =
-        std::sync::LazyLock::new(|| serde_json::json!({}));
     let q = match &saga.ahead {
-        Some(a) => a.hold.bind(bind_steps(
-            q.bind(a.current_step)
-                .bind(a.context)
-                .bind(saga.events.len() as i32)
-                .bind(a.booking_status),
+        Some(a) => bind_steps(
+            a.hold.bind(
+                q.bind(a.current_step)
+                    .bind(a.context)
+                    .bind(saga.events.len() as i32)
+                    .bind(a.booking_status),
+            ),
             a.steps,
-        )),
-        None => q.bind(0).bind(&*EMPTY).bind(1).bind("requested"),
+        ),
+        None => q,
     };
     if let Some(row) = q.fetch_optional(&mut *conn).await? {
-        let row = SagaRow::from_row(&row)?;
-        let ran_ahead = saga
-            .ahead
-            .as_ref()
-            .is_some_and(|a| row.current_step == a.current_step);
-        return Ok(InsertOutcome::Created {
-            row: Box::new(row),
-            ran_ahead,
-        });
+        return Ok(InsertOutcome::Created(Box::new(SagaRow::from_row(&row)?)));
     }
     let (id, fingerprint): (Uuid, Option<String>) =
         sqlx::query_as("SELECT id, request_fingerprint FROM sagas WHERE idempotency_key = $1")

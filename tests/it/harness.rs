@@ -303,9 +303,7 @@ pub async fn spawn_instance(
         }),
         engine: EngineConfig {
             workers: opts.workers,
-            local_queue: opts
-                .local_queue
-                .unwrap_or(sagad::engine::LOCAL_QUEUE_PER_WORKER * opts.workers),
+            local_queue: opts.local_queue,
             lease: opts.lease,
             poll_interval: Duration::from_millis(200),
             maintenance_interval: Duration::from_millis(100),

@@ -124,6 +124,8 @@ async fn the_start_places_the_hold_in_its_own_transaction() {
         count(&app.pool, "SELECT count(*) FROM inventory_claims").await,
         1
     );
+    let pi = &worker.payment_intents_of(id)[0];
+    assert_eq!((pi.effects.authorizations, pi.effects.captures), (1, 1));
     assert_eq!(
         worker
             .event_types(id)
@@ -165,6 +167,10 @@ async fn dates_taken_at_the_start_leave_the_hold_step_to_a_worker() {
     let v = worker.wait_terminal(id).await;
     assert_eq!(v["status"], "compensated", "{v:#}");
     assert_eq!(v["failure"]["reason"], "dates_unavailable");
+    assert!(
+        worker.payment_intents_of(id).is_empty(),
+        "no payment attempted"
+    );
     assert_eq!(
         worker.wait_terminal(id_of(&first)).await["status"],
         "completed"
