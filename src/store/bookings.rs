@@ -43,10 +43,7 @@ pub(crate) fn insert_requested_sql(id: &str, first: usize, from: &str, status: &
 
 /// Binds the six parameters of [`insert_requested_sql`] from a `BookingRequested` event (anything
 /// else binds NULLs, which the table refuses).
-pub(crate) fn bind_requested<'q>(
-    q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    event: &'q Event,
-) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+pub(crate) fn bind_requested<'q>(q: super::Query<'q>, event: &'q Event) -> super::Query<'q> {
     match event {
         Event::BookingRequested {
             listing_id,
@@ -188,10 +185,7 @@ pub(crate) fn update_sql(id: &str, first: usize) -> String {
 
 impl Change {
     /// Binds the six parameters of [`update_sql`], in order.
-    pub(crate) fn bind<'q>(
-        &'q self,
-        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    pub(crate) fn bind<'q>(&'q self, q: super::Query<'q>) -> super::Query<'q> {
         q.bind(self.status)
             .bind(self.compensated)
             .bind(self.payment_intent_id.as_deref())

@@ -68,9 +68,9 @@ impl Batch {
     /// Binds the seven parameters of [`append_ctes`], in order.
     pub(crate) fn bind<'q>(
         &'q self,
-        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        q: super::Query<'q>,
         aggregate_type: &'q str,
-    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    ) -> super::Query<'q> {
         q.bind(aggregate_type)
             .bind(SCHEMA_VERSION)
             .bind(&self.ids)

@@ -56,10 +56,7 @@ impl<'a> NewHold<'a> {
     }
 
     /// Binds the five parameters of [`insert_hold_sql`], in order.
-    pub(crate) fn bind<'q>(
-        &'q self,
-        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    pub(crate) fn bind<'q>(&'q self, q: super::Query<'q>) -> super::Query<'q> {
         q.bind(self.id)
             .bind(self.listing_id)
             .bind(self.check_in)

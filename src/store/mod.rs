@@ -54,6 +54,10 @@ pub fn sqlstate(err: &sqlx::Error) -> Option<String> {
         .map(|c| c.into_owned())
 }
 
+/// A statement being bound, as the helpers that bind a part's run of parameters take and
+/// return it.
+pub(crate) type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
 /// The placeholders `$first`, `$first + 1`, … of `N` consecutive parameters, for SQL assembled
 /// from parts that each take a run of parameters.
 pub(crate) fn placeholders<const N: usize>(first: usize) -> [String; N] {

@@ -283,10 +283,7 @@ fn steps_cte(gate: &str, first: usize) -> String {
 }
 
 /// Binds the six parameters of [`steps_cte`], in order.
-fn bind_steps<'q>(
-    q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    steps: &[StepOutcome<'q>],
-) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+fn bind_steps<'q>(q: super::Query<'q>, steps: &[StepOutcome<'q>]) -> super::Query<'q> {
     q.bind(steps.iter().map(|s| s.index).collect::<Vec<_>>())
         .bind(steps.iter().map(|s| s.phase).collect::<Vec<_>>())
         .bind(steps.iter().map(|s| s.name).collect::<Vec<_>>())
