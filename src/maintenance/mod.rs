@@ -28,9 +28,14 @@ pub async fn run(pool: PgPool, interval: Duration, shutdown: CancellationToken) 
 }
 
 /// One round of every task (also used by tests to avoid waiting for a tick).
+///
+/// Holds expire before waits are woken: a 3-D Secure wait never outlasts its saga's hold, so the
+/// two deadlines often fall together, and a woken saga's compensation would otherwise race this
+/// round to release the same hold (once either way, but with `authentication_timeout` or
+/// `hold_expired` as the reason depending on timing).
 pub async fn run_once(pool: &PgPool) -> Result<(), sqlx::Error> {
     rescuer::run_once(pool).await?;
-    waits::run_once(pool).await?;
     holds::run_once(pool).await?;
+    waits::run_once(pool).await?;
     Ok(())
 }
