@@ -68,9 +68,11 @@ pub fn load_definitions(dir: &Path) -> Result<Vec<SagaDefinition>, Error> {
     definition::load_dir(dir, &actions::catalog()).map_err(Error::Definitions)
 }
 
-/// The HTTP client for notifications (and later, outgoing webhooks): pooled, with timeouts.
+/// The HTTP client for notifications: pooled, with timeouts. Redirects are not followed: a 301 or
+/// 302 would turn the signed POST into a GET without its body; the gateway's URL is configured.
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(15))
         .pool_idle_timeout(Duration::from_secs(60))

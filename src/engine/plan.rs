@@ -256,10 +256,11 @@ fn after_forward(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
                 let reason = format!("attempts_exhausted: {error}");
                 return fail_forward(s, env, context, reason, effect_possible, record);
             }
-            let mut delay = step.retry.backoff(s.attempt as u32 + 1, env.jitter_unit);
-            if let Some(min) = min_delay {
-                delay = delay.max(min);
-            }
+            let delay = step.retry.backoff_at_least(
+                s.attempt as u32 + 1,
+                env.jitter_unit,
+                min_delay.unwrap_or_default(),
+            );
             let retry_at = at(env.now, delay);
             let mut t = transition(SagaStatus::Running, i, s.attempt, &context);
             t.next_run_at = Some(retry_at);
@@ -413,10 +414,11 @@ fn after_compensation(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
             if policy.exhausted(s.attempt as u32) {
                 return stuck(format!("attempts_exhausted: {error}"));
             }
-            let mut delay = policy.backoff(s.attempt as u32 + 1, env.jitter_unit);
-            if let Some(min) = min_delay {
-                delay = delay.max(min);
-            }
+            let delay = policy.backoff_at_least(
+                s.attempt as u32 + 1,
+                env.jitter_unit,
+                min_delay.unwrap_or_default(),
+            );
             let retry_at = at(env.now, delay);
             let mut t = transition(SagaStatus::Compensating, j, s.attempt, s.context);
             t.next_run_at = Some(retry_at);

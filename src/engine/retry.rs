@@ -88,10 +88,12 @@ impl RetryPolicy {
         self.backoff(next_attempt, rand::random::<f64>())
     }
 
-    /// [`backoff`](Self::backoff), but never shorter than `minimum`: use it when the peer asked
-    /// us to slow down (HTTP 429 `Retry-After`) or the attempt timed out.
+    /// [`backoff`](Self::backoff), but never shorter than `minimum` up to `max_delay`: use it when
+    /// the peer asked us to slow down (`Retry-After`). The policy's `max_delay` still bounds the
+    /// wait, so a peer cannot park a saga for longer than its definition allows between attempts.
     pub fn backoff_at_least(&self, next_attempt: u32, unit: f64, minimum: Duration) -> Duration {
-        self.backoff(next_attempt, unit).max(minimum)
+        self.backoff(next_attempt, unit)
+            .max(minimum.min(self.max_delay))
     }
 
     /// When attempt `next_attempt` becomes due, counting from `now`. Saturates at the far future.
@@ -223,6 +225,8 @@ mod tests {
         let p = policy();
         assert_eq!(p.backoff_at_least(2, 0.5, ms(1000)), ms(1000));
         assert_eq!(p.backoff_at_least(8, 0.5, ms(1000)), ms(5000));
+        // A minimum past `max_delay` (5 s) waits `max_delay`, not what the peer asked.
+        assert_eq!(p.backoff_at_least(2, 0.5, ms(60_000)), ms(5000));
     }
 
     #[test]

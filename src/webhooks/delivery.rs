@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
-use super::retry::parse_retry_after;
+use super::retry::retry_after_of;
 use super::{Error, Guard, WebhookConfig};
 use crate::signing;
 use crate::store::webhooks::{self as store, AttemptRow, ClaimedDelivery, Settle};
@@ -304,11 +304,7 @@ impl Dispatcher {
             Err(e) => return failed(describe(&e, self.config.timeout)),
         };
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, Utc::now()));
+        let retry_after = retry_after_of(resp.headers());
         let mut kept = Vec::new();
         let mut error = None;
         loop {

@@ -5,7 +5,8 @@ use sagad::stripe::double::{Fault, Operation};
 use serde_json::json;
 
 use crate::harness::{
-    AppOptions, NOTIFY_SECRET, booking_input, count, spawn_app, spawn_app_with, start_concurrently,
+    AppOptions, NOTIFY_SECRET, booking_definition, booking_input, count, spawn_app, spawn_app_with,
+    start_concurrently,
 };
 
 const HAPPY: [&str; 7] = [
@@ -284,6 +285,93 @@ async fn failure_at_notify_cancels_refunds_and_releases_in_reverse() {
     );
     assert_eq!(v["booking"]["status"], "cancelled");
     assert_eq!(app.active_claims().await, 0);
+}
+
+#[tokio::test]
+async fn a_gateway_that_refuses_the_notification_compensates_after_one_attempt() {
+    let app = spawn_app().await;
+    app.notify.answer(422);
+    let id = app
+        .start_booking(booking_input("loft-6", "pm_card_visa"))
+        .await;
+    let v = app.wait_terminal(id).await;
+    assert_eq!(v["status"], "compensated", "{v:#}");
+    assert_eq!(v["failure"]["step"], "notify");
+    let reason = v["failure"]["reason"].as_str().unwrap();
+    assert!(reason.contains("HTTP 422"), "{reason}");
+    assert!(!reason.contains("attempts_exhausted"), "{reason}");
+    assert_eq!(app.notify.count(), 1, "a refused request is not sent again");
+    assert_eq!(
+        compensation_events(&app, id).await,
+        [
+            "CompensationStarted",
+            "BookingCancelled",
+            "PaymentRefunded",
+            "InventoryReleased",
+            "SagaCompensated"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_asking_to_retry_later_is_not_retried_sooner() {
+    // The tests' booking saga retries after 5 ms (base_delay); its notify step gets booking.toml's
+    // max_delay (30 s) back, and the gateway asks for 20 s, within it.
+    let mut def = booking_definition();
+    let notify = def.steps.iter_mut().find(|s| s.name == "notify").unwrap();
+    notify.retry.max_delay = std::time::Duration::from_secs(30);
+    let app = spawn_app_with(AppOptions {
+        definitions: vec![def],
+        ..Default::default()
+    })
+    .await;
+    app.notify.answer_retry_after(503, "20");
+    let id = app
+        .start_booking(booking_input("loft-7", "pm_card_visa"))
+        .await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let failed = loop {
+        let events: serde_json::Value = app.get_json(&format!("/v1/sagas/{id}/events")).await;
+        let failed = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event_type"] == "StepFailed")
+            .cloned();
+        if let Some(e) = failed {
+            break e;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no StepFailed: {events:#}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    };
+    assert_eq!(failed["payload"]["step"], "notify", "{failed:#}");
+    let at = |v: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().expect("a timestamp")).unwrap()
+    };
+    let wait = at(&failed["payload"]["retry_at"]) - at(&failed["recorded_at"]);
+    assert!(
+        (19_000..=21_000).contains(&wait.num_milliseconds()),
+        "retried after {wait} (Retry-After: 20): {failed:#}"
+    );
+    let due: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT next_run_at FROM sagas WHERE id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        due.timestamp_millis(),
+        at(&failed["payload"]["retry_at"]).timestamp_millis(),
+        "the saga is due when its event says"
+    );
+    // Well past the policy's own 5 ms delay: still the one attempt.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(app.notify.count(), 1, "not retried before the Retry-After");
+    let v: serde_json::Value = app.get_json(&format!("/v1/sagas/{id}")).await;
+    assert_eq!(v["status"], "running", "{v:#}");
 }
 
 #[tokio::test]

@@ -160,6 +160,8 @@ pub struct NotifyReceiver {
     pub status: Arc<AtomicU16>,
     /// Requests whose body contains this text always get a 503 (a guest who cannot be reached).
     pub unreachable: Arc<Mutex<Option<String>>>,
+    /// A `Retry-After` sent with every answer that is not a success.
+    pub retry_after: Arc<Mutex<Option<String>>>,
 }
 
 impl NotifyReceiver {
@@ -171,11 +173,17 @@ impl NotifyReceiver {
         let received: Arc<Mutex<Vec<Notification>>> = Arc::default();
         let status = Arc::new(AtomicU16::new(204));
         let unreachable: Arc<Mutex<Option<String>>> = Arc::default();
-        let (r, s, u) = (received.clone(), status.clone(), unreachable.clone());
+        let retry_after: Arc<Mutex<Option<String>>> = Arc::default();
+        let (r, s, u, ra) = (
+            received.clone(),
+            status.clone(),
+            unreachable.clone(),
+            retry_after.clone(),
+        );
         let app = axum::Router::new().route(
             "/notify",
             axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
-                let (r, s, u) = (r.clone(), s.clone(), u.clone());
+                let (r, s, u, ra) = (r.clone(), s.clone(), u.clone(), ra.clone());
                 async move {
                     let refuse = u
                         .lock()
@@ -186,10 +194,18 @@ impl NotifyReceiver {
                         headers,
                         body: body.to_vec(),
                     });
-                    if refuse {
-                        return StatusCode::SERVICE_UNAVAILABLE;
+                    let status = if refuse {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK)
+                    };
+                    let mut answer = HeaderMap::new();
+                    if let Some(v) = ra.lock().unwrap().as_deref()
+                        && !status.is_success()
+                    {
+                        answer.insert("retry-after", v.parse().expect("header value"));
                     }
-                    StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK)
+                    (status, answer)
                 }
             }),
         );
@@ -201,11 +217,18 @@ impl NotifyReceiver {
             received,
             status,
             unreachable,
+            retry_after,
         }
     }
 
     pub fn answer(&self, status: u16) {
         self.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Answers `status` with `Retry-After: {retry_after}`.
+    pub fn answer_retry_after(&self, status: u16, retry_after: &str) {
+        *self.retry_after.lock().unwrap() = Some(retry_after.to_string());
+        self.answer(status);
     }
 
     pub fn count(&self) -> usize {

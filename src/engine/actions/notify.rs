@@ -56,13 +56,66 @@ pub async fn send(deps: &Deps, ctx: &StepCtx<'_>) -> Outcome {
                 status_code: resp.status().as_u16(),
             }],
         ),
-        Ok(resp) => Outcome::retry(
-            format!(
-                "notification service answered HTTP {}",
-                resp.status().as_u16()
-            ),
-            false,
-        ),
+        Ok(resp) => answered(resp.status().as_u16(), resp.headers()),
         Err(e) => Outcome::retry(format!("notification service unreachable: {e}"), false),
+    }
+}
+
+/// A gateway's answer other than 2xx. Overloaded, timed out or failing (408, 425, 429, 5xx):
+/// retried, no sooner than its `Retry-After` (the step's `max_delay` still bounds the wait). Any
+/// other status (400, 401, 404, 422 …, or a redirect, which is not followed) says the request
+/// itself is refused, which retrying cannot change: the step fails for good.
+fn answered(status: u16, headers: &reqwest::header::HeaderMap) -> Outcome {
+    let error = format!("notification service answered HTTP {status}");
+    if matches!(status, 408 | 425 | 429 | 500..=599) {
+        return Outcome::Retry {
+            error,
+            effect_possible: false,
+            min_delay: crate::webhooks::retry::retry_after_of(headers),
+        };
+    }
+    Outcome::fail(error, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+
+    use super::*;
+
+    #[test]
+    fn overload_and_server_errors_are_retried_no_sooner_than_asked() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("20"));
+        for status in [408, 425, 429, 500, 503] {
+            let Outcome::Retry { min_delay, .. } = answered(status, &headers) else {
+                panic!("HTTP {status} is retried");
+            };
+            assert_eq!(min_delay, Some(Duration::from_secs(20)), "HTTP {status}");
+        }
+        let Outcome::Retry { min_delay, .. } = answered(502, &HeaderMap::new()) else {
+            panic!("HTTP 502 is retried");
+        };
+        assert_eq!(
+            min_delay, None,
+            "no Retry-After, the policy's backoff alone"
+        );
+    }
+
+    #[test]
+    fn a_refused_request_fails_for_good() {
+        for status in [301, 400, 401, 403, 404, 410, 422] {
+            let outcome = answered(status, &HeaderMap::new());
+            assert_eq!(
+                outcome,
+                Outcome::fail(
+                    format!("notification service answered HTTP {status}"),
+                    false
+                ),
+                "HTTP {status}"
+            );
+        }
     }
 }
