@@ -99,8 +99,20 @@ pub async fn run(
     let (finished, _) = broadcast::channel(1024);
     channels.forward_ids(store::DONE_CHANNEL, finished.clone());
 
+    // Connections handed from one hot statement to the next without sqlx's check (store::kept).
+    let kept = Arc::new(store::kept::Kept::new(pool.clone()));
+    let kept_task = tokio::spawn({
+        let (kept, shutdown) = (kept.clone(), shutdown.clone());
+        async move { kept.run(shutdown).await }
+    });
     let (engine_task, engine_running, dispatch) = if settings.role != Role::Api {
-        let engine = Engine::new(pool.clone(), registry.clone(), deps, settings.engine)?;
+        let engine = Engine::new(
+            pool.clone(),
+            kept.clone(),
+            registry.clone(),
+            deps,
+            settings.engine,
+        )?;
         let flag = engine.running_flag();
         // A process that runs both API and workers starts its sagas itself.
         let dispatch = (settings.role == Role::All).then(|| engine.direct_dispatch());
@@ -140,6 +152,7 @@ pub async fn run(
 
     let state = AppState {
         pool: pool.clone(),
+        kept: kept.clone(),
         registry,
         tokens: Arc::new(settings.api_tokens),
         finished,
@@ -176,6 +189,9 @@ pub async fn run(
         warn!(error = %e, "webhook delivery task ended abnormally");
     }
     listener_task.abort();
+    // Every worker has stopped: no connection is kept from here on.
+    kept.close();
+    let _ = kept_task.await;
     served?;
     Ok(())
 }

@@ -130,8 +130,9 @@ pub fn count_error(component: &'static str) {
 }
 
 /// Gauges read from the database at scrape time: queue depth, age of the oldest due saga, sagas by
-/// status, and pool usage.
-pub async fn refresh_gauges(pool: &sqlx::PgPool) {
+/// status, and pool usage (`kept`: connections between two hot statements, [`crate::store::kept`],
+/// which sqlx counts as in use).
+pub async fn refresh_gauges(pool: &sqlx::PgPool, kept: &crate::store::kept::Kept) {
     use metrics::gauge;
     let row: Result<(i64, Option<f64>), _> = sqlx::query_as(
         "SELECT count(*), extract(epoch FROM now() - min(next_run_at))::float8
@@ -154,4 +155,5 @@ pub async fn refresh_gauges(pool: &sqlx::PgPool) {
     }
     gauge!("sagad_db_pool_connections").set(pool.size() as f64);
     gauge!("sagad_db_pool_idle_connections").set(pool.num_idle() as f64);
+    gauge!("sagad_db_pool_kept_connections").set(kept.len() as f64);
 }

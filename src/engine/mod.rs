@@ -165,14 +165,18 @@ pub struct Engine {
     direct_tx: mpsc::UnboundedSender<(Leased, Reservation)>,
     direct_rx: mpsc::UnboundedReceiver<(Leased, Reservation)>,
     pool: PgPool,
+    kept: Arc<store::kept::Kept>,
     registry: Arc<Registry>,
     deps: Deps,
     config: EngineConfig,
 }
 
 impl Engine {
+    /// `kept`: where the workers' outcome statements take their connections
+    /// ([`store::kept`]), shared with the API's start statements.
     pub fn new(
         pool: PgPool,
+        kept: Arc<store::kept::Kept>,
         registry: Arc<Registry>,
         deps: Deps,
         config: EngineConfig,
@@ -199,6 +203,7 @@ impl Engine {
             direct_tx,
             direct_rx,
             pool,
+            kept,
             registry,
             deps,
             config,
@@ -241,6 +246,7 @@ impl Engine {
 
         let worker = Arc::new(Worker {
             pool: self.pool.clone(),
+            kept: self.kept.clone(),
             registry: self.registry.clone(),
             deps: self.deps.clone(),
             worker_id: self.config.worker_id.clone(),

@@ -37,6 +37,8 @@ pub enum Error {
 
 pub struct Worker {
     pub pool: PgPool,
+    /// Connections for the outcome statements ([`store::kept`]).
+    pub kept: Arc<store::kept::Kept>,
     pub registry: Arc<Registry>,
     pub deps: Deps,
     pub worker_id: String,
@@ -151,8 +153,9 @@ impl Worker {
         }
         if !chains_local(&def, plans.last().expect("one plan at least"), row.id)? {
             // One statement, atomic on its own: no BEGIN/COMMIT round trips.
-            let mut conn = self.pool.acquire().await?;
+            let mut conn = self.kept.acquire().await?;
             let next = self.record(&mut conn, row, &fence, plans, false).await?;
+            conn.completed();
             return Ok(next.unwrap_or(Next::Stop));
         }
         if let Some(next) = self.record_ahead(&def, row, &fence, plans.clone()).await? {
@@ -211,12 +214,13 @@ impl Worker {
             return Ok(None);
         }
         let started = std::time::Instant::now();
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.kept.acquire().await?;
         match self
             .record(&mut conn, row, fence, plans, convert_hold)
             .await
         {
             Ok(next) => {
+                conn.completed();
                 for (step, phase, kind) in planned {
                     crate::telemetry::step_finished(
                         &row.saga_name,

@@ -54,7 +54,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    crate::telemetry::refresh_gauges(&state.pool).await;
+    crate::telemetry::refresh_gauges(&state.pool, &state.kept).await;
     (
         [(
             axum::http::header::CONTENT_TYPE,

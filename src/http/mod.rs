@@ -32,6 +32,8 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
+    /// Connections for the start statement ([`crate::store::kept`]).
+    pub kept: Arc<crate::store::kept::Kept>,
     pub registry: Arc<Registry>,
     /// Accepted bearer tokens.
     pub tokens: Arc<Vec<String>>,

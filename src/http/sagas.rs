@@ -250,7 +250,7 @@ pub async fn start_saga(
     // One statement, atomic on its own, which also places the hold when the dates are free.
     // Without a free worker here, a worker (in any process) is woken to claim it.
     let waiting = std::time::Instant::now();
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.kept.acquire().await?;
     crate::telemetry::db_acquired("start_saga", waiting.elapsed());
     let starting = Starting {
         def: &def,
@@ -264,7 +264,7 @@ pub async fn start_saga(
             .map(|(d, _)| (d.worker_id.as_str(), d.lease)),
     };
     let started = start::start(&mut conn, &starting, event, direct.is_none()).await?;
-    drop(conn);
+    conn.completed();
     let mut fresh = None;
     let id = match started.outcome {
         InsertOutcome::Existing {

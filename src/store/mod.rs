@@ -5,6 +5,7 @@ pub mod bookings;
 pub mod definitions;
 pub mod events;
 pub mod inventory;
+pub mod kept;
 pub mod listen;
 pub mod sagas;
 pub mod stripe_events;

@@ -340,6 +340,13 @@ async fn openapi_health_and_metrics_are_served() {
     app.wait_terminal(id).await;
     let metrics = app.metrics().await;
     assert!(metrics.contains("sagad_queue_depth"), "{metrics}");
+    for gauge in [
+        "sagad_db_pool_connections",
+        "sagad_db_pool_idle_connections",
+        "sagad_db_pool_kept_connections",
+    ] {
+        assert!(metrics.contains(gauge), "{gauge}: {metrics}");
+    }
     // Requests are timed by route: the matched path, not the saga's own (ids would make a series
     // per saga).
     assert!(

@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod embedded_pg;
 mod engine;
+mod kept;
 mod start;
 mod stripe;
 mod stripe_webhooks;
