@@ -300,30 +300,47 @@ pub struct ClaimedDelivery {
 /// Claims up to `limit` due deliveries of enabled endpoints, at most `per_endpoint` in flight per
 /// endpoint (counting other workers' leases), with SKIP LOCKED and a lease; each with what its
 /// attempt needs (URL, event, signing secrets), so an attempt makes no other query.
+///
+/// Each leased delivery takes a free slot `1..=per_endpoint` of its endpoint, unique among leased
+/// deliveries (`webhook_deliveries_slot`): when another process claimed for the same endpoint from
+/// a snapshot that did not see this one's leases, one of the two claims fails with a unique
+/// violation ([`super::sqlstate::UNIQUE_VIOLATION`]), claiming nothing, rather than both leasing
+/// up to the cap. The caller then claims again.
 pub async fn claim_due(
-    pool: &PgPool,
+    db: impl PgExecutor<'_>,
     worker: &str,
     lease: Duration,
     limit: i64,
     per_endpoint: i64,
 ) -> Result<Vec<ClaimedDelivery>, sqlx::Error> {
     sqlx::query_as(
-        "WITH inflight AS (
-             SELECT endpoint_id, count(*) AS n FROM webhook_deliveries
-             WHERE status = 'delivering' GROUP BY endpoint_id),
+        "WITH busy AS (
+             SELECT endpoint_id, slot FROM webhook_deliveries WHERE status = 'delivering'),
+         candidates AS (
+             SELECT d.id, d.endpoint_id,
+                    row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.id) AS n
+             FROM (
+                 SELECT d.id, d.endpoint_id, d.next_attempt_at FROM webhook_endpoints e
+                 CROSS JOIN LATERAL (
+                     SELECT d.id, d.endpoint_id, d.next_attempt_at FROM webhook_deliveries d
+                     WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.next_attempt_at <= now()
+                     ORDER BY d.next_attempt_at
+                     LIMIT greatest($4 - (SELECT count(*) FROM busy b WHERE b.endpoint_id = e.id), 0)
+                     FOR UPDATE SKIP LOCKED) d
+                 WHERE e.enabled
+                 LIMIT $3) d),
+         free AS (
+             SELECT c.endpoint_id, s.slot,
+                    row_number() OVER (PARTITION BY c.endpoint_id ORDER BY s.slot) AS n
+             FROM (SELECT DISTINCT endpoint_id FROM candidates) c
+             CROSS JOIN LATERAL generate_series(1, $4::int) AS s (slot)
+             WHERE NOT EXISTS (SELECT 1 FROM busy b
+                               WHERE b.endpoint_id = c.endpoint_id AND b.slot = s.slot)),
          chosen AS (
-             SELECT d.id FROM webhook_endpoints e
-             LEFT JOIN inflight i ON i.endpoint_id = e.id
-             CROSS JOIN LATERAL (
-                 SELECT d.id FROM webhook_deliveries d
-                 WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.next_attempt_at <= now()
-                 ORDER BY d.next_attempt_at
-                 LIMIT greatest($4 - COALESCE(i.n, 0), 0)
-                 FOR UPDATE SKIP LOCKED) d
-             WHERE e.enabled
-             LIMIT $3)
+             SELECT c.id, f.slot FROM candidates c
+             JOIN free f ON f.endpoint_id = c.endpoint_id AND f.n = c.n)
          UPDATE webhook_deliveries d
-         SET status = 'delivering', attempts = d.attempts + 1, locked_by = $1,
+         SET status = 'delivering', slot = chosen.slot, attempts = d.attempts + 1, locked_by = $1,
              locked_until = now() + $2, updated_at = now()
          FROM chosen, webhook_endpoints e, events ev
          WHERE d.id = chosen.id AND e.id = d.endpoint_id AND ev.event_id = d.event_id
@@ -338,7 +355,7 @@ pub async fn claim_due(
     .bind(lease)
     .bind(limit)
     .bind(per_endpoint)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 

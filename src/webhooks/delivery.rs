@@ -84,7 +84,7 @@ impl Dispatcher {
             let claimed = if free == 0 {
                 Vec::new()
             } else {
-                store::claim_due(
+                match store::claim_due(
                     &this.pool,
                     &this.config.worker_id,
                     this.config.lease(),
@@ -92,11 +92,23 @@ impl Dispatcher {
                     this.config.endpoint_concurrency as i64,
                 )
                 .await
-                .unwrap_or_else(|e| {
-                    warn!(error = %e, "claiming webhook deliveries failed");
-                    crate::telemetry::count_error("webhook_claim");
-                    Vec::new()
-                })
+                {
+                    Ok(claimed) => claimed,
+                    Err(e)
+                        if crate::store::sqlstate(&e).as_deref()
+                            == Some(crate::store::sqlstate::UNIQUE_VIOLATION) =>
+                    {
+                        // Another process took the same endpoint slot meanwhile: nothing was
+                        // claimed, and a claim from a fresh snapshot sees its leases.
+                        debug!("an endpoint slot was taken by a concurrent claim; claiming again");
+                        continue;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "claiming webhook deliveries failed");
+                        crate::telemetry::count_error("webhook_claim");
+                        Vec::new()
+                    }
+                }
             };
             let got = claimed.len();
             for d in claimed {

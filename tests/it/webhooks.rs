@@ -534,6 +534,56 @@ async fn a_slow_endpoint_does_not_starve_the_others() {
 }
 
 #[tokio::test]
+async fn two_processes_claiming_at_once_stay_within_the_endpoint_cap() {
+    // No dispatcher in this process: the test plays two processes' claims itself.
+    let app = spawn_app_with(AppOptions {
+        role: Role::Api,
+        ..AppOptions::default()
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    create_endpoint(&app, &receiver.url, &["*"]).await;
+    for i in 0..6 {
+        emit(&app.pool, vec![cancelled(&format!("r{i}"))]).await;
+    }
+    let lease = Duration::from_secs(60);
+    let cap = 2;
+    // Process A has claimed up to the cap and not committed yet ...
+    let mut a = app.pool.begin().await.unwrap();
+    let first = store::webhooks::claim_due(&mut *a, "process-a", lease, 10, cap)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 2);
+    // ... when process B claims, from a snapshot in which nothing is in flight.
+    let pool = app.pool.clone();
+    let b = tokio::spawn(async move {
+        store::webhooks::claim_due(&pool, "process-b", lease, 10, cap).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!b.is_finished(), "B waits for A's slots");
+    a.commit().await.unwrap();
+    let lost = b
+        .await
+        .unwrap()
+        .expect_err("B's claim of a taken slot fails");
+    assert_eq!(
+        store::sqlstate(&lost).as_deref(),
+        Some(store::sqlstate::UNIQUE_VIOLATION)
+    );
+    // Claiming again, B sees A's leases: the endpoint is full.
+    let again = store::webhooks::claim_due(&app.pool, "process-b", lease, 10, cap)
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
+    let in_flight: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE status = 'delivering'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(in_flight, cap);
+}
+
+#[tokio::test]
 async fn events_committed_without_a_worker_are_delivered_after_restart() {
     let app = spawn_app_with(AppOptions {
         role: Role::Api,
