@@ -58,7 +58,7 @@ pub struct CreateEndpoint {
     pub description: String,
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// Most attempts per second.
+    /// Most attempts per second, over every sagad process.
     pub rate_limit: Option<i32>,
 }
 

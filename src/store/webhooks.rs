@@ -370,25 +370,50 @@ pub async fn next_due_at(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::E
     .await
 }
 
-/// Hands a claimed delivery back without counting the attempt (rate limit), due at `at`.
-pub async fn defer(
-    pool: &PgPool,
+/// Admits one attempt of claimed delivery `id` (attempt `attempt`) under its endpoint's
+/// `per_second` limit, counted in the database over every process (`webhook_rate_windows`, one
+/// row per endpoint and second). When this second is full, hands the delivery back without
+/// counting the attempt, due at the start of the next second, and returns `false`.
+pub async fn admit_or_defer(
+    db: impl PgExecutor<'_>,
     id: Uuid,
     attempt: i32,
-    at: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE webhook_deliveries
-         SET status = 'pending', attempts = attempts - 1, next_attempt_at = $3,
-             locked_by = NULL, locked_until = NULL, updated_at = now()
-         WHERE id = $1 AND status = 'delivering' AND attempts = $2",
+    endpoint_id: Uuid,
+    per_second: i32,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH admitted AS (
+             INSERT INTO webhook_rate_windows AS w (endpoint_id, window_start, admitted)
+             VALUES ($3, date_trunc('second', now()), 1)
+             ON CONFLICT (endpoint_id, window_start) DO UPDATE SET admitted = w.admitted + 1
+             WHERE w.admitted < $4
+             RETURNING 1),
+         deferred AS (
+             UPDATE webhook_deliveries
+             SET status = 'pending', attempts = attempts - 1,
+                 next_attempt_at = date_trunc('second', now()) + interval '1 second',
+                 locked_by = NULL, locked_until = NULL, updated_at = now()
+             WHERE id = $1 AND status = 'delivering' AND attempts = $2
+               AND NOT EXISTS (SELECT 1 FROM admitted)
+             RETURNING 1)
+         SELECT EXISTS (SELECT 1 FROM admitted)",
     )
     .bind(id)
     .bind(attempt)
-    .bind(at)
+    .bind(endpoint_id)
+    .bind(per_second)
+    .fetch_one(db)
+    .await
+}
+
+/// Deletes the rate-limit counts of seconds more than a minute ago.
+pub async fn prune_rate_windows(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM webhook_rate_windows WHERE window_start < now() - interval '1 minute'",
+    )
     .execute(pool)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected())
 }
 
 /// One attempt, as recorded.

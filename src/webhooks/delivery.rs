@@ -2,8 +2,7 @@
 //! POST each, record the attempt, and settle the delivery: delivered, retry at a persisted time, or
 //! dead. One pooled HTTP client whose resolver is the SSRF guard.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -26,7 +25,6 @@ pub struct Dispatcher {
     config: WebhookConfig,
     client: reqwest::Client,
     guard: Guard,
-    limiter: RateLimiter,
 }
 
 /// What one HTTP attempt came to.
@@ -56,7 +54,6 @@ impl Dispatcher {
             config,
             client,
             guard,
-            limiter: RateLimiter::default(),
         })
     }
 
@@ -78,6 +75,9 @@ impl Dispatcher {
                     Ok(0) => {}
                     Ok(n) => info!(rescued = n, "webhook deliveries with expired leases freed"),
                     Err(e) => warn!(error = %e, "rescuing webhook leases failed"),
+                }
+                if let Err(e) = store::prune_rate_windows(&this.pool).await {
+                    warn!(error = %e, "pruning webhook rate-limit counts failed");
                 }
             }
             let free = slots.available_permits();
@@ -169,14 +169,15 @@ impl Dispatcher {
     }
 
     async fn deliver(&self, d: ClaimedDelivery) {
-        if let Some(limit) = d.rate_limit
-            && let Err(wait) = self.limiter.admit(d.endpoint_id, limit)
-        {
-            let at = Utc::now() + wait;
-            if let Err(e) = store::defer(&self.pool, d.id, d.attempts, at).await {
-                warn!(error = %e, "deferring a rate-limited delivery failed; its lease will expire");
+        if let Some(limit) = d.rate_limit {
+            match store::admit_or_defer(&self.pool, d.id, d.attempts, d.endpoint_id, limit).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    warn!(error = %e, "the rate limit could not be checked; the lease will expire");
+                    return;
+                }
             }
-            return;
         }
         let body = body(&d);
         let msg_id = webhook_id(d.id);
@@ -379,44 +380,4 @@ fn describe(e: &reqwest::Error, timeout: Duration) -> String {
         source = s.source();
     }
     msg
-}
-
-/// Per-endpoint attempts-per-second limit, per process: a one-second window per endpoint.
-#[derive(Default)]
-struct RateLimiter {
-    windows: Mutex<HashMap<uuid::Uuid, (Instant, i32)>>,
-}
-
-impl RateLimiter {
-    /// `Ok` to go ahead, or how long until the endpoint's window has room.
-    fn admit(&self, endpoint: uuid::Uuid, per_second: i32) -> Result<(), Duration> {
-        let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let entry = w.entry(endpoint).or_insert((now, 0));
-        if now.duration_since(entry.0) >= Duration::from_secs(1) {
-            *entry = (now, 0);
-        }
-        if entry.1 < per_second {
-            entry.1 += 1;
-            Ok(())
-        } else {
-            Err(Duration::from_secs(1).saturating_sub(now.duration_since(entry.0)))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_rate_limiter_admits_n_per_second() {
-        let l = RateLimiter::default();
-        let id = uuid::Uuid::nil();
-        assert!(l.admit(id, 2).is_ok());
-        assert!(l.admit(id, 2).is_ok());
-        let wait = l.admit(id, 2).err().unwrap_or_default();
-        assert!(wait > Duration::from_millis(900));
-        assert!(l.admit(uuid::Uuid::max(), 2).is_ok());
-    }
 }

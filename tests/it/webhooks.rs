@@ -584,6 +584,70 @@ async fn two_processes_claiming_at_once_stay_within_the_endpoint_cap() {
 }
 
 #[tokio::test]
+async fn an_endpoint_rate_limit_holds_over_every_process() {
+    let app = spawn_app_with(AppOptions {
+        role: Role::Api,
+        ..AppOptions::default()
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    let (endpoint, _) = create_endpoint(&app, &receiver.url, &["*"]).await;
+    for i in 0..10 {
+        emit(&app.pool, vec![cancelled(&format!("r{i}"))]).await;
+    }
+    let claimed = store::webhooks::claim_due(&app.pool, "w", Duration::from_secs(60), 10, 10).await;
+    let claimed = claimed.unwrap();
+    assert_eq!(claimed.len(), 10);
+    // Ten attempts at once from two "processes" (tasks on their own connections), 3 per second.
+    let per_second = 3;
+    let mut tasks = tokio::task::JoinSet::new();
+    for d in claimed {
+        let pool = app.pool.clone();
+        tasks.spawn(async move {
+            store::webhooks::admit_or_defer(&pool, d.id, d.attempts, endpoint, per_second)
+                .await
+                .unwrap()
+        });
+    }
+    let admitted = tasks.join_all().await.into_iter().filter(|a| *a).count();
+    let windows: Vec<(i32,)> = sqlx::query_as(
+        "SELECT admitted FROM webhook_rate_windows WHERE endpoint_id = $1 ORDER BY window_start",
+    )
+    .bind(endpoint)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        windows.iter().all(|(n,)| *n <= per_second),
+        "a second admitted more than its limit: {windows:?}"
+    );
+    let counted: i32 = windows.iter().map(|(n,)| n).sum();
+    assert_eq!(admitted as i32, counted, "every admission is counted");
+    assert!(
+        (3..=6).contains(&admitted),
+        "{admitted} admitted: {windows:?}"
+    );
+    // The others went back to pending, their attempt not counted, due at a whole second.
+    let deferred: Vec<(String, i32, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT status, attempts, next_attempt_at FROM webhook_deliveries
+         WHERE endpoint_id = $1 AND status <> 'delivering'",
+    )
+    .bind(endpoint)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(deferred.len(), 10 - admitted);
+    for (status, attempts, due) in deferred {
+        assert_eq!((status.as_str(), attempts), ("pending", 0));
+        assert_eq!(
+            due.timestamp_subsec_nanos(),
+            0,
+            "due at the next second: {due}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn events_committed_without_a_worker_are_delivered_after_restart() {
     let app = spawn_app_with(AppOptions {
         role: Role::Api,
