@@ -648,6 +648,35 @@ async fn an_endpoint_rate_limit_holds_over_every_process() {
 }
 
 #[tokio::test]
+async fn two_dispatching_processes_share_one_endpoint_rate_limit() {
+    let app = spawn_app_with(AppOptions::default()).await;
+    let sibling = app.spawn_sibling(AppOptions::default()).await;
+    let rx = Receiver::start().await;
+    let resp = app
+        .post("/v1/webhook-endpoints")
+        .json(&json!({ "url": rx.url, "event_types": ["*"], "rate_limit": 2 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    for i in 0..8 {
+        emit(&app.pool, vec![cancelled(&format!("r{i}"))]).await;
+    }
+    let hits = rx.wait_hits(8).await;
+    // 8 attempts at 2 per second take four one-second windows whichever process makes them: the
+    // last comes two seconds or more after the first, give or take the requests' own latency
+    // (with a limit in each process, they took two windows: about one second).
+    let first = hits.iter().map(|h| h.at).min().unwrap();
+    let last = hits.iter().map(|h| h.at).max().unwrap();
+    assert!(
+        last - first >= Duration::from_millis(1800),
+        "8 attempts in {:?} at 2/s",
+        last - first
+    );
+    drop(sibling);
+}
+
+#[tokio::test]
 async fn events_committed_without_a_worker_are_delivered_after_restart() {
     let app = spawn_app_with(AppOptions {
         role: Role::Api,
