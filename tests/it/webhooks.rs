@@ -533,19 +533,25 @@ async fn a_slow_endpoint_does_not_starve_the_others() {
     );
 }
 
-#[tokio::test]
-async fn two_processes_claiming_at_once_stay_within_the_endpoint_cap() {
-    // No dispatcher in this process: the test plays two processes' claims itself.
+/// An API-only app (no dispatcher: the test plays the processes' claims itself) with one endpoint
+/// and `n` deliveries due to it.
+async fn undispatched_deliveries(n: usize) -> (TestApp, Uuid) {
     let app = spawn_app_with(AppOptions {
         role: Role::Api,
         ..AppOptions::default()
     })
     .await;
     let receiver = Receiver::start().await;
-    create_endpoint(&app, &receiver.url, &["*"]).await;
-    for i in 0..6 {
+    let (endpoint, _) = create_endpoint(&app, &receiver.url, &["*"]).await;
+    for i in 0..n {
         emit(&app.pool, vec![cancelled(&format!("r{i}"))]).await;
     }
+    (app, endpoint)
+}
+
+#[tokio::test]
+async fn two_processes_claiming_at_once_stay_within_the_endpoint_cap() {
+    let (app, _) = undispatched_deliveries(6).await;
     let lease = Duration::from_secs(60);
     let cap = 2;
     // Process A has claimed up to the cap and not committed yet ...
@@ -585,16 +591,7 @@ async fn two_processes_claiming_at_once_stay_within_the_endpoint_cap() {
 
 #[tokio::test]
 async fn an_endpoint_rate_limit_holds_over_every_process() {
-    let app = spawn_app_with(AppOptions {
-        role: Role::Api,
-        ..AppOptions::default()
-    })
-    .await;
-    let receiver = Receiver::start().await;
-    let (endpoint, _) = create_endpoint(&app, &receiver.url, &["*"]).await;
-    for i in 0..10 {
-        emit(&app.pool, vec![cancelled(&format!("r{i}"))]).await;
-    }
+    let (app, endpoint) = undispatched_deliveries(10).await;
     let claimed = store::webhooks::claim_due(&app.pool, "w", Duration::from_secs(60), 10, 10).await;
     let claimed = claimed.unwrap();
     assert_eq!(claimed.len(), 10);
