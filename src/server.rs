@@ -189,8 +189,7 @@ pub async fn run(
         warn!(error = %e, "webhook delivery task ended abnormally");
     }
     listener_task.abort();
-    // Every worker has stopped: no connection is kept from here on.
-    kept.close();
+    // `Kept::run` gave every kept connection back when shutdown began, and keeps none since.
     let _ = kept_task.await;
     served?;
     Ok(())

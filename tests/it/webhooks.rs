@@ -592,8 +592,9 @@ async fn two_processes_claiming_at_once_stay_within_the_endpoint_cap() {
 #[tokio::test]
 async fn an_endpoint_rate_limit_holds_over_every_process() {
     let (app, endpoint) = undispatched_deliveries(10).await;
-    let claimed = store::webhooks::claim_due(&app.pool, "w", Duration::from_secs(60), 10, 10).await;
-    let claimed = claimed.unwrap();
+    let claimed = store::webhooks::claim_due(&app.pool, "w", Duration::from_secs(60), 10, 10)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 10);
     // Ten attempts at once from two "processes" (tasks on their own connections), 3 per second.
     let per_second = 3;
