@@ -12,7 +12,7 @@ mod cpu;
 mod ingest;
 mod load;
 mod outgoing;
-mod pgbench;
+pub mod pgbench;
 pub mod report;
 
 use std::collections::BTreeMap;
@@ -68,6 +68,10 @@ pub struct BenchArgs {
     /// Skip the open-loop run at half the peak rate.
     #[arg(long)]
     pub no_half_load: bool,
+    /// Skip the ceiling: pgbench replaying sagad's own statements for a booking saga on each
+    /// setting's database, for as long as `pgbench -N` runs.
+    #[arg(long)]
+    pub no_ceiling: bool,
     /// Count statements per saga with pg_stat_statements (the embedded cluster is restarted with
     /// it preloaded; with DATABASE_URL the extension must already be preloaded). Adds a little overhead.
     #[arg(long)]
@@ -223,6 +227,8 @@ struct Bench<'a> {
     stripe_base: String,
     notify_url: String,
     pgbench: Option<Pgbench>,
+    /// The ceiling replay's script, when it runs.
+    ceiling_script: Option<std::path::PathBuf>,
     statements: bool,
     run_id: String,
 }
@@ -290,6 +296,15 @@ async fn bench(
         }
     };
     let (pgbench, pgbench_db) = pgbench.unzip();
+    let ceiling_script = match &pgbench {
+        Some(_) if !args.no_ceiling => {
+            let path = dir.join("ceiling-saga.sql");
+            std::fs::write(&path, pgbench::CEILING_SCRIPT)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Some(path)
+        }
+        _ => None,
+    };
 
     let ctx = Bench {
         args,
@@ -299,6 +314,7 @@ async fn bench(
         stripe_base: double.base_url(),
         notify_url,
         pgbench,
+        ceiling_script,
         statements,
         run_id,
     };
@@ -600,6 +616,25 @@ impl Bench<'_> {
         } else {
             None
         };
+        // On the setting's own database, now holding its sagas, with sagad stopped.
+        let ceiling = match (&self.pgbench, &self.ceiling_script, load) {
+            (Some(p), Some(script), Load::ClosedLoop { .. }) => {
+                progress(format_args!(
+                    "ceiling: pgbench replaying the booking saga's statements, -c {workers} -j {workers} -T {}",
+                    self.args.pgbench_seconds
+                ));
+                Some(
+                    p.ceiling_sagas_per_s(
+                        &url,
+                        script,
+                        workers,
+                        pgbench::Length::Seconds(self.args.pgbench_seconds),
+                    )
+                    .await?,
+                )
+            }
+            _ => None,
+        };
         drop_database(&self.admin, &name).await?;
 
         let samples = &measured.samples;
@@ -653,6 +688,7 @@ impl Bench<'_> {
             }),
             pgbench_tps,
             sagas_per_pgbench_tps: pgbench_tps.filter(|t| *t > 0.0).map(|t| sagas_per_s / t),
+            ceiling_sagas_per_s: ceiling,
             idle_rss_mib: idle.map(|m| m.rss_mib),
             peak_rss_mib: peak.map(|m| m.hwm_mib),
             statements,

@@ -151,6 +151,10 @@ pub struct Setting {
     /// `pgbench -N -c W -j W` on a scratch database of the same server, W = workers.
     pub pgbench_tps: Option<f64>,
     pub sagas_per_pgbench_tps: Option<f64>,
+    /// The ceiling: pgbench replaying the statements sagad sends per booking saga
+    /// (`bench/ceiling/saga.sql`) on this setting's database at clients = workers, with no
+    /// sagad, HTTP, Stripe double or listener sharing the CPUs: sagas/s sagad cannot beat.
+    pub ceiling_sagas_per_s: Option<f64>,
     /// VmRSS of the `sagad serve` child once ready, before any load.
     pub idle_rss_mib: Option<f64>,
     /// VmHWM of the child after the load.
@@ -608,6 +612,21 @@ impl Report {
                         .as_deref()
                         .map(|e| format!(" (first: {e})"))
                         .unwrap_or_default()
+                );
+            }
+        }
+        for s in &self.settings {
+            if let Some(c) = s.ceiling_sagas_per_s.filter(|c| *c > 0.0) {
+                let vs_pgbench = s
+                    .pgbench_tps
+                    .filter(|t| *t > 0.0)
+                    .map(|t| format!(" = {:.3} × pgbench -N", c / t))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "ceiling ({} workers): the database alone replaying sagad's statements for the saga: {c:.1} sagas/s{vs_pgbench}; sagad reached {:.0} % of it",
+                    s.workers,
+                    s.sagas_per_s / c * 100.0
                 );
             }
         }

@@ -4,6 +4,7 @@ mod harness;
 
 mod api;
 mod booking;
+mod ceiling;
 mod cli;
 mod crash;
 mod embedded_pg;
