@@ -227,8 +227,6 @@ struct Bench<'a> {
     stripe_base: String,
     notify_url: String,
     pgbench: Option<Pgbench>,
-    /// The ceiling replay's script, when it runs.
-    ceiling_script: Option<std::path::PathBuf>,
     statements: bool,
     run_id: String,
 }
@@ -296,15 +294,6 @@ async fn bench(
         }
     };
     let (pgbench, pgbench_db) = pgbench.unzip();
-    let ceiling_script = match &pgbench {
-        Some(_) if !args.no_ceiling => {
-            let path = dir.join("ceiling-saga.sql");
-            std::fs::write(&path, pgbench::CEILING_SCRIPT)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            Some(path)
-        }
-        _ => None,
-    };
 
     let ctx = Bench {
         args,
@@ -314,7 +303,6 @@ async fn bench(
         stripe_base: double.base_url(),
         notify_url,
         pgbench,
-        ceiling_script,
         statements,
         run_id,
     };
@@ -617,8 +605,8 @@ impl Bench<'_> {
             None
         };
         // On the setting's own database, now holding its sagas, with sagad stopped.
-        let ceiling = match (&self.pgbench, &self.ceiling_script, load) {
-            (Some(p), Some(script), Load::ClosedLoop { .. }) => {
+        let ceiling = match (&self.pgbench, load) {
+            (Some(p), Load::ClosedLoop { .. }) if !self.args.no_ceiling => {
                 progress(format_args!(
                     "ceiling: pgbench replaying the booking saga's statements, -c {workers} -j {workers} -T {}",
                     self.args.pgbench_seconds
@@ -626,7 +614,6 @@ impl Bench<'_> {
                 Some(
                     p.ceiling_sagas_per_s(
                         &url,
-                        script,
                         workers,
                         pgbench::Length::Seconds(self.args.pgbench_seconds),
                     )
