@@ -12,6 +12,8 @@ in `src/store/sagas.rs` or `src/engine/start.rs` change their parameters).
 import re
 import sys
 
+if len(sys.argv) != 3:
+    sys.exit('usage: extract.py <postgresql log with log_statement=all> <id of a completed booking saga>')
 log = open(sys.argv[1]).read().split('\n')
 sid = sys.argv[2]
 entries = []
@@ -31,7 +33,15 @@ while i < len(log):
     else:
         i += 1
 mine = [e for e in entries if e[1].get(1) == "'" + sid + "'" and e[0].lstrip().startswith('WITH')]
-assert len(mine) == 3, len(mine)
+if len(mine) != 3:
+    sys.exit('found %d statements for saga %s in the log, not 3 (start, capture/confirm outcome, '
+             'notification outcome): is it a completed booking saga, logged with log_statement=all?'
+             % (len(mine), sid))
+every = ' '.join(v for _, params in mine for v in params.values())
+listing = re.search(r'"listing_id": "([^"]+)"', every)
+expiry = re.search(r'"expires_at": "(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)(?:\.\d+)?Z"', every)
+if not listing or not expiry:
+    sys.exit('no listing_id or hold expires_at in the statements\' parameters: not a booking saga?')
 uu = []
 for _, params in mine:
     for v in params.values():
@@ -40,10 +50,13 @@ for _, params in mine:
 def templ(v):
     for k, u in enumerate(uu):
         v = v.replace(u, '%08x-0000-7000-8000-\x00' % (k + 1))
-    v = v.replace('demo1e81-penthouse', 'L-\x00')
+    v = v.replace(listing.group(1), 'L-\x00')
     v = re.sub(r'pi_[A-Za-z0-9]+', 'pi_\x00', v)
     v = re.sub(r'BK-[A-Z0-9]+', 'BK-\x00', v)
-    v = re.sub(r'2026-12-01[ T]23:31:20\.\d+(\+00|Z)', '2099-01-01T00:00:00Z', v)
+    # The hold's expiry, as JSON (…T…Z) and as a timestamptz parameter (… …+00, trailing zeros
+    # of the fraction dropped): far ahead.
+    v = re.sub(re.escape(expiry.group(1)) + '[ T]' + re.escape(expiry.group(2)) + r'(\.\d+)?(\+00|Z)',
+               '2099-01-01T00:00:00Z', v)
     return v
 # types of placeholders that carry no cast in the SQL, by statement: start, outcome, outcome
 TYPES = [{1: 'uuid', 4: 'jsonb', 5: 'text', 7: 'text'}, {1: 'uuid', 5: 'text', 9: 'jsonb'}, {1: 'uuid', 5: 'text', 9: 'jsonb'}]
