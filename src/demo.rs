@@ -202,6 +202,7 @@ async fn run_with(url: &str, total: u32, shutdown: CancellationToken) -> anyhow:
         max_wait: Duration::from_secs(60),
         stripe_inbound: Default::default(),
         webhooks: Default::default(),
+        maintenance: Default::default(),
     };
     let server = tokio::spawn(server::run(
         settings,

@@ -16,6 +16,7 @@ pub mod engine;
 pub mod events;
 pub mod http;
 pub mod maintenance;
+pub mod queue;
 pub mod server;
 pub mod signing;
 pub mod store;

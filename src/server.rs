@@ -51,6 +51,8 @@ pub struct Settings {
     pub stripe_inbound: crate::stripe::inbound::InboundSettings,
     /// Outgoing webhooks: delivery workers (with the engine) and the endpoint API.
     pub webhooks: crate::webhooks::WebhookConfig,
+    /// Background upkeep, run with the workers.
+    pub maintenance: crate::maintenance::Config,
 }
 
 /// Loads every `*.toml` of `dir`; a missing default directory falls back to the built-in booking saga.
@@ -148,6 +150,15 @@ pub async fn run(
         None
     };
 
+    // Maintenance (lease rescue, deadlines, cleaners) runs wherever workers run.
+    let maintenance_task = (settings.role != Role::Api).then(|| {
+        tokio::spawn(crate::maintenance::run(
+            pool.clone(),
+            settings.maintenance.clone(),
+            shutdown.clone(),
+        ))
+    });
+
     let listener_task = tokio::spawn(channels.run(shutdown.clone()));
 
     let state = AppState {
@@ -187,6 +198,11 @@ pub async fn run(
         && let Err(e) = t.await
     {
         warn!(error = %e, "webhook delivery task ended abnormally");
+    }
+    if let Some(t) = maintenance_task
+        && let Err(e) = t.await
+    {
+        warn!(error = %e, "maintenance task ended abnormally");
     }
     listener_task.abort();
     // `Kept::run` gave every kept connection back when shutdown began, and keeps none since.

@@ -344,10 +344,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 poll_interval: args.poll_interval,
                 // Processing an event is one Stripe call and one transaction: the saga lease bounds it.
                 lease: args.lease,
+                shutdown_grace: args.shutdown_grace,
                 ..Default::default()
             },
         },
         webhooks: args.webhooks.to_config(args.shutdown_grace),
+        maintenance: Default::default(),
     };
     let result = server::run(settings, database.pool.clone(), listener, shutdown.clone()).await;
     shutdown.cancel();

@@ -1,7 +1,15 @@
-//! Background upkeep, each piece in its own file: re-queue sagas whose lease ran out, wake sagas
-//! whose wait deadline passed, expire abandoned inventory holds.
+//! Background upkeep, after river's `internal/maintenance/`: one file per service, all run by one
+//! loop in every process that runs workers (not with `SAGAD_ROLE=api`). Each service states how
+//! often it runs once, in [`SERVICES`].
+//!
+//! - [`rescuer`]: rows of the three queues (sagas, Stripe events, webhook deliveries) whose lease
+//!   ran out are due again;
+//! - [`holds`]: inventory holds past their TTL free their dates;
+//! - [`waits`]: sagas parked past their wait deadline are woken;
+//! - [`rate_windows`]: old per-second counts of the webhook rate limits go.
 
 pub mod holds;
+pub mod rate_windows;
 pub mod rescuer;
 pub mod waits;
 
@@ -11,31 +19,135 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-/// Runs every maintenance task once per `interval` until `shutdown`.
-pub async fn run(pool: PgPool, interval: Duration, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => return,
-        }
-        if let Err(e) = run_once(&pool).await {
-            warn!(error = %e, "maintenance round failed");
-            crate::telemetry::count_error("maintenance");
+use crate::store::queues::{DeliveryQueue, SagaQueue, StripeEventQueue};
+
+/// How maintenance runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The length of one round; each service runs every so many rounds ([`SERVICES`]).
+    pub interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
         }
     }
 }
 
-/// One round of every task (also used by tests to avoid waiting for a tick).
+/// What a service's run left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Nothing more to do now.
+    Done,
+    /// It stopped at its cap with work left: it runs again next round.
+    More,
+}
+
+/// A periodic service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    SagaLeases,
+    StripeEventLeases,
+    DeliveryLeases,
+    Holds,
+    Waits,
+    RateWindows,
+}
+
+/// Every service, in the order a round runs them, and every how many rounds it runs.
 ///
 /// Holds expire before waits are woken: a 3-D Secure wait never outlasts its saga's hold, so the
 /// two deadlines often fall together, and a woken saga's compensation would otherwise race this
 /// round to release the same hold (once either way, but with `authentication_timeout` or
 /// `hold_expired` as the reason depending on timing).
-pub async fn run_once(pool: &PgPool) -> Result<(), sqlx::Error> {
-    rescuer::run_once(pool).await?;
-    holds::run_once(pool).await?;
-    waits::run_once(pool).await?;
-    Ok(())
+pub const SERVICES: [(Service, u64); 6] = [
+    (Service::SagaLeases, 1),
+    (Service::StripeEventLeases, 1),
+    (Service::DeliveryLeases, 1),
+    (Service::Holds, 1),
+    (Service::Waits, 1),
+    (Service::RateWindows, 1),
+];
+
+impl Service {
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::SagaLeases => "saga_leases",
+            Service::StripeEventLeases => "stripe_event_leases",
+            Service::DeliveryLeases => "delivery_leases",
+            Service::Holds => "holds",
+            Service::Waits => "waits",
+            Service::RateWindows => "rate_windows",
+        }
+    }
+
+    /// Runs the service once.
+    pub async fn run_once(self, pool: &PgPool) -> Result<Progress, sqlx::Error> {
+        match self {
+            Service::SagaLeases => rescuer::run_once::<SagaQueue>(pool)
+                .await
+                .map(|_| Progress::Done),
+            Service::StripeEventLeases => rescuer::run_once::<StripeEventQueue>(pool)
+                .await
+                .map(|_| Progress::Done),
+            Service::DeliveryLeases => rescuer::run_once::<DeliveryQueue>(pool)
+                .await
+                .map(|_| Progress::Done),
+            Service::Holds => holds::run_once(pool).await.map(|_| Progress::Done),
+            Service::Waits => waits::run_once(pool).await.map(|_| Progress::Done),
+            Service::RateWindows => rate_windows::run_once(pool).await.map(|_| Progress::Done),
+        }
+    }
+}
+
+/// Whether a service that runs every `every` rounds runs in round `round`: on schedule, or
+/// because its last run stopped with work left.
+fn runs(round: u64, every: u64, behind: bool) -> bool {
+    behind || round.is_multiple_of(every.max(1))
+}
+
+/// Runs the services round after round, one round per `config.interval`, until `shutdown`. A
+/// service that fails is logged and counted; the others run on.
+pub async fn run(pool: PgPool, config: Config, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(config.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut behind = [false; SERVICES.len()];
+    for round in 0u64.. {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        for (i, (service, every)) in SERVICES.into_iter().enumerate() {
+            if !runs(round, every, behind[i]) {
+                continue;
+            }
+            behind[i] = match service.run_once(&pool).await {
+                Ok(progress) => progress == Progress::More,
+                Err(e) => {
+                    warn!(service = service.name(), error = %e, "maintenance failed");
+                    crate::telemetry::count_error("maintenance");
+                    false
+                }
+            };
+            if shutdown.is_cancelled() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_runs_on_its_own_schedule_and_again_while_behind() {
+        let rounds = |every: u64| (0..130).filter(|r| runs(*r, every, false)).count();
+        assert_eq!(rounds(1), 130);
+        assert_eq!(rounds(60), 3, "rounds 0, 60 and 120");
+        assert!(runs(7, 60, true), "a service left behind runs next round");
+        assert!(!runs(7, 60, false));
+    }
 }

@@ -7,6 +7,7 @@ pub mod events;
 pub mod inventory;
 pub mod kept;
 pub mod listen;
+pub mod queues;
 pub mod sagas;
 pub mod stripe_events;
 pub mod webhooks;

@@ -102,7 +102,7 @@ impl SagaRow {
     }
 }
 
-const COLUMNS: &str = "id, saga_name, saga_version, status, current_step, attempt, input, context, next_run_at, \
+pub(super) const COLUMNS: &str = "id, saga_name, saga_version, status, current_step, attempt, input, context, next_run_at, \
     locked_by, locked_until, wait_key, wait_deadline, failure_step, failure_reason, cancel_requested, \
     event_version, idempotency_key, request_fingerprint, created_at, updated_at, finished_at";
 
@@ -317,40 +317,6 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<SagaRow>, s
     .bind(id)
     .fetch_optional(conn)
     .await
-}
-
-/// Claims up to `limit` due sagas for `worker` with a lease, in one statement that commits at once.
-/// Each claim counts as an attempt of the saga's current step.
-pub async fn claim_due(
-    pool: &PgPool,
-    worker: &str,
-    lease: Duration,
-    limit: i64,
-) -> Result<Vec<SagaRow>, sqlx::Error> {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-        "UPDATE sagas s SET locked_by = $1, locked_until = now() + $2 * interval '1 millisecond',
-                            attempt = s.attempt + 1, updated_at = now()
-         FROM (SELECT id FROM sagas
-               WHERE status IN ('running', 'compensating') AND locked_until IS NULL AND next_run_at <= now()
-               ORDER BY next_run_at
-               LIMIT $3
-               FOR UPDATE SKIP LOCKED) due
-         WHERE s.id = due.id
-         RETURNING {}",
-        COLUMNS
-            .split(", ")
-            .map(|c| format!("s.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
-    });
-    sqlx::query_as(sqlx::AssertSqlSafe(SQL.as_str()))
-        .bind(worker)
-        .bind(lease.as_millis() as f64)
-        .bind(limit)
-        .fetch_all(pool)
-        .await
 }
 
 /// What a worker holds: the guard its outcome commit must still match.
@@ -609,19 +575,6 @@ pub async fn release_lease(pool: &PgPool, id: Uuid, worker: &str) -> Result<bool
     Ok(n > 0)
 }
 
-/// Re-queues sagas whose lease ran out (their worker died or hung).
-pub async fn rescue_expired_leases(pool: &PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
-        "WITH r AS (UPDATE sagas SET locked_by = NULL, locked_until = NULL, next_run_at = now(), updated_at = now()
-                    WHERE locked_until < now() RETURNING id),
-              n AS (SELECT pg_notify($1, '') FROM r LIMIT 1)
-         SELECT id FROM r LEFT JOIN n ON true",
-    )
-    .bind(WORK_CHANNEL)
-    .fetch_all(pool)
-    .await
-}
-
 /// Wakes parked sagas whose deadline passed; the step re-runs and decides.
 pub async fn wake_expired_waits(pool: &PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
@@ -689,16 +642,6 @@ pub async fn request_cancel(pool: &PgPool, id: Uuid) -> Result<CancelOutcome, sq
             CancelOutcome::NotCancellable(SagaStatus::parse(&status).unwrap_or(SagaStatus::Stuck))
         }
     })
-}
-
-/// The earliest time a saga becomes due, to sleep exactly that long when idle.
-pub async fn next_due_at(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT min(next_run_at) FROM sagas
-         WHERE status IN ('running', 'compensating') AND locked_until IS NULL",
-    )
-    .fetch_one(pool)
-    .await
 }
 
 #[derive(Debug, Default, Clone)]

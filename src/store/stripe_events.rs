@@ -1,7 +1,5 @@
 //! The Stripe webhook inbox (`stripe_events`), and the look-ups its workers need.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
@@ -70,7 +68,7 @@ pub struct StripeEventRow {
     pub processed_at: Option<DateTime<Utc>>,
 }
 
-const COLUMNS: &str = "id, event_type, livemode, api_version, stripe_created, payment_intent_id, payload, status, \
+pub(super) const COLUMNS: &str = "id, event_type, livemode, api_version, stripe_created, payment_intent_id, payload, status, \
     attempts, next_attempt_at, locked_by, locked_until, saga_id, outcome, last_error, deliveries, received_at, processed_at";
 
 pub struct NewStripeEvent<'a> {
@@ -144,36 +142,6 @@ pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<StripeEventRow>, 
     q.push(" ORDER BY received_at DESC, id DESC LIMIT ")
         .push_bind(f.limit);
     q.build_query_as().fetch_all(pool).await
-}
-
-/// Claims up to `limit` due events for `worker` under a lease, committed at once; each claim is an attempt.
-pub async fn claim_due(
-    pool: &PgPool,
-    worker: &str,
-    lease: Duration,
-    limit: i64,
-) -> Result<Vec<StripeEventRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE stripe_events s SET status = 'processing', locked_by = $1,
-                locked_until = now() + $2 * interval '1 millisecond', attempts = s.attempts + 1
-         FROM (SELECT id FROM stripe_events
-               WHERE status = 'pending' AND next_attempt_at <= now()
-               ORDER BY next_attempt_at
-               LIMIT $3
-               FOR UPDATE SKIP LOCKED) due
-         WHERE s.id = due.id
-         RETURNING {}",
-        COLUMNS
-            .split(", ")
-            .map(|c| format!("s.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )))
-    .bind(worker)
-    .bind(lease.as_millis() as f64)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
 }
 
 /// What a worker holds: its completion must still match it, so a stale worker cannot overwrite newer truth.
@@ -257,20 +225,6 @@ pub async fn defer(
     Ok(n == 1)
 }
 
-/// Puts events whose worker died (lease ran out) back in the queue.
-pub async fn rescue_expired_leases(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "WITH r AS (UPDATE stripe_events SET status = 'pending', locked_by = NULL, locked_until = NULL,
-                                          next_attempt_at = now()
-                    WHERE status = 'processing' AND locked_until < now() RETURNING id),
-              n AS (SELECT pg_notify($1, '') FROM r LIMIT 1)
-         SELECT id FROM r LEFT JOIN n ON true",
-    )
-    .bind(INBOX_CHANNEL)
-    .fetch_all(pool)
-    .await
-}
-
 pub enum ReprocessOutcome {
     Queued,
     NotFound,
@@ -298,13 +252,6 @@ pub async fn reprocess(pool: &PgPool, id: &str) -> Result<ReprocessOutcome, sqlx
         Some((_, true)) => ReprocessOutcome::Queued,
         Some((status, false)) => ReprocessOutcome::NotReprocessable(status),
     })
-}
-
-/// The earliest time a pending event becomes due.
-pub async fn next_due_at(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    sqlx::query_scalar("SELECT min(next_attempt_at) FROM stripe_events WHERE status = 'pending'")
-        .fetch_one(pool)
-        .await
 }
 
 /// The saga our own records tie to a PaymentIntent: the bookings projection, else a step output

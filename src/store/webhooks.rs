@@ -359,17 +359,6 @@ pub async fn claim_due(
     .await
 }
 
-/// When the next pending delivery of an enabled endpoint is due.
-pub async fn next_due_at(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT min(d.next_attempt_at) FROM webhook_deliveries d
-         JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.enabled
-         WHERE d.status = 'pending'",
-    )
-    .fetch_one(pool)
-    .await
-}
-
 /// Admits one attempt of claimed delivery `id` (attempt `attempt`) under its endpoint's
 /// `per_second` limit, counted in the database over every process (`webhook_rate_windows`, one
 /// row per endpoint and second). When this second is full, hands the delivery back without
@@ -509,33 +498,6 @@ pub async fn settle(
         .flatten()
     };
     Ok((true, streak))
-}
-
-/// Frees deliveries whose lease ran out (their worker died): due again at once.
-pub async fn rescue_expired(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
-        "UPDATE webhook_deliveries
-         SET status = 'pending', locked_by = NULL, locked_until = NULL, next_attempt_at = now(),
-             updated_at = now()
-         WHERE status = 'delivering' AND locked_until < now()",
-    )
-    .execute(pool)
-    .await?
-    .rows_affected())
-}
-
-/// Hands back everything `worker` still holds (shutdown); the attempts are not counted.
-pub async fn release_all(pool: &PgPool, worker: &str) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
-        "UPDATE webhook_deliveries
-         SET status = 'pending', attempts = attempts - 1, locked_by = NULL, locked_until = NULL,
-             next_attempt_at = now(), updated_at = now()
-         WHERE status = 'delivering' AND locked_by = $1",
-    )
-    .bind(worker)
-    .execute(pool)
-    .await?
-    .rows_affected())
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]

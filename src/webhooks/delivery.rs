@@ -7,14 +7,15 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use sqlx::PgPool;
-use tokio::sync::{Notify, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, warn};
+use tracing::{Instrument, debug, warn};
 
 use super::retry::retry_after_of;
 use super::{Error, Guard, WebhookConfig};
+use crate::queue::{self, Workers};
 use crate::signing;
+use crate::store::queues::DeliveryQueue;
 use crate::store::webhooks::{self as store, AttemptRow, ClaimedDelivery, Settle};
 
 /// Most response-body bytes kept per attempt.
@@ -58,114 +59,40 @@ impl Dispatcher {
     }
 
     /// Claims and delivers until `shutdown`; then lets in-flight attempts finish within the grace
-    /// period and hands back whatever this process still holds.
-    /// `wake` fires on `store::WEBHOOK_CHANNEL` notifications ([`store::listen::Channels`]).
+    /// period and hands back whatever this process still holds ([`Workers::run`]).
+    /// `wake` fires on `store::WEBHOOK_CHANNEL` notifications ([`crate::store::listen::Channels`]).
     pub async fn run(self, wake: Arc<Notify>, shutdown: CancellationToken) {
+        let workers = Workers::new(
+            DeliveryQueue {
+                per_endpoint: self.config.endpoint_concurrency as i64,
+            },
+            self.pool.clone(),
+            queue::Options {
+                workers: self.config.workers,
+                local_queue: 0,
+                lease: self.config.lease(),
+                poll_interval: self.config.poll_interval,
+                shutdown_grace: self.config.shutdown_grace,
+                worker_id: self.config.worker_id.clone(),
+            },
+        );
         let this = Arc::new(self);
-        let slots = Arc::new(Semaphore::new(this.config.workers));
-        let mut tasks = JoinSet::new();
-        let mut last_rescue = Instant::now() - this.config.lease();
-        info!(workers = this.config.workers, "webhook delivery started");
-
-        while !shutdown.is_cancelled() {
-            while tasks.try_join_next().is_some() {}
-            if last_rescue.elapsed() >= this.config.poll_interval.max(Duration::from_secs(1)) {
-                last_rescue = Instant::now();
-                match store::rescue_expired(&this.pool).await {
-                    Ok(0) => {}
-                    Ok(n) => info!(rescued = n, "webhook deliveries with expired leases freed"),
-                    Err(e) => warn!(error = %e, "rescuing webhook leases failed"),
-                }
-                if let Err(e) = store::prune_rate_windows(&this.pool).await {
-                    warn!(error = %e, "pruning webhook rate-limit counts failed");
-                }
-            }
-            let free = slots.available_permits();
-            let claimed = if free == 0 {
-                Vec::new()
-            } else {
-                match store::claim_due(
-                    &this.pool,
-                    &this.config.worker_id,
-                    this.config.lease(),
-                    free as i64,
-                    this.config.endpoint_concurrency as i64,
-                )
-                .await
-                {
-                    Ok(claimed) => claimed,
-                    Err(e)
-                        if crate::store::sqlstate(&e).as_deref()
-                            == Some(crate::store::sqlstate::UNIQUE_VIOLATION) =>
-                    {
-                        // Another process took the same endpoint slot meanwhile: nothing was
-                        // claimed, and a claim from a fresh snapshot sees its leases.
-                        debug!("an endpoint slot was taken by a concurrent claim; claiming again");
-                        continue;
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "claiming webhook deliveries failed");
-                        crate::telemetry::count_error("webhook_claim");
-                        Vec::new()
-                    }
-                }
-            };
-            let got = claimed.len();
-            for d in claimed {
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    break;
-                };
-                let this = this.clone();
+        let looked_again = wake.clone();
+        workers
+            .run(wake, shutdown, |delivery, _| {
+                let d = delivery.row;
+                let (this, wake) = (this.clone(), looked_again.clone());
                 let span = tracing::info_span!("webhook_delivery", delivery_id = %d.id,
                     endpoint_id = %d.endpoint_id, attempt = d.attempts);
-                tasks.spawn(
-                    async move {
-                        this.deliver(d).await;
-                        drop(permit);
-                    }
-                    .instrument(span),
-                );
-            }
-            if got > 0 && got == free {
-                continue;
-            }
-            let sleep_for = if free == 0 {
-                this.config.poll_interval
-            } else {
-                match store::next_due_at(&this.pool).await {
-                    Ok(Some(at)) => (at - Utc::now())
-                        .to_std()
-                        .unwrap_or(Duration::ZERO)
-                        .clamp(Duration::from_millis(5), this.config.poll_interval),
-                    _ => this.config.poll_interval,
+                async move {
+                    this.deliver(d).await;
+                    // The attempt freed one of its endpoint's slots (or put the delivery back
+                    // due soon): the loop claims again.
+                    wake.notify_one();
                 }
-            };
-            tokio::select! {
-                _ = wake.notified() => {}
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                _ = tokio::time::sleep(sleep_for) => {}
-                _ = shutdown.cancelled() => {}
-            }
-        }
-
-        let drained = tokio::time::timeout(this.config.shutdown_grace, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            warn!(
-                in_flight = tasks.len(),
-                "grace period over: abandoning webhook attempts"
-            );
-            tasks.abort_all();
-            while tasks.join_next().await.is_some() {}
-        }
-        match store::release_all(&this.pool, &this.config.worker_id).await {
-            Ok(0) => {}
-            Ok(n) => info!(released = n, "released webhook leases"),
-            Err(e) => warn!(error = %e, "could not release webhook leases; they will expire"),
-        }
-        info!("webhook delivery stopped");
+                .instrument(span)
+            })
+            .await
     }
 
     async fn deliver(&self, d: ClaimedDelivery) {

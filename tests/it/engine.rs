@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use sagad::config::Role;
+use sagad::queue::Table;
+use sagad::store::queues::SagaQueue;
 use sagad::store::sagas;
 use sagad::stripe::double::{Fault, Operation};
 use serde_json::json;
@@ -42,7 +44,8 @@ async fn a_worker_that_dies_after_its_claim_is_replaced_when_the_lease_expires()
         .await;
 
     // A worker claims it with a short lease and dies without a word.
-    let claimed = sagas::claim_due(&api.pool, "doomed-worker", Duration::from_millis(300), 10)
+    let claimed = SagaQueue
+        .claim(&api.pool, "doomed-worker", Duration::from_millis(300), 10)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
@@ -123,7 +126,7 @@ async fn a_step_that_goes_on_keeps_its_lease_until_too_little_of_it_remains() {
         .start_booking(booking_input("cabin-8", "pm_card_visa"))
         .await;
     let lease = Duration::from_secs(60);
-    let claimed = sagas::claim_due(&api.pool, "w1", lease, 10).await.unwrap();
+    let claimed = SagaQueue.claim(&api.pool, "w1", lease, 10).await.unwrap();
     assert_eq!(claimed.len(), 1);
     let leased = async |step: i32| {
         sqlx::query_as::<

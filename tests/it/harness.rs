@@ -329,7 +329,6 @@ pub async fn spawn_instance(
             local_queue: opts.local_queue,
             lease: opts.lease,
             poll_interval: Duration::from_millis(200),
-            maintenance_interval: Duration::from_millis(100),
             shutdown_grace: Duration::from_secs(5),
             ..EngineConfig::default()
         },
@@ -346,11 +345,15 @@ pub async fn spawn_instance(
                     max_delay: Duration::from_millis(300),
                     jitter: 0.2,
                 },
+                shutdown_grace: Duration::from_secs(2),
                 ..Default::default()
             },
             ..Default::default()
         },
         webhooks: opts.webhooks,
+        maintenance: sagad::maintenance::Config {
+            interval: Duration::from_millis(100),
+        },
     };
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(server::run(

@@ -10,6 +10,7 @@ mod crash;
 mod embedded_pg;
 mod engine;
 mod kept;
+mod queues;
 mod start;
 mod stripe;
 mod stripe_webhooks;

@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use rand::Rng;
 use sqlx::PgPool;
-use tokio::sync::{Notify, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::engine::retry::RetryPolicy;
+use crate::queue::{self, Workers};
+use crate::store::queues::StripeEventQueue;
 use crate::store::stripe_events::{self, Claim, StripeEventRow};
 use crate::stripe::client::StripeClient;
 use crate::stripe::webhook::{self, Verifier};
@@ -35,6 +36,9 @@ pub struct InboxConfig {
     pub poll_interval: Duration,
     /// Backoff between attempts, and when an event is declared dead.
     pub retry: RetryPolicy,
+    /// How long events in flight may take to finish on shutdown before their claims are handed
+    /// back.
+    pub shutdown_grace: Duration,
     /// Identifies this process in `locked_by`.
     pub worker_id: String,
 }
@@ -53,6 +57,7 @@ impl Default for InboxConfig {
                 max_delay: Duration::from_secs(120),
                 jitter: 0.2,
             },
+            shutdown_grace: Duration::from_secs(20),
             worker_id: crate::engine::default_worker_id(),
         }
     }
@@ -85,8 +90,9 @@ impl InboundSettings {
     }
 }
 
-/// Claims and processes inbox events until `shutdown`; in-flight events finish (or their claims
-/// are handed back) before it returns. `wake` fires on `INBOX_CHANNEL` notifications
+/// Claims and processes inbox events until `shutdown`; in-flight events finish (within the
+/// grace period) and whatever this process still holds is handed back before it returns
+/// ([`Workers::run`]). `wake` fires on `INBOX_CHANNEL` notifications
 /// ([`crate::store::listen::Channels`]).
 pub async fn run(
     pool: PgPool,
@@ -95,85 +101,44 @@ pub async fn run(
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(config.workers.max(1)));
-    let mut tasks = JoinSet::new();
+    let workers = Workers::new(
+        StripeEventQueue,
+        pool.clone(),
+        queue::Options {
+            workers: config.workers,
+            local_queue: 0,
+            lease: config.lease,
+            poll_interval: config.poll_interval,
+            shutdown_grace: config.shutdown_grace,
+            worker_id: config.worker_id.clone(),
+        },
+    );
     let config = Arc::new(config);
-    info!(workers = config.workers, "stripe inbox workers started");
-    let mut last_rescue = tokio::time::Instant::now() - config.poll_interval;
-    while !shutdown.is_cancelled() {
-        while tasks.try_join_next().is_some() {}
-        if last_rescue.elapsed() >= config.poll_interval {
-            last_rescue = tokio::time::Instant::now();
-            match stripe_events::rescue_expired_leases(&pool).await {
-                Ok(ids) if !ids.is_empty() => info!(
-                    count = ids.len(),
-                    "stripe events re-queued after a lost lease"
-                ),
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "rescuing stripe inbox leases failed"),
-            }
-        }
-        let free = slots.available_permits();
-        let claimed = if free == 0 {
-            Vec::new()
-        } else {
-            match stripe_events::claim_due(&pool, &config.worker_id, config.lease, free as i64)
-                .await
-            {
-                Ok(rows) => rows,
-                Err(e) => {
-                    warn!(error = %e, "claiming stripe events failed");
-                    crate::telemetry::count_error("stripe_inbox");
-                    Vec::new()
-                }
-            }
-        };
-        let got = claimed.len();
-        for row in claimed {
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                break;
-            };
+    let looked_again = wake.clone();
+    workers
+        .run(wake, shutdown, |event, _| {
+            let row = event.row;
             let (pool, stripe, config) = (pool.clone(), stripe.clone(), config.clone());
+            let wake = looked_again.clone();
             let span = tracing::info_span!("stripe_event", event_id = %row.id, event_type = %row.event_type);
-            tasks.spawn(
-                async move {
-                    handle(&pool, &stripe, &config, row).await;
-                    drop(permit);
+            async move {
+                // Put back for later: the loop looks for the next due time again.
+                if handle(&pool, &stripe, &config, row).await {
+                    wake.notify_one();
                 }
-                .instrument(span),
-            );
-        }
-        if got > 0 && got == free {
-            continue;
-        }
-        let sleep_for = match stripe_events::next_due_at(&pool).await {
-            Ok(Some(at)) => (at - chrono::Utc::now())
-                .to_std()
-                .unwrap_or(Duration::ZERO)
-                .min(config.poll_interval),
-            _ => config.poll_interval,
-        };
-        tokio::select! {
-            _ = wake.notified() => {}
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            _ = tokio::time::sleep(sleep_for) => {}
-            _ = shutdown.cancelled() => {}
-        }
-    }
-    // Processing an event is short (one Stripe read, one transaction): let it finish.
-    let drained = tokio::time::timeout(Duration::from_secs(10), async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        warn!("stripe inbox: abandoning in-flight events; their leases will expire");
-        tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
-    }
-    info!("stripe inbox workers stopped");
+            }
+            .instrument(span)
+        })
+        .await
 }
 
-async fn handle(pool: &PgPool, stripe: &StripeClient, config: &InboxConfig, row: StripeEventRow) {
+/// Processes one claimed event and settles it; true when it was put back to be tried again.
+async fn handle(
+    pool: &PgPool,
+    stripe: &StripeClient,
+    config: &InboxConfig,
+    row: StripeEventRow,
+) -> bool {
     let claim = Claim {
         id: row.id.clone(),
         worker: config.worker_id.clone(),
@@ -202,7 +167,7 @@ async fn handle(pool: &PgPool, stripe: &StripeClient, config: &InboxConfig, row:
                 warn!(error = %e, "could not defer the stripe event; its lease will expire");
             }
             count(&row.event_type, "deferred");
-            return;
+            return true;
         }
         Err(e) => ("error", Some(e.to_string())),
     };
@@ -224,9 +189,10 @@ async fn handle(pool: &PgPool, stripe: &StripeClient, config: &InboxConfig, row:
             warn!(error = %e, "could not reschedule the stripe event; its lease will expire");
         }
         count(&row.event_type, if at.is_none() { "dead" } else { outcome });
-        return;
+        return at.is_some();
     }
     count(&row.event_type, outcome);
+    false
 }
 
 /// `sagad_stripe_events_total{type, outcome}`.

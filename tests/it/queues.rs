@@ -1,0 +1,312 @@
+//! The three work queues (sagas, Stripe events, webhook deliveries) on the shared queue core:
+//! maintenance rescues expired leases, and shutdown drains the work in flight and hands back what
+//! it holds.
+
+use std::time::Duration;
+
+use sagad::config::Role;
+use sagad::events::{Event, NewEvent};
+use sagad::store;
+use sagad::stripe::double::{Fault, Operation};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::harness::{AppOptions, booking_input, count, spawn_app_with};
+
+/// Polls `f` until it yields a value, for at most 20 s.
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn api_only() -> AppOptions {
+    AppOptions {
+        role: Role::Api,
+        ..Default::default()
+    }
+}
+
+/// An enabled endpoint for every event type at `url`, and `n` published events fanned out to it:
+/// `n` pending deliveries, in event order.
+async fn pending_deliveries(pool: &PgPool, url: &str, n: usize) -> (Uuid, Vec<Uuid>) {
+    let mut conn = pool.acquire().await.unwrap();
+    let endpoint = store::webhooks::insert_endpoint(
+        &mut conn,
+        &store::webhooks::NewEndpoint {
+            url: url.into(),
+            description: "queue tests".into(),
+            event_types: vec!["*".into()],
+            enabled: true,
+            rate_limit: None,
+        },
+        "whsec_queue_tests",
+    )
+    .await
+    .unwrap()
+    .id;
+    let events: Vec<NewEvent> = (0..n)
+        .map(|i| {
+            NewEvent::from(Event::BookingCancelled {
+                reason: format!("reason {i}"),
+            })
+        })
+        .collect();
+    store::events::append(&mut conn, "booking", Uuid::now_v7(), 1, &events)
+        .await
+        .unwrap();
+    let ids = sqlx::query_scalar(
+        "SELECT d.id FROM webhook_deliveries d JOIN events e ON e.event_id = d.event_id
+         WHERE d.endpoint_id = $1 ORDER BY e.version",
+    )
+    .bind(endpoint)
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    (endpoint, ids)
+}
+
+/// A URL on 127.0.0.1 where nothing listens.
+async fn closed_url() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    format!("http://{}/hook", l.local_addr().unwrap())
+}
+
+/// Stores an inbox event in the given state (`received_at` and, when settled, `processed_at`
+/// that long ago).
+async fn insert_stripe_event(pool: &PgPool, id: &str, status: &str, age: Duration) {
+    sqlx::query(
+        "INSERT INTO stripe_events (id, event_type, payload, status, received_at, processed_at)
+         VALUES ($1, 'customer.created', jsonb_build_object('id', $1, 'type', 'customer.created'),
+                 $2, now() - $3, CASE WHEN $2 IN ('processed', 'ignored', 'unmatched') THEN now() - $3 END)",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(age)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+#[derive(Debug, PartialEq, sqlx::FromRow)]
+struct Lease {
+    status: String,
+    attempts: i32,
+    locked_by: Option<String>,
+}
+
+async fn stripe_event_lease(pool: &PgPool, id: &str) -> Lease {
+    sqlx::query_as("SELECT status, attempts, locked_by FROM stripe_events WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn delivery_lease(pool: &PgPool, id: Uuid) -> Lease {
+    sqlx::query_as("SELECT status, attempts, locked_by FROM webhook_deliveries WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+fn lease(status: &str, attempts: i32, locked_by: Option<&str>) -> Lease {
+    Lease {
+        status: status.into(),
+        attempts,
+        locked_by: locked_by.map(Into::into),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lease rescue, by maintenance
+
+#[tokio::test]
+async fn maintenance_rescues_a_stripe_event_whose_worker_died() {
+    let api = spawn_app_with(api_only()).await;
+    insert_stripe_event(&api.pool, "evt_orphan", "pending", Duration::ZERO).await;
+    // As if a worker had claimed it and died mid-processing.
+    sqlx::query(
+        "UPDATE stripe_events SET status = 'processing', attempts = 1, locked_by = 'dead-worker',
+                locked_until = now() - interval '1 second'
+         WHERE id = 'evt_orphan'",
+    )
+    .execute(&api.pool)
+    .await
+    .unwrap();
+    let worker = api.spawn_sibling(AppOptions::default()).await;
+    let settled = eventually("the orphaned event processed", || async {
+        let l = stripe_event_lease(&worker.pool, "evt_orphan").await;
+        (l.status != "processing" && l.status != "pending").then_some(l)
+    })
+    .await;
+    // Rescued, claimed again (a second attempt) and settled: sagad does not act on the type.
+    assert_eq!(settled, lease("ignored", 2, None));
+}
+
+#[tokio::test]
+async fn maintenance_rescues_a_delivery_whose_worker_died() {
+    let api = spawn_app_with(api_only()).await;
+    let (_, ids) = pending_deliveries(&api.pool, &closed_url().await, 1).await;
+    sqlx::query(
+        "UPDATE webhook_deliveries SET status = 'delivering', attempts = 1, slot = 1,
+                locked_by = 'dead-worker', locked_until = now() - interval '1 second'
+         WHERE id = $1",
+    )
+    .bind(ids[0])
+    .execute(&api.pool)
+    .await
+    .unwrap();
+
+    let worker = api.spawn_sibling(AppOptions::default()).await;
+    // Rescued, then attempted again: the dead worker's claim was attempt 1.
+    let attempted: i32 = eventually("the orphaned delivery attempted", || async {
+        sqlx::query_scalar("SELECT attempt FROM webhook_attempts WHERE delivery_id = $1")
+            .bind(ids[0])
+            .fetch_optional(&worker.pool)
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(attempted, 2);
+    let l = delivery_lease(&worker.pool, ids[0]).await;
+    assert_ne!(l.locked_by.as_deref(), Some("dead-worker"), "{l:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shutdown: drain, then hand back
+
+#[tokio::test]
+async fn shutdown_hands_back_a_saga_waiting_in_the_local_queue() {
+    let app = spawn_app_with(AppOptions {
+        workers: 1,
+        ..Default::default()
+    })
+    .await;
+    // The one worker is busy authorizing the first saga when the second starts.
+    app.double
+        .inject(Fault::latency(Operation::Create, Duration::from_secs(2)));
+    let first = app
+        .start_booking(booking_input("queue-1", "pm_card_visa"))
+        .await;
+    app.wait_faults_taken().await;
+    let second = app
+        .start_booking(booking_input("queue-2", "pm_card_visa"))
+        .await;
+    let holders: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT locked_by FROM sagas WHERE id = ANY($1) ORDER BY id")
+            .bind(vec![first, second])
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert!(
+        holders[0].is_some() && holders[0] == holders[1],
+        "both leased to this process: {holders:?}"
+    );
+    let (pool, db_url, double, notify) = (
+        app.pool.clone(),
+        app.db_url.clone(),
+        app.double.clone(),
+        app.notify.clone(),
+    );
+    app.stop().await;
+
+    let leased = count(
+        &pool,
+        "SELECT count(*) FROM sagas WHERE locked_by IS NOT NULL OR next_run_at > now()",
+    )
+    .await;
+    assert_eq!(leased, 0, "every saga handed back, due at once");
+    let next =
+        crate::harness::spawn_instance(pool, db_url, double, notify, AppOptions::default()).await;
+    for id in [first, second] {
+        assert_eq!(next.wait_terminal(id).await["status"], "completed");
+        assert_eq!(next.payment_intents_of(id).len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn shutdown_hands_back_a_stripe_event_still_processing_after_the_grace_period() {
+    let app = spawn_app_with(api_only()).await;
+    insert_stripe_event(&app.pool, "evt_slow", "pending", Duration::ZERO).await;
+    sqlx::query(
+        "UPDATE stripe_events SET event_type = 'payment_intent.succeeded',
+                payload = '{\"id\": \"evt_slow\", \"type\": \"payment_intent.succeeded\",
+                            \"data\": {\"object\": {\"id\": \"pi_slow\", \"object\": \"payment_intent\"}}}'
+         WHERE id = 'evt_slow'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    // Processing reads the PaymentIntent from Stripe, which answers after the grace period.
+    app.double
+        .inject(Fault::latency(Operation::Retrieve, Duration::from_secs(8)));
+    let worker = app.spawn_sibling(AppOptions::default()).await;
+    worker.wait_faults_taken().await;
+    let held = stripe_event_lease(&worker.pool, "evt_slow").await;
+    assert_eq!((held.status.as_str(), held.attempts), ("processing", 1));
+    let pool = worker.pool.clone();
+    worker.stop().await;
+
+    // Not counted as an attempt: it was cut short, not failed.
+    assert_eq!(
+        stripe_event_lease(&pool, "evt_slow").await,
+        lease("pending", 0, None)
+    );
+}
+
+#[tokio::test]
+async fn shutdown_hands_back_a_delivery_still_in_flight_after_the_grace_period() {
+    // A receiver that takes every connection and never answers.
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", hanging.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = hanging.accept().await {
+            open.push(conn);
+        }
+    });
+    let api = spawn_app_with(api_only()).await;
+    let (_, ids) = pending_deliveries(&api.pool, &url, 1).await;
+    let worker = api
+        .spawn_sibling(AppOptions {
+            webhooks: sagad::webhooks::WebhookConfig {
+                timeout: Duration::from_secs(30),
+                shutdown_grace: Duration::from_millis(300),
+                ..crate::harness::test_webhook_config()
+            },
+            ..Default::default()
+        })
+        .await;
+    eventually("the delivery in flight", || async {
+        let l = delivery_lease(&worker.pool, ids[0]).await;
+        (l.status == "delivering").then_some(())
+    })
+    .await;
+    let pool = worker.pool.clone();
+    worker.stop().await;
+
+    assert_eq!(
+        delivery_lease(&pool, ids[0]).await,
+        lease("pending", 0, None)
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM webhook_attempts").await,
+        0,
+        "no attempt recorded"
+    );
+    held.abort();
+}
