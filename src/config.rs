@@ -92,6 +92,10 @@ pub struct ServeArgs {
     /// How long in-flight steps may run after SIGTERM before their leases are released.
     #[arg(long, env = "SAGAD_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// How long delivered webhook deliveries (with their attempts) and settled Stripe events are
+    /// kept before maintenance deletes them (events are kept forever).
+    #[arg(long, env = "SAGAD_RETENTION", default_value = "720h", value_parser = parse_duration)]
+    pub retention: Duration,
     /// Directory of saga definitions (`*.toml`).
     #[arg(long, env = "SAGAD_SAGAS_DIR", default_value = "sagas")]
     pub sagas_dir: PathBuf,
@@ -150,6 +154,8 @@ pub enum ConfigError {
     BadLease,
     #[error("STRIPE_WEBHOOK_TOLERANCE must be between 1s and 1h")]
     BadWebhookTolerance,
+    #[error("SAGAD_RETENTION must be at least 1m")]
+    BadRetention,
 }
 
 /// Checks an http(s) URL.
@@ -200,6 +206,9 @@ impl ServeArgs {
         }
         if self.lease < Duration::from_secs(1) {
             return Err(ConfigError::BadLease);
+        }
+        if self.retention < Duration::from_secs(60) {
+            return Err(ConfigError::BadRetention);
         }
         if self.stripe_webhook_tolerance < Duration::from_secs(1)
             || self.stripe_webhook_tolerance > Duration::from_secs(3600)

@@ -349,7 +349,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             },
         },
         webhooks: args.webhooks.to_config(args.shutdown_grace),
-        maintenance: Default::default(),
+        maintenance: crate::maintenance::Config {
+            retention: args.retention,
+            ..Default::default()
+        },
     };
     let result = server::run(settings, database.pool.clone(), listener, shutdown.clone()).await;
     shutdown.cancel();

@@ -6,8 +6,11 @@
 //!   ran out are due again;
 //! - [`holds`]: inventory holds past their TTL free their dates;
 //! - [`waits`]: sagas parked past their wait deadline are woken;
-//! - [`rate_windows`]: old per-second counts of the webhook rate limits go.
+//! - [`rate_windows`]: old per-second counts of the webhook rate limits go;
+//! - [`cleaner`]: delivered webhook deliveries (with their attempts) and settled Stripe events go
+//!   once older than the retention. Events stay: they are the record.
 
+pub mod cleaner;
 pub mod holds;
 pub mod rate_windows;
 pub mod rescuer;
@@ -26,12 +29,19 @@ use crate::store::queues::{DeliveryQueue, SagaQueue, StripeEventQueue};
 pub struct Config {
     /// The length of one round; each service runs every so many rounds ([`SERVICES`]).
     pub interval: Duration,
+    /// How long delivered webhook deliveries (with their attempts) and settled Stripe events are
+    /// kept (`SAGAD_RETENTION`).
+    pub retention: Duration,
 }
+
+/// The default retention: 30 days.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             interval: Duration::from_secs(1),
+            retention: DEFAULT_RETENTION,
         }
     }
 }
@@ -54,7 +64,13 @@ pub enum Service {
     Holds,
     Waits,
     RateWindows,
+    DeliveryCleaner,
+    StripeEventCleaner,
 }
+
+/// Cleaners run every this many rounds (a minute by default), and again the next round while
+/// they stop at their cap.
+const CLEAN_EVERY: u64 = 60;
 
 /// Every service, in the order a round runs them, and every how many rounds it runs.
 ///
@@ -62,13 +78,15 @@ pub enum Service {
 /// two deadlines often fall together, and a woken saga's compensation would otherwise race this
 /// round to release the same hold (once either way, but with `authentication_timeout` or
 /// `hold_expired` as the reason depending on timing).
-pub const SERVICES: [(Service, u64); 6] = [
+pub const SERVICES: [(Service, u64); 8] = [
     (Service::SagaLeases, 1),
     (Service::StripeEventLeases, 1),
     (Service::DeliveryLeases, 1),
     (Service::Holds, 1),
     (Service::Waits, 1),
     (Service::RateWindows, 1),
+    (Service::DeliveryCleaner, CLEAN_EVERY),
+    (Service::StripeEventCleaner, CLEAN_EVERY),
 ];
 
 impl Service {
@@ -80,11 +98,14 @@ impl Service {
             Service::Holds => "holds",
             Service::Waits => "waits",
             Service::RateWindows => "rate_windows",
+            Service::DeliveryCleaner => "delivery_cleaner",
+            Service::StripeEventCleaner => "stripe_event_cleaner",
         }
     }
 
     /// Runs the service once.
-    pub async fn run_once(self, pool: &PgPool) -> Result<Progress, sqlx::Error> {
+    pub async fn run_once(self, pool: &PgPool, config: &Config) -> Result<Progress, sqlx::Error> {
+        let batches = cleaner::Batches::default();
         match self {
             Service::SagaLeases => rescuer::run_once::<SagaQueue>(pool)
                 .await
@@ -98,6 +119,10 @@ impl Service {
             Service::Holds => holds::run_once(pool).await.map(|_| Progress::Done),
             Service::Waits => waits::run_once(pool).await.map(|_| Progress::Done),
             Service::RateWindows => rate_windows::run_once(pool).await.map(|_| Progress::Done),
+            Service::DeliveryCleaner => cleaner::deliveries(pool, config.retention, batches).await,
+            Service::StripeEventCleaner => {
+                cleaner::stripe_events(pool, config.retention, batches).await
+            }
         }
     }
 }
@@ -123,7 +148,7 @@ pub async fn run(pool: PgPool, config: Config, shutdown: CancellationToken) {
             if !runs(round, every, behind[i]) {
                 continue;
             }
-            behind[i] = match service.run_once(&pool).await {
+            behind[i] = match service.run_once(&pool, &config).await {
                 Ok(progress) => progress == Progress::More,
                 Err(e) => {
                     warn!(service = service.name(), error = %e, "maintenance failed");
@@ -143,11 +168,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_service_runs_on_its_own_schedule_and_again_while_behind() {
+    fn each_service_runs_on_its_own_schedule_and_again_while_behind() {
         let rounds = |every: u64| (0..130).filter(|r| runs(*r, every, false)).count();
         assert_eq!(rounds(1), 130);
-        assert_eq!(rounds(60), 3, "rounds 0, 60 and 120");
-        assert!(runs(7, 60, true), "a service left behind runs next round");
-        assert!(!runs(7, 60, false));
+        assert_eq!(rounds(CLEAN_EVERY), 3, "rounds 0, 60 and 120");
+        assert!(
+            runs(7, CLEAN_EVERY, true),
+            "a cleaner left behind runs next round"
+        );
+        assert!(!runs(7, CLEAN_EVERY, false));
+    }
+
+    #[test]
+    fn the_quick_services_run_every_round_and_the_cleaners_seldom() {
+        for (service, every) in SERVICES {
+            match service {
+                Service::DeliveryCleaner | Service::StripeEventCleaner => {
+                    assert!(every > 1, "{service:?}")
+                }
+                _ => assert_eq!(every, 1, "{service:?}"),
+            }
+        }
     }
 }

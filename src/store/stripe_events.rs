@@ -1,5 +1,7 @@
 //! The Stripe webhook inbox (`stripe_events`), and the look-ups its workers need.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
@@ -223,6 +225,32 @@ pub async fn defer(
     .await?
     .rows_affected();
     Ok(n == 1)
+}
+
+/// The statement of [`prune_settled`] (`$1`: the retention, `$2`: the batch size).
+pub const PRUNE_SETTLED: &str = "DELETE FROM stripe_events
+         WHERE id = ANY (ARRAY(SELECT id FROM stripe_events
+                               WHERE received_at < now() - $1 AND processed_at < now() - $1
+                                 AND status IN ('processed', 'ignored', 'unmatched')
+                               ORDER BY received_at
+                               LIMIT $2
+                               FOR UPDATE SKIP LOCKED))";
+
+/// Deletes up to `limit` settled events (processed, ignored or unmatched; never pending,
+/// processing or dead ones) settled more than `retention` ago, oldest first; returns how many.
+/// The age bound on `received_at` (never later than `processed_at`) lets `stripe_events_listing`
+/// serve the scan; the rows go by primary key (see `webhooks::prune_delivered`).
+pub async fn prune_settled(
+    pool: &PgPool,
+    retention: Duration,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(PRUNE_SETTLED)
+        .bind(retention)
+        .bind(limit)
+        .execute(pool)
+        .await?
+        .rows_affected())
 }
 
 pub enum ReprocessOutcome {

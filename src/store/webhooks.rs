@@ -500,6 +500,38 @@ pub async fn settle(
     Ok((true, streak))
 }
 
+/// The statement of [`prune_delivered`] (`$1`: the retention, `$2`: the batch size).
+pub const PRUNE_DELIVERED: &str = "WITH old AS (
+             SELECT ARRAY(SELECT id FROM webhook_deliveries
+                          WHERE status = 'delivered' AND delivered_at < now() - $1
+                          ORDER BY delivered_at
+                          LIMIT $2
+                          FOR UPDATE SKIP LOCKED) AS ids),
+         attempts AS (DELETE FROM webhook_attempts WHERE delivery_id = ANY ((SELECT ids FROM old)::uuid[])
+                      RETURNING 1),
+         deliveries AS (DELETE FROM webhook_deliveries WHERE id = ANY ((SELECT ids FROM old)::uuid[])
+                        RETURNING 1)
+         SELECT (SELECT count(*) FROM deliveries), (SELECT count(*) FROM attempts)";
+
+/// Deletes up to `limit` deliveries delivered more than `retention` ago, oldest first, with their
+/// attempts (`webhook_deliveries_delivered` serves the scan). Pending, in-flight and dead
+/// deliveries stay, and so do their events. Returns how many deliveries and attempts went.
+///
+/// The rows go by primary key (`= ANY` of the ids picked): a join with the picked rows could be
+/// planned as a scan of the whole table, the generic plan not knowing how small `limit` is.
+pub async fn prune_delivered(
+    pool: &PgPool,
+    retention: Duration,
+    limit: i64,
+) -> Result<(u64, u64), sqlx::Error> {
+    let (deliveries, attempts): (i64, i64) = sqlx::query_as(PRUNE_DELIVERED)
+        .bind(retention)
+        .bind(limit)
+        .fetch_one(pool)
+        .await?;
+    Ok((deliveries as u64, attempts as u64))
+}
+
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
 pub struct DeliveryRow {
     pub id: Uuid,

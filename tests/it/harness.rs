@@ -353,6 +353,7 @@ pub async fn spawn_instance(
         webhooks: opts.webhooks,
         maintenance: sagad::maintenance::Config {
             interval: Duration::from_millis(100),
+            ..Default::default()
         },
     };
     let shutdown = CancellationToken::new();

@@ -1,11 +1,12 @@
 //! The three work queues (sagas, Stripe events, webhook deliveries) on the shared queue core:
-//! maintenance rescues expired leases, and shutdown drains the work in flight and hands back what
-//! it holds.
+//! maintenance rescues expired leases, shutdown drains the work in flight and hands back what it
+//! holds, and the cleaners prune settled rows past the retention, in batches.
 
 use std::time::Duration;
 
 use sagad::config::Role;
 use sagad::events::{Event, NewEvent};
+use sagad::maintenance::{Progress, cleaner};
 use sagad::store;
 use sagad::stripe::double::{Fault, Operation};
 use sqlx::PgPool;
@@ -309,4 +310,185 @@ async fn shutdown_hands_back_a_delivery_still_in_flight_after_the_grace_period()
         "no attempt recorded"
     );
     held.abort();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cleaners
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+#[tokio::test]
+async fn delivered_deliveries_past_the_retention_go_with_their_attempts_in_batches() {
+    let app = spawn_app_with(api_only()).await;
+    let (endpoint, ids) = pending_deliveries(&app.pool, &closed_url().await, 8).await;
+    // Five delivered two hours ago, one delivered just now, one dead and one still pending
+    // since two hours ago; two attempts each.
+    let states = [
+        "delivered-old",
+        "delivered-old",
+        "delivered-old",
+        "delivered-old",
+        "delivered-old",
+        "delivered-now",
+        "dead-old",
+        "pending-old",
+    ];
+    for (id, state) in ids.iter().zip(states) {
+        sqlx::query(
+            "UPDATE webhook_deliveries
+             SET status = split_part($2, '-', 1), attempts = 2,
+                 created_at = now() - interval '3 hours',
+                 delivered_at = CASE $2 WHEN 'delivered-old' THEN now() - interval '2 hours'
+                                        WHEN 'delivered-now' THEN now() END,
+                 dead_at = CASE $2 WHEN 'dead-old' THEN now() - interval '2 hours' END
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(state)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, latency_ms)
+             SELECT $1, n, now() - interval '2 hours', 5 FROM generate_series(1, 2) n",
+        )
+        .bind(id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    let events_before = count(&app.pool, "SELECT count(*) FROM events").await;
+
+    // Two rows per statement, two statements per round: the round stops with work left.
+    let small = cleaner::Batches {
+        size: 2,
+        per_round: 2,
+    };
+    let progress = cleaner::deliveries(&app.pool, HOUR, small).await.unwrap();
+    assert_eq!(progress, Progress::More);
+    assert_eq!(
+        count(&app.pool, "SELECT count(*) FROM webhook_deliveries").await,
+        4
+    );
+    let progress = cleaner::deliveries(&app.pool, HOUR, small).await.unwrap();
+    assert_eq!(progress, Progress::Done);
+
+    let left: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM webhook_deliveries WHERE endpoint_id = $1 ORDER BY id")
+            .bind(endpoint)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    let mut kept = ids[5..].to_vec();
+    kept.sort();
+    assert_eq!(left, kept, "the recent, the dead and the pending stay");
+    assert_eq!(
+        count(&app.pool, "SELECT count(*) FROM webhook_attempts").await,
+        6,
+        "the attempts of the deliveries that stay stay"
+    );
+    assert_eq!(
+        count(&app.pool, "SELECT count(*) FROM events").await,
+        events_before,
+        "events are the record"
+    );
+    let metrics = app.metrics().await;
+    for table in ["webhook_deliveries", "webhook_attempts"] {
+        assert!(
+            metrics.contains(&format!(
+                "sagad_maintenance_pruned_total{{table=\"{table}\"}}"
+            )),
+            "{metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn settled_stripe_events_past_the_retention_go_in_batches() {
+    let app = spawn_app_with(api_only()).await;
+    let old = 2 * HOUR;
+    for (id, status, age) in [
+        ("evt_processed", "processed", old),
+        ("evt_ignored", "ignored", old),
+        ("evt_unmatched", "unmatched", old),
+        ("evt_processed_2", "processed", old),
+        ("evt_recent", "processed", Duration::from_secs(60)),
+        ("evt_pending", "pending", old),
+        ("evt_dead", "dead", old),
+    ] {
+        insert_stripe_event(&app.pool, id, status, age).await;
+    }
+    // Reprocessed lately: received long ago, settled again just now.
+    insert_stripe_event(&app.pool, "evt_reprocessed", "processed", old).await;
+    sqlx::query("UPDATE stripe_events SET processed_at = now() WHERE id = 'evt_reprocessed'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    let small = cleaner::Batches {
+        size: 3,
+        per_round: 1,
+    };
+    let progress = cleaner::stripe_events(&app.pool, HOUR, small)
+        .await
+        .unwrap();
+    assert_eq!(progress, Progress::More, "one full batch of three");
+    let progress = cleaner::stripe_events(&app.pool, HOUR, small)
+        .await
+        .unwrap();
+    assert_eq!(progress, Progress::Done);
+
+    let left: Vec<String> = sqlx::query_scalar("SELECT id FROM stripe_events ORDER BY id")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        left,
+        ["evt_dead", "evt_pending", "evt_recent", "evt_reprocessed"]
+    );
+    assert!(
+        app.metrics()
+            .await
+            .contains("sagad_maintenance_pruned_total{table=\"stripe_events\"}")
+    );
+}
+
+/// The cleaners' statements, as planned on sagad's connections (generic plans), find old rows
+/// through an index, oldest first, not by reading the whole table.
+#[tokio::test]
+async fn the_cleaners_find_old_rows_through_an_index() {
+    let app = spawn_app_with(api_only()).await;
+    let mut conn = app.pool.acquire().await.unwrap();
+    sqlx::query("SET enable_seqscan = off")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    for (name, sql, index) in [
+        (
+            "prune_delivered",
+            store::webhooks::PRUNE_DELIVERED,
+            "webhook_deliveries_delivered",
+        ),
+        (
+            "prune_settled",
+            store::stripe_events::PRUNE_SETTLED,
+            "stripe_events_listing",
+        ),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "PREPARE {name}(interval, bigint) AS {sql}"
+        )))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN EXECUTE {name}('1 hour', 1000)"
+        )))
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains(index), "{name} does not use {index}:\n{plan}");
+        assert!(!plan.contains("Seq Scan"), "{name}:\n{plan}");
+    }
 }
