@@ -12,26 +12,7 @@ use sagad::stripe::double::{Fault, Operation};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::harness::{AppOptions, booking_input, count, spawn_app_with};
-
-/// Polls `f` until it yields a value, for at most 20 s.
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use crate::harness::{AppOptions, booking_input, count, eventually, spawn_app_with};
 
 fn api_only() -> AppOptions {
     AppOptions {
@@ -192,11 +173,13 @@ async fn maintenance_rescues_a_delivery_whose_worker_died() {
 
 #[tokio::test]
 async fn shutdown_hands_back_a_saga_waiting_in_the_local_queue() {
-    let app = spawn_app_with(AppOptions {
-        workers: 1,
-        ..Default::default()
-    })
-    .await;
+    let api = spawn_app_with(api_only()).await;
+    let app = api
+        .spawn_sibling(AppOptions {
+            workers: 1,
+            ..Default::default()
+        })
+        .await;
     // The one worker is busy authorizing the first saga when the second starts.
     app.double
         .inject(Fault::latency(Operation::Create, Duration::from_secs(2)));
@@ -217,22 +200,15 @@ async fn shutdown_hands_back_a_saga_waiting_in_the_local_queue() {
         holders[0].is_some() && holders[0] == holders[1],
         "both leased to this process: {holders:?}"
     );
-    let (pool, db_url, double, notify) = (
-        app.pool.clone(),
-        app.db_url.clone(),
-        app.double.clone(),
-        app.notify.clone(),
-    );
     app.stop().await;
 
     let leased = count(
-        &pool,
+        &api.pool,
         "SELECT count(*) FROM sagas WHERE locked_by IS NOT NULL OR next_run_at > now()",
     )
     .await;
     assert_eq!(leased, 0, "every saga handed back, due at once");
-    let next =
-        crate::harness::spawn_instance(pool, db_url, double, notify, AppOptions::default()).await;
+    let next = api.spawn_sibling(AppOptions::default()).await;
     for id in [first, second] {
         assert_eq!(next.wait_terminal(id).await["status"], "completed");
         assert_eq!(next.payment_intents_of(id).len(), 1);

@@ -13,8 +13,8 @@ use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::harness::{
-    AppOptions, STRIPE_WEBHOOK_SECRET, TestApp, booking_input, count, spawn_app, spawn_app_with,
-    spawn_instance,
+    AppOptions, STRIPE_WEBHOOK_SECRET, TestApp, booking_input, count, eventually, spawn_app,
+    spawn_app_with, spawn_instance,
 };
 
 /// HMAC-SHA256 computed here, independently of sagad's signing code.
@@ -61,24 +61,6 @@ fn webhooks_to(app: &TestApp) -> WebhookConfig {
 }
 
 /// Polls `f` until it returns `Some`, for at most 20 s.
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[derive(Debug, sqlx::FromRow)]
 struct Inbox {
     status: String,
