@@ -121,6 +121,15 @@ pub(crate) fn append_ctes(
     )
 }
 
+/// The statement of [`append`].
+pub(super) fn append_sql() -> String {
+    format!(
+        "WITH {} {}",
+        append_ctes("$1", "$2::int", "", 4),
+        webhooks::WAKE_IF_DELIVERIES.replace("$WAKE", "$3")
+    )
+}
+
 /// Appends `events` to the aggregate as versions `first_version`, `first_version + 1`, …
 /// The unique (aggregate_id, version) key refuses a concurrent writer that read the same version.
 /// Published events are fanned out to webhook deliveries in the same statement (the outbox).
@@ -135,13 +144,7 @@ pub async fn append(
         return Ok(Vec::new());
     }
     let batch = Batch::new(aggregate_id, events);
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "WITH {} {}",
-            append_ctes("$1", "$2::int", "", 4),
-            webhooks::WAKE_IF_DELIVERIES.replace("$WAKE", "$3")
-        )
-    });
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(append_sql);
     let q = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
         .bind(aggregate_id)
         .bind(first_version)

@@ -11,6 +11,9 @@ pub mod sagas;
 pub mod stripe_events;
 pub mod webhooks;
 
+#[cfg(test)]
+mod snapshots;
+
 use std::time::Duration;
 
 use sqlx::Connection;

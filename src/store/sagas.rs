@@ -144,7 +144,7 @@ pub enum InsertOutcome {
 }
 
 /// The start statement, with or without steps ahead (its parameters: [`start`]).
-fn start_sql(ahead: bool) -> String {
+pub(super) fn start_sql(ahead: bool) -> String {
     // With steps ahead, `claim` places their hold, unless the idempotency key was used before (a
     // replay must not hold anything: the earlier saga has its own), and the saga starts past
     // them only if it did; parts gated on `s` write nothing for a reused key. `past(p, v)`: `p`
@@ -457,23 +457,11 @@ pub struct Recorded {
     pub requeued: bool,
 }
 
-/// Records `r` in **one statement** if the worker still holds the saga as its fence says (one round
-/// trip; atomic on its own, or part of the caller's transaction). `None` when the fence no longer
-/// holds (the lease ran out and someone else claimed it): then nothing was written.
-///
-/// The fence is compared with `IS NOT DISTINCT FROM` (its values are never NULL) because no index
-/// can serve that: the row is always found by its primary key. With `status = $2`, a generic plan
-/// made while the table was small (a fresh database, sagad forces generic plans) could pick
-/// `sagas_status_listing` and walk every saga in that status on each step.
-pub async fn record(
-    conn: &mut PgConnection,
-    r: &Record<'_>,
-) -> Result<Option<Recorded>, sqlx::Error> {
-    // `converting`: the statement also turns the saga's hold into a booking, and fails with
-    // `sqlstate::HOLD_LOST` (writing nothing) when there is no live hold to turn.
-    fn sql(converting: bool) -> String {
-        let (converted, require) = if converting {
-            (
+// `converting`: the statement also turns the saga's hold into a booking, and fails with
+// `sqlstate::HOLD_LOST` (writing nothing) when there is no live hold to turn.
+pub(super) fn record_sql(converting: bool) -> String {
+    let (converted, require) = if converting {
+        (
                 format!(
                     ", converted AS ({})",
                     inventory::convert_to_booking_sql("$1", " AND EXISTS (SELECT 1 FROM t)")
@@ -484,10 +472,10 @@ pub async fn record(
                     super::sqlstate::HOLD_LOST
                 ),
             )
-        } else {
-            (String::new(), String::new())
-        };
-        format!(
+    } else {
+        (String::new(), String::new())
+    };
+    format!(
             "WITH t AS (
                  UPDATE sagas SET status = CASE WHEN {{requeue}} THEN 'running' ELSE $6 END,
                         current_step = $7, attempt = $8, context = $9,
@@ -522,9 +510,21 @@ pub async fn record(
         // A guest cancelled while the step ran and the saga would now sit idle (parked or done):
         // it goes back to the queue, so the cancellation is carried out at once.
         .replace("{requeue}", "(cancel_requested AND $6 IN ('waiting', 'completed'))")
-    }
-    static PLAIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| sql(false));
-    static CONVERTING: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| sql(true));
+}
+/// Records `r` in **one statement** if the worker still holds the saga as its fence says (one round
+/// trip; atomic on its own, or part of the caller's transaction). `None` when the fence no longer
+/// holds (the lease ran out and someone else claimed it): then nothing was written.
+///
+/// The fence is compared with `IS NOT DISTINCT FROM` (its values are never NULL) because no index
+/// can serve that: the row is always found by its primary key. With `status = $2`, a generic plan
+/// made while the table was small (a fresh database, sagad forces generic plans) could pick
+/// `sagas_status_listing` and walk every saga in that status on each step.
+pub async fn record(
+    conn: &mut PgConnection,
+    r: &Record<'_>,
+) -> Result<Option<Recorded>, sqlx::Error> {
+    static PLAIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| record_sql(false));
+    static CONVERTING: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| record_sql(true));
     let (f, t) = (r.fence, r.transition);
     let batch = events::Batch::new(f.id, r.events);
     let notify = match t.keep_lease {

@@ -39,6 +39,14 @@ pub fn published_types(internal_types: &[String]) -> Vec<Option<&'static str>> {
         .collect()
 }
 
+/// The statement of [`fan_out`].
+pub(super) fn fan_out_sql() -> String {
+    format!(
+        "WITH pub_events AS (SELECT * FROM unnest($1::uuid[], $2::text[]) AS e(id, type)), {FAN_OUT_CTE} {}",
+        WAKE_IF_DELIVERIES.replace("$WAKE", "$3")
+    )
+}
+
 /// Inserts one delivery per published event and matching enabled endpoint, in the caller's
 /// transaction (the outbox), for events already appended. (`events::append` does the same in the
 /// statement that appends.) Wakes the workers on commit.
@@ -47,12 +55,7 @@ pub async fn fan_out(
     event_ids: &[Uuid],
     internal_types: &[String],
 ) -> Result<(), sqlx::Error> {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "WITH pub_events AS (SELECT * FROM unnest($1::uuid[], $2::text[]) AS e(id, type)), {FAN_OUT_CTE} {}",
-            WAKE_IF_DELIVERIES.replace("$WAKE", "$3")
-        )
-    });
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(fan_out_sql);
     sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
         .bind(event_ids)
         .bind(published_types(internal_types))
