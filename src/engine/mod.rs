@@ -2,6 +2,7 @@
 
 pub mod actions;
 pub mod definition;
+pub mod model;
 pub mod outcome;
 pub mod plan;
 pub mod registry;

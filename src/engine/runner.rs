@@ -17,12 +17,13 @@ use tracing::{Instrument, debug, info, warn};
 use super::Leased;
 use super::actions::{Action, AheadEffect, Deps, StepCtx};
 use super::definition::{SagaDefinition, StepDefinition};
+use super::model::{Fence, SagaStatus, Transition};
 use super::outcome::Outcome;
 use super::plan::{self, Env, Plan, State};
 use super::registry::Registry;
 use crate::domain::BookingInput;
 use crate::store::listen::Heard;
-use crate::store::sagas::{self, Fence, SagaRow, SagaStatus};
+use crate::store::sagas::{self, SagaRow};
 use crate::store::{self, bookings, sqlstate};
 
 #[derive(Debug, thiserror::Error)]
@@ -453,14 +454,13 @@ impl Worker {
         }
         let t = &batch.transition;
         let booking = bookings::Change::of(batch.events.iter().map(|e| &e.event));
-        let steps: Vec<_> = batch.steps.iter().map(plan::StepRecord::outcome).collect();
         let record = sagas::Record {
             fence,
             transition: t,
             saga_name: &row.saga_name,
             events: &batch.events,
             booking: &booking,
-            steps: &steps,
+            steps: &batch.steps,
             convert_hold,
         };
         let Some(recorded) = sagas::record(conn, &record).await? else {
@@ -491,7 +491,7 @@ impl Worker {
 }
 
 /// Moves `row` to the state `t` leads to (what is known of it before it is recorded).
-fn advance(row: &mut SagaRow, t: &sagas::Transition) {
+fn advance(row: &mut SagaRow, t: &Transition) {
     row.status = t.status.as_str().to_owned();
     row.current_step = t.current_step;
     row.attempt = t.attempt;

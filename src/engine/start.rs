@@ -17,11 +17,12 @@ use uuid::Uuid;
 
 use super::actions::{self, Action, StepCtx};
 use super::definition::SagaDefinition;
+use super::model::{SagaStatus, StepOutcome};
 use super::plan::{self, Env, Plan, State};
 use crate::domain::BookingInput;
 use crate::events::NewEvent;
 use crate::store::inventory::NewHold;
-use crate::store::sagas::{self, InsertOutcome, NewSaga, SagaStatus, StartAhead, StepOutcome};
+use crate::store::sagas::{self, InsertOutcome, NewSaga, StartAhead};
 use crate::store::{self, bookings, sqlstate};
 
 /// A booking's status when its saga starts with nothing run ahead.
@@ -43,7 +44,7 @@ pub struct Starting<'a> {
 pub struct Started {
     pub outcome: InsertOutcome,
     /// The steps the start carried out, as their rows in the step history show them.
-    pub ran_ahead: Vec<plan::StepRecord>,
+    pub ran_ahead: Vec<StepOutcome>,
     /// The booking's status as the start left it (`requested`, or `held`).
     pub booking_status: &'static str,
 }
@@ -128,11 +129,7 @@ pub async fn start(
     for e in &mut events {
         e.worker.clone_from(&worker);
     }
-    let steps: Vec<StepOutcome<'_>> = ahead
-        .iter()
-        .filter_map(|a| a.plan.step.as_ref())
-        .map(plan::StepRecord::outcome)
-        .collect();
+    let steps: Vec<StepOutcome> = ahead.iter().filter_map(|a| a.plan.step.clone()).collect();
     let booking_status = bookings::Change::of(events.iter().map(|e| &e.event))
         .status
         .unwrap_or(REQUESTED);

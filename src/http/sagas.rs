@@ -21,13 +21,12 @@ use uuid::Uuid;
 
 use super::{ApiError, AppState, BODY_LIMIT, ErrorBody};
 use crate::domain::{FieldError, RawBookingInput};
+use crate::engine::model::SagaStatus;
 use crate::engine::start::{self, Starting};
 use crate::events::{Event, NewEvent};
 use crate::store::bookings::{self, Booking};
 use crate::store::events::{self, EventRecord};
-use crate::store::sagas::{
-    self, CancelOutcome, InsertOutcome, ListFilter, SagaRow, SagaStatus, StepRecord,
-};
+use crate::store::sagas::{self, CancelOutcome, InsertOutcome, ListFilter, SagaRow, StepRecord};
 
 pub fn routes() -> Router<AppState> {
     Router::new()

@@ -9,65 +9,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{CANCEL_CHANNEL, DONE_CHANNEL, WORK_CHANNEL, bookings, events, inventory, webhooks};
+use crate::engine::model::{Fence, SagaStatus, StepOutcome, Transition};
 use crate::events::NewEvent;
-
-/// Where a saga is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SagaStatus {
-    /// Running its forward steps.
-    Running,
-    /// Undoing its completed steps in reverse order.
-    Compensating,
-    /// Parked until an outside event (e.g. 3-D Secure) or its deadline.
-    Waiting,
-    /// Every step succeeded.
-    Completed,
-    /// Every needed compensation succeeded.
-    Compensated,
-    /// A compensation could not succeed within its retry limit: an operator must look.
-    Stuck,
-}
-
-impl SagaStatus {
-    pub const ALL: [SagaStatus; 6] = [
-        SagaStatus::Running,
-        SagaStatus::Compensating,
-        SagaStatus::Waiting,
-        SagaStatus::Completed,
-        SagaStatus::Compensated,
-        SagaStatus::Stuck,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SagaStatus::Running => "running",
-            SagaStatus::Compensating => "compensating",
-            SagaStatus::Waiting => "waiting",
-            SagaStatus::Completed => "completed",
-            SagaStatus::Compensated => "compensated",
-            SagaStatus::Stuck => "stuck",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|v| v.as_str() == s)
-    }
-
-    /// Terminal for the engine: nothing more happens without an operator or a guest.
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Stuck
-        )
-    }
-}
-
-impl std::fmt::Display for SagaStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SagaRow {
@@ -133,7 +76,7 @@ pub struct StartAhead<'a> {
     pub context: &'a serde_json::Value,
     /// The booking's status after the steps' events.
     pub booking_status: &'a str,
-    pub steps: &'a [StepOutcome<'a>],
+    pub steps: &'a [StepOutcome],
 }
 
 pub enum InsertOutcome {
@@ -283,13 +226,13 @@ fn steps_cte(gate: &str, first: usize) -> String {
 }
 
 /// Binds the six parameters of [`steps_cte`], in order.
-fn bind_steps<'q>(q: super::Query<'q>, steps: &[StepOutcome<'q>]) -> super::Query<'q> {
+fn bind_steps<'q>(q: super::Query<'q>, steps: &[StepOutcome]) -> super::Query<'q> {
     q.bind(steps.iter().map(|s| s.index).collect::<Vec<_>>())
         .bind(steps.iter().map(|s| s.phase).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.name).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>())
         .bind(steps.iter().map(|s| s.status).collect::<Vec<_>>())
         .bind(steps.iter().map(|s| s.attempts).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.error).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.error.as_deref()).collect::<Vec<_>>())
 }
 
 /// Reserves the next `n` event versions of a saga (row-locked until the transaction ends), returning
@@ -353,71 +296,6 @@ pub async fn claim_due(
         .await
 }
 
-/// What a worker holds: the guard its outcome commit must still match.
-#[derive(Debug, Clone)]
-pub struct Fence {
-    pub id: Uuid,
-    pub status: SagaStatus,
-    pub current_step: i32,
-    pub attempt: i32,
-    pub worker: String,
-}
-
-/// The state a step outcome moves the saga to.
-#[derive(Debug, Clone)]
-pub struct Transition {
-    pub status: SagaStatus,
-    pub current_step: i32,
-    pub attempt: i32,
-    pub context: serde_json::Value,
-    pub next_run_at: Option<DateTime<Utc>>,
-    /// Keep the lease (the same worker goes on with the next step at once) for this long.
-    pub keep_lease: Option<Duration>,
-    /// With `keep_lease`: leave the current lease as it is while at least this much of it remains,
-    /// renew it otherwise (`None`: always renew). Then a step that goes on touches no indexed
-    /// column of `sagas` (`next_run_at` too is left alone while leased), so PostgreSQL can update
-    /// the row in place (a HOT update) instead of adding an entry to each of its indexes.
-    pub lease_floor: Option<Duration>,
-    pub wait_key: Option<String>,
-    pub wait_deadline: Option<DateTime<Utc>>,
-    pub failure_step: Option<String>,
-    pub failure_reason: Option<String>,
-    /// Events this transition appends; their versions are reserved by the same statement.
-    pub events: i32,
-}
-
-impl Transition {
-    /// To `status` at `step` (attempt `attempt`) with `context`, setting nothing else: no schedule,
-    /// no lease kept, no wait, no failure, no events.
-    pub fn new(status: SagaStatus, step: i32, attempt: i32, context: serde_json::Value) -> Self {
-        Self {
-            status,
-            current_step: step,
-            attempt,
-            context,
-            next_run_at: None,
-            keep_lease: None,
-            lease_floor: None,
-            wait_key: None,
-            wait_deadline: None,
-            failure_step: None,
-            failure_reason: None,
-            events: 0,
-        }
-    }
-}
-
-/// A step attempt's outcome as its saga's step history shows it (one row per step and phase).
-#[derive(Debug, Clone)]
-pub struct StepOutcome<'a> {
-    pub index: i32,
-    pub phase: &'a str,
-    pub name: &'a str,
-    pub status: &'a str,
-    pub attempts: i32,
-    pub error: Option<&'a str>,
-}
-
 /// Everything a step outcome writes (or the outcomes of a step and of the local steps it chained,
 /// committed together): the fenced transition, its events (and their webhook deliveries), the
 /// bookings projection, the step history and the wake-ups.
@@ -428,7 +306,7 @@ pub struct Record<'a> {
     pub events: &'a [NewEvent],
     pub booking: &'a bookings::Change,
     /// Step history rows, at most one per step and phase.
-    pub steps: &'a [StepOutcome<'a>],
+    pub steps: &'a [StepOutcome],
     /// A confirm step planned ahead is among the outcomes: turn the saga's hold into a booking
     /// in the same statement, which fails with [`sqlstate::HOLD_LOST`](super::sqlstate::HOLD_LOST)
     /// and writes nothing when the hold is lost.
