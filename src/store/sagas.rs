@@ -1,5 +1,6 @@
 //! The saga table: the durable state machine and its work queue.
 
+use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -8,9 +9,14 @@ use sqlx::{FromRow, PgConnection, PgPool, Row};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{CANCEL_CHANNEL, DONE_CHANNEL, WORK_CHANNEL, bookings, events, inventory, webhooks};
+use super::bookings::{self, InsertRequested, UpdateBooking};
+use super::events::{self, AppendEvents};
+use super::inventory::{self, PlaceHold};
+use super::stmt::{Binds, Param, Statement, Text};
+use super::webhooks::WakeDeliveries;
+use super::{CANCEL_CHANNEL, DONE_CHANNEL, WORK_CHANNEL};
 use crate::engine::model::{Fence, SagaStatus, StepOutcome, Transition};
-use crate::events::NewEvent;
+use crate::events::{Event, NewEvent};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SagaRow {
@@ -86,65 +92,267 @@ pub enum InsertOutcome {
     Existing { id: Uuid, fingerprint: String },
 }
 
-/// The start statement, with or without steps ahead (its parameters: [`start`]).
-pub(super) fn start_sql(ahead: bool) -> String {
-    // With steps ahead, `claim` places their hold, unless the idempotency key was used before (a
-    // replay must not hold anything: the earlier saga has its own), and the saga starts past
-    // them only if it did; parts gated on `s` write nothing for a reused key. `past(p, v)`: `p`
-    // past the steps ahead, else the plain start's `v`.
-    const HELD: &str = "EXISTS (SELECT 1 FROM claim)";
-    let past = |ahead_value: &str, plain: &str| {
-        if ahead {
-            format!("CASE WHEN {HELD} THEN {ahead_value} ELSE {plain} END")
-        } else {
-            plain.to_owned()
+/// The `INSERT` of a new saga as the CTE `s`, which returns its row: a statement part.
+struct InsertSaga {
+    id: Param,
+    name: Param,
+    version: Param,
+    input: Param,
+    idempotency_key: Param,
+    fingerprint: Param,
+    worker: Param,
+    lease: Param,
+}
+
+impl InsertSaga {
+    fn new(b: &mut Binds, saga: &NewSaga<'_>) -> Self {
+        Self {
+            id: b.push(saga.id),
+            name: b.push(saga.saga_name),
+            version: b.push(saga.saga_version),
+            input: b.push(saga.input),
+            idempotency_key: b.push(saga.idempotency_key),
+            fingerprint: b.push(saga.request_fingerprint),
+            worker: b.push(saga.leased_to.map(|(w, _)| w)),
+            lease: b.push(saga.leased_to.map(|(_, d)| d.as_millis() as f64)),
         }
-    };
-    let (claim, steps) = if ahead {
-        (
-            format!(
-                "claim AS ({}),",
-                inventory::insert_hold_sql(
-                    "$1",
-                    29,
-                    "WHERE NOT EXISTS (SELECT 1 FROM sagas WHERE idempotency_key = $5)"
-                )
-            ),
-            format!(
-                ", {}",
-                steps_cte(&format!("(SELECT 1 FROM s WHERE {HELD}) AS ran"), 34)
-            ),
-        )
-    } else {
-        (String::new(), String::new())
-    };
-    let (step, context, versions) = (
-        past("$25::int", "0"),
-        past("$26::jsonb", "'{}'::jsonb"),
-        past("$27::int", "1"),
-    );
-    format!(
-        "WITH {claim}
-         s AS (
+    }
+
+    /// `step`, `context` and `versions`: the SQL of the saga's current step, context and event
+    /// version.
+    fn sql(&self, step: &str, context: &str, versions: &str) -> String {
+        let Self {
+            id,
+            name,
+            version,
+            input,
+            idempotency_key,
+            fingerprint,
+            worker,
+            lease,
+        } = self;
+        format!(
+            "s AS (
              INSERT INTO sagas (id, saga_name, saga_version, status, input, next_run_at, idempotency_key,
                                 request_fingerprint, locked_by, locked_until, attempt,
                                 current_step, context, event_version)
-             SELECT $1, $2, $3, 'running', $4, now(), $5, $6, $7,
-                    now() + $8::float8 * interval '1 millisecond', CASE WHEN $7::text IS NULL THEN 0 ELSE 1 END,
+             SELECT {id}, {name}, {version}, 'running', {input}, now(), {idempotency_key}, {fingerprint}, {worker},
+                    now() + {lease}::float8 * interval '1 millisecond', CASE WHEN {worker}::text IS NULL THEN 0 ELSE 1 END,
                     {step}, {context}, {versions}
              ON CONFLICT (idempotency_key) DO NOTHING
-             RETURNING {COLUMNS}),
+             RETURNING {COLUMNS})"
+        )
+    }
+}
+
+/// The NOTIFY that wakes the workers when `wake` is true: a statement part.
+struct WakeWorkers {
+    channel: Param,
+    wake: Param,
+}
+
+impl WakeWorkers {
+    fn new(b: &mut Binds, wake: bool) -> Self {
+        Self {
+            channel: b.push(WORK_CHANNEL),
+            wake: b.push(wake),
+        }
+    }
+}
+
+impl fmt::Display for WakeWorkers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self { channel, wake } = self;
+        write!(f, "SELECT pg_notify({channel}, '') WHERE {wake}::bool")
+    }
+}
+
+/// The state a new saga starts in past its steps ahead: a statement part.
+struct PastAhead {
+    current_step: Param,
+    context: Param,
+    event_version: Param,
+    booking_status: Param,
+}
+
+impl PastAhead {
+    fn new(b: &mut Binds, ahead: &StartAhead<'_>, events: usize) -> Self {
+        Self {
+            current_step: b.push(ahead.current_step),
+            context: b.push(ahead.context),
+            event_version: b.push(events as i32),
+            booking_status: b.push(ahead.booking_status),
+        }
+    }
+}
+
+/// The upsert of step history rows (at most one per step and phase) as the CTE `step`: a
+/// statement part.
+struct StepRows {
+    index: Param,
+    phase: Param,
+    name: Param,
+    status: Param,
+    attempts: Param,
+    error: Param,
+}
+
+impl StepRows {
+    fn new(b: &mut Binds, steps: &[StepOutcome]) -> Self {
+        Self {
+            index: b.push(steps.iter().map(|s| s.index).collect::<Vec<_>>()),
+            phase: b.push(steps.iter().map(|s| s.phase).collect::<Vec<_>>()),
+            name: b.push(steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()),
+            status: b.push(steps.iter().map(|s| s.status).collect::<Vec<_>>()),
+            attempts: b.push(steps.iter().map(|s| s.attempts).collect::<Vec<_>>()),
+            error: b.push(steps.iter().map(|s| s.error.as_deref()).collect::<Vec<_>>()),
+        }
+    }
+
+    /// The rows of the saga whose id is `saga_id`, written only when `gate` (a FROM item)
+    /// yields a row.
+    fn sql(&self, saga_id: Param, gate: &str) -> String {
+        let Self {
+            index,
+            phase,
+            name,
+            status,
+            attempts,
+            error,
+        } = self;
+        format!(
+            "step AS (
+             INSERT INTO saga_steps (saga_id, step_index, phase, step_name, status, attempts, last_error, finished_at)
+             SELECT {saga_id}, x.i, x.phase, x.name, x.status, x.attempts, x.error,
+                    CASE WHEN x.status IN ('succeeded', 'failed', 'skipped') THEN now() END
+             FROM {gate}, unnest({index}::int[], {phase}::text[], {name}::text[], {status}::text[],
+                                 {attempts}::int[], {error}::text[])
+                     AS x(i, phase, name, status, attempts, error)
+             ON CONFLICT (saga_id, step_index, phase) DO UPDATE
+             SET status = EXCLUDED.status, attempts = EXCLUDED.attempts,
+                 last_error = COALESCE(EXCLUDED.last_error, saga_steps.last_error),
+                 finished_at = EXCLUDED.finished_at
+             RETURNING 1)"
+        )
+    }
+}
+
+/// The parts of the start statement ([`start`]).
+struct Start {
+    saga: InsertSaga,
+    wake_workers: WakeWorkers,
+    wake_deliveries: WakeDeliveries,
+    events: AppendEvents,
+    booking: InsertRequested,
+    ahead: Option<StartAheadParts>,
+}
+
+/// The parts that carry out the steps ahead of a new saga.
+struct StartAheadParts {
+    past: PastAhead,
+    hold: PlaceHold,
+    steps: StepRows,
+}
+
+impl Start {
+    fn new(b: &mut Binds, saga: &NewSaga<'_>, first: &Event, wake: bool) -> Self {
+        let batch = events::Batch::new(saga.id, saga.events);
+        let insert = InsertSaga::new(b, saga);
+        let wake_workers = WakeWorkers::new(b, wake);
+        let wake_deliveries = WakeDeliveries::new(b);
+        let events = AppendEvents::new(b, &batch, saga.saga_name);
+        let booking = InsertRequested::new(b, first);
+        let ahead = saga.ahead.as_ref().map(|a| {
+            let past = PastAhead::new(b, a, saga.events.len());
+            let hold = PlaceHold::new(b, a.hold);
+            let steps = StepRows::new(b, a.steps);
+            StartAheadParts { past, hold, steps }
+        });
+        Self {
+            saga: insert,
+            wake_workers,
+            wake_deliveries,
+            events,
+            booking,
+            ahead,
+        }
+    }
+
+    fn sql(&self) -> String {
+        // With steps ahead, `claim` places their hold, unless the idempotency key was used
+        // before (a replay must not hold anything: the earlier saga has its own), and the saga
+        // starts past them only if it did; parts gated on `s` write nothing for a reused key.
+        // `past(p, v)`: `p` past the steps ahead, else the plain start's `v`.
+        const HELD: &str = "EXISTS (SELECT 1 FROM claim)";
+        let past = |ahead_value: String, plain: &str| {
+            format!("CASE WHEN {HELD} THEN {ahead_value} ELSE {plain} END")
+        };
+        let id = self.saga.id;
+        let (claim, steps, step, context, versions, status) = match &self.ahead {
+            Some(a) => (
+                format!(
+                    "claim AS ({}),",
+                    a.hold.sql(
+                        id,
+                        &format!(
+                            "WHERE NOT EXISTS (SELECT 1 FROM sagas WHERE idempotency_key = {})",
+                            self.saga.idempotency_key
+                        )
+                    )
+                ),
+                format!(
+                    ", {}",
+                    a.steps
+                        .sql(id, &format!("(SELECT 1 FROM s WHERE {HELD}) AS ran"))
+                ),
+                past(format!("{}::int", a.past.current_step), "0"),
+                past(format!("{}::jsonb", a.past.context), "'{}'::jsonb"),
+                past(format!("{}::int", a.past.event_version), "1"),
+                past(format!("{}::text", a.past.booking_status), "'requested'"),
+            ),
+            None => (
+                String::new(),
+                String::new(),
+                "0".to_owned(),
+                "'{}'::jsonb".to_owned(),
+                "1".to_owned(),
+                "'requested'".to_owned(),
+            ),
+        };
+        format!(
+            "WITH {claim}
+         {saga},
          {events},
          booking AS ({booking} RETURNING 1){steps}
          SELECT s.*,
-                (SELECT count(*) FROM (SELECT pg_notify($9, '') WHERE $10::bool) n) AS notified,
+                (SELECT count(*) FROM ({wake_workers}) n) AS notified,
                 (SELECT count(*) FROM ({wake_deliveries}) w) AS woke_deliveries
          FROM s",
-        // Only the events the saga starts with: the first, or all of them past the steps ahead.
-        events = events::append_ctes("$1", "1", "s WHERE e.ord <= s.event_version", 12),
-        booking = bookings::insert_requested_sql("$1", 19, "s", &past("$28::text", "'requested'")),
-        wake_deliveries = webhooks::WAKE_IF_DELIVERIES.replace("$WAKE", "$11"),
-    )
+            saga = self.saga.sql(&step, &context, &versions),
+            // Only the events the saga starts with: the first, or all of them past the steps
+            // ahead.
+            events = self
+                .events
+                .ctes(id, &"1", "s WHERE e.ord <= s.event_version"),
+            booking = self.booking.sql(id, "s", &status),
+            wake_workers = self.wake_workers,
+            wake_deliveries = self.wake_deliveries,
+        )
+    }
+}
+
+/// The start statement of `saga`, whose first event is `first` ([`start`]).
+pub(super) fn start_statement(saga: &NewSaga<'_>, first: &Event, wake_workers: bool) -> Statement {
+    static PLAIN: Text = Text::new();
+    static AHEAD: Text = Text::new();
+    let mut b = Binds::new();
+    let start = Start::new(&mut b, saga, first, wake_workers);
+    let text = if start.ahead.is_some() {
+        &AHEAD
+    } else {
+        &PLAIN
+    };
+    text.with(b, || start.sql())
 }
 
 /// Starts a saga in **one statement**: the saga (due now, or already leased to the caller's
@@ -158,39 +366,11 @@ pub async fn start(
     saga: &NewSaga<'_>,
     wake_workers: bool,
 ) -> Result<InsertOutcome, sqlx::Error> {
-    static PLAIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| start_sql(false));
-    static AHEAD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| start_sql(true));
     let first = saga
         .events
         .first()
         .ok_or_else(|| sqlx::Error::Protocol("a saga starts with an event".into()))?;
-    let batch = events::Batch::new(saga.id, saga.events);
-    let sql = if saga.ahead.is_some() { &AHEAD } else { &PLAIN };
-    let q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-        .bind(saga.id)
-        .bind(saga.saga_name)
-        .bind(saga.saga_version)
-        .bind(saga.input)
-        .bind(saga.idempotency_key)
-        .bind(saga.request_fingerprint)
-        .bind(saga.leased_to.map(|(w, _)| w))
-        .bind(saga.leased_to.map(|(_, d)| d.as_millis() as f64))
-        .bind(WORK_CHANNEL)
-        .bind(wake_workers)
-        .bind(webhooks::WEBHOOK_CHANNEL);
-    let q = bookings::bind_requested(batch.bind(q, saga.saga_name), &first.event);
-    let q = match &saga.ahead {
-        Some(a) => bind_steps(
-            a.hold.bind(
-                q.bind(a.current_step)
-                    .bind(a.context)
-                    .bind(saga.events.len() as i32)
-                    .bind(a.booking_status),
-            ),
-            a.steps,
-        ),
-        None => q,
-    };
+    let q = start_statement(saga, &first.event, wake_workers).query()?;
     if let Some(row) = q.fetch_optional(&mut *conn).await? {
         return Ok(InsertOutcome::Created(Box::new(SagaRow::from_row(&row)?)));
     }
@@ -203,36 +383,6 @@ pub async fn start(
         id,
         fingerprint: fingerprint.unwrap_or_default(),
     })
-}
-
-/// The upsert of step history rows (at most one per step and phase) of saga `$1`, written only
-/// when `gate` (a FROM item) yields a row; the six arrays are `$first` onwards ([`bind_steps`]).
-fn steps_cte(gate: &str, first: usize) -> String {
-    let [index, phase, name, status, attempts, error] = super::placeholders(first);
-    format!(
-        "step AS (
-             INSERT INTO saga_steps (saga_id, step_index, phase, step_name, status, attempts, last_error, finished_at)
-             SELECT $1, x.i, x.phase, x.name, x.status, x.attempts, x.error,
-                    CASE WHEN x.status IN ('succeeded', 'failed', 'skipped') THEN now() END
-             FROM {gate}, unnest({index}::int[], {phase}::text[], {name}::text[], {status}::text[],
-                                 {attempts}::int[], {error}::text[])
-                     AS x(i, phase, name, status, attempts, error)
-             ON CONFLICT (saga_id, step_index, phase) DO UPDATE
-             SET status = EXCLUDED.status, attempts = EXCLUDED.attempts,
-                 last_error = COALESCE(EXCLUDED.last_error, saga_steps.last_error),
-                 finished_at = EXCLUDED.finished_at
-             RETURNING 1)"
-    )
-}
-
-/// Binds the six parameters of [`steps_cte`], in order.
-fn bind_steps<'q>(q: super::Query<'q>, steps: &[StepOutcome]) -> super::Query<'q> {
-    q.bind(steps.iter().map(|s| s.index).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.phase).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.status).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.attempts).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.error.as_deref()).collect::<Vec<_>>())
 }
 
 /// Reserves the next `n` event versions of a saga (row-locked until the transaction ends), returning
@@ -313,16 +463,6 @@ pub struct Record<'a> {
     pub convert_hold: bool,
 }
 
-/// The NOTIFY (channel, payload) a saga moving to `status` and letting its lease go sends at
-/// commit: workers for due work, waiters for a terminal state.
-fn notification(id: Uuid, status: SagaStatus) -> Option<(&'static str, String)> {
-    match status {
-        SagaStatus::Running | SagaStatus::Compensating => Some((WORK_CHANNEL, String::new())),
-        s if s.is_terminal() => Some((DONE_CHANNEL, id.to_string())),
-        _ => None,
-    }
-}
-
 /// What [`record`] did.
 #[derive(Debug, Clone, Copy)]
 pub struct Recorded {
@@ -335,14 +475,168 @@ pub struct Recorded {
     pub requeued: bool,
 }
 
-// `converting`: the statement also turns the saga's hold into a booking, and fails with
-// `sqlstate::HOLD_LOST` (writing nothing) when there is no live hold to turn.
-pub(super) fn record_sql(converting: bool) -> String {
-    let (converted, require) = if converting {
-        (
+/// The fenced `UPDATE` of the saga row to a [`Transition`] as the CTE `t`, which reserves the
+/// transition's event versions and says whether a pending cancellation requeued the saga: a
+/// statement part.
+struct UpdateSaga {
+    id: Param,
+    fence_status: Param,
+    fence_step: Param,
+    fence_attempt: Param,
+    fence_worker: Param,
+    status: Param,
+    current_step: Param,
+    attempt: Param,
+    context: Param,
+    next_run_at: Param,
+    keep_lease: Param,
+    wait_key: Param,
+    wait_deadline: Param,
+    failure_step: Param,
+    failure_reason: Param,
+    events: Param,
+}
+
+impl UpdateSaga {
+    fn new(b: &mut Binds, f: &Fence, t: &Transition) -> Self {
+        Self {
+            id: b.push(f.id),
+            fence_status: b.push(f.status.as_str()),
+            fence_step: b.push(f.current_step),
+            fence_attempt: b.push(f.attempt),
+            fence_worker: b.push(&f.worker),
+            status: b.push(t.status.as_str()),
+            current_step: b.push(t.current_step),
+            attempt: b.push(t.attempt),
+            context: b.push(&t.context),
+            next_run_at: b.push(t.next_run_at),
+            keep_lease: b.push(t.keep_lease.map(|d| d.as_millis() as f64)),
+            wait_key: b.push(&t.wait_key),
+            wait_deadline: b.push(t.wait_deadline),
+            failure_step: b.push(&t.failure_step),
+            failure_reason: b.push(&t.failure_reason),
+            events: b.push(t.events),
+        }
+    }
+
+    /// `lease_floor`: the transition's [`Transition::lease_floor`] in milliseconds.
+    fn sql(&self, lease_floor: Param) -> String {
+        let Self {
+            id,
+            fence_status,
+            fence_step,
+            fence_attempt,
+            fence_worker,
+            status,
+            current_step,
+            attempt,
+            context,
+            next_run_at,
+            keep_lease,
+            wait_key,
+            wait_deadline,
+            failure_step,
+            failure_reason,
+            events,
+        } = self;
+        // A guest cancelled while the step ran and the saga would now sit idle (parked or done):
+        // it goes back to the queue, so the cancellation is carried out at once.
+        let requeue = format!("(cancel_requested AND {status} IN ('waiting', 'completed'))");
+        format!(
+            "t AS (
+                 UPDATE sagas SET status = CASE WHEN {requeue} THEN 'running' ELSE {status} END,
+                        current_step = {current_step}, attempt = {attempt}, context = {context},
+                        next_run_at = CASE WHEN {requeue} THEN now() WHEN {keep_lease}::float8 IS NOT NULL THEN next_run_at ELSE {next_run_at} END,
+                        locked_by = CASE WHEN {requeue} OR {keep_lease}::float8 IS NULL THEN NULL ELSE locked_by END,
+                        locked_until = CASE WHEN {requeue} OR {keep_lease}::float8 IS NULL THEN NULL
+                                            WHEN locked_until >= now() + {lease_floor}::float8 * interval '1 millisecond' THEN locked_until
+                                            ELSE now() + {keep_lease}::float8 * interval '1 millisecond' END,
+                        wait_key = CASE WHEN NOT {requeue} THEN {wait_key} END,
+                        wait_deadline = CASE WHEN NOT {requeue} THEN {wait_deadline} END,
+                        failure_step = COALESCE({failure_step}, failure_step), failure_reason = COALESCE({failure_reason}, failure_reason),
+                        finished_at = CASE WHEN NOT {requeue} AND {status} IN ('completed', 'compensated', 'stuck') THEN now() END,
+                        event_version = event_version + {events}, updated_at = now()
+                 WHERE id = {id} AND (status, current_step, attempt, locked_by) IS NOT DISTINCT FROM ({fence_status}, {fence_step}, {fence_attempt}, {fence_worker})
+                 RETURNING event_version - {events} + 1 AS first_version, cancel_requested, {requeue} AS requeued)"
+        )
+    }
+}
+
+/// The NOTIFY a saga moving to `status` and letting its lease go sends at commit (workers for
+/// due work, waiters for a terminal state), if any: a statement part.
+struct NotifyOutcome {
+    channel: Param,
+    payload: Param,
+}
+
+impl NotifyOutcome {
+    fn new(b: &mut Binds, id: Uuid, t: &Transition) -> Self {
+        let (channel, payload) = match (t.keep_lease, t.status) {
+            (Some(_), _) => (None, None),
+            (None, SagaStatus::Running | SagaStatus::Compensating) => {
+                (Some(WORK_CHANNEL), Some(String::new()))
+            }
+            (None, s) if s.is_terminal() => (Some(DONE_CHANNEL), Some(id.to_string())),
+            (None, _) => (None, None),
+        };
+        Self {
+            channel: b.push(channel),
+            payload: b.push(payload),
+        }
+    }
+}
+
+/// The parts of the outcome statement ([`record`]).
+struct Outcome {
+    saga: UpdateSaga,
+    events: AppendEvents,
+    booking: UpdateBooking,
+    booking_changes: Param,
+    steps: StepRows,
+    notify: NotifyOutcome,
+    wake_deliveries: WakeDeliveries,
+    /// The channel a saga requeued by a pending cancellation notifies.
+    requeue_channel: Param,
+    lease_floor: Param,
+    convert_hold: bool,
+}
+
+impl Outcome {
+    fn new(b: &mut Binds, r: &Record<'_>) -> Self {
+        let (f, t) = (r.fence, r.transition);
+        let batch = events::Batch::new(f.id, r.events);
+        let saga = UpdateSaga::new(b, f, t);
+        let events = AppendEvents::new(b, &batch, r.saga_name);
+        let booking = UpdateBooking::new(b, r.booking);
+        let booking_changes = b.push(!r.booking.is_empty());
+        let steps = StepRows::new(b, r.steps);
+        let notify = NotifyOutcome::new(b, f.id, t);
+        let wake_deliveries = WakeDeliveries::new(b);
+        let requeue_channel = b.push(WORK_CHANNEL);
+        let lease_floor = b.push(t.lease_floor.map(|d| d.as_millis() as f64));
+        Self {
+            saga,
+            events,
+            booking,
+            booking_changes,
+            steps,
+            notify,
+            wake_deliveries,
+            requeue_channel,
+            lease_floor,
+            convert_hold: r.convert_hold,
+        }
+    }
+
+    fn sql(&self) -> String {
+        let id = self.saga.id;
+        // Converting: the statement also turns the saga's hold into a booking, and fails with
+        // `sqlstate::HOLD_LOST` (writing nothing) when there is no live hold to turn.
+        let (converted, require) = if self.convert_hold {
+            (
                 format!(
                     ", converted AS ({})",
-                    inventory::convert_to_booking_sql("$1", " AND EXISTS (SELECT 1 FROM t)")
+                    inventory::convert_to_booking_sql(id, " AND EXISTS (SELECT 1 FROM t)")
                 ),
                 format!(
                     ",\n sagad_require(EXISTS (SELECT 1 FROM converted), '{}',
@@ -350,45 +644,44 @@ pub(super) fn record_sql(converting: bool) -> String {
                     super::sqlstate::HOLD_LOST
                 ),
             )
-    } else {
-        (String::new(), String::new())
-    };
-    format!(
-            "WITH t AS (
-                 UPDATE sagas SET status = CASE WHEN {{requeue}} THEN 'running' ELSE $6 END,
-                        current_step = $7, attempt = $8, context = $9,
-                        next_run_at = CASE WHEN {{requeue}} THEN now() WHEN $11::float8 IS NOT NULL THEN next_run_at ELSE $10 END,
-                        locked_by = CASE WHEN {{requeue}} OR $11::float8 IS NULL THEN NULL ELSE locked_by END,
-                        locked_until = CASE WHEN {{requeue}} OR $11::float8 IS NULL THEN NULL
-                                            WHEN locked_until >= now() + $41::float8 * interval '1 millisecond' THEN locked_until
-                                            ELSE now() + $11::float8 * interval '1 millisecond' END,
-                        wait_key = CASE WHEN NOT {{requeue}} THEN $12 END,
-                        wait_deadline = CASE WHEN NOT {{requeue}} THEN $13 END,
-                        failure_step = COALESCE($14, failure_step), failure_reason = COALESCE($15, failure_reason),
-                        finished_at = CASE WHEN NOT {{requeue}} AND $6 IN ('completed', 'compensated', 'stuck') THEN now() END,
-                        event_version = event_version + $16, updated_at = now()
-                 WHERE id = $1 AND (status, current_step, attempt, locked_by) IS NOT DISTINCT FROM ($2, $3, $4, $5)
-                 RETURNING event_version - $16 + 1 AS first_version, cancel_requested, {{requeue}} AS requeued),
+        } else {
+            (String::new(), String::new())
+        };
+        let NotifyOutcome { channel, payload } = &self.notify;
+        format!(
+            "WITH {saga},
              {events},
-             booking AS ({booking} AND $30::bool AND EXISTS (SELECT 1 FROM t) RETURNING 1),
+             booking AS ({booking} AND {booking_changes}::bool AND EXISTS (SELECT 1 FROM t) RETURNING 1),
              {steps}{converted}
              SELECT t.first_version, t.cancel_requested,
                     t.requeued,
                     (SELECT count(*) FROM (
-                         SELECT pg_notify(CASE WHEN t.requeued THEN $40 ELSE $37::text END,
-                                          CASE WHEN t.requeued THEN '' ELSE $38::text END)
-                         WHERE t.requeued OR $37::text IS NOT NULL) n) AS notified,
+                         SELECT pg_notify(CASE WHEN t.requeued THEN {requeue_channel} ELSE {channel}::text END,
+                                          CASE WHEN t.requeued THEN '' ELSE {payload}::text END)
+                         WHERE t.requeued OR {channel}::text IS NOT NULL) n) AS notified,
                     (SELECT count(*) FROM ({wake_deliveries}) w) AS woke_deliveries{require}
              FROM t",
-            events = events::append_ctes("$1", "t.first_version", "t", 17),
-            booking = bookings::update_sql("$1", 24),
-            steps = steps_cte("t", 31),
-            wake_deliveries = webhooks::WAKE_IF_DELIVERIES.replace("$WAKE", "$39"),
+            saga = self.saga.sql(self.lease_floor),
+            events = self.events.ctes(id, &"t.first_version", "t"),
+            booking = self.booking.sql(id),
+            booking_changes = self.booking_changes,
+            steps = self.steps.sql(id, "t"),
+            requeue_channel = self.requeue_channel,
+            wake_deliveries = self.wake_deliveries,
         )
-        // A guest cancelled while the step ran and the saga would now sit idle (parked or done):
-        // it goes back to the queue, so the cancellation is carried out at once.
-        .replace("{requeue}", "(cancel_requested AND $6 IN ('waiting', 'completed'))")
+    }
 }
+
+/// The outcome statement of `r` ([`record`]).
+pub(super) fn record_statement(r: &Record<'_>) -> Statement {
+    static PLAIN: Text = Text::new();
+    static CONVERTING: Text = Text::new();
+    let mut b = Binds::new();
+    let outcome = Outcome::new(&mut b, r);
+    let text = if r.convert_hold { &CONVERTING } else { &PLAIN };
+    text.with(b, || outcome.sql())
+}
+
 /// Records `r` in **one statement** if the worker still holds the saga as its fence says (one round
 /// trip; atomic on its own, or part of the caller's transaction). `None` when the fence no longer
 /// holds (the lease ran out and someone else claimed it): then nothing was written.
@@ -401,39 +694,8 @@ pub async fn record(
     conn: &mut PgConnection,
     r: &Record<'_>,
 ) -> Result<Option<Recorded>, sqlx::Error> {
-    static PLAIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| record_sql(false));
-    static CONVERTING: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| record_sql(true));
-    let (f, t) = (r.fence, r.transition);
-    let batch = events::Batch::new(f.id, r.events);
-    let notify = match t.keep_lease {
-        None => notification(f.id, t.status),
-        Some(_) => None,
-    };
-    let sql = if r.convert_hold { &CONVERTING } else { &PLAIN };
-    let q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-        .bind(f.id)
-        .bind(f.status.as_str())
-        .bind(f.current_step)
-        .bind(f.attempt)
-        .bind(&f.worker)
-        .bind(t.status.as_str())
-        .bind(t.current_step)
-        .bind(t.attempt)
-        .bind(&t.context)
-        .bind(t.next_run_at)
-        .bind(t.keep_lease.map(|d| d.as_millis() as f64))
-        .bind(&t.wait_key)
-        .bind(t.wait_deadline)
-        .bind(&t.failure_step)
-        .bind(&t.failure_reason)
-        .bind(t.events);
-    let q = r.booking.bind(batch.bind(q, r.saga_name));
-    let row = bind_steps(q.bind(!r.booking.is_empty()), r.steps)
-        .bind(notify.as_ref().map(|(c, _)| *c))
-        .bind(notify.as_ref().map(|(_, p)| p.as_str()))
-        .bind(webhooks::WEBHOOK_CHANNEL)
-        .bind(WORK_CHANNEL)
-        .bind(t.lease_floor.map(|d| d.as_millis() as f64))
+    let row = record_statement(r)
+        .query()?
         .fetch_optional(&mut *conn)
         .await?;
     row.map(|row| {
