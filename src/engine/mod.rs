@@ -5,6 +5,7 @@ pub mod definition;
 pub mod model;
 pub mod outcome;
 pub mod plan;
+pub mod record;
 pub mod registry;
 pub mod retry;
 pub mod runner;

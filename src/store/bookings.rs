@@ -11,6 +11,9 @@ use uuid::Uuid;
 use super::stmt::{Binds, Param, Statement, Text};
 use crate::events::Event;
 
+/// A booking's status when its saga starts with nothing run ahead.
+pub const REQUESTED: &str = "requested";
+
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
 pub struct Booking {
     pub saga_id: Uuid,
