@@ -17,8 +17,9 @@ use crate::webhooks::catalog;
 pub const WEBHOOK_CHANNEL: &str = "sagad_webhooks";
 
 /// The outbox insert as a CTE named `deliveries`, over a CTE `pub_events(id, type)` that gives each
-/// event's published type (NULL: not published). Pattern semantics mirror `catalog::matches`: `*`,
-/// `prefix.*` or an exact name. With no enabled endpoint it is an empty index scan.
+/// event's published type (NULL: not published): a statement part with no values of its own.
+/// The one place subscription patterns are matched: `*`, `prefix.*` or an exact name (what
+/// `catalog::validate_pattern` admits). With no enabled endpoint it is an empty index scan.
 pub(crate) const FAN_OUT_CTE: &str = "deliveries AS (
              INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type)
              SELECT gen_random_uuid(), ep.id, ev.id, ev.type
