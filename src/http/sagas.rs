@@ -357,13 +357,8 @@ async fn wait_until_finished(state: &AppState, id: Uuid, wait: Duration) -> Resu
     let mut rx = state.finished.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM sagas WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&state.pool)
-            .await?;
-        if status
-            .as_deref()
-            .and_then(SagaStatus::parse)
+        if sagas::status(&state.pool, id)
+            .await?
             .is_none_or(SagaStatus::is_terminal)
         {
             return Ok(());

@@ -899,3 +899,41 @@ pub async fn steps(conn: &mut PgConnection, saga_id: Uuid) -> Result<Vec<StepRec
     .fetch_all(conn)
     .await
 }
+
+/// A saga's status; `None` when there is no such saga.
+pub async fn status(pool: &PgPool, id: Uuid) -> Result<Option<SagaStatus>, sqlx::Error> {
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM sagas WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    // The column's CHECK constraint admits only known values.
+    Ok(status.map(|s| SagaStatus::parse(&s).unwrap_or(SagaStatus::Stuck)))
+}
+
+/// The work queue at a glance: how many sagas are due and unclaimed, and how long the oldest of
+/// them has been due.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QueueDepth {
+    pub due: i64,
+    pub oldest_due: Option<Duration>,
+}
+
+pub async fn queue_depth(pool: &PgPool) -> Result<QueueDepth, sqlx::Error> {
+    let (due, oldest): (i64, Option<f64>) = sqlx::query_as(
+        "SELECT count(*), extract(epoch FROM now() - min(next_run_at))::float8
+         FROM sagas WHERE status IN ('running', 'compensating') AND locked_until IS NULL AND next_run_at <= now()",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(QueueDepth {
+        due,
+        oldest_due: oldest.and_then(|s| Duration::try_from_secs_f64(s.max(0.0)).ok()),
+    })
+}
+
+/// How many sagas there are of each (saga name, status).
+pub async fn count_by_status(pool: &PgPool) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT saga_name, status, count(*) FROM sagas GROUP BY 1, 2")
+        .fetch_all(pool)
+        .await
+}
