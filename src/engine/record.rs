@@ -22,7 +22,7 @@ use super::plan::{self, Plan};
 use super::start::Starting;
 use crate::events::NewEvent;
 use crate::store::inventory::NewHold;
-use crate::store::sagas::{self, InsertOutcome, NewSaga, Recorded, StartAhead};
+use crate::store::progress::{self, InsertOutcome, NewSaga, Recorded, StartAhead};
 use crate::store::{self, bookings, sqlstate};
 
 /// Step outcomes that commit together, in one statement.
@@ -95,7 +95,7 @@ pub async fn record(
     saga_name: &str,
     outcomes: &Outcomes,
 ) -> Result<Option<Recorded>, sqlx::Error> {
-    let record = sagas::Record {
+    let record = progress::Record {
         fence,
         transition: &outcomes.transition,
         saga_name,
@@ -104,7 +104,7 @@ pub async fn record(
         steps: &outcomes.steps,
         convert_hold: outcomes.convert_hold,
     };
-    sagas::record(conn, &record).await
+    progress::record(conn, &record).await
 }
 
 /// Starts `s` in **one statement** with its first event `first` and, with `ahead`, the hold its
@@ -121,7 +121,7 @@ pub async fn start(
     let worker = s.leased_to.map(|(w, _)| w.to_owned());
     let mut events = vec![NewEvent { worker, ..first }];
     let Some((hold, outcomes)) = ahead else {
-        return sagas::start(conn, &new_saga(s, &events, None), wake_workers).await;
+        return progress::start(conn, &new_saga(s, &events, None), wake_workers).await;
     };
     events.extend(outcomes.events.iter().cloned());
     let with_hold = StartAhead {
@@ -131,11 +131,11 @@ pub async fn start(
         booking_status: outcomes.booking.status.unwrap_or(bookings::REQUESTED),
         steps: &outcomes.steps,
     };
-    match sagas::start(conn, &new_saga(s, &events, Some(with_hold)), wake_workers).await {
+    match progress::start(conn, &new_saga(s, &events, Some(with_hold)), wake_workers).await {
         // Two requests with one idempotency key, both new when they began: the later one's hold
         // refers to a saga it could not insert. Without the hold, it finds the earlier saga.
         Err(e) if store::sqlstate(&e).as_deref() == Some(sqlstate::FOREIGN_KEY_VIOLATION) => {
-            sagas::start(conn, &new_saga(s, &events[..1], None), wake_workers).await
+            progress::start(conn, &new_saga(s, &events[..1], None), wake_workers).await
         }
         started => started,
     }

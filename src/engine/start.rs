@@ -24,7 +24,7 @@ use crate::domain::BookingInput;
 use crate::events::NewEvent;
 use crate::store::bookings::REQUESTED;
 use crate::store::inventory::NewHold;
-use crate::store::sagas::InsertOutcome;
+use crate::store::progress::InsertOutcome;
 
 /// A saga about to start.
 pub struct Starting<'a> {

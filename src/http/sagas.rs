@@ -26,7 +26,8 @@ use crate::engine::start::{self, Starting};
 use crate::events::{Event, NewEvent};
 use crate::store::bookings::{self, Booking};
 use crate::store::events::{self, EventRecord};
-use crate::store::sagas::{self, CancelOutcome, InsertOutcome, ListFilter, SagaRow, StepRecord};
+use crate::store::progress::InsertOutcome;
+use crate::store::sagas::{self, CancelOutcome, ListFilter, SagaRow, StepRecord};
 
 pub fn routes() -> Router<AppState> {
     Router::new()

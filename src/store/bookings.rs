@@ -238,7 +238,7 @@ pub(super) fn apply_statement(saga_id: Uuid, change: &Change) -> Statement {
 }
 
 /// Folds `events` into the projection in one update (none when they change nothing). The row
-/// itself is created with the saga (`sagas::start`).
+/// itself is created with the saga (`progress::start`).
 pub async fn apply(
     conn: &mut PgConnection,
     saga_id: Uuid,

@@ -23,7 +23,7 @@ pub enum HoldResult {
 
 /// A hold to place. Its id and expiry are chosen before the statement (the expiry to the
 /// microsecond, as the column keeps it), so that a hold placed by a statement that also records
-/// its outcome (`sagas::start`) carries the same values in its event as in its row.
+/// its outcome (`progress::start`) carries the same values in its event as in its row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewHold<'a> {
     pub id: Uuid,

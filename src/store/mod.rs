@@ -7,6 +7,7 @@ pub mod events;
 pub mod inventory;
 pub mod kept;
 pub mod listen;
+pub mod progress;
 pub mod sagas;
 mod stmt;
 pub mod stripe_events;

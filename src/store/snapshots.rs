@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::inventory::{self, NewHold};
 use super::stmt::Statement;
-use super::{bookings, events, sagas, webhooks};
+use super::{bookings, events, progress, webhooks};
 use crate::engine::model::{Fence, SagaStatus, StepOutcome, Transition};
 use crate::events::{Event, NewEvent};
 
@@ -117,9 +117,9 @@ fn step(index: i32, name: &str) -> StepOutcome {
 fn new_saga<'a>(
     input: &'a serde_json::Value,
     events: &'a [NewEvent],
-    ahead: Option<sagas::StartAhead<'a>>,
-) -> sagas::NewSaga<'a> {
-    sagas::NewSaga {
+    ahead: Option<progress::StartAhead<'a>>,
+) -> progress::NewSaga<'a> {
+    progress::NewSaga {
         id: Uuid::now_v7(),
         saga_name: "booking",
         saga_version: 1,
@@ -158,7 +158,7 @@ fn record_statements(convert_hold: bool) -> [Statement; 2] {
     };
     let steps = [step(2, "capture_payment")];
     let booking = bookings::Change::of(events.iter().map(|e| &e.event));
-    let record = |transition, events, booking, steps| sagas::Record {
+    let record = |transition, events, booking, steps| progress::Record {
         fence: &fence,
         transition,
         saga_name: "booking",
@@ -168,8 +168,8 @@ fn record_statements(convert_hold: bool) -> [Statement; 2] {
         convert_hold,
     };
     [
-        sagas::record_statement(&record(&going_on, &[], &bookings::Change::default(), &[])),
-        sagas::record_statement(&record(&finished, &events, &booking, &steps)),
+        progress::record_statement(&record(&going_on, &[], &bookings::Change::default(), &[])),
+        progress::record_statement(&record(&finished, &events, &booking, &steps)),
     ]
 }
 
@@ -200,7 +200,7 @@ fn statements_match_their_snapshots() {
     );
     let context = json!({"hold_inventory": {}});
     let held_steps = [step(0, "hold_inventory")];
-    let ahead = sagas::StartAhead {
+    let ahead = progress::StartAhead {
         hold: &hold,
         current_step: 1,
         context: &context,
@@ -216,32 +216,32 @@ fn statements_match_their_snapshots() {
     let cases: Vec<(&str, &str, Statement)> = vec![
         (
             "start_plain",
-            "sagas::start: a new saga with its first event",
-            sagas::start_statement(&plain, &first[0].event, true),
+            "progress::start: a new saga with its first event",
+            progress::start_statement(&plain, &first[0].event, true),
         ),
         (
             "start_ahead",
-            "sagas::start: a new saga, the hold it places and the steps it runs ahead",
-            sagas::start_statement(&with_ahead, &with_held[0].event, false),
+            "progress::start: a new saga, the hold it places and the steps it runs ahead",
+            progress::start_statement(&with_ahead, &with_held[0].event, false),
         ),
         (
             "record_plain",
-            "sagas::record: step outcomes under a fence",
+            "progress::record: step outcomes under a fence",
             record_plain,
         ),
         (
             "record_plain",
-            "sagas::record: step outcomes under a fence",
+            "progress::record: step outcomes under a fence",
             record_plain_finishing,
         ),
         (
             "record_converting",
-            "sagas::record: step outcomes under a fence, turning the hold into a booking",
+            "progress::record: step outcomes under a fence, turning the hold into a booking",
             record_converting,
         ),
         (
             "record_converting",
-            "sagas::record: step outcomes under a fence, turning the hold into a booking",
+            "progress::record: step outcomes under a fence, turning the hold into a booking",
             record_converting_finishing,
         ),
         (

@@ -1,4 +1,4 @@
--- sagas::record: step outcomes under a fence, turning the hold into a booking
+-- progress::record: step outcomes under a fence, turning the hold into a booking
 -- parameters: 41
 WITH t AS (
                  UPDATE sagas SET status = CASE WHEN (cancel_requested AND $6 IN ('waiting', 'completed')) THEN 'running' ELSE $6 END,

@@ -1,4 +1,4 @@
--- sagas::start: a new saga, the hold it places and the steps it runs ahead
+-- progress::start: a new saga, the hold it places and the steps it runs ahead
 -- parameters: 39
 WITH claim AS (INSERT INTO inventory_claims (id, saga_id, listing_id, stay, kind, status, expires_at)
          SELECT $29::uuid, $1, $30::text, daterange($31::date, $32::date, '[)'),

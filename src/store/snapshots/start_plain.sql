@@ -1,4 +1,4 @@
--- sagas::start: a new saga with its first event
+-- progress::start: a new saga with its first event
 -- parameters: 24
 WITH 
          s AS (
