@@ -6,7 +6,8 @@ use metrics::{counter, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-use crate::store::sagas::SagaStatus;
+use crate::engine::model::SagaStatus;
+use crate::store::sagas;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -134,21 +135,11 @@ pub fn count_error(component: &'static str) {
 /// which sqlx counts as in use).
 pub async fn refresh_gauges(pool: &sqlx::PgPool, kept: &crate::store::kept::Kept) {
     use metrics::gauge;
-    let row: Result<(i64, Option<f64>), _> = sqlx::query_as(
-        "SELECT count(*), extract(epoch FROM now() - min(next_run_at))::float8
-         FROM sagas WHERE status IN ('running', 'compensating') AND locked_until IS NULL AND next_run_at <= now()",
-    )
-    .fetch_one(pool)
-    .await;
-    if let Ok((depth, oldest)) = row {
-        gauge!("sagad_queue_depth").set(depth as f64);
-        gauge!("sagad_queue_oldest_due_seconds").set(oldest.unwrap_or(0.0).max(0.0));
+    if let Ok(q) = sagas::queue_depth(pool).await {
+        gauge!("sagad_queue_depth").set(q.due as f64);
+        gauge!("sagad_queue_oldest_due_seconds").set(q.oldest_due.map_or(0.0, |d| d.as_secs_f64()));
     }
-    let by_status: Result<Vec<(String, String, i64)>, _> =
-        sqlx::query_as("SELECT saga_name, status, count(*) FROM sagas GROUP BY 1, 2")
-            .fetch_all(pool)
-            .await;
-    if let Ok(rows) = by_status {
+    if let Ok(rows) = sagas::count_by_status(pool).await {
         for (saga, status, n) in rows {
             gauge!("sagad_sagas", "saga" => saga, "status" => status).set(n as f64);
         }

@@ -2,8 +2,10 @@
 
 pub mod actions;
 pub mod definition;
+pub mod model;
 pub mod outcome;
 pub mod plan;
+pub mod record;
 pub mod registry;
 pub mod retry;
 pub mod runner;

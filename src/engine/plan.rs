@@ -7,9 +7,9 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::definition::{OnFailure, SagaDefinition};
+use super::model::{SagaStatus, StepOutcome, Transition};
 use super::outcome::Outcome;
 use crate::events::{Event, NewEvent};
-use crate::store::sagas::{SagaStatus, Transition};
 
 /// The reason recorded when a guest cancels.
 pub const GUEST_CANCEL: &str = "cancelled_by_guest";
@@ -24,36 +24,11 @@ pub struct State<'a> {
     pub failure_reason: Option<&'a str>,
 }
 
-/// How a step's row in `saga_steps` changes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepRecord {
-    pub index: i32,
-    pub phase: &'static str,
-    pub name: String,
-    pub status: &'static str,
-    pub attempts: i32,
-    pub error: Option<String>,
-}
-
-impl StepRecord {
-    /// The row as the statement that records it takes it.
-    pub fn outcome(&self) -> crate::store::sagas::StepOutcome<'_> {
-        crate::store::sagas::StepOutcome {
-            index: self.index,
-            phase: self.phase,
-            name: &self.name,
-            status: self.status,
-            attempts: self.attempts,
-            error: self.error.as_deref(),
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub transition: Transition,
     pub events: Vec<NewEvent>,
-    pub step: Option<StepRecord>,
+    pub step: Option<StepOutcome>,
 }
 
 /// Inputs that are not state: the clock, the lease to keep, and a jitter draw in [0, 1).
@@ -206,7 +181,7 @@ pub fn after(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
 fn after_forward(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
     let i = s.current_step;
     let step = &s.def.steps[i];
-    let record = |status: &'static str, error: Option<String>| StepRecord {
+    let record = |status: &'static str, error: Option<String>| StepOutcome {
         index: i as i32,
         phase: "forward",
         name: step.name.clone(),
@@ -297,7 +272,7 @@ fn fail_forward(
     context: Map<String, Value>,
     reason: String,
     effect_possible: bool,
-    record: impl Fn(&'static str, Option<String>) -> StepRecord,
+    record: impl Fn(&'static str, Option<String>) -> StepOutcome,
 ) -> Plan {
     let i = s.current_step;
     let step = &s.def.steps[i];
@@ -354,7 +329,7 @@ fn after_compensation(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
     let j = s.current_step;
     let step = &s.def.steps[j];
     let name = step.compensation.clone().unwrap_or_default();
-    let record = |status: &'static str, error: Option<String>| StepRecord {
+    let record = |status: &'static str, error: Option<String>| StepOutcome {
         index: j as i32,
         phase: "compensation",
         name: name.clone(),
@@ -452,14 +427,14 @@ pub struct Batch {
     pub transition: Transition,
     pub events: Vec<NewEvent>,
     /// One per step and phase: a later record of the same step replaces an earlier one.
-    pub steps: Vec<StepRecord>,
+    pub steps: Vec<StepOutcome>,
 }
 
 /// Folds `plans` (at least one, each planned on the state the one before leads to) into what one
 /// outcome statement records.
 pub fn merge(plans: Vec<Plan>) -> Batch {
     let mut events = Vec::new();
-    let mut steps: Vec<StepRecord> = Vec::new();
+    let mut steps: Vec<StepOutcome> = Vec::new();
     let (mut failure_step, mut failure_reason) = (None, None);
     let mut transition = None;
     for plan in plans {

@@ -17,13 +17,15 @@ use tracing::{Instrument, debug, info, warn};
 use super::Leased;
 use super::actions::{Action, AheadEffect, Deps, StepCtx};
 use super::definition::{SagaDefinition, StepDefinition};
+use super::model::{Fence, SagaStatus, Transition};
 use super::outcome::Outcome;
 use super::plan::{self, Env, Plan, State};
+use super::record::{self, Outcomes};
 use super::registry::Registry;
 use crate::domain::BookingInput;
 use crate::store::listen::Heard;
-use crate::store::sagas::{self, Fence, SagaRow, SagaStatus};
-use crate::store::{self, bookings, sqlstate};
+use crate::store::sagas::{self, SagaRow};
+use crate::store::{self, sqlstate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -437,8 +439,9 @@ impl Worker {
     }
 
     /// Records `plans` (one step's outcome and those of the local steps it chained) in one
-    /// statement on `conn` if the fence still holds; updates `row` to the new state.
-    /// `convert_hold`: a confirm step among them was planned ahead ([`sagas::Record`]).
+    /// statement on `conn` if the fence still holds ([`record::record`]); updates `row` to the
+    /// new state. `convert_hold`: a confirm step among them was planned ahead
+    /// ([`Outcomes::converting_hold`]).
     async fn record(
         &self,
         conn: &mut PgConnection,
@@ -447,26 +450,12 @@ impl Worker {
         plans: Vec<Plan>,
         convert_hold: bool,
     ) -> Result<Option<Next>, Error> {
-        let mut batch = plan::merge(plans);
-        for e in &mut batch.events {
-            e.worker = Some(self.worker_id.clone());
-        }
-        let t = &batch.transition;
-        let booking = bookings::Change::of(batch.events.iter().map(|e| &e.event));
-        let steps: Vec<_> = batch.steps.iter().map(plan::StepRecord::outcome).collect();
-        let record = sagas::Record {
-            fence,
-            transition: t,
-            saga_name: &row.saga_name,
-            events: &batch.events,
-            booking: &booking,
-            steps: &steps,
-            convert_hold,
-        };
-        let Some(recorded) = sagas::record(conn, &record).await? else {
+        let outcomes = Outcomes::of(plans, Some(&self.worker_id)).converting_hold(convert_hold);
+        let Some(recorded) = record::record(conn, fence, &row.saga_name, &outcomes).await? else {
             warn!("lease lost before the outcome was recorded; another worker owns the saga now");
             return Ok(None);
         };
+        let t = outcomes.transition();
         let requeued = recorded.requeued;
         if t.status.is_terminal() && !requeued {
             let reason = t
@@ -480,7 +469,7 @@ impl Worker {
         if requeued {
             row.status = SagaStatus::Running.as_str().to_owned();
         }
-        row.event_version = recorded.first_version + batch.events.len() as i32 - 1;
+        row.event_version = recorded.first_version + outcomes.events().len() as i32 - 1;
         row.cancel_requested = recorded.cancel_requested;
         Ok(Some(if t.keep_lease.is_some() {
             Next::Continue
@@ -491,7 +480,7 @@ impl Worker {
 }
 
 /// Moves `row` to the state `t` leads to (what is known of it before it is recorded).
-fn advance(row: &mut SagaRow, t: &sagas::Transition) {
+fn advance(row: &mut SagaRow, t: &Transition) {
     row.status = t.status.as_str().to_owned();
     row.current_step = t.current_step;
     row.attempt = t.attempt;

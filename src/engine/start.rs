@@ -17,15 +17,14 @@ use uuid::Uuid;
 
 use super::actions::{self, Action, StepCtx};
 use super::definition::SagaDefinition;
+use super::model::{SagaStatus, StepOutcome};
 use super::plan::{self, Env, Plan, State};
+use super::record::{self, Outcomes};
 use crate::domain::BookingInput;
 use crate::events::NewEvent;
+use crate::store::bookings::REQUESTED;
 use crate::store::inventory::NewHold;
-use crate::store::sagas::{self, InsertOutcome, NewSaga, SagaStatus, StartAhead, StepOutcome};
-use crate::store::{self, bookings, sqlstate};
-
-/// A booking's status when its saga starts with nothing run ahead.
-const REQUESTED: &str = "requested";
+use crate::store::progress::InsertOutcome;
 
 /// A saga about to start.
 pub struct Starting<'a> {
@@ -43,7 +42,7 @@ pub struct Starting<'a> {
 pub struct Started {
     pub outcome: InsertOutcome,
     /// The steps the start carried out, as their rows in the step history show them.
-    pub ran_ahead: Vec<plan::StepRecord>,
+    pub ran_ahead: Vec<StepOutcome>,
     /// The booking's status as the start left it (`requested`, or `held`).
     pub booking_status: &'static str,
 }
@@ -91,25 +90,6 @@ fn plan_hold_ahead<'a>(s: &Starting<'a>) -> Option<HoldAhead<'a>> {
     (t.status == SagaStatus::Running && t.keep_lease.is_some()).then_some(HoldAhead { hold, plan })
 }
 
-/// What the store's start statement is given for `s`.
-fn new_saga<'b>(
-    s: &'b Starting<'_>,
-    events: &'b [NewEvent],
-    ahead: Option<StartAhead<'b>>,
-) -> NewSaga<'b> {
-    NewSaga {
-        id: s.id,
-        saga_name: &s.def.name,
-        saga_version: s.def.version as i32,
-        input: s.input_json,
-        idempotency_key: s.idempotency_key,
-        request_fingerprint: s.fingerprint,
-        leased_to: s.leased_to,
-        events,
-        ahead,
-    }
-}
-
 /// Starts `s` with its first event (`BookingRequested`) in one statement (see the module's
 /// documentation); `wake_workers`: NOTIFY the workers, for a saga not leased to this process.
 pub async fn start(
@@ -119,64 +99,36 @@ pub async fn start(
     wake_workers: bool,
 ) -> Result<Started, sqlx::Error> {
     let began = Instant::now();
-    let ahead = plan_hold_ahead(s);
-    let worker = s.leased_to.map(|(w, _)| w.to_owned());
-    let mut events = vec![first_event];
-    if let Some(a) = &ahead {
-        events.extend(a.plan.events.iter().cloned());
-    }
-    for e in &mut events {
-        e.worker.clone_from(&worker);
-    }
-    let steps: Vec<StepOutcome<'_>> = ahead
-        .iter()
-        .filter_map(|a| a.plan.step.as_ref())
-        .map(plan::StepRecord::outcome)
-        .collect();
-    let booking_status = bookings::Change::of(events.iter().map(|e| &e.event))
-        .status
-        .unwrap_or(REQUESTED);
-    let Some(a) = &ahead else {
-        let outcome = sagas::start(conn, &new_saga(s, &events, None), wake_workers).await?;
+    let Some(HoldAhead { hold, plan }) = plan_hold_ahead(s) else {
+        let outcome = record::start(conn, s, first_event, None, wake_workers).await?;
         return Ok(Started {
             outcome,
             ran_ahead: Vec::new(),
             booking_status: REQUESTED,
         });
     };
-    let with_hold = StartAhead {
-        hold: &a.hold,
-        current_step: a.plan.transition.current_step,
-        context: &a.plan.transition.context,
-        booking_status,
-        steps: &steps,
-    };
+    let outcomes = Outcomes::of(vec![plan], s.leased_to.map(|(w, _)| w));
     let outcome =
-        match sagas::start(conn, &new_saga(s, &events, Some(with_hold)), wake_workers).await {
-            Ok(outcome) => outcome,
-            // Two requests with one idempotency key, both new when they began: the later one's hold
-            // refers to a saga it could not insert. Without the hold, it finds the earlier saga.
-            Err(e) if store::sqlstate(&e).as_deref() == Some(sqlstate::FOREIGN_KEY_VIOLATION) => {
-                sagas::start(conn, &new_saga(s, &events[..1], None), wake_workers).await?
-            }
-            Err(e) => return Err(e),
-        };
-    let (ran_ahead, booking_status) = match &outcome {
-        InsertOutcome::Created(row) if row.current_step == a.plan.transition.current_step => {
-            crate::telemetry::step_finished(
-                &s.def.name,
-                &s.def.steps[0].name,
-                "forward",
-                "done",
-                began.elapsed(),
-            );
-            (a.plan.step.iter().cloned().collect(), booking_status)
-        }
-        _ => (Vec::new(), REQUESTED),
-    };
+        record::start(conn, s, first_event, Some((&hold, &outcomes)), wake_workers).await?;
+    let held = matches!(&outcome, InsertOutcome::Created(row)
+        if row.current_step == outcomes.transition().current_step);
+    if !held {
+        return Ok(Started {
+            outcome,
+            ran_ahead: Vec::new(),
+            booking_status: REQUESTED,
+        });
+    }
+    crate::telemetry::step_finished(
+        &s.def.name,
+        &s.def.steps[0].name,
+        "forward",
+        "done",
+        began.elapsed(),
+    );
     Ok(Started {
         outcome,
-        ran_ahead,
-        booking_status,
+        ran_ahead: outcomes.steps().to_vec(),
+        booking_status: outcomes.booking().status.unwrap_or(REQUESTED),
     })
 }

@@ -21,13 +21,13 @@ use uuid::Uuid;
 
 use super::{ApiError, AppState, BODY_LIMIT, ErrorBody};
 use crate::domain::{FieldError, RawBookingInput};
+use crate::engine::model::SagaStatus;
 use crate::engine::start::{self, Starting};
 use crate::events::{Event, NewEvent};
 use crate::store::bookings::{self, Booking};
 use crate::store::events::{self, EventRecord};
-use crate::store::sagas::{
-    self, CancelOutcome, InsertOutcome, ListFilter, SagaRow, SagaStatus, StepRecord,
-};
+use crate::store::progress::InsertOutcome;
+use crate::store::sagas::{self, CancelOutcome, ListFilter, SagaRow, StepRecord};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -358,13 +358,8 @@ async fn wait_until_finished(state: &AppState, id: Uuid, wait: Duration) -> Resu
     let mut rx = state.finished.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM sagas WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&state.pool)
-            .await?;
-        if status
-            .as_deref()
-            .and_then(SagaStatus::parse)
+        if sagas::status(&state.pool, id)
+            .await?
             .is_none_or(SagaStatus::is_terminal)
         {
             return Ok(());

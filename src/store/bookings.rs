@@ -1,12 +1,18 @@
 //! The bookings projection, updated in the same transaction as the events it is derived from.
 
+use std::fmt;
+
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::stmt::{Binds, Param, Statement, Text};
 use crate::events::Event;
+
+/// A booking's status when its saga starts with nothing run ahead.
+pub const REQUESTED: &str = "requested";
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
 pub struct Booking {
@@ -27,45 +33,64 @@ pub struct Booking {
     pub updated_at: DateTime<Utc>,
 }
 
-/// The `INSERT … SELECT` of the row a `BookingRequested` event creates, gated by `from` (a FROM
-/// item such as the CTE that inserted the saga); `id` is the saga id's SQL, `status` the SQL of
-/// its status (`'requested'`, or what steps recorded with the start made it) and the event's six
-/// fields are `$first` onwards ([`bind_requested`]). Every later event only updates the row
-/// ([`Change`]).
-pub(crate) fn insert_requested_sql(id: &str, first: usize, from: &str, status: &str) -> String {
-    let [listing, guest, check_in, check_out, amount, currency] = super::placeholders(first);
-    format!(
-        "INSERT INTO bookings (saga_id, listing_id, guest_id, check_in, check_out, amount, currency, status)
-         SELECT {id}, {listing}::text, {guest}::text, {check_in}::date, {check_out}::date, {amount}::int8,
-                {currency}::text, {status} FROM {from}"
-    )
+/// The `INSERT … SELECT` of the row a `BookingRequested` event creates (anything else binds NULLs,
+/// which the table refuses); every later event only updates the row ([`UpdateBooking`]). A
+/// statement part.
+pub(crate) struct InsertRequested {
+    listing: Param,
+    guest: Param,
+    check_in: Param,
+    check_out: Param,
+    amount: Param,
+    currency: Param,
 }
 
-/// Binds the six parameters of [`insert_requested_sql`] from a `BookingRequested` event (anything
-/// else binds NULLs, which the table refuses).
-pub(crate) fn bind_requested<'q>(q: super::Query<'q>, event: &'q Event) -> super::Query<'q> {
-    match event {
-        Event::BookingRequested {
-            listing_id,
-            guest_id,
+impl InsertRequested {
+    pub(crate) fn new(b: &mut Binds, event: &Event) -> Self {
+        match event {
+            Event::BookingRequested {
+                listing_id,
+                guest_id,
+                check_in,
+                check_out,
+                amount,
+                currency,
+            } => Self {
+                listing: b.push(listing_id),
+                guest: b.push(guest_id),
+                check_in: b.push(check_in),
+                check_out: b.push(check_out),
+                amount: b.push(amount),
+                currency: b.push(currency),
+            },
+            _ => Self {
+                listing: b.push(None::<&str>),
+                guest: b.push(None::<&str>),
+                check_in: b.push(None::<NaiveDate>),
+                check_out: b.push(None::<NaiveDate>),
+                amount: b.push(None::<i64>),
+                currency: b.push(None::<&str>),
+            },
+        }
+    }
+
+    /// The insert for the saga whose id is `id`, gated by `from` (a FROM item such as the CTE
+    /// that inserted the saga); `status` is the SQL of the booking's status (`'requested'`, or
+    /// what steps recorded with the start made it).
+    pub(crate) fn sql(&self, id: Param, from: &str, status: &dyn fmt::Display) -> String {
+        let Self {
+            listing,
+            guest,
             check_in,
             check_out,
             amount,
             currency,
-        } => q
-            .bind(listing_id)
-            .bind(guest_id)
-            .bind(check_in)
-            .bind(check_out)
-            .bind(amount)
-            .bind(currency),
-        _ => q
-            .bind(None::<&str>)
-            .bind(None::<&str>)
-            .bind(None::<NaiveDate>)
-            .bind(None::<NaiveDate>)
-            .bind(None::<i64>)
-            .bind(None::<&str>),
+        } = self;
+        format!(
+            "INSERT INTO bookings (saga_id, listing_id, guest_id, check_in, check_out, amount, currency, status)
+         SELECT {id}, {listing}::text, {guest}::text, {check_in}::date, {check_out}::date, {amount}::int8,
+                {currency}::text, {status} FROM {from}"
+        )
     }
 }
 
@@ -138,7 +163,7 @@ impl Change {
                 }
             }
             Event::SagaStuck { .. } => self.set("needs_attention"),
-            // Created by `insert_requested`; the rest do not show in the projection.
+            // Created with the saga ([`InsertRequested`]); the rest do not show in the projection.
             Event::BookingRequested { .. }
             | Event::NotificationSent { .. }
             | Event::StepFailed { .. }
@@ -157,46 +182,63 @@ impl Change {
     }
 }
 
-/// The projection update of a [`Change`], with `{id}`, `{status}`, `{compensated}`, `{pi}`,
-/// `{code}`, `{reason}` and `{default_reason}` standing for its parameters.
-pub(crate) const UPDATE_TEMPLATE: &str = "UPDATE bookings SET
-        status = CASE WHEN {compensated} THEN
-                      CASE WHEN cancel_reason IS NOT NULL THEN 'cancelled' ELSE 'failed' END
-                 ELSE COALESCE({status}, status) END,
-        payment_intent_id = COALESCE({pi}, payment_intent_id),
-        confirmation_code = COALESCE({code}, confirmation_code),
-        cancel_reason = COALESCE({reason}, cancel_reason, {default_reason}),
-        updated_at = now()
-    WHERE saga_id = {id}";
-
-/// Fills [`UPDATE_TEMPLATE`]'s parameters with `$first`, `$first + 1`, … in the order
-/// status, compensated, payment intent, code, reason, default reason; `id` is the saga id's SQL.
-pub(crate) fn update_sql(id: &str, first: usize) -> String {
-    let p = |i: usize| format!("${}", first + i);
-    UPDATE_TEMPLATE
-        .replace("{id}", id)
-        .replace("{status}", &format!("{}::text", p(0)))
-        .replace("{compensated}", &format!("{}::bool", p(1)))
-        .replace("{pi}", &format!("{}::text", p(2)))
-        .replace("{code}", &format!("{}::text", p(3)))
-        .replace("{reason}", &format!("{}::text", p(4)))
-        .replace("{default_reason}", &format!("{}::text", p(5)))
+/// The projection update of a [`Change`]: a statement part.
+pub(crate) struct UpdateBooking {
+    status: Param,
+    compensated: Param,
+    payment_intent_id: Param,
+    confirmation_code: Param,
+    cancel_reason: Param,
+    default_cancel_reason: Param,
 }
 
-impl Change {
-    /// Binds the six parameters of [`update_sql`], in order.
-    pub(crate) fn bind<'q>(&'q self, q: super::Query<'q>) -> super::Query<'q> {
-        q.bind(self.status)
-            .bind(self.compensated)
-            .bind(self.payment_intent_id.as_deref())
-            .bind(self.confirmation_code.as_deref())
-            .bind(self.cancel_reason.as_deref())
-            .bind(self.default_cancel_reason.as_deref())
+impl UpdateBooking {
+    pub(crate) fn new(b: &mut Binds, change: &Change) -> Self {
+        Self {
+            status: b.push(change.status),
+            compensated: b.push(change.compensated),
+            payment_intent_id: b.push(change.payment_intent_id.as_deref()),
+            confirmation_code: b.push(change.confirmation_code.as_deref()),
+            cancel_reason: b.push(change.cancel_reason.as_deref()),
+            default_cancel_reason: b.push(change.default_cancel_reason.as_deref()),
+        }
+    }
+
+    /// The `UPDATE` of the booking of the saga whose id is `id`.
+    pub(crate) fn sql(&self, id: Param) -> String {
+        let Self {
+            status,
+            compensated,
+            payment_intent_id,
+            confirmation_code,
+            cancel_reason,
+            default_cancel_reason,
+        } = self;
+        format!(
+            "UPDATE bookings SET
+        status = CASE WHEN {compensated}::bool THEN
+                      CASE WHEN cancel_reason IS NOT NULL THEN 'cancelled' ELSE 'failed' END
+                 ELSE COALESCE({status}::text, status) END,
+        payment_intent_id = COALESCE({payment_intent_id}::text, payment_intent_id),
+        confirmation_code = COALESCE({confirmation_code}::text, confirmation_code),
+        cancel_reason = COALESCE({cancel_reason}::text, cancel_reason, {default_cancel_reason}::text),
+        updated_at = now()
+    WHERE saga_id = {id}"
+        )
     }
 }
 
+/// The statement of [`apply`].
+pub(super) fn apply_statement(saga_id: Uuid, change: &Change) -> Statement {
+    static TEXT: Text = Text::new();
+    let mut b = Binds::new();
+    let id = b.push(saga_id);
+    let update = UpdateBooking::new(&mut b, change);
+    TEXT.with(b, || update.sql(id))
+}
+
 /// Folds `events` into the projection in one update (none when they change nothing). The row
-/// itself is created with the saga (`sagas::start`).
+/// itself is created with the saga (`progress::start`).
 pub async fn apply(
     conn: &mut PgConnection,
     saga_id: Uuid,
@@ -206,9 +248,8 @@ pub async fn apply(
     if change.is_empty() {
         return Ok(());
     }
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| update_sql("$1", 2));
-    change
-        .bind(sqlx::query(sqlx::AssertSqlSafe(SQL.as_str())).bind(saga_id))
+    apply_statement(saga_id, &change)
+        .query()?
         .execute(conn)
         .await?;
     Ok(())

@@ -1,12 +1,15 @@
 //! The append-only event store.
 
+use std::fmt;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::webhooks;
+use super::stmt::{Binds, Param, Statement, Text};
+use super::webhooks::{self, FAN_OUT_CTE, WakeDeliveries};
 use crate::events::{NewEvent, SCHEMA_VERSION};
 
 /// An event as stored.
@@ -64,61 +67,92 @@ impl Batch {
         }
         b
     }
-
-    /// Binds the seven parameters of [`append_ctes`], in order.
-    pub(crate) fn bind<'q>(
-        &'q self,
-        q: super::Query<'q>,
-        aggregate_type: &'q str,
-    ) -> super::Query<'q> {
-        q.bind(aggregate_type)
-            .bind(SCHEMA_VERSION)
-            .bind(&self.ids)
-            .bind(&self.types)
-            .bind(&self.payloads)
-            .bind(&self.metadata)
-            .bind(webhooks::published_types(&self.types))
-    }
 }
 
 /// The CTEs that append a [`Batch`] and fan it out to webhook deliveries (the outbox): `e`,
-/// `appended`, `pub_events` and `deliveries`. `aggregate_id` and `first_version` are SQL
-/// expressions; `gate` is a FROM item that must yield one row for anything to be written (`""`
-/// for none), optionally followed by a `WHERE` clause on it and the events `e` (`e.ord` counts
-/// them from 1); the batch's seven parameters are `$first_param` onwards ([`Batch::bind`]).
-pub(crate) fn append_ctes(
-    aggregate_id: &str,
-    first_version: &str,
-    gate: &str,
-    first_param: usize,
-) -> String {
-    let p = |i: usize| format!("${}", first_param + i);
-    let gate = if gate.is_empty() {
-        String::new()
-    } else {
-        format!(", {gate}")
-    };
-    format!(
-        "e AS (SELECT * FROM unnest({ids}::uuid[], {types}::text[], {payloads}::jsonb[], {metadata}::jsonb[],
+/// `appended`, `pub_events` and `deliveries`. A statement part.
+pub(crate) struct AppendEvents {
+    aggregate_type: Param,
+    schema_version: Param,
+    ids: Param,
+    types: Param,
+    payloads: Param,
+    metadata: Param,
+    published: Param,
+}
+
+impl AppendEvents {
+    pub(crate) fn new(b: &mut Binds, batch: &Batch, aggregate_type: &str) -> Self {
+        Self {
+            aggregate_type: b.push(aggregate_type),
+            schema_version: b.push(SCHEMA_VERSION),
+            ids: b.push(&batch.ids),
+            types: b.push(&batch.types),
+            payloads: b.push(&batch.payloads),
+            metadata: b.push(&batch.metadata),
+            published: b.push(webhooks::published_types(&batch.types)),
+        }
+    }
+
+    /// The CTEs for the aggregate whose id is `aggregate_id`, its events numbered from the SQL
+    /// `first_version`; `gate` is a FROM item that must yield one row for anything to be written
+    /// (`""` for none), optionally followed by a `WHERE` clause on it and the events `e` (`e.ord`
+    /// counts them from 1).
+    pub(crate) fn ctes(
+        &self,
+        aggregate_id: Param,
+        first_version: &dyn fmt::Display,
+        gate: &str,
+    ) -> String {
+        let gate = if gate.is_empty() {
+            String::new()
+        } else {
+            format!(", {gate}")
+        };
+        let Self {
+            aggregate_type,
+            schema_version,
+            ids,
+            types,
+            payloads,
+            metadata,
+            published,
+        } = self;
+        format!(
+            "e AS (SELECT * FROM unnest({ids}::uuid[], {types}::text[], {payloads}::jsonb[], {metadata}::jsonb[],
                                     {published}::text[])
                    WITH ORDINALITY AS e(id, type, payload, metadata, published, ord)),
          appended AS (
              INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type,
                                  schema_version, payload, metadata)
-             SELECT e.id, {agg_type}, {aggregate_id}, ({first_version}) + e.ord::int - 1, e.type,
-                    {schema}, e.payload, e.metadata
+             SELECT e.id, {aggregate_type}, {aggregate_id}, ({first_version}) + e.ord::int - 1, e.type,
+                    {schema_version}, e.payload, e.metadata
              FROM e{gate}),
          pub_events AS (SELECT e.id, e.published AS type FROM e{gate}),
-         {fan_out}",
-        agg_type = p(0),
-        schema = p(1),
-        ids = p(2),
-        types = p(3),
-        payloads = p(4),
-        metadata = p(5),
-        published = p(6),
-        fan_out = webhooks::FAN_OUT_CTE,
-    )
+         {FAN_OUT_CTE}"
+        )
+    }
+}
+
+/// The statement of [`append`].
+pub(super) fn append_statement(
+    aggregate_type: &str,
+    aggregate_id: Uuid,
+    first_version: i32,
+    batch: &Batch,
+) -> Statement {
+    static TEXT: Text = Text::new();
+    let mut b = Binds::new();
+    let id = b.push(aggregate_id);
+    let first = b.push(first_version);
+    let wake = WakeDeliveries::new(&mut b);
+    let events = AppendEvents::new(&mut b, batch, aggregate_type);
+    TEXT.with(b, || {
+        format!(
+            "WITH {} {wake}",
+            events.ctes(id, &format_args!("{first}::int"), "")
+        )
+    })
 }
 
 /// Appends `events` to the aggregate as versions `first_version`, `first_version + 1`, …
@@ -135,19 +169,8 @@ pub async fn append(
         return Ok(Vec::new());
     }
     let batch = Batch::new(aggregate_id, events);
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "WITH {} {}",
-            append_ctes("$1", "$2::int", "", 4),
-            webhooks::WAKE_IF_DELIVERIES.replace("$WAKE", "$3")
-        )
-    });
-    let q = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
-        .bind(aggregate_id)
-        .bind(first_version)
-        .bind(webhooks::WEBHOOK_CHANNEL);
-    batch
-        .bind(q, aggregate_type)
+    append_statement(aggregate_type, aggregate_id, first_version, &batch)
+        .query()?
         .fetch_optional(&mut *conn)
         .await?;
     Ok(batch.ids)

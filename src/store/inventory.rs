@@ -4,6 +4,8 @@ use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
+use super::stmt::{Binds, Param, Statement, Text};
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum HoldResult {
     Held {
@@ -21,7 +23,7 @@ pub enum HoldResult {
 
 /// A hold to place. Its id and expiry are chosen before the statement (the expiry to the
 /// microsecond, as the column keeps it), so that a hold placed by a statement that also records
-/// its outcome (`sagas::start`) carries the same values in its event as in its row.
+/// its outcome (`progress::start`) carries the same values in its event as in its row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewHold<'a> {
     pub id: Uuid,
@@ -54,39 +56,63 @@ impl<'a> NewHold<'a> {
             expires_at: expires_at.trunc_subsecs(6),
         }
     }
-
-    /// Binds the five parameters of [`insert_hold_sql`], in order.
-    pub(crate) fn bind<'q>(&'q self, q: super::Query<'q>) -> super::Query<'q> {
-        q.bind(self.id)
-            .bind(self.listing_id)
-            .bind(self.check_in)
-            .bind(self.check_out)
-            .bind(self.expires_at)
-    }
 }
 
-/// The `INSERT` of a [`NewHold`] for the saga whose id is the SQL `saga_id`, its five
-/// parameters `$first` onwards ([`NewHold::bind`]), written only when `filter` (a `WHERE`
-/// clause, or `""`) holds. An overlapping active claim (the `inventory_no_overlap` exclusion
-/// constraint), or an earlier claim of the same saga, makes it insert nothing: the database
-/// decides, concurrent holds included.
-pub(crate) fn insert_hold_sql(saga_id: &str, first: usize, filter: &str) -> String {
-    let [id, listing, check_in, check_out, expires_at] = super::placeholders(first);
-    format!(
-        "INSERT INTO inventory_claims (id, saga_id, listing_id, stay, kind, status, expires_at)
+/// The `INSERT` of a [`NewHold`]: a statement part. An overlapping active claim (the
+/// `inventory_no_overlap` exclusion constraint), or an earlier claim of the same saga, makes it
+/// insert nothing: the database decides, concurrent holds included.
+pub(crate) struct PlaceHold {
+    id: Param,
+    listing: Param,
+    check_in: Param,
+    check_out: Param,
+    expires_at: Param,
+}
+
+impl PlaceHold {
+    pub(crate) fn new(b: &mut Binds, hold: &NewHold<'_>) -> Self {
+        Self {
+            id: b.push(hold.id),
+            listing: b.push(hold.listing_id),
+            check_in: b.push(hold.check_in),
+            check_out: b.push(hold.check_out),
+            expires_at: b.push(hold.expires_at),
+        }
+    }
+
+    /// The insert for the saga whose id is `saga_id`, written only when `filter` (a `WHERE`
+    /// clause, or `""`) holds.
+    pub(crate) fn sql(&self, saga_id: Param, filter: &str) -> String {
+        let Self {
+            id,
+            listing,
+            check_in,
+            check_out,
+            expires_at,
+        } = self;
+        format!(
+            "INSERT INTO inventory_claims (id, saga_id, listing_id, stay, kind, status, expires_at)
          SELECT {id}::uuid, {saga_id}, {listing}::text, daterange({check_in}::date, {check_out}::date, '[)'),
                 'hold', 'active', {expires_at}::timestamptz {filter}
          ON CONFLICT DO NOTHING
          RETURNING id, expires_at"
-    )
+        )
+    }
+}
+
+/// The statement of [`hold`].
+pub(super) fn hold_statement(new: &NewHold<'_>) -> Statement {
+    static TEXT: Text = Text::new();
+    let mut b = Binds::new();
+    let saga_id = b.push(new.saga_id);
+    let hold = PlaceHold::new(&mut b, new);
+    TEXT.with(b, || hold.sql(saga_id, ""))
 }
 
 /// Places a hold. The database decides: an overlapping active claim makes the insert a no-op.
 pub async fn hold(conn: &mut PgConnection, new: &NewHold<'_>) -> Result<HoldResult, sqlx::Error> {
-    static SQL: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| insert_hold_sql("$1", 2, ""));
-    let inserted = new
-        .bind(sqlx::query(sqlx::AssertSqlSafe(SQL.as_str())).bind(new.saga_id))
+    let inserted = hold_statement(new)
+        .query()?
         .fetch_optional(&mut *conn)
         .await?;
     if let Some(row) = inserted {
@@ -128,15 +154,23 @@ pub enum ConfirmResult {
     HoldLost,
 }
 
-/// The `UPDATE` that turns the active hold of the saga whose id is the SQL `saga_id` into a
-/// booking, returning the claim's id (none when the hold is lost); `and` adds conditions
-/// (`" AND …"`, or `""`).
-pub(crate) fn convert_to_booking_sql(saga_id: &str, and: &str) -> String {
+/// The `UPDATE` that turns the active hold of the saga whose id is `saga_id` into a booking,
+/// returning the claim's id (none when the hold is lost); `and` adds conditions (`" AND …"`, or
+/// `""`). A statement part with no values of its own.
+pub(crate) fn convert_to_booking_sql(saga_id: Param, and: &str) -> String {
     format!(
         "UPDATE inventory_claims SET kind = 'booking', expires_at = NULL
          WHERE saga_id = {saga_id} AND status = 'active' AND (kind = 'booking' OR expires_at > now()){and}
          RETURNING id"
     )
+}
+
+/// The statement of [`convert_to_booking`].
+pub(super) fn convert_to_booking_statement(saga_id: Uuid) -> Statement {
+    static TEXT: Text = Text::new();
+    let mut b = Binds::new();
+    let id = b.push(saga_id);
+    TEXT.with(b, || convert_to_booking_sql(id, ""))
 }
 
 /// Turns the saga's active hold into a booking (no expiry). A hold past its TTL counts as lost even
@@ -145,12 +179,12 @@ pub async fn convert_to_booking(
     conn: &mut PgConnection,
     saga_id: Uuid,
 ) -> Result<ConfirmResult, sqlx::Error> {
-    static SQL: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| convert_to_booking_sql("$1", ""));
-    let id: Option<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(SQL.as_str()))
-        .bind(saga_id)
+    let id: Option<Uuid> = convert_to_booking_statement(saga_id)
+        .query()?
         .fetch_optional(conn)
-        .await?;
+        .await?
+        .map(|row| row.try_get(0))
+        .transpose()?;
     Ok(id.map_or(ConfirmResult::HoldLost, ConfirmResult::Booked))
 }
 

@@ -7,10 +7,15 @@ pub mod events;
 pub mod inventory;
 pub mod kept;
 pub mod listen;
+pub mod progress;
 pub mod queues;
 pub mod sagas;
+mod stmt;
 pub mod stripe_events;
 pub mod webhooks;
+
+#[cfg(test)]
+mod snapshots;
 
 use std::time::Duration;
 
@@ -54,16 +59,6 @@ pub fn sqlstate(err: &sqlx::Error) -> Option<String> {
     err.as_database_error()
         .and_then(|e| e.code())
         .map(|c| c.into_owned())
-}
-
-/// A statement being bound, as the helpers that bind a part's run of parameters take and
-/// return it.
-pub(crate) type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
-
-/// The placeholders `$first`, `$first + 1`, … of `N` consecutive parameters, for SQL assembled
-/// from parts that each take a run of parameters.
-pub(crate) fn placeholders<const N: usize>(first: usize) -> [String; N] {
-    std::array::from_fn(|i| format!("${}", first + i))
 }
 
 /// A pooled connection idle at least this long is pinged before use.

@@ -4,70 +4,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{FromRow, PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{CANCEL_CHANNEL, DONE_CHANNEL, WORK_CHANNEL, bookings, events, inventory, webhooks};
-use crate::events::NewEvent;
-
-/// Where a saga is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SagaStatus {
-    /// Running its forward steps.
-    Running,
-    /// Undoing its completed steps in reverse order.
-    Compensating,
-    /// Parked until an outside event (e.g. 3-D Secure) or its deadline.
-    Waiting,
-    /// Every step succeeded.
-    Completed,
-    /// Every needed compensation succeeded.
-    Compensated,
-    /// A compensation could not succeed within its retry limit: an operator must look.
-    Stuck,
-}
-
-impl SagaStatus {
-    pub const ALL: [SagaStatus; 6] = [
-        SagaStatus::Running,
-        SagaStatus::Compensating,
-        SagaStatus::Waiting,
-        SagaStatus::Completed,
-        SagaStatus::Compensated,
-        SagaStatus::Stuck,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SagaStatus::Running => "running",
-            SagaStatus::Compensating => "compensating",
-            SagaStatus::Waiting => "waiting",
-            SagaStatus::Completed => "completed",
-            SagaStatus::Compensated => "compensated",
-            SagaStatus::Stuck => "stuck",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|v| v.as_str() == s)
-    }
-
-    /// Terminal for the engine: nothing more happens without an operator or a guest.
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Stuck
-        )
-    }
-}
-
-impl std::fmt::Display for SagaStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use super::{CANCEL_CHANNEL, WORK_CHANNEL};
+use crate::engine::model::SagaStatus;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SagaRow {
@@ -106,192 +48,6 @@ pub(super) const COLUMNS: &str = "id, saga_name, saga_version, status, current_s
     locked_by, locked_until, wait_key, wait_deadline, failure_step, failure_reason, cancel_requested, \
     event_version, idempotency_key, request_fingerprint, created_at, updated_at, finished_at";
 
-pub struct NewSaga<'a> {
-    pub id: Uuid,
-    pub saga_name: &'a str,
-    pub saga_version: i32,
-    pub input: &'a serde_json::Value,
-    pub idempotency_key: Option<&'a str>,
-    pub request_fingerprint: &'a str,
-    /// Insert it already claimed (first attempt) by this worker for this long: the starting
-    /// process runs it itself, without a claim.
-    pub leased_to: Option<(&'a str, Duration)>,
-    /// Its first events: `BookingRequested` (which creates the booking row), then those of the
-    /// steps run ahead, if any.
-    pub events: &'a [NewEvent],
-    /// Leading steps the start statement carries out itself.
-    pub ahead: Option<StartAhead<'a>>,
-}
-
-/// Leading steps of a new saga that its start statement carries out, planned ahead as having
-/// succeeded: the hold they place, the state they lead to and their step rows. When the hold
-/// cannot be placed (the dates are taken), the saga starts at its first step as if there were
-/// none, with its first event only; a worker then runs the hold step, which finds them taken.
-pub struct StartAhead<'a> {
-    pub hold: &'a inventory::NewHold<'a>,
-    pub current_step: i32,
-    pub context: &'a serde_json::Value,
-    /// The booking's status after the steps' events.
-    pub booking_status: &'a str,
-    pub steps: &'a [StepOutcome<'a>],
-}
-
-pub enum InsertOutcome {
-    /// The new saga as inserted: past the steps ahead when its `current_step` is theirs.
-    Created(Box<SagaRow>),
-    /// The idempotency key was used before: the saga it started and that request's fingerprint.
-    Existing { id: Uuid, fingerprint: String },
-}
-
-/// The start statement, with or without steps ahead (its parameters: [`start`]).
-fn start_sql(ahead: bool) -> String {
-    // With steps ahead, `claim` places their hold, unless the idempotency key was used before (a
-    // replay must not hold anything: the earlier saga has its own), and the saga starts past
-    // them only if it did; parts gated on `s` write nothing for a reused key. `past(p, v)`: `p`
-    // past the steps ahead, else the plain start's `v`.
-    const HELD: &str = "EXISTS (SELECT 1 FROM claim)";
-    let past = |ahead_value: &str, plain: &str| {
-        if ahead {
-            format!("CASE WHEN {HELD} THEN {ahead_value} ELSE {plain} END")
-        } else {
-            plain.to_owned()
-        }
-    };
-    let (claim, steps) = if ahead {
-        (
-            format!(
-                "claim AS ({}),",
-                inventory::insert_hold_sql(
-                    "$1",
-                    29,
-                    "WHERE NOT EXISTS (SELECT 1 FROM sagas WHERE idempotency_key = $5)"
-                )
-            ),
-            format!(
-                ", {}",
-                steps_cte(&format!("(SELECT 1 FROM s WHERE {HELD}) AS ran"), 34)
-            ),
-        )
-    } else {
-        (String::new(), String::new())
-    };
-    let (step, context, versions) = (
-        past("$25::int", "0"),
-        past("$26::jsonb", "'{}'::jsonb"),
-        past("$27::int", "1"),
-    );
-    format!(
-        "WITH {claim}
-         s AS (
-             INSERT INTO sagas (id, saga_name, saga_version, status, input, next_run_at, idempotency_key,
-                                request_fingerprint, locked_by, locked_until, attempt,
-                                current_step, context, event_version)
-             SELECT $1, $2, $3, 'running', $4, now(), $5, $6, $7,
-                    now() + $8::float8 * interval '1 millisecond', CASE WHEN $7::text IS NULL THEN 0 ELSE 1 END,
-                    {step}, {context}, {versions}
-             ON CONFLICT (idempotency_key) DO NOTHING
-             RETURNING {COLUMNS}),
-         {events},
-         booking AS ({booking} RETURNING 1){steps}
-         SELECT s.*,
-                (SELECT count(*) FROM (SELECT pg_notify($9, '') WHERE $10::bool) n) AS notified,
-                (SELECT count(*) FROM ({wake_deliveries}) w) AS woke_deliveries
-         FROM s",
-        // Only the events the saga starts with: the first, or all of them past the steps ahead.
-        events = events::append_ctes("$1", "1", "s WHERE e.ord <= s.event_version", 12),
-        booking = bookings::insert_requested_sql("$1", 19, "s", &past("$28::text", "'requested'")),
-        wake_deliveries = webhooks::WAKE_IF_DELIVERIES.replace("$WAKE", "$11"),
-    )
-}
-
-/// Starts a saga in **one statement**: the saga (due now, or already leased to the caller's
-/// engine), its first event (version 1, fanned out to webhook deliveries), the booking row the
-/// event creates, and, unless `wake_workers` is false, the NOTIFY that wakes a worker. With
-/// steps ahead, the same statement places their hold and, if it could, records them: their
-/// events, step rows and the state past them. A reused idempotency key writes nothing and
-/// reports the earlier saga.
-pub async fn start(
-    conn: &mut PgConnection,
-    saga: &NewSaga<'_>,
-    wake_workers: bool,
-) -> Result<InsertOutcome, sqlx::Error> {
-    static PLAIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| start_sql(false));
-    static AHEAD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| start_sql(true));
-    let first = saga
-        .events
-        .first()
-        .ok_or_else(|| sqlx::Error::Protocol("a saga starts with an event".into()))?;
-    let batch = events::Batch::new(saga.id, saga.events);
-    let sql = if saga.ahead.is_some() { &AHEAD } else { &PLAIN };
-    let q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-        .bind(saga.id)
-        .bind(saga.saga_name)
-        .bind(saga.saga_version)
-        .bind(saga.input)
-        .bind(saga.idempotency_key)
-        .bind(saga.request_fingerprint)
-        .bind(saga.leased_to.map(|(w, _)| w))
-        .bind(saga.leased_to.map(|(_, d)| d.as_millis() as f64))
-        .bind(WORK_CHANNEL)
-        .bind(wake_workers)
-        .bind(webhooks::WEBHOOK_CHANNEL);
-    let q = bookings::bind_requested(batch.bind(q, saga.saga_name), &first.event);
-    let q = match &saga.ahead {
-        Some(a) => bind_steps(
-            a.hold.bind(
-                q.bind(a.current_step)
-                    .bind(a.context)
-                    .bind(saga.events.len() as i32)
-                    .bind(a.booking_status),
-            ),
-            a.steps,
-        ),
-        None => q,
-    };
-    if let Some(row) = q.fetch_optional(&mut *conn).await? {
-        return Ok(InsertOutcome::Created(Box::new(SagaRow::from_row(&row)?)));
-    }
-    let (id, fingerprint): (Uuid, Option<String>) =
-        sqlx::query_as("SELECT id, request_fingerprint FROM sagas WHERE idempotency_key = $1")
-            .bind(saga.idempotency_key)
-            .fetch_one(&mut *conn)
-            .await?;
-    Ok(InsertOutcome::Existing {
-        id,
-        fingerprint: fingerprint.unwrap_or_default(),
-    })
-}
-
-/// The upsert of step history rows (at most one per step and phase) of saga `$1`, written only
-/// when `gate` (a FROM item) yields a row; the six arrays are `$first` onwards ([`bind_steps`]).
-fn steps_cte(gate: &str, first: usize) -> String {
-    let [index, phase, name, status, attempts, error] = super::placeholders(first);
-    format!(
-        "step AS (
-             INSERT INTO saga_steps (saga_id, step_index, phase, step_name, status, attempts, last_error, finished_at)
-             SELECT $1, x.i, x.phase, x.name, x.status, x.attempts, x.error,
-                    CASE WHEN x.status IN ('succeeded', 'failed', 'skipped') THEN now() END
-             FROM {gate}, unnest({index}::int[], {phase}::text[], {name}::text[], {status}::text[],
-                                 {attempts}::int[], {error}::text[])
-                     AS x(i, phase, name, status, attempts, error)
-             ON CONFLICT (saga_id, step_index, phase) DO UPDATE
-             SET status = EXCLUDED.status, attempts = EXCLUDED.attempts,
-                 last_error = COALESCE(EXCLUDED.last_error, saga_steps.last_error),
-                 finished_at = EXCLUDED.finished_at
-             RETURNING 1)"
-    )
-}
-
-/// Binds the six parameters of [`steps_cte`], in order.
-fn bind_steps<'q>(q: super::Query<'q>, steps: &[StepOutcome<'q>]) -> super::Query<'q> {
-    q.bind(steps.iter().map(|s| s.index).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.phase).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.name).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.status).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.attempts).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.error).collect::<Vec<_>>())
-}
-
 /// Reserves the next `n` event versions of a saga (row-locked until the transaction ends), returning
 /// the first one.
 pub async fn reserve_event_versions(
@@ -317,221 +73,6 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<SagaRow>, s
     .bind(id)
     .fetch_optional(conn)
     .await
-}
-
-/// What a worker holds: the guard its outcome commit must still match.
-#[derive(Debug, Clone)]
-pub struct Fence {
-    pub id: Uuid,
-    pub status: SagaStatus,
-    pub current_step: i32,
-    pub attempt: i32,
-    pub worker: String,
-}
-
-/// The state a step outcome moves the saga to.
-#[derive(Debug, Clone)]
-pub struct Transition {
-    pub status: SagaStatus,
-    pub current_step: i32,
-    pub attempt: i32,
-    pub context: serde_json::Value,
-    pub next_run_at: Option<DateTime<Utc>>,
-    /// Keep the lease (the same worker goes on with the next step at once) for this long.
-    pub keep_lease: Option<Duration>,
-    /// With `keep_lease`: leave the current lease as it is while at least this much of it remains,
-    /// renew it otherwise (`None`: always renew). Then a step that goes on touches no indexed
-    /// column of `sagas` (`next_run_at` too is left alone while leased), so PostgreSQL can update
-    /// the row in place (a HOT update) instead of adding an entry to each of its indexes.
-    pub lease_floor: Option<Duration>,
-    pub wait_key: Option<String>,
-    pub wait_deadline: Option<DateTime<Utc>>,
-    pub failure_step: Option<String>,
-    pub failure_reason: Option<String>,
-    /// Events this transition appends; their versions are reserved by the same statement.
-    pub events: i32,
-}
-
-impl Transition {
-    /// To `status` at `step` (attempt `attempt`) with `context`, setting nothing else: no schedule,
-    /// no lease kept, no wait, no failure, no events.
-    pub fn new(status: SagaStatus, step: i32, attempt: i32, context: serde_json::Value) -> Self {
-        Self {
-            status,
-            current_step: step,
-            attempt,
-            context,
-            next_run_at: None,
-            keep_lease: None,
-            lease_floor: None,
-            wait_key: None,
-            wait_deadline: None,
-            failure_step: None,
-            failure_reason: None,
-            events: 0,
-        }
-    }
-}
-
-/// A step attempt's outcome as its saga's step history shows it (one row per step and phase).
-#[derive(Debug, Clone)]
-pub struct StepOutcome<'a> {
-    pub index: i32,
-    pub phase: &'a str,
-    pub name: &'a str,
-    pub status: &'a str,
-    pub attempts: i32,
-    pub error: Option<&'a str>,
-}
-
-/// Everything a step outcome writes (or the outcomes of a step and of the local steps it chained,
-/// committed together): the fenced transition, its events (and their webhook deliveries), the
-/// bookings projection, the step history and the wake-ups.
-pub struct Record<'a> {
-    pub fence: &'a Fence,
-    pub transition: &'a Transition,
-    pub saga_name: &'a str,
-    pub events: &'a [NewEvent],
-    pub booking: &'a bookings::Change,
-    /// Step history rows, at most one per step and phase.
-    pub steps: &'a [StepOutcome<'a>],
-    /// A confirm step planned ahead is among the outcomes: turn the saga's hold into a booking
-    /// in the same statement, which fails with [`sqlstate::HOLD_LOST`](super::sqlstate::HOLD_LOST)
-    /// and writes nothing when the hold is lost.
-    pub convert_hold: bool,
-}
-
-/// The NOTIFY (channel, payload) a saga moving to `status` and letting its lease go sends at
-/// commit: workers for due work, waiters for a terminal state.
-fn notification(id: Uuid, status: SagaStatus) -> Option<(&'static str, String)> {
-    match status {
-        SagaStatus::Running | SagaStatus::Compensating => Some((WORK_CHANNEL, String::new())),
-        s if s.is_terminal() => Some((DONE_CHANNEL, id.to_string())),
-        _ => None,
-    }
-}
-
-/// What [`record`] did.
-#[derive(Debug, Clone, Copy)]
-pub struct Recorded {
-    /// The first event version the transition reserved.
-    pub first_version: i32,
-    /// A guest cancellation was requested meanwhile.
-    pub cancel_requested: bool,
-    /// The saga would have been parked or completed with a cancellation pending: it was queued
-    /// again (status `running`) instead.
-    pub requeued: bool,
-}
-
-/// Records `r` in **one statement** if the worker still holds the saga as its fence says (one round
-/// trip; atomic on its own, or part of the caller's transaction). `None` when the fence no longer
-/// holds (the lease ran out and someone else claimed it): then nothing was written.
-///
-/// The fence is compared with `IS NOT DISTINCT FROM` (its values are never NULL) because no index
-/// can serve that: the row is always found by its primary key. With `status = $2`, a generic plan
-/// made while the table was small (a fresh database, sagad forces generic plans) could pick
-/// `sagas_status_listing` and walk every saga in that status on each step.
-pub async fn record(
-    conn: &mut PgConnection,
-    r: &Record<'_>,
-) -> Result<Option<Recorded>, sqlx::Error> {
-    // `converting`: the statement also turns the saga's hold into a booking, and fails with
-    // `sqlstate::HOLD_LOST` (writing nothing) when there is no live hold to turn.
-    fn sql(converting: bool) -> String {
-        let (converted, require) = if converting {
-            (
-                format!(
-                    ", converted AS ({})",
-                    inventory::convert_to_booking_sql("$1", " AND EXISTS (SELECT 1 FROM t)")
-                ),
-                format!(
-                    ",\n sagad_require(EXISTS (SELECT 1 FROM converted), '{}',
-                                    'hold_lost: the hold expired or was released before the booking was confirmed') AS hold_converted",
-                    super::sqlstate::HOLD_LOST
-                ),
-            )
-        } else {
-            (String::new(), String::new())
-        };
-        format!(
-            "WITH t AS (
-                 UPDATE sagas SET status = CASE WHEN {{requeue}} THEN 'running' ELSE $6 END,
-                        current_step = $7, attempt = $8, context = $9,
-                        next_run_at = CASE WHEN {{requeue}} THEN now() WHEN $11::float8 IS NOT NULL THEN next_run_at ELSE $10 END,
-                        locked_by = CASE WHEN {{requeue}} OR $11::float8 IS NULL THEN NULL ELSE locked_by END,
-                        locked_until = CASE WHEN {{requeue}} OR $11::float8 IS NULL THEN NULL
-                                            WHEN locked_until >= now() + $41::float8 * interval '1 millisecond' THEN locked_until
-                                            ELSE now() + $11::float8 * interval '1 millisecond' END,
-                        wait_key = CASE WHEN NOT {{requeue}} THEN $12 END,
-                        wait_deadline = CASE WHEN NOT {{requeue}} THEN $13 END,
-                        failure_step = COALESCE($14, failure_step), failure_reason = COALESCE($15, failure_reason),
-                        finished_at = CASE WHEN NOT {{requeue}} AND $6 IN ('completed', 'compensated', 'stuck') THEN now() END,
-                        event_version = event_version + $16, updated_at = now()
-                 WHERE id = $1 AND (status, current_step, attempt, locked_by) IS NOT DISTINCT FROM ($2, $3, $4, $5)
-                 RETURNING event_version - $16 + 1 AS first_version, cancel_requested, {{requeue}} AS requeued),
-             {events},
-             booking AS ({booking} AND $30::bool AND EXISTS (SELECT 1 FROM t) RETURNING 1),
-             {steps}{converted}
-             SELECT t.first_version, t.cancel_requested,
-                    t.requeued,
-                    (SELECT count(*) FROM (
-                         SELECT pg_notify(CASE WHEN t.requeued THEN $40 ELSE $37::text END,
-                                          CASE WHEN t.requeued THEN '' ELSE $38::text END)
-                         WHERE t.requeued OR $37::text IS NOT NULL) n) AS notified,
-                    (SELECT count(*) FROM ({wake_deliveries}) w) AS woke_deliveries{require}
-             FROM t",
-            events = events::append_ctes("$1", "t.first_version", "t", 17),
-            booking = bookings::update_sql("$1", 24),
-            steps = steps_cte("t", 31),
-            wake_deliveries = webhooks::WAKE_IF_DELIVERIES.replace("$WAKE", "$39"),
-        )
-        // A guest cancelled while the step ran and the saga would now sit idle (parked or done):
-        // it goes back to the queue, so the cancellation is carried out at once.
-        .replace("{requeue}", "(cancel_requested AND $6 IN ('waiting', 'completed'))")
-    }
-    static PLAIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| sql(false));
-    static CONVERTING: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| sql(true));
-    let (f, t) = (r.fence, r.transition);
-    let batch = events::Batch::new(f.id, r.events);
-    let notify = match t.keep_lease {
-        None => notification(f.id, t.status),
-        Some(_) => None,
-    };
-    let sql = if r.convert_hold { &CONVERTING } else { &PLAIN };
-    let q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-        .bind(f.id)
-        .bind(f.status.as_str())
-        .bind(f.current_step)
-        .bind(f.attempt)
-        .bind(&f.worker)
-        .bind(t.status.as_str())
-        .bind(t.current_step)
-        .bind(t.attempt)
-        .bind(&t.context)
-        .bind(t.next_run_at)
-        .bind(t.keep_lease.map(|d| d.as_millis() as f64))
-        .bind(&t.wait_key)
-        .bind(t.wait_deadline)
-        .bind(&t.failure_step)
-        .bind(&t.failure_reason)
-        .bind(t.events);
-    let q = r.booking.bind(batch.bind(q, r.saga_name));
-    let row = bind_steps(q.bind(!r.booking.is_empty()), r.steps)
-        .bind(notify.as_ref().map(|(c, _)| *c))
-        .bind(notify.as_ref().map(|(_, p)| p.as_str()))
-        .bind(webhooks::WEBHOOK_CHANNEL)
-        .bind(WORK_CHANNEL)
-        .bind(t.lease_floor.map(|d| d.as_millis() as f64))
-        .fetch_optional(&mut *conn)
-        .await?;
-    row.map(|row| {
-        Ok(Recorded {
-            first_version: row.try_get(0)?,
-            cancel_requested: row.try_get(1)?,
-            requeued: row.try_get(2)?,
-        })
-    })
-    .transpose()
 }
 
 /// Whether `worker` may run the saga's next remote step before the outcome of the one before it is
@@ -701,4 +242,42 @@ pub async fn steps(conn: &mut PgConnection, saga_id: Uuid) -> Result<Vec<StepRec
     .bind(saga_id)
     .fetch_all(conn)
     .await
+}
+
+/// A saga's status; `None` when there is no such saga.
+pub async fn status(pool: &PgPool, id: Uuid) -> Result<Option<SagaStatus>, sqlx::Error> {
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM sagas WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    // The column's CHECK constraint admits only known values.
+    Ok(status.map(|s| SagaStatus::parse(&s).unwrap_or(SagaStatus::Stuck)))
+}
+
+/// The work queue at a glance: how many sagas are due and unclaimed, and how long the oldest of
+/// them has been due.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QueueDepth {
+    pub due: i64,
+    pub oldest_due: Option<Duration>,
+}
+
+pub async fn queue_depth(pool: &PgPool) -> Result<QueueDepth, sqlx::Error> {
+    let (due, oldest): (i64, Option<f64>) = sqlx::query_as(
+        "SELECT count(*), extract(epoch FROM now() - min(next_run_at))::float8
+         FROM sagas WHERE status IN ('running', 'compensating') AND locked_until IS NULL AND next_run_at <= now()",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(QueueDepth {
+        due,
+        oldest_due: oldest.and_then(|s| Duration::try_from_secs_f64(s.max(0.0)).ok()),
+    })
+}
+
+/// How many sagas there are of each (saga name, status).
+pub async fn count_by_status(pool: &PgPool) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT saga_name, status, count(*) FROM sagas GROUP BY 1, 2")
+        .fetch_all(pool)
+        .await
 }

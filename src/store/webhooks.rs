@@ -1,5 +1,6 @@
 //! Outgoing webhooks: endpoints, secrets, the delivery outbox and the attempt log.
 
+use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -8,6 +9,7 @@ use sqlx::{PgConnection, PgExecutor, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::stmt::{Binds, Param, Statement, Text};
 use crate::events::SCHEMA_VERSION;
 use crate::webhooks::catalog;
 
@@ -15,8 +17,9 @@ use crate::webhooks::catalog;
 pub const WEBHOOK_CHANNEL: &str = "sagad_webhooks";
 
 /// The outbox insert as a CTE named `deliveries`, over a CTE `pub_events(id, type)` that gives each
-/// event's published type (NULL: not published). Pattern semantics mirror `catalog::matches`: `*`,
-/// `prefix.*` or an exact name. With no enabled endpoint it is an empty index scan.
+/// event's published type (NULL: not published): a statement part with no values of its own.
+/// The one place subscription patterns are matched: `*`, `prefix.*` or an exact name (what
+/// `catalog::validate_pattern` admits). With no enabled endpoint it is an empty index scan.
 pub(crate) const FAN_OUT_CTE: &str = "deliveries AS (
              INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type)
              SELECT gen_random_uuid(), ep.id, ev.id, ev.type
@@ -27,9 +30,29 @@ pub(crate) const FAN_OUT_CTE: &str = "deliveries AS (
              ON CONFLICT (endpoint_id, event_id) DO NOTHING
              RETURNING 1)";
 
-/// Wakes the delivery workers (at commit) when the fan-out inserted anything.
-pub(crate) const WAKE_IF_DELIVERIES: &str =
-    "SELECT pg_notify($WAKE, '') FROM (SELECT 1 FROM deliveries LIMIT 1) AS any_inserted";
+/// Wakes the delivery workers (at commit) when the fan-out ([`FAN_OUT_CTE`]) inserted anything:
+/// a statement part.
+pub(crate) struct WakeDeliveries {
+    channel: Param,
+}
+
+impl WakeDeliveries {
+    pub(crate) fn new(b: &mut Binds) -> Self {
+        Self {
+            channel: b.push(WEBHOOK_CHANNEL),
+        }
+    }
+}
+
+impl fmt::Display for WakeDeliveries {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "SELECT pg_notify({}, '') FROM (SELECT 1 FROM deliveries LIMIT 1) AS any_inserted",
+            self.channel
+        )
+    }
+}
 
 /// The published type of each internal event type (`None`: not published).
 pub fn published_types(internal_types: &[String]) -> Vec<Option<&'static str>> {
@@ -37,6 +60,20 @@ pub fn published_types(internal_types: &[String]) -> Vec<Option<&'static str>> {
         .iter()
         .map(|t| catalog::public_type(t))
         .collect()
+}
+
+/// The statement of [`fan_out`].
+pub(super) fn fan_out_statement(event_ids: &[Uuid], internal_types: &[String]) -> Statement {
+    static TEXT: Text = Text::new();
+    let mut b = Binds::new();
+    let ids = b.push(event_ids);
+    let types = b.push(published_types(internal_types));
+    let wake = WakeDeliveries::new(&mut b);
+    TEXT.with(b, || {
+        format!(
+            "WITH pub_events AS (SELECT * FROM unnest({ids}::uuid[], {types}::text[]) AS e(id, type)), {FAN_OUT_CTE} {wake}"
+        )
+    })
 }
 
 /// Inserts one delivery per published event and matching enabled endpoint, in the caller's
@@ -47,16 +84,8 @@ pub async fn fan_out(
     event_ids: &[Uuid],
     internal_types: &[String],
 ) -> Result<(), sqlx::Error> {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "WITH pub_events AS (SELECT * FROM unnest($1::uuid[], $2::text[]) AS e(id, type)), {FAN_OUT_CTE} {}",
-            WAKE_IF_DELIVERIES.replace("$WAKE", "$3")
-        )
-    });
-    sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
-        .bind(event_ids)
-        .bind(published_types(internal_types))
-        .bind(WEBHOOK_CHANNEL)
+    fan_out_statement(event_ids, internal_types)
+        .query()?
         .fetch_optional(conn)
         .await?;
     Ok(())

@@ -46,17 +46,9 @@ pub fn public_types() -> impl Iterator<Item = &'static str> {
     PUBLISHED.iter().map(|(_, p)| *p)
 }
 
-/// Does `pattern` (`*`, `booking.*` or an exact name) select `public_type`? Mirrors the SQL in
-/// `store::webhooks::fan_out`.
-pub fn matches(pattern: &str, public_type: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => public_type.starts_with(prefix),
-        None => pattern == public_type,
-    }
-}
-
 /// Checks a subscription pattern: `*`, `<category>.*` for a category the catalog has, or an
 /// exact public type. Unknown names are refused so a typo does not silently subscribe to nothing.
+/// Patterns are matched in one place, the outbox insert (`store::webhooks::FAN_OUT_CTE`).
 pub fn validate_pattern(pattern: &str) -> Result<(), String> {
     if pattern == "*" {
         return Ok(());
@@ -79,15 +71,6 @@ pub fn validate_pattern(pattern: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn patterns_match_exact_names_prefixes_and_everything() {
-        assert!(matches("*", "booking.confirmed"));
-        assert!(matches("booking.*", "booking.confirmed"));
-        assert!(!matches("booking.*", "payment.captured"));
-        assert!(matches("payment.captured", "payment.captured"));
-        assert!(!matches("payment.captured", "payment.capturedx"));
-    }
 
     #[test]
     fn only_catalogued_patterns_are_accepted() {

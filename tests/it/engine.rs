@@ -4,9 +4,11 @@
 use std::time::Duration;
 
 use sagad::config::Role;
+use sagad::engine::model::{Fence, SagaStatus, StepOutcome, Transition};
+use sagad::engine::plan::Plan;
+use sagad::engine::record::{self, Outcomes};
 use sagad::queue::Table;
 use sagad::store::queues::SagaQueue;
-use sagad::store::sagas;
 use sagad::stripe::double::{Fault, Operation};
 use serde_json::json;
 
@@ -16,10 +18,10 @@ use crate::harness::{
 };
 
 /// What `worker` holds after a first claim of step `step` of a running saga.
-fn fence(id: uuid::Uuid, step: i32, worker: &str) -> sagas::Fence {
-    sagas::Fence {
+fn fence(id: uuid::Uuid, step: i32, worker: &str) -> Fence {
+    Fence {
         id,
-        status: sagas::SagaStatus::Running,
+        status: SagaStatus::Running,
         current_step: step,
         attempt: 1,
         worker: worker.into(),
@@ -27,8 +29,8 @@ fn fence(id: uuid::Uuid, step: i32, worker: &str) -> sagas::Fence {
 }
 
 /// A transition to `status` at `step` (first attempt) that sets nothing else.
-fn transition(status: sagas::SagaStatus, step: i32) -> sagas::Transition {
-    sagas::Transition::new(status, step, 1, json!({}))
+fn transition(status: SagaStatus, step: i32) -> Transition {
+    Transition::new(status, step, 1, json!({}))
 }
 
 #[tokio::test]
@@ -76,34 +78,30 @@ async fn a_worker_that_dies_after_its_claim_is_replaced_when_the_lease_expires()
     // The dead worker cannot record anything now: its fence no longer holds, and none of the
     // statement's parts (events, projection, step history, wake-ups) writes anything.
     let mut conn = api.pool.acquire().await.unwrap();
-    let events = [sagad::events::NewEvent::from(
-        sagad::events::Event::SagaCompensated {
-            reason: "stale".into(),
+    let stale = Plan {
+        transition: Transition {
+            failure_reason: Some("stale".into()),
+            ..transition(SagaStatus::Compensated, 0)
         },
-    )];
-    let booking = sagad::store::bookings::Change::of(events.iter().map(|e| &e.event));
-    let stale = sagas::record(
-        &mut conn,
-        &sagas::Record {
-            fence: &fence(id, 1, "doomed-worker"),
-            transition: &sagas::Transition {
-                failure_reason: Some("stale".into()),
-                events: 1,
-                ..transition(sagas::SagaStatus::Compensated, 0)
+        events: vec![sagad::events::NewEvent::from(
+            sagad::events::Event::SagaCompensated {
+                reason: "stale".into(),
             },
-            saga_name: "booking",
-            events: &events,
-            booking: &booking,
-            steps: &[sagas::StepOutcome {
-                index: 1,
-                phase: "forward",
-                name: "authorize_payment",
-                status: "failed",
-                attempts: 9,
-                error: Some("stale"),
-            }],
-            convert_hold: false,
-        },
+        )],
+        step: Some(StepOutcome {
+            index: 1,
+            phase: "forward",
+            name: "authorize_payment".into(),
+            status: "failed",
+            attempts: 9,
+            error: Some("stale".into()),
+        }),
+    };
+    let stale = record::record(
+        &mut conn,
+        &fence(id, 1, "doomed-worker"),
+        "booking",
+        &Outcomes::of(vec![stale], Some("doomed-worker")),
     )
     .await
     .unwrap();
@@ -148,26 +146,25 @@ async fn a_step_that_goes_on_keeps_its_lease_until_too_little_of_it_remains() {
     };
     // The start placed the hold: the claim is of the step after it.
     let (until0, next0) = leased(1).await;
-    let go_on = |step: i32, keep_lease: Option<Duration>, floor: Duration| sagas::Transition {
+    let go_on = |step: i32, keep_lease: Option<Duration>, floor: Duration| Transition {
         next_run_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
         keep_lease,
         lease_floor: Some(floor),
-        ..transition(sagas::SagaStatus::Running, step)
+        ..transition(SagaStatus::Running, step)
     };
-    let booking = sagad::store::bookings::Change::of(std::iter::empty());
     let mut conn = api.pool.acquire().await.unwrap();
-    let mut record = async |from: i32, t: sagas::Transition| {
+    let mut record = async |from: i32, t: Transition| {
+        let outcomes = Outcomes::of(
+            vec![Plan {
+                transition: t,
+                events: Vec::new(),
+                step: None,
+            }],
+            Some("w1"),
+        );
         let fence = fence(id, from, "w1");
-        let r = sagas::Record {
-            fence: &fence,
-            transition: &t,
-            saga_name: "booking",
-            events: &[],
-            booking: &booking,
-            steps: &[],
-            convert_hold: false,
-        };
-        assert!(sagas::record(&mut conn, &r).await.unwrap().is_some());
+        let recorded = record::record(&mut conn, &fence, "booking", &outcomes);
+        assert!(recorded.await.unwrap().is_some());
     };
 
     // Plenty of the lease left for the next step: neither the lease nor next_run_at changes (no

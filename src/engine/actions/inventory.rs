@@ -67,7 +67,7 @@ fn held(ctx: &StepCtx<'_>, hold_id: Uuid, expires_at: DateTime<Utc>, placed: boo
 
 /// The hold step planned ahead at `now`: the hold to place and the step's outcome once it is
 /// placed, for a statement that places it and records that outcome together, or neither
-/// (`sagas::start`).
+/// (`store::progress::start`).
 pub fn plan_hold<'a>(ctx: &StepCtx<'a>, now: DateTime<Utc>) -> (NewHold<'a>, Outcome) {
     let new = new_hold(ctx, now);
     let outcome = held(ctx, new.id, new.expires_at, true);

@@ -1,0 +1,11 @@
+-- bookings::apply: the projection update of a run of events
+-- parameters: 7
+UPDATE bookings SET
+        status = CASE WHEN $3::bool THEN
+                      CASE WHEN cancel_reason IS NOT NULL THEN 'cancelled' ELSE 'failed' END
+                 ELSE COALESCE($2::text, status) END,
+        payment_intent_id = COALESCE($4::text, payment_intent_id),
+        confirmation_code = COALESCE($5::text, confirmation_code),
+        cancel_reason = COALESCE($6::text, cancel_reason, $7::text),
+        updated_at = now()
+    WHERE saga_id = $1
