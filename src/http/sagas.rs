@@ -4,9 +4,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,7 +17,8 @@ use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::{ApiError, AppState, BODY_LIMIT, ErrorBody};
+use super::extract::storable_time;
+use super::{ApiError, ApiPath, ApiQuery, AppState, ErrorBody, JsonBody};
 use crate::domain::{FieldError, RawBookingInput};
 use crate::engine::start::{self, Starting};
 use crate::events::{Event, NewEvent};
@@ -191,27 +190,15 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 pub async fn start_saga(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<WaitParam>,
-    body: Result<Bytes, BytesRejection>,
+    ApiQuery(q): ApiQuery<WaitParam>,
+    JsonBody { raw, value: req }: JsonBody<StartSaga>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| match e {
-        BytesRejection::FailedToBufferBody(_) => ApiError::PayloadTooLarge(BODY_LIMIT),
-        other => ApiError::BadRequest(other.body_text()),
-    })?;
     let wait = q
         .wait
         .as_deref()
         .map(|w| parse_wait(w, state.max_wait))
         .transpose()?;
     let key = idempotency_key(&headers)?;
-    let raw: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-    let req: StartSaga = serde_json::from_value(raw.clone()).map_err(|e| {
-        ApiError::Validation(vec![FieldError {
-            field: "body".into(),
-            message: e.to_string(),
-        }])
-    })?;
     let def = state.registry.latest(&req.saga).ok_or_else(|| {
         ApiError::Validation(vec![FieldError {
             field: "saga".into(),
@@ -405,7 +392,7 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     security(("bearer" = [])))]
 pub async fn get_saga(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<SagaView>, ApiError> {
     let id = parse_id(&id)?;
     full_view(&state, id)
@@ -424,7 +411,7 @@ pub struct EventList {
     responses((status = 200, body = EventList), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn saga_events(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<EventList>, ApiError> {
     let id = parse_id(&id)?;
     let mut conn = state.pool.acquire().await?;
@@ -464,10 +451,8 @@ fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
 fn decode_cursor(raw: &str) -> Option<(DateTime<Utc>, Uuid)> {
     let text = String::from_utf8(URL_SAFE_NO_PAD.decode(raw).ok()?).ok()?;
     let (at, id) = text.split_once('|')?;
-    Some((
-        DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc),
-        Uuid::parse_str(id).ok()?,
-    ))
+    let at = DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc);
+    storable_time(&at).then_some((at, Uuid::parse_str(id).ok()?))
 }
 
 /// Sagas, newest first, with keyset pagination.
@@ -475,7 +460,7 @@ fn decode_cursor(raw: &str) -> Option<(DateTime<Utc>, Uuid)> {
     responses((status = 200, body = SagaPage), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_sagas(
     State(state): State<AppState>,
-    Query(p): Query<ListParams>,
+    ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<Json<SagaPage>, ApiError> {
     let status = p
         .status
@@ -537,7 +522,7 @@ pub async fn list_sagas(
     security(("bearer" = [])))]
 pub async fn cancel_saga(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     match sagas::request_cancel(&state.pool, id).await? {

@@ -4,18 +4,16 @@
 use super::ErrorBody;
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{ApiError, AppState, BODY_LIMIT};
+use super::extract::storable_time;
+use super::{ApiError, ApiPath, ApiQuery, AppState, JsonBody};
 use crate::domain::FieldError;
 use crate::store::webhooks::{
     self as store, AttemptRow, DeliveryRow, EndpointPatch, EndpointRow, NewEndpoint, Redeliver,
@@ -100,20 +98,12 @@ pub struct RotatedSecret {
     pub previous_secret_expires_at: DateTime<Utc>,
 }
 
-fn body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let body = body.map_err(|e| match e {
-        BytesRejection::FailedToBufferBody(_) => ApiError::PayloadTooLarge(BODY_LIMIT),
-        other => ApiError::BadRequest(other.body_text()),
-    })?;
-    let raw: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-    serde_json::from_value(raw).map_err(|e| {
-        ApiError::Validation(vec![FieldError {
-            field: "body".into(),
-            message: e.to_string(),
-        }])
-    })
-}
+/// Longest endpoint URL accepted, in bytes.
+pub const MAX_URL_LEN: usize = 2048;
+/// Most `event_types` one endpoint may list (the catalog has fewer types and categories).
+pub const MAX_EVENT_TYPES: usize = 32;
+/// Longest endpoint description, in characters.
+pub const MAX_DESCRIPTION_LEN: usize = 1024;
 
 fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw)
@@ -128,6 +118,13 @@ fn field(name: &str, message: impl Into<String>) -> FieldError {
 }
 
 async fn check_url(state: &AppState, url: &str, errors: &mut Vec<FieldError>) -> String {
+    if url.len() > MAX_URL_LEN {
+        errors.push(field(
+            "url",
+            format!("must be at most {MAX_URL_LEN} bytes long"),
+        ));
+        return String::new();
+    }
     match state.webhooks.check_url(url).await {
         Ok(u) => u.to_string(),
         Err(e) => {
@@ -144,10 +141,29 @@ fn check_types(types: &[String], errors: &mut Vec<FieldError>) {
             "must name at least one event type (or `*`)",
         ));
     }
+    if types.len() > MAX_EVENT_TYPES {
+        errors.push(field(
+            "event_types",
+            format!(
+                "may list at most {MAX_EVENT_TYPES} patterns (use `category.*` or `*`), got {}",
+                types.len()
+            ),
+        ));
+        return;
+    }
     for (i, t) in types.iter().enumerate() {
         if let Err(e) = catalog::validate_pattern(t) {
             errors.push(field(&format!("event_types[{i}]"), e));
         }
+    }
+}
+
+fn check_description(description: &str, errors: &mut Vec<FieldError>) {
+    if description.chars().count() > MAX_DESCRIPTION_LEN {
+        errors.push(field(
+            "description",
+            format!("must be at most {MAX_DESCRIPTION_LEN} characters long"),
+        ));
     }
 }
 
@@ -167,12 +183,12 @@ fn check_rate_limit(r: Option<i32>, errors: &mut Vec<FieldError>) {
               (status = 422, body = ErrorBody), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn create_endpoint(
     State(state): State<AppState>,
-    raw: Result<Bytes, BytesRejection>,
+    JsonBody { value: req, .. }: JsonBody<CreateEndpoint>,
 ) -> Result<Response, ApiError> {
-    let req: CreateEndpoint = body(raw)?;
     let mut errors = Vec::new();
     let url = check_url(&state, &req.url, &mut errors).await;
     check_types(&req.event_types, &mut errors);
+    check_description(&req.description, &mut errors);
     check_rate_limit(req.rate_limit, &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
@@ -217,7 +233,7 @@ pub async fn list_endpoints(State(state): State<AppState>) -> Result<Json<Endpoi
     responses((status = 200, body = EndpointRow), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_endpoint(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<EndpointRow>, ApiError> {
     let id = parse_id(&id, "webhook endpoint")?;
     store::get_endpoint(&state.pool, id)
@@ -232,11 +248,10 @@ pub async fn get_endpoint(
     security(("bearer" = [])))]
 pub async fn update_endpoint(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    raw: Result<Bytes, BytesRejection>,
+    ApiPath(id): ApiPath,
+    JsonBody { value: req, .. }: JsonBody<UpdateEndpoint>,
 ) -> Result<Json<EndpointRow>, ApiError> {
     let id = parse_id(&id, "webhook endpoint")?;
-    let req: UpdateEndpoint = body(raw)?;
     let mut errors = Vec::new();
     let url = match &req.url {
         Some(u) => Some(check_url(&state, u, &mut errors).await),
@@ -244,6 +259,9 @@ pub async fn update_endpoint(
     };
     if let Some(t) = &req.event_types {
         check_types(t, &mut errors);
+    }
+    if let Some(d) = &req.description {
+        check_description(d, &mut errors);
     }
     check_rate_limit(req.rate_limit.flatten(), &mut errors);
     if !errors.is_empty() {
@@ -271,7 +289,7 @@ pub async fn update_endpoint(
     security(("bearer" = [])))]
 pub async fn delete_endpoint(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id, "webhook endpoint")?;
     if store::delete_endpoint(&state.pool, id).await? {
@@ -285,7 +303,7 @@ pub async fn delete_endpoint(
     responses((status = 200, body = RotatedSecret), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<RotatedSecret>, ApiError> {
     let id = parse_id(&id, "webhook endpoint")?;
     let secret = new_secret();
@@ -339,10 +357,17 @@ pub struct DeliveryList {
     responses((status = 200, body = DeliveryList), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_deliveries(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(q): Query<DeliveryParams>,
+    ApiPath(id): ApiPath,
+    ApiQuery(q): ApiQuery<DeliveryParams>,
 ) -> Result<Json<DeliveryList>, ApiError> {
     let id = parse_id(&id, "webhook endpoint")?;
+    if let Some(before) = &q.before
+        && !storable_time(before)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "before {before} is out of range: use a time between the years 1 and 9999"
+        )));
+    }
     if let Some(s) = &q.status
         && !["pending", "delivering", "delivered", "dead"].contains(&s.as_str())
     {
@@ -369,7 +394,7 @@ pub async fn list_deliveries(
     security(("bearer" = [])))]
 pub async fn get_delivery(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<DeliveryView>, ApiError> {
     let id = parse_id(&id, "webhook delivery")?;
     let d = store::get_delivery(&state.pool, id)
@@ -385,7 +410,7 @@ pub async fn get_delivery(
     security(("bearer" = [])))]
 pub async fn redeliver(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "webhook delivery")?;
     match store::redeliver(&state.pool, id).await? {
@@ -421,11 +446,16 @@ pub struct RedriveResult {
     responses((status = 200, body = RedriveResult), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn redrive(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    raw: Result<Bytes, BytesRejection>,
+    ApiPath(id): ApiPath,
+    JsonBody { value: req, .. }: JsonBody<RedriveRequest>,
 ) -> Result<Json<RedriveResult>, ApiError> {
     let id = parse_id(&id, "webhook endpoint")?;
-    let req: RedriveRequest = body(raw)?;
+    if !storable_time(&req.since) {
+        return Err(ApiError::Validation(vec![field(
+            "since",
+            "must be a time between the years 1 and 9999",
+        )]));
+    }
     if store::get_endpoint(&state.pool, id).await?.is_none() {
         return Err(ApiError::NotFound("webhook endpoint"));
     }

@@ -9,6 +9,7 @@ mod cli;
 mod crash;
 mod embedded_pg;
 mod engine;
+mod hostile;
 mod kept;
 mod start;
 mod stripe;

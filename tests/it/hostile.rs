@@ -1,0 +1,408 @@
+//! Hostile input over real HTTP: every refusal is a 4xx with the JSON error body, and nothing is
+//! written (each test compares every table's rows before and after).
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::harness::{TOKEN, TestApp, booking_input, spawn_app};
+
+/// Every table sagad writes to.
+const TABLES: &[&str] = &[
+    "sagas",
+    "saga_steps",
+    "events",
+    "inventory_claims",
+    "bookings",
+    "stripe_events",
+    "webhook_endpoints",
+    "webhook_secrets",
+    "webhook_deliveries",
+    "webhook_attempts",
+];
+
+/// Each table's row count and a digest of its rows.
+pub async fn snapshot(pool: &PgPool) -> Vec<(String, i64, String)> {
+    let mut out = Vec::new();
+    for table in TABLES {
+        let (rows, digest): (i64, String) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') FROM {table} t"
+        )))
+        .fetch_one(pool)
+        .await
+        .expect("table snapshot");
+        out.push(((*table).to_owned(), rows, digest));
+    }
+    out
+}
+
+/// The status, the JSON error body's code and the body; fails unless the body is the JSON error.
+pub async fn json_error(resp: reqwest::Response) -> (u16, String, Value) {
+    let status = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let text = resp.text().await.expect("response body");
+    assert!(
+        content_type.starts_with("application/json"),
+        "{status} answered {content_type:?}: {text}"
+    );
+    let body: Value = serde_json::from_str(&text).expect("JSON error body");
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error.code in {body}"))
+        .to_owned();
+    assert!(body["error"]["message"].is_string(), "{body}");
+    (status, code, body)
+}
+
+/// The fields named by a 422's `error.fields`.
+fn fields(body: &Value) -> Vec<String> {
+    body["error"]["fields"]
+        .as_array()
+        .map(|f| {
+            f.iter()
+                .map(|e| e["field"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn create_endpoint(app: &TestApp) -> String {
+    let resp = app
+        .post("/v1/webhook-endpoints")
+        .json(
+            &json!({ "url": "http://127.0.0.1:9/hook", "event_types": ["booking.*"],
+                       "description": "before" }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let body: Value = resp.json().await.unwrap();
+    body["id"].as_str().unwrap().to_owned()
+}
+
+fn raw_post(app: &TestApp, path: &str, body: &str) -> reqwest::RequestBuilder {
+    app.post(path)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+}
+
+#[tokio::test]
+async fn nul_in_an_endpoint_description_is_a_422_on_create_and_update() {
+    let app = spawn_app().await;
+    let id = create_endpoint(&app).await;
+    let before = snapshot(&app.pool).await;
+
+    let resp = raw_post(
+        &app,
+        "/v1/webhook-endpoints",
+        r#"{"url": "http://127.0.0.1:9/x", "event_types": ["*"], "description": "a\u0000b"}"#,
+    )
+    .send()
+    .await
+    .unwrap();
+    let (status, code, body) = json_error(resp).await;
+    assert_eq!((status, code.as_str()), (422, "validation_failed"));
+    assert_eq!(fields(&body), ["description"]);
+
+    let resp = app
+        .http
+        .patch(format!("{}/v1/webhook-endpoints/{id}", app.base))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(r#"{"description": "\u0000"}"#)
+        .send()
+        .await
+        .unwrap();
+    let (status, code, body) = json_error(resp).await;
+    assert_eq!((status, code.as_str()), (422, "validation_failed"));
+    assert_eq!(fields(&body), ["description"]);
+    assert_eq!(snapshot(&app.pool).await, before);
+}
+
+#[tokio::test]
+async fn nul_in_a_list_filter_is_a_400() {
+    let app = spawn_app().await;
+    let id = app
+        .start_booking(booking_input("nul-filter", "pm_card_visa"))
+        .await;
+    app.wait_terminal(id).await;
+    let before = snapshot(&app.pool).await;
+    for path in ["/v1/sagas?saga=%00", "/v1/sagas?status=running%00"] {
+        let (status, code, body) = json_error(app.get(path).send().await.unwrap()).await;
+        assert_eq!((status, code.as_str()), (400, "bad_request"), "{path}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("NUL"),
+            "{body}"
+        );
+    }
+    assert_eq!(snapshot(&app.pool).await, before);
+}
+
+#[tokio::test]
+async fn out_of_range_times_are_refused() {
+    let app = spawn_app().await;
+    let id = create_endpoint(&app).await;
+    let before = snapshot(&app.pool).await;
+
+    let resp = app
+        .get(&format!(
+            "/v1/webhook-endpoints/{id}/deliveries?before=-5000-01-01T00:00:00Z"
+        ))
+        .send()
+        .await
+        .unwrap();
+    let (status, code, _) = json_error(resp).await;
+    assert_eq!((status, code.as_str()), (400, "bad_request"));
+
+    let resp = app
+        .post(&format!("/v1/webhook-endpoints/{id}/redrive"))
+        .json(&json!({ "since": "-5000-01-01T00:00:00Z" }))
+        .send()
+        .await
+        .unwrap();
+    let (status, code, body) = json_error(resp).await;
+    assert_eq!((status, code.as_str()), (422, "validation_failed"));
+    assert_eq!(fields(&body), ["since"]);
+
+    // A keyset cursor is a time too.
+    use base64::Engine as _;
+    let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("-5000-01-01T00:00:00Z|{}", uuid::Uuid::nil()));
+    let resp = app
+        .get(&format!("/v1/sagas?cursor={cursor}"))
+        .send()
+        .await
+        .unwrap();
+    let (status, code, _) = json_error(resp).await;
+    assert_eq!((status, code.as_str()), (400, "bad_request"));
+    assert_eq!(snapshot(&app.pool).await, before);
+}
+
+#[tokio::test]
+async fn query_and_path_rejections_answer_the_json_error_body() {
+    let app = spawn_app().await;
+    let before = snapshot(&app.pool).await;
+    for path in [
+        "/v1/sagas?limit=abc",
+        "/v1/sagas?limit=99999999999999999999999",
+        "/v1/sagas/%FF",
+        "/v1/sagas/not-a-uuid/events",
+        "/v1/webhook-endpoints/00000000-0000-0000-0000-000000000000/deliveries?limit=x",
+    ] {
+        let (status, code, _) = json_error(app.get(path).send().await.unwrap()).await;
+        assert_eq!((status, code.as_str()), (400, "bad_request"), "{path}");
+    }
+    let resp = app
+        .post("/v1/sagas?wait=forever")
+        .json(&json!({ "saga": "booking", "input": booking_input("q", "pm_card_visa") }))
+        .send()
+        .await
+        .unwrap();
+    let (status, code, _) = json_error(resp).await;
+    assert_eq!((status, code.as_str()), (400, "bad_request"));
+    assert_eq!(snapshot(&app.pool).await, before);
+}
+
+#[tokio::test]
+async fn duplicate_json_keys_are_refused_on_every_body() {
+    let app = spawn_app().await;
+    let id = create_endpoint(&app).await;
+    let before = snapshot(&app.pool).await;
+
+    let mut input = booking_input("dup", "pm_card_visa").to_string();
+    input = input.replacen("\"amount\":45000", "\"amount\":-1,\"amount\":100", 1);
+    assert!(input.contains("\"amount\":-1,\"amount\":100"), "{input}");
+    let body = format!(r#"{{"saga": "booking", "input": {input}}}"#);
+    let (status, code, err) =
+        json_error(raw_post(&app, "/v1/sagas", &body).send().await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (400, "malformed_json"));
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("duplicate key `input.amount`"),
+        "{message}"
+    );
+
+    for (method, path, body) in [
+        (
+            "POST",
+            "/v1/webhook-endpoints".to_owned(),
+            r#"{"url": "http://127.0.0.1:9/a", "url": "http://127.0.0.1:9/b", "event_types": ["*"]}"#,
+        ),
+        (
+            "PATCH",
+            format!("/v1/webhook-endpoints/{id}"),
+            r#"{"enabled": true, "enabled": false}"#,
+        ),
+        (
+            "POST",
+            format!("/v1/webhook-endpoints/{id}/redrive"),
+            r#"{"since": "2026-01-01T00:00:00Z", "since": "2026-01-02T00:00:00Z"}"#,
+        ),
+    ] {
+        let resp = app
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", app.base))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, code, err) = json_error(resp).await;
+        assert_eq!((status, code.as_str()), (400, "malformed_json"), "{path}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("duplicate key"),
+            "{err}"
+        );
+    }
+    assert_eq!(snapshot(&app.pool).await, before);
+}
+
+#[tokio::test]
+async fn endpoint_urls_event_types_and_descriptions_are_bounded() {
+    let app = spawn_app().await;
+    let id = create_endpoint(&app).await;
+    let before = snapshot(&app.pool).await;
+    let long_url = format!("http://127.0.0.1:9/{}", "a".repeat(60 * 1024));
+    let many: Vec<&str> = vec!["booking.*"; 5000];
+    let cases = [
+        (json!({ "url": long_url, "event_types": ["*"] }), "url"),
+        (
+            json!({ "url": "http://127.0.0.1:9/x", "event_types": many }),
+            "event_types",
+        ),
+        (
+            json!({ "url": "http://127.0.0.1:9/x", "event_types": vec!["*"; 33] }),
+            "event_types",
+        ),
+        (
+            json!({ "url": "http://127.0.0.1:9/x", "event_types": ["*"], "description": "d".repeat(1025) }),
+            "description",
+        ),
+    ];
+    for (body, field) in &cases {
+        let resp = app
+            .post("/v1/webhook-endpoints")
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, code, err) = json_error(resp).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (422, "validation_failed"),
+            "{field}"
+        );
+        assert_eq!(fields(&err), [*field]);
+
+        // The same bounds on PATCH.
+        let mut patch = body.clone();
+        patch.as_object_mut().unwrap().retain(|k, _| k == field);
+        let resp = app
+            .http
+            .patch(format!("{}/v1/webhook-endpoints/{id}", app.base))
+            .bearer_auth(TOKEN)
+            .json(&patch)
+            .send()
+            .await
+            .unwrap();
+        let (status, _, err) = json_error(resp).await;
+        assert_eq!(status, 422, "PATCH {field}");
+        assert_eq!(fields(&err), [*field]);
+    }
+    // 32 patterns are accepted.
+    let resp = app
+        .post("/v1/webhook-endpoints")
+        .json(&json!({ "url": "http://127.0.0.1:9/x", "event_types": vec!["*"; 32] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let after = snapshot(&app.pool).await;
+    let endpoints = |s: &[(String, i64, String)]| {
+        s.iter()
+            .find(|(t, ..)| t == "webhook_endpoints")
+            .map(|(_, n, _)| *n)
+    };
+    assert_eq!(endpoints(&after), endpoints(&before).map(|n| n + 1));
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let app = spawn_app().await;
+    for header in [
+        format!("bearer {TOKEN}"),
+        format!("BEARER {TOKEN}"),
+        format!("Bearer {TOKEN}"),
+    ] {
+        let resp = app
+            .http
+            .get(format!("{}/v1/sagas", app.base))
+            .header("authorization", &header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{header}");
+    }
+    let resp = app
+        .http
+        .get(format!("{}/v1/sagas", app.base))
+        .header("authorization", format!("Basic {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    let (status, code, _) = json_error(resp).await;
+    assert_eq!((status, code.as_str()), (401, "unauthorized"));
+}
+
+#[tokio::test]
+async fn unknown_v1_routes_ask_for_the_token_before_saying_anything() {
+    let app = spawn_app().await;
+    let before = snapshot(&app.pool).await;
+    let anonymous = |method: &str, path: &str| {
+        app.http
+            .request(method.parse().unwrap(), format!("{}{path}", app.base))
+    };
+    for (method, path) in [
+        ("GET", "/v1/no-such-thing"),
+        ("GET", "/v1"),
+        ("POST", "/v1/sagas/x/y/z"),
+        ("GET", "/v1/sagas"),
+        ("DELETE", "/v1/sagas"),
+    ] {
+        let (status, code, _) = json_error(anonymous(method, path).send().await.unwrap()).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (401, "unauthorized"),
+            "{method} {path}"
+        );
+        let authed = anonymous(method, path)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        if path == "/v1/sagas" && method == "GET" {
+            assert_eq!(authed.status(), 200);
+            continue;
+        }
+        let (status, code, _) = json_error(authed).await;
+        let expected = if method == "DELETE" {
+            (405, "method_not_allowed")
+        } else {
+            (404, "not_found")
+        };
+        assert_eq!((status, code.as_str()), expected, "{method} {path}");
+    }
+    // Outside /v1 an unknown route is a plain (JSON) 404.
+    let (status, code, _) = json_error(anonymous("GET", "/nope").send().await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (404, "not_found"));
+    assert_eq!(snapshot(&app.pool).await, before);
+}
