@@ -32,9 +32,7 @@ async fn receive(
     let Some(verifier) = state.stripe_webhooks.as_deref() else {
         return Err(ApiError::NotFound("stripe webhook endpoint"));
     };
-    let body = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
-        .await
-        .map_err(|_| refuse(format!("body unreadable or larger than {BODY_LIMIT} bytes")))?;
+    // The header first (its size, entries and timestamp: no HMAC yet), then a bounded body.
     let header = headers
         .get("stripe-signature")
         .map(|v| {
@@ -42,8 +40,18 @@ async fn receive(
                 .map_err(|_| refuse("malformed Stripe-Signature header"))
         })
         .transpose()?;
+    let signed = verifier
+        .check_header(header, chrono::Utc::now().timestamp())
+        .map_err(|e| refuse(e.to_string()))?;
+    let body = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
+        .await
+        .map_err(|_| {
+            // Over the limit (a client that hangs up reads no answer).
+            inbound::count("unknown", "rejected");
+            ApiError::PayloadTooLarge(BODY_LIMIT)
+        })?;
     verifier
-        .verify(header, &body, chrono::Utc::now().timestamp())
+        .check_body(&signed, &body)
         .map_err(|e| refuse(e.to_string()))?;
     let event = StripeEvent::parse(&body).map_err(|e| refuse(e.to_string()))?;
     let payload: Value = serde_json::from_slice(&body).map_err(|e| refuse(e.to_string()))?;

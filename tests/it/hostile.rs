@@ -406,3 +406,35 @@ async fn unknown_v1_routes_ask_for_the_token_before_saying_anything() {
     assert_eq!((status, code.as_str()), (404, "not_found"));
     assert_eq!(snapshot(&app.pool).await, before);
 }
+
+#[tokio::test]
+async fn a_stripe_signature_flood_is_refused_by_its_size_before_any_hmac() {
+    let app = spawn_app().await;
+    let before = snapshot(&app.pool).await;
+    let t = chrono::Utc::now().timestamp();
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(255 * 1024 - 20));
+    let bogus = format!(",v1={}", "ab".repeat(32));
+    let max = sagad::stripe::webhook::MAX_SIGNATURES;
+    for (header, expected) in [
+        (format!("t={t}{}", bogus.repeat(1000)), "longer than"),
+        (format!("t={t}{}", ",v1=0".repeat(max + 1)), "more than"),
+        (
+            format!("t={}{}", t - 3600, bogus.repeat(max)),
+            "outside the tolerance",
+        ),
+    ] {
+        let resp = app
+            .http
+            .post(format!("{}/webhooks/stripe", app.base))
+            .header("stripe-signature", header)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let (status, code, err) = json_error(resp).await;
+        assert_eq!((status, code.as_str()), (400, "bad_request"));
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(message.contains(expected), "{message}");
+    }
+    assert_eq!(snapshot(&app.pool).await, before);
+}
