@@ -92,6 +92,14 @@ pub async fn run(command: StripeCommand) -> anyhow::Result<ExitCode> {
             EventsCommand::Show { id } => match stripe_events::get(&pool, &id).await? {
                 Some(r) => {
                     print_event(&r);
+                    if let Some(raw) = stripe_events::raw_body(&pool, &id).await? {
+                        println!(
+                            "body as received ({} bytes; the payload above shows each NUL \
+                             character as U+FFFD):\n{}",
+                            raw.len(),
+                            String::from_utf8_lossy(&raw)
+                        );
+                    }
                     ExitCode::SUCCESS
                 }
                 None => {

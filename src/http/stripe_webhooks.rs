@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
 use crate::store::stripe_events::{self, InboxStatus, NewStripeEvent};
-use crate::stripe::inbound::event::StripeEvent;
+use crate::stripe::inbound::event::{StripeEvent, replace_nul};
 use crate::stripe::inbound::{self, BODY_LIMIT};
 
 pub fn routes() -> Router<AppState> {
@@ -53,8 +53,12 @@ async fn receive(
     verifier
         .check_body(&signed, &body)
         .map_err(|e| refuse(e.to_string()))?;
-    let event = StripeEvent::parse(&body).map_err(|e| refuse(e.to_string()))?;
-    let payload: Value = serde_json::from_slice(&body).map_err(|e| refuse(e.to_string()))?;
+    // A verified event is Stripe's and is kept even where PostgreSQL cannot hold it as sent: a
+    // NUL character is stored as U+FFFD in the payload, beside the exact body.
+    let mut payload: Value =
+        serde_json::from_slice(&body).map_err(|e| refuse(format!("body is not JSON: {e}")))?;
+    let had_nul = replace_nul(&mut payload);
+    let event = StripeEvent::from_value(&payload).map_err(|e| refuse(e.to_string()))?;
     let handled = event.kind().is_some();
     let pi = event.payment_intent_id();
     let inserted = stripe_events::insert(
@@ -73,6 +77,7 @@ async fn receive(
                 InboxStatus::Ignored
             },
             outcome: (!handled).then_some("event type not handled"),
+            raw_body: had_nul.then_some(&body[..]),
         },
     )
     .await?;

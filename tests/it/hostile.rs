@@ -438,3 +438,80 @@ async fn a_stripe_signature_flood_is_refused_by_its_size_before_any_hmac() {
     }
     assert_eq!(snapshot(&app.pool).await, before);
 }
+
+async fn post_signed_stripe_event(app: &TestApp, body: &str) -> (u16, Value) {
+    let header = sagad::stripe::webhook::header_value(
+        &[crate::harness::STRIPE_WEBHOOK_SECRET],
+        chrono::Utc::now().timestamp(),
+        body.as_bytes(),
+    );
+    let resp = app
+        .http
+        .post(format!("{}/webhooks/stripe", app.base))
+        .header("stripe-signature", header)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_signed_stripe_event_with_nul_characters_is_kept_losslessly_and_processed() {
+    let app = spawn_app().await;
+    // NUL in a description, in metadata keys and in the id and type themselves.
+    let body = r#"{"id": "evt_nul_\u0000", "object": "event", "type": "payment_intent.succeeded",
+        "created": 1700000000, "livemode": false, "api_version": "2026-09-30.endive",
+        "data": {"object": {"id": "pi_nul_unknown", "object": "payment_intent",
+                            "description": "room\u0000 7", "metadata": {"k\u0000": "v"}}}}"#;
+    let (status, answer) = post_signed_stripe_event(&app, body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["duplicate"], false);
+
+    let id = "evt_nul_\u{FFFD}";
+    let (payload, raw, event_type): (Value, Option<Vec<u8>>, String) =
+        sqlx::query_as("SELECT payload, raw_body, event_type FROM stripe_events WHERE id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(event_type, "payment_intent.succeeded");
+    assert_eq!(raw.as_deref(), Some(body.as_bytes()), "the body as signed");
+    assert_eq!(payload["data"]["object"]["description"], "room\u{FFFD} 7");
+    assert_eq!(payload["data"]["object"]["metadata"]["k\u{FFFD}"], "v");
+
+    // Processed as usual: Stripe does not know the PaymentIntent, so it is kept as unmatched.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let status: String = sqlx::query_scalar("SELECT status FROM stripe_events WHERE id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        if status == "unmatched" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the event stayed {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // A redelivery is a duplicate, not a second row; a NUL in the type is kept too.
+    let (status, answer) = post_signed_stripe_event(&app, body).await;
+    assert_eq!((status, answer["duplicate"].as_bool()), (200, Some(true)));
+    let odd = body
+        .replace("evt_nul_", "evt_nul_type_")
+        .replace("payment_intent.succeeded", "custom.\\u0000");
+    let (status, _) = post_signed_stripe_event(&app, &odd).await;
+    assert_eq!(status, 200);
+    let (rows, plain): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE raw_body IS NULL) FROM stripe_events",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((rows, plain), (2, 0));
+}
