@@ -515,3 +515,109 @@ async fn a_signed_stripe_event_with_nul_characters_is_kept_losslessly_and_proces
     .unwrap();
     assert_eq!((rows, plain), (2, 0));
 }
+
+/// The inbox row's final status and outcome.
+async fn settled_stripe_event(app: &TestApp, id: &str) -> (String, String) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let row: Option<(String, Option<String>)> =
+            sqlx::query_as("SELECT status, outcome FROM stripe_events WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&app.pool)
+                .await
+                .unwrap();
+        if let Some((status, outcome)) = row
+            && !matches!(status.as_str(), "pending" | "processing")
+        {
+            return (status, outcome.unwrap_or_default());
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{id} never settled");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+fn charge_refunded(id: &str, pi: &str, amount_refunded: i64) -> String {
+    json!({ "id": id, "object": "event", "type": "charge.refunded", "created": 1700000000,
+            "livemode": false, "api_version": "2026-09-30.endive",
+            "data": { "object": { "id": "ch_forged", "object": "charge", "payment_intent": pi,
+                                  "amount": 45000, "amount_refunded": amount_refunded,
+                                  "refunded": true,
+                                  "refunds": { "data": [{ "id": "re_forged", "amount": amount_refunded }] } } } })
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_signed_refund_that_stripe_does_not_show_records_nothing() {
+    let app = spawn_app().await;
+    let resp = app
+        .post("/v1/webhook-endpoints")
+        .json(&json!({ "url": "http://127.0.0.1:9/all", "event_types": ["*"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let id = app
+        .start_booking(booking_input("forged-refund", "pm_card_visa"))
+        .await;
+    assert_eq!(app.wait_terminal(id).await["status"], "completed");
+    let pi = app.payment_intents_of(id)[0].id.clone();
+    let published = |kind: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            let events: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = $1")
+                    .bind(kind)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            let deliveries: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM webhook_deliveries d JOIN events e ON e.event_id = d.event_id
+                 WHERE e.event_type = $1",
+            )
+            .bind(kind)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (events, deliveries)
+        }
+    };
+    let all_events =
+        || async { crate::harness::count(&app.pool, "SELECT count(*) FROM events").await };
+    let events_before = all_events().await;
+
+    // Signed, but Stripe shows no refund at all.
+    let (status, _) =
+        post_signed_stripe_event(&app, &charge_refunded("evt_forged_1", &pi, 45000)).await;
+    assert_eq!(status, 200);
+    let (status, outcome) = settled_stripe_event(&app, "evt_forged_1").await;
+    assert_eq!(status, "processed");
+    assert!(outcome.contains("the event claimed 45000"), "{outcome}");
+    assert_eq!(published("PaymentRefunded").await, (0, 0));
+    assert_eq!(all_events().await, events_before);
+    assert_eq!(app.double.payment_intent(&pi).unwrap().amount_refunded, 0);
+
+    // A real partial refund: the same claim of 45000 records what Stripe shows, 10000.
+    let client =
+        sagad::stripe::client::StripeClient::new("sk_test_outside", Some(&app.double.base_url()))
+            .unwrap();
+    let refund = client
+        .refund_amount(&pi, 10000, "dashboard-partial-1")
+        .await
+        .unwrap();
+    let (status, _) =
+        post_signed_stripe_event(&app, &charge_refunded("evt_forged_2", &pi, 45000)).await;
+    assert_eq!(status, 200);
+    let (status, outcome) = settled_stripe_event(&app, "evt_forged_2").await;
+    assert_eq!(status, "processed", "{outcome}");
+    let (amount, refund_id): (i64, String) = sqlx::query_as(
+        "SELECT (payload->>'amount')::bigint, payload->>'refund_id' FROM events
+         WHERE aggregate_id = $1 AND event_type = 'PaymentRefunded'",
+    )
+    .bind(id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((amount, refund_id), (10000, refund.id));
+    let (events, deliveries) = published("PaymentRefunded").await;
+    assert_eq!((events, deliveries), (1, 1));
+}
