@@ -621,3 +621,37 @@ async fn a_signed_refund_that_stripe_does_not_show_records_nothing() {
     let (events, deliveries) = published("PaymentRefunded").await;
     assert_eq!((events, deliveries), (1, 1));
 }
+
+#[tokio::test]
+async fn special_purpose_and_embedded_ipv4_addresses_are_refused_at_registration() {
+    let mut strict = crate::harness::test_webhook_config();
+    strict.allow_nets.clear();
+    let app = crate::harness::spawn_app_with(crate::harness::AppOptions {
+        role: sagad::config::Role::Api,
+        webhooks: strict,
+        ..Default::default()
+    })
+    .await;
+    let before = snapshot(&app.pool).await;
+    for url in [
+        "http://[::127.0.0.1]/hook",
+        "http://[64:ff9b:1::a00:1]/hook",
+        "http://[2002:7f00:1::]/hook",
+        "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/hook",
+        "http://192.0.0.1/hook",
+        "http://198.18.0.1/hook",
+        "http://192.0.2.1/hook",
+        "http://[2001:db8::1]/hook",
+    ] {
+        let resp = app
+            .post("/v1/webhook-endpoints")
+            .json(&json!({ "url": url, "event_types": ["*"] }))
+            .send()
+            .await
+            .unwrap();
+        let (status, code, body) = json_error(resp).await;
+        assert_eq!((status, code.as_str()), (422, "validation_failed"), "{url}");
+        assert_eq!(fields(&body), ["url"], "{url}");
+    }
+    assert_eq!(snapshot(&app.pool).await, before);
+}
