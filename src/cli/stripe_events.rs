@@ -1,5 +1,6 @@
 //! `sagad stripe events list | show | reprocess`: the Stripe webhook inbox, for operators.
-//! Reads the database directly (the same DATABASE_URL as `sagad serve`).
+//! Reads the database directly: the same DATABASE_URL as `sagad serve`, or without it the
+//! embedded cluster `sagad serve` runs in SAGAD_DATA_DIR (never a new, empty one).
 
 use std::process::ExitCode;
 
@@ -56,7 +57,7 @@ pub async fn run(command: StripeCommand) -> anyhow::Result<ExitCode> {
         },
         _ => None,
     };
-    let database = db::open(&db, false).await?;
+    let database = db::attach(&db).await?;
     let pool = database.pool.clone();
     let result = async {
         Ok::<_, anyhow::Error>(match command {
