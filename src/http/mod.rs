@@ -26,6 +26,7 @@ use uuid::Uuid;
 pub use error::{ApiError, ErrorBody};
 pub use extract::{ApiPath, ApiQuery, JsonBody};
 pub use openapi::ApiDoc;
+pub use webhooks::{MAX_DESCRIPTION_LEN, MAX_EVENT_TYPES, MAX_URL_LEN};
 
 use crate::engine::registry::Registry;
 

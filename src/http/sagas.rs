@@ -41,13 +41,17 @@ pub fn routes() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct StartSaga {
     /// The saga to run, e.g. `booking`.
+    #[schema(pattern = "^[a-z][a-z0-9_]*$", max_length = 64)]
     pub saga: String,
     pub input: RawBookingInput,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WaitParam {
-    /// Wait up to this long (e.g. `2s`, `500ms`, at most 30s) for the saga to finish before answering.
+    /// Wait up to this long (e.g. `2s`, `500ms`; at most the server's maximum, 30s by default)
+    /// for the saga to finish before answering.
+    #[param(pattern = "^[0-9]{1,9}(ms|s|m|h)$")]
     pub wait: Option<String>,
 }
 
@@ -182,8 +186,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     responses(
         (status = 202, description = "Saga accepted (still running)", body = SagaView),
         (status = 200, description = "Saga finished within `wait`", body = SagaView),
-        (status = 400, description = "Malformed JSON or header", body = ErrorBody),
-        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 400, description = "Malformed JSON or a repeated key, a malformed `wait` or Idempotency-Key", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "Invalid input, unknown saga, or idempotency key reused with another body", body = ErrorBody)),
     security(("bearer" = [])))]
@@ -388,7 +391,8 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
 
 /// A saga: status, current step, each step's attempts and errors, timestamps, the booking.
 #[utoipa::path(get, path = "/v1/sagas/{id}", tag = "sagas", params(("id" = Uuid, Path)),
-    responses((status = 200, body = SagaView), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
+    responses((status = 200, description = "The saga", body = SagaView),
+              (status = 404, description = "No such saga", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_saga(
     State(state): State<AppState>,
@@ -408,7 +412,8 @@ pub struct EventList {
 
 /// A saga's events, in order.
 #[utoipa::path(get, path = "/v1/sagas/{id}/events", tag = "sagas", params(("id" = Uuid, Path)),
-    responses((status = 200, body = EventList), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, description = "The saga's events", body = EventList),
+              (status = 404, description = "No such saga", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn saga_events(
     State(state): State<AppState>,
     ApiPath(id): ApiPath,
@@ -423,14 +428,19 @@ pub async fn saga_events(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// running, compensating, waiting, completed, compensated or stuck.
+    #[param(inline, value_type = Option<SagaStatus>)]
     pub status: Option<String>,
     /// Saga name, e.g. `booking`.
+    #[param(pattern = "^[a-z][a-z0-9_]*$", max_length = 64)]
     pub saga: Option<String>,
     /// 1–500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[A-Za-z0-9_-]+$", max_length = 256)]
     pub cursor: Option<String>,
 }
 
@@ -457,7 +467,8 @@ fn decode_cursor(raw: &str) -> Option<(DateTime<Utc>, Uuid)> {
 
 /// Sagas, newest first, with keyset pagination.
 #[utoipa::path(get, path = "/v1/sagas", tag = "sagas", params(ListParams),
-    responses((status = 200, body = SagaPage), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, description = "A page of sagas", body = SagaPage),
+              (status = 400, description = "An unknown status, a limit outside 1–500, an invalid cursor, a NUL character or a malformed query string", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_sagas(
     State(state): State<AppState>,
     ApiQuery(p): ApiQuery<ListParams>,
@@ -517,7 +528,7 @@ pub async fn list_sagas(
 /// Guest cancellation: compensate whatever the saga has done (refund, void, release) and cancel the booking.
 #[utoipa::path(post, path = "/v1/sagas/{id}/cancel", tag = "sagas", params(("id" = Uuid, Path)),
     responses((status = 202, description = "Cancellation accepted; compensation follows", body = SagaView),
-              (status = 404, body = ErrorBody),
+              (status = 404, description = "No such saga", body = ErrorBody),
               (status = 409, description = "Already compensating, compensated or stuck", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn cancel_saga(

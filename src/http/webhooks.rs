@@ -49,15 +49,55 @@ pub fn routes() -> Router<AppState> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEndpoint {
+    /// Where deliveries are POSTed: https (http only where the server allows it), at most
+    /// 2048 bytes, a host that resolves to public addresses only.
+    #[schema(format = "uri", max_length = 2048)]
     pub url: String,
-    /// Exact types (`booking.confirmed`), category wildcards (`booking.*`) or `*`.
+    /// Exact types (`booking.confirmed`), category wildcards (`booking.*`) or `*`; 1 to 32.
+    #[schema(schema_with = event_types_schema)]
     pub event_types: Vec<String>,
+    /// At most 1024 characters.
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub description: String,
     #[serde(default = "yes")]
     pub enabled: bool,
     /// Most attempts per second, over every sagad process.
+    #[schema(minimum = 1)]
     pub rate_limit: Option<i32>,
+}
+
+/// `event_types`: the catalog's patterns, 1 to [`MAX_EVENT_TYPES`] of them.
+fn event_types_schema() -> utoipa::openapi::schema::Array {
+    event_types_array().build()
+}
+
+/// As [`event_types_schema`], or null (left alone) in a PATCH.
+fn event_types_or_null_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{SchemaType, Type};
+    event_types_array()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .build()
+}
+
+fn event_types_array() -> utoipa::openapi::schema::ArrayBuilder {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let mut patterns = vec!["*".to_owned()];
+    for t in catalog::public_types() {
+        let category = format!("{}.*", t.split('.').next().unwrap_or_default());
+        if !patterns.contains(&category) {
+            patterns.push(category);
+        }
+    }
+    patterns.extend(catalog::public_types().map(str::to_owned));
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(patterns)),
+        )
+        .min_items(Some(1))
+        .max_items(Some(MAX_EVENT_TYPES))
 }
 
 fn yes() -> bool {
@@ -69,12 +109,15 @@ fn yes() -> bool {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateEndpoint {
+    #[schema(format = "uri", max_length = 2048)]
     pub url: Option<String>,
+    #[schema(schema_with = event_types_or_null_schema)]
     pub event_types: Option<Vec<String>>,
+    #[schema(max_length = 1024)]
     pub description: Option<String>,
     pub enabled: Option<bool>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<i32>)]
+    #[schema(value_type = Option<i32>, minimum = 1)]
     pub rate_limit: Option<Option<i32>>,
 }
 
@@ -180,7 +223,7 @@ fn check_rate_limit(r: Option<i32>, errors: &mut Vec<FieldError>) {
 
 #[utoipa::path(post, path = "/v1/webhook-endpoints", tag = "webhooks", request_body = CreateEndpoint,
     responses((status = 201, description = "Created; `secret` is shown this once", body = CreatedEndpoint),
-              (status = 422, body = ErrorBody), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
+              (status = 422, description = "Invalid fields: a refused URL (scheme, length, an address the SSRF guard refuses), unknown or too many event types, a description too long, a rate limit below 1", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn create_endpoint(
     State(state): State<AppState>,
     JsonBody { value: req, .. }: JsonBody<CreateEndpoint>,
@@ -222,7 +265,7 @@ pub struct EndpointList {
 }
 
 #[utoipa::path(get, path = "/v1/webhook-endpoints", tag = "webhooks",
-    responses((status = 200, body = EndpointList)), security(("bearer" = [])))]
+    responses((status = 200, description = "Every endpoint", body = EndpointList)), security(("bearer" = [])))]
 pub async fn list_endpoints(State(state): State<AppState>) -> Result<Json<EndpointList>, ApiError> {
     Ok(Json(EndpointList {
         endpoints: store::list_endpoints(&state.pool).await?,
@@ -230,7 +273,8 @@ pub async fn list_endpoints(State(state): State<AppState>) -> Result<Json<Endpoi
 }
 
 #[utoipa::path(get, path = "/v1/webhook-endpoints/{id}", tag = "webhooks", params(("id" = Uuid, Path)),
-    responses((status = 200, body = EndpointRow), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, description = "The endpoint", body = EndpointRow),
+              (status = 404, description = "No such endpoint", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_endpoint(
     State(state): State<AppState>,
     ApiPath(id): ApiPath,
@@ -244,7 +288,9 @@ pub async fn get_endpoint(
 
 #[utoipa::path(patch, path = "/v1/webhook-endpoints/{id}", tag = "webhooks", params(("id" = Uuid, Path)),
     request_body = UpdateEndpoint,
-    responses((status = 200, body = EndpointRow), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    responses((status = 200, description = "The endpoint as updated", body = EndpointRow),
+              (status = 404, description = "No such endpoint", body = ErrorBody),
+              (status = 422, description = "Invalid fields (as on creation)", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn update_endpoint(
     State(state): State<AppState>,
@@ -285,7 +331,8 @@ pub async fn update_endpoint(
 }
 
 #[utoipa::path(delete, path = "/v1/webhook-endpoints/{id}", tag = "webhooks", params(("id" = Uuid, Path)),
-    responses((status = 204, description = "Deleted, with its deliveries"), (status = 404, body = ErrorBody)),
+    responses((status = 204, description = "Deleted, with its deliveries"),
+              (status = 404, description = "No such endpoint", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn delete_endpoint(
     State(state): State<AppState>,
@@ -300,7 +347,8 @@ pub async fn delete_endpoint(
 }
 
 #[utoipa::path(post, path = "/v1/webhook-endpoints/{id}/rotate-secret", tag = "webhooks", params(("id" = Uuid, Path)),
-    responses((status = 200, body = RotatedSecret), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, description = "The new secret, shown this once", body = RotatedSecret),
+              (status = 404, description = "No such endpoint", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     ApiPath(id): ApiPath,
@@ -339,11 +387,15 @@ impl DeliveryView {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeliveryParams {
     /// pending, delivering, delivered or dead.
+    #[param(pattern = "^(pending|delivering|delivered|dead)$")]
     pub status: Option<String>,
     /// Only deliveries created before this time (the previous page's last `created_at`).
     pub before: Option<DateTime<Utc>>,
+    /// 1–500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 
@@ -354,7 +406,9 @@ pub struct DeliveryList {
 
 #[utoipa::path(get, path = "/v1/webhook-endpoints/{id}/deliveries", tag = "webhooks",
     params(("id" = Uuid, Path), DeliveryParams),
-    responses((status = 200, body = DeliveryList), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, description = "The endpoint's deliveries, newest first", body = DeliveryList),
+              (status = 400, description = "An unknown status, a limit outside 1–500, a time outside the years 1–9999, a NUL character or a malformed query string", body = ErrorBody),
+              (status = 404, description = "No such endpoint", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_deliveries(
     State(state): State<AppState>,
     ApiPath(id): ApiPath,
@@ -378,7 +432,12 @@ pub async fn list_deliveries(
     if store::get_endpoint(&state.pool, id).await?.is_none() {
         return Err(ApiError::NotFound("webhook endpoint"));
     }
-    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and 500, got {limit}"
+        )));
+    }
     let rows =
         store::list_deliveries(&state.pool, id, q.status.as_deref(), q.before, limit).await?;
     Ok(Json(DeliveryList {
@@ -390,7 +449,8 @@ pub async fn list_deliveries(
 }
 
 #[utoipa::path(get, path = "/v1/webhook-deliveries/{id}", tag = "webhooks", params(("id" = Uuid, Path)),
-    responses((status = 200, description = "The delivery with every attempt", body = DeliveryView), (status = 404, body = ErrorBody)),
+    responses((status = 200, description = "The delivery with every attempt", body = DeliveryView),
+              (status = 404, description = "No such delivery", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_delivery(
     State(state): State<AppState>,
@@ -405,7 +465,8 @@ pub async fn get_delivery(
 }
 
 #[utoipa::path(post, path = "/v1/webhook-deliveries/{id}/redeliver", tag = "webhooks", params(("id" = Uuid, Path)),
-    responses((status = 202, body = DeliveryView), (status = 404, body = ErrorBody),
+    responses((status = 202, description = "Queued for delivery", body = DeliveryView),
+              (status = 404, description = "No such delivery", body = ErrorBody),
               (status = 409, description = "An attempt is in flight", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn redeliver(
@@ -443,7 +504,8 @@ pub struct RedriveResult {
 
 #[utoipa::path(post, path = "/v1/webhook-endpoints/{id}/redrive", tag = "webhooks", params(("id" = Uuid, Path)),
     request_body = RedriveRequest,
-    responses((status = 200, body = RedriveResult), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, description = "How many dead letters were queued again", body = RedriveResult),
+              (status = 404, description = "No such endpoint", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn redrive(
     State(state): State<AppState>,
     ApiPath(id): ApiPath,

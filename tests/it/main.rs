@@ -11,6 +11,7 @@ mod embedded_pg;
 mod engine;
 mod hostile;
 mod kept;
+mod openapi;
 mod start;
 mod stripe;
 mod stripe_webhooks;
