@@ -465,10 +465,19 @@ fn decode_cursor(raw: &str) -> Option<(DateTime<Utc>, Uuid)> {
     storable_time(&at).then_some((at, Uuid::parse_str(id).ok()?))
 }
 
+/// `[a-z][a-z0-9_]*`, at most 64 characters, as definitions name their sagas.
+fn is_saga_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
 /// Sagas, newest first, with keyset pagination.
 #[utoipa::path(get, path = "/v1/sagas", tag = "sagas", params(ListParams),
     responses((status = 200, description = "A page of sagas", body = SagaPage),
-              (status = 400, description = "An unknown status, a limit outside 1–500, an invalid cursor, a NUL character or a malformed query string", body = ErrorBody)), security(("bearer" = [])))]
+              (status = 400, description = "An unknown status, a malformed saga name, a limit outside 1–500, an invalid cursor, a NUL character or a malformed query string", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_sagas(
     State(state): State<AppState>,
     ApiQuery(p): ApiQuery<ListParams>,
@@ -484,6 +493,13 @@ pub async fn list_sagas(
             })
         })
         .transpose()?;
+    if let Some(name) = &p.saga
+        && !is_saga_name(name)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "saga {name:?} is not a saga name ([a-z][a-z0-9_]*, at most 64 characters)"
+        )));
+    }
     let limit = p.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::BadRequest(format!(

@@ -190,6 +190,8 @@ async fn query_and_path_rejections_answer_the_json_error_body() {
     for path in [
         "/v1/sagas?limit=abc",
         "/v1/sagas?limit=99999999999999999999999",
+        "/v1/sagas?saga=",
+        "/v1/sagas?saga=Booking",
         "/v1/sagas/%FF",
         "/v1/sagas/not-a-uuid/events",
         "/v1/webhook-endpoints/00000000-0000-0000-0000-000000000000/deliveries?limit=x",
