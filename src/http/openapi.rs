@@ -12,7 +12,12 @@ use super::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "sagad", description = "Durable saga orchestrator: bookings, payments and compensations on PostgreSQL."),
+    info(title = "sagad", description = "Durable saga orchestrator: bookings, payments and compensations on PostgreSQL.
+
+Every `/v1` path needs `Authorization: Bearer <token>` and answers 401 without one, whether the route exists or not. \
+Every refusal is a 4xx with the error body `{\"error\": {\"code\", \"message\", \"fields\"}}` and writes nothing. \
+Request bodies are JSON of at most 64 KiB; an object that repeats a key is refused (400 `malformed_json`), \
+and so is a NUL character in any string (422, the field named)."),
     paths(
         super::sagas::start_saga,
         super::sagas::get_saga,

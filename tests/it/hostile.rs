@@ -403,9 +403,17 @@ async fn unknown_v1_routes_ask_for_the_token_before_saying_anything() {
         };
         assert_eq!((status, code.as_str()), expected, "{method} {path}");
     }
-    // Outside /v1 an unknown route is a plain (JSON) 404.
+    // Outside /v1 an unknown route is a plain (JSON) 404, a known one with another method a 405.
     let (status, code, _) = json_error(anonymous("GET", "/nope").send().await.unwrap()).await;
     assert_eq!((status, code.as_str()), (404, "not_found"));
+    for (method, path) in [("POST", "/healthz"), ("GET", "/webhooks/stripe")] {
+        let (status, code, _) = json_error(anonymous(method, path).send().await.unwrap()).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (405, "method_not_allowed"),
+            "{method} {path}"
+        );
+    }
     assert_eq!(snapshot(&app.pool).await, before);
 }
 
