@@ -19,11 +19,13 @@ pub struct DbArgs {
     /// PostgreSQL binaries in SAGAD_DATA_DIR and stops it on exit.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Directory of the embedded PostgreSQL cluster (used only without DATABASE_URL). Default:
-    /// /var/lib/sagad/postgres as root, else $XDG_DATA_HOME/sagad/postgres.
+    /// Directory of the embedded PostgreSQL cluster, with its password and port (used only
+    /// without DATABASE_URL). Default: /var/lib/sagad/postgres as root, else
+    /// $XDG_DATA_HOME/sagad/postgres.
     #[arg(long, env = "SAGAD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Port of the embedded PostgreSQL (default: a free port on 127.0.0.1).
+    /// Port of the embedded PostgreSQL on 127.0.0.1 (default: the port kept in the data
+    /// directory, a free one the first time).
     #[arg(long, env = "SAGAD_EMBEDDED_PG_PORT")]
     pub embedded_port: Option<u16>,
     /// Database connections of this process (`sagad serve` keeps them all open).

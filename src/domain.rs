@@ -62,18 +62,25 @@ impl FieldError {
 #[serde(deny_unknown_fields)]
 pub struct RawBookingInput {
     /// The listing (room, apartment) to book: 1–64 of `A-Z a-z 0-9 _ - .`.
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     pub listing_id: Option<serde_json::Value>,
     /// The guest making the booking: 1–64 of `A-Z a-z 0-9 _ - .`.
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     pub guest_id: Option<serde_json::Value>,
     /// First night, ISO date `YYYY-MM-DD`.
+    #[schema(value_type = String, format = Date, required = true)]
     pub check_in: Option<serde_json::Value>,
     /// Departure day (exclusive), ISO date, after `check_in`.
+    #[schema(value_type = String, format = Date, required = true)]
     pub check_out: Option<serde_json::Value>,
     /// Total price in the currency's minor units (cents), > 0.
+    #[schema(value_type = i64, required = true, minimum = 1)]
     pub amount: Option<serde_json::Value>,
     /// ISO-4217 currency code, e.g. `EUR` or `usd`.
+    #[schema(value_type = String, required = true, pattern = "^[A-Za-z]{3}$")]
     pub currency: Option<serde_json::Value>,
     /// A Stripe PaymentMethod id (`pm_…`).
+    #[schema(value_type = String, required = true, max_length = 64, pattern = "^pm_[A-Za-z0-9_.-]{1,61}$")]
     pub payment_method: Option<serde_json::Value>,
 }
 

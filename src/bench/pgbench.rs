@@ -117,9 +117,16 @@ impl Pgbench {
         url: &str,
         replay: Option<Replay<'_>>,
     ) -> anyhow::Result<String> {
+        // The password goes in the environment: a command line is visible to every local user.
+        let mut url = reqwest::Url::parse(url).context("database URL")?;
+        let password = url.password().map(str::to_owned);
+        let _ = url.set_password(None);
         let mut cmd = Command::new(&self.bin);
+        if let Some(p) = password {
+            cmd.env("PGPASSWORD", p);
+        }
         cmd.args(args)
-            .arg(url)
+            .arg(url.as_str())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         match &replay {

@@ -1,5 +1,6 @@
 //! `sagad stripe events list | show | reprocess`: the Stripe webhook inbox, for operators.
-//! Reads the database directly (the same DATABASE_URL as `sagad serve`).
+//! Reads the database directly: the same DATABASE_URL as `sagad serve`, or without it the
+//! embedded cluster `sagad serve` runs in SAGAD_DATA_DIR (never a new, empty one).
 
 use std::process::ExitCode;
 
@@ -56,7 +57,7 @@ pub async fn run(command: StripeCommand) -> anyhow::Result<ExitCode> {
         },
         _ => None,
     };
-    let database = db::open(&db, false).await?;
+    let database = db::attach(&db).await?;
     let pool = database.pool.clone();
     let result = async {
         Ok::<_, anyhow::Error>(match command {
@@ -92,6 +93,14 @@ pub async fn run(command: StripeCommand) -> anyhow::Result<ExitCode> {
             EventsCommand::Show { id } => match stripe_events::get(&pool, &id).await? {
                 Some(r) => {
                     print_event(&r);
+                    if let Some(raw) = stripe_events::raw_body(&pool, &id).await? {
+                        println!(
+                            "body as received ({} bytes; the payload above shows each NUL \
+                             character as U+FFFD):\n{}",
+                            raw.len(),
+                            String::from_utf8_lossy(&raw)
+                        );
+                    }
                     ExitCode::SUCCESS
                 }
                 None => {

@@ -74,6 +74,32 @@ impl Runner {
         }
     }
 
+    /// Sets the superuser's password with the server stopped, in single-user mode: no server
+    /// ever accepts a connection before the password is in place. The password travels on
+    /// stdin, never on a command line.
+    pub(super) async fn set_password(&self, data_dir: &Path, password: &str) -> Result<(), Error> {
+        let args: Vec<OsString> = vec![
+            "--single".into(),
+            "-D".into(),
+            data_dir.into(),
+            // The database to run in.
+            "postgres".into(),
+        ];
+        let sql = format!("ALTER ROLE postgres WITH PASSWORD '{password}';\n");
+        let output = self
+            .run_server_program_with_input("postgres", args, Some(sql.as_bytes()))
+            .await?;
+        // Single-user mode reports a failed statement and still exits 0.
+        if output.contains("ERROR:") || output.contains("FATAL:") {
+            return Err(Error::Command {
+                command: "postgres --single (setting the superuser password)".into(),
+                status: std::process::ExitStatus::default(),
+                stderr: output.replace(password, "********"),
+            });
+        }
+        Ok(())
+    }
+
     pub(super) async fn initdb(&self, data_dir: &Path) -> Result<(), Error> {
         let mut args: Vec<OsString> = vec!["-D".into(), data_dir.into()];
         args.extend(
@@ -124,14 +150,23 @@ impl Runner {
     }
 
     async fn run_server_program(&self, name: &str, args: Vec<OsString>) -> Result<String, Error> {
+        self.run_server_program_with_input(name, args, None).await
+    }
+
+    async fn run_server_program_with_input(
+        &self,
+        name: &str,
+        args: Vec<OsString>,
+        input: Option<&[u8]>,
+    ) -> Result<String, Error> {
         let program = self.bindir.join(name);
         match &self.runuser {
-            None => run(&program, args).await,
+            None => run_with_input(&program, args, input).await,
             Some(runuser) => {
                 let mut full: Vec<OsString> =
                     vec!["-u".into(), OS_USER.into(), "--".into(), program.into()];
                 full.extend(args);
-                run(runuser, full).await
+                run_with_input(runuser, full, input).await
             }
         }
     }
@@ -150,25 +185,53 @@ fn find_runuser() -> Option<PathBuf> {
 
 /// Runs a command to completion; a non-zero exit becomes [`Error::Command`] with its stderr.
 async fn run(program: &Path, args: Vec<OsString>) -> Result<String, Error> {
+    run_with_input(program, args, None).await
+}
+
+/// As [`run`], writing `input` to the command's stdin. On success, returns stdout followed by
+/// stderr when there is input (single-user mode reports on both).
+async fn run_with_input(
+    program: &Path,
+    args: Vec<OsString>,
+    input: Option<&[u8]>,
+) -> Result<String, Error> {
     let description = std::iter::once(program.as_os_str())
         .chain(args.iter().map(OsString::as_os_str))
         .map(|part| part.to_string_lossy())
         .collect::<Vec<_>>()
         .join(" ");
     tracing::debug!(command = %description, "running");
-    let output = Command::new(program)
+    let spawn_error = |source| Error::Spawn {
+        command: description.clone(),
+        source,
+    };
+    let mut child = Command::new(program)
         .args(&args)
         // The postgres user may not be able to enter our working directory.
         .current_dir("/")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|source| Error::Spawn {
-            command: description.clone(),
-            source,
-        })?;
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_error)?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        use tokio::io::AsyncWriteExt;
+        stdin.write_all(input).await.map_err(spawn_error)?;
+        // Dropping stdin closes it: single-user mode ends at end of input.
+    }
+    let output = child.wait_with_output().await.map_err(spawn_error)?;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     if output.status.success() {
+        if input.is_some() {
+            return Ok(format!(
+                "{stdout}\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
         Ok(stdout)
     } else {
         let stderr = String::from_utf8_lossy(&output.stderr);

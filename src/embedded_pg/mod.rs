@@ -4,6 +4,14 @@
 //! tests use an ephemeral one. As root, the cluster runs as the `postgres` OS user
 //! (initdb refuses root) through `runuser`. A watchdog process stops the cluster if
 //! the process that started it dies, even by SIGKILL.
+//!
+//! Nobody else on the machine can enter it: every connection, over 127.0.0.1 or the Unix
+//! socket, authenticates with scram-sha-256 as `postgres` with a password generated for the
+//! cluster and kept in `sagad.password` (mode 0600, readable by sagad's user only) in the data
+//! directory. The password is set in single-user mode before the server first starts, so the
+//! server never runs without it. The port is chosen once and kept in `sagad.port`, so it stays
+//! the same across restarts; other sagad commands find the running cluster through the data
+//! directory ([`running_url`]).
 
 mod bindir;
 mod command;
@@ -25,6 +33,17 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const LOG_FILE: &str = "postgres.log";
 /// Records which process owns the running cluster, so a second owner backs off.
 const OWNER_FILE: &str = "sagad.owner";
+/// The superuser's password (mode 0600, owned by sagad's user).
+const PASSWORD_FILE: &str = "sagad.password";
+/// The port the cluster listens on, kept across restarts.
+const PORT_FILE: &str = "sagad.port";
+/// Written over `pg_hba.conf` at every start.
+const HBA: &str =
+    "# Written by sagad at every start: every connection authenticates with the password in
+# sagad.password (scram-sha-256); nothing is trusted, whoever connects.
+local  all  all                 scram-sha-256
+host   all  all  127.0.0.1/32   scram-sha-256
+";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -80,6 +99,12 @@ pub enum Error {
     #[error("could not find a free port on 127.0.0.1: {0}")]
     NoFreePort(#[source] io::Error),
     #[error(
+        "a PostgreSQL server runs in {} but {PASSWORD_FILE} is missing: it was not started by \
+         this version of sagad; stop it and start `sagad serve` again",
+        .0.display()
+    )]
+    NoPassword(PathBuf),
+    #[error(
         "PostgreSQL did not start on 127.0.0.1:{port}: {reason}\n--- last lines of {} ---\n{log_tail}",
         log.display()
     )]
@@ -96,7 +121,7 @@ pub enum Error {
 pub struct EmbeddedOptions {
     /// Where the cluster lives: created if missing, `initdb` if empty, reused otherwise.
     pub data_dir: PathBuf,
-    /// `None` picks a free port on 127.0.0.1.
+    /// `None`: the port kept in the data directory, else a free one on 127.0.0.1 (then kept).
     pub port: Option<u16>,
     /// For tests: no fsync, no synchronous commit, no full-page writes; the data
     /// directory is deleted on stop (or by the watchdog if the owner dies).
@@ -150,6 +175,7 @@ pub struct EmbeddedPostgres {
     data_dir: PathBuf,
     socket_dir: Option<PathBuf>,
     port: u16,
+    password: String,
     ephemeral: bool,
     watchdog: Watchdog,
 }
@@ -176,15 +202,20 @@ impl EmbeddedPostgres {
 
         prepare_data_dir(&runner, &data_dir).await?;
         stop_stale_server(&runner, &data_dir).await?;
+        let password = secure(&runner, &data_dir).await?;
         let socket_dir = socket_dir_for(&runner, &data_dir).await?;
         let sockets = socket_dir.clone().unwrap_or_else(|| data_dir.clone());
 
+        let mut kept_port = match opts.port {
+            Some(_) => None,
+            None => read_port(&data_dir).await,
+        };
         let mut attempt = 0;
         let port = loop {
             attempt += 1;
-            let port = match opts.port {
-                Some(port) => port,
-                None => free_port()?,
+            let port = match (opts.port, kept_port.take()) {
+                (Some(port), _) | (None, Some(port)) => port,
+                (None, None) => free_port()?,
             };
             match start_server(&runner, &data_dir, &sockets, port, &opts).await {
                 Ok(()) => break port,
@@ -200,6 +231,7 @@ impl EmbeddedPostgres {
             }
         };
         tracing::Span::current().record("port", port);
+        write_private(&data_dir.join(PORT_FILE), &port.to_string()).await?;
 
         let watchdog = match guard(&data_dir, port, opts.ephemeral, socket_dir.as_ref()).await {
             Ok(watchdog) => watchdog,
@@ -224,6 +256,7 @@ impl EmbeddedPostgres {
             data_dir,
             socket_dir,
             port,
+            password,
             ephemeral: opts.ephemeral,
             watchdog,
         };
@@ -240,9 +273,9 @@ impl EmbeddedPostgres {
         &self.data_dir
     }
 
-    /// `postgres://postgres@127.0.0.1:PORT/DATABASE` (trust authentication, no password).
+    /// `postgres://postgres:PASSWORD@127.0.0.1:PORT/DATABASE`.
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        url(self.port, &self.password, database)
     }
 
     /// Fast shutdown (`pg_ctl stop -m fast`); deletes the data directory if ephemeral.
@@ -302,6 +335,112 @@ async fn guard(
     })
 }
 
+fn url(port: u16, password: &str, database: &str) -> String {
+    format!("postgres://postgres:{password}@127.0.0.1:{port}/{database}")
+}
+
+/// The URL (for `database`) of the cluster running in `data_dir` (started by another sagad
+/// process, e.g. `sagad serve`), or `None` when no server runs there. Reading it takes sagad's
+/// OS user (or root): the data directory is private.
+pub async fn running_url(data_dir: &Path, database: &str) -> Result<Option<String>, Error> {
+    let pid_file = data_dir.join("postmaster.pid");
+    let text = match tokio::fs::read_to_string(&pid_file).await {
+        Ok(text) => text,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(Error::Io {
+                path: pid_file,
+                source,
+            });
+        }
+    };
+    // Line 1: the postmaster's pid; line 4: its port.
+    let mut lines = text.lines();
+    let pid = lines.next().and_then(|l| l.trim().parse::<u32>().ok());
+    let port = lines.nth(2).and_then(|l| l.trim().parse::<u16>().ok());
+    let (Some(pid), Some(port)) = (pid, port) else {
+        return Ok(None);
+    };
+    if !is_postmaster(pid) {
+        return Ok(None);
+    }
+    let password_file = data_dir.join(PASSWORD_FILE);
+    match tokio::fs::read_to_string(&password_file).await {
+        Ok(password) => Ok(Some(url(port, password.trim(), database))),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            Err(Error::NoPassword(data_dir.to_owned()))
+        }
+        Err(source) => Err(Error::Io {
+            path: password_file,
+            source,
+        }),
+    }
+}
+
+/// Puts sagad's `pg_hba.conf` in place and makes sure the superuser has the password kept in
+/// the data directory (generating and setting one if there is none yet); returns it.
+async fn secure(runner: &Runner, data_dir: &Path) -> Result<String, Error> {
+    let hba = data_dir.join("pg_hba.conf");
+    // Written in place: the file keeps its owner (the cluster's OS user) and mode.
+    tokio::fs::write(&hba, HBA)
+        .await
+        .map_err(|source| Error::Io { path: hba, source })?;
+    let file = data_dir.join(PASSWORD_FILE);
+    match tokio::fs::read_to_string(&file).await {
+        Ok(password) if !password.trim().is_empty() => return Ok(password.trim().to_owned()),
+        Ok(_) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => return Err(Error::Io { path: file, source }),
+    }
+    let password = hex::encode(rand::random::<[u8; 32]>());
+    // Set first, then kept: if sagad dies in between, the next start sets a new one.
+    runner.set_password(data_dir, &password).await?;
+    write_private(&file, &password).await?;
+    tracing::info!(file = %file.display(), "generated the embedded PostgreSQL password");
+    Ok(password)
+}
+
+/// Writes `contents` to `path` atomically, readable and writable by this user only.
+async fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let target = path.to_owned();
+    let path = path.to_owned();
+    let contents = contents.to_owned();
+    let tmp = path.with_extension("tmp");
+    let result = tokio::task::spawn_blocking(move || {
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|source| (tmp.clone(), source))?;
+        file.write_all(contents.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|source| (tmp.clone(), source))?;
+        std::fs::rename(&tmp, &path).map_err(|source| (path.clone(), source))
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err((path, source))) => Err(Error::Io { path, source }),
+        Err(join) => Err(Error::Io {
+            path: target,
+            source: io::Error::other(join),
+        }),
+    }
+}
+
+async fn read_port(data_dir: &Path) -> Option<u16> {
+    tokio::fs::read_to_string(data_dir.join(PORT_FILE))
+        .await
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Creates the directory and runs initdb unless it already holds a cluster.
 async fn prepare_data_dir(runner: &Runner, data_dir: &Path) -> Result<(), Error> {
     if data_dir.join("PG_VERSION").is_file() {
@@ -353,12 +492,17 @@ async fn socket_dir_for(runner: &Runner, data_dir: &Path) -> Result<Option<PathB
         return Ok(None);
     }
     let dir = PathBuf::from("/tmp").join(format!("sagad-pg-{}", uuid::Uuid::new_v4().simple()));
-    tokio::fs::create_dir_all(&dir)
-        .await
-        .map_err(|source| Error::Io {
-            path: dir.clone(),
-            source,
-        })?;
+    // Private: created new (never an existing directory) with no access for anyone else.
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| Error::Io {
+                path: dir.clone(),
+                source,
+            })?;
+    }
     runner.hand_to_postgres(&dir).await?;
     Ok(Some(dir))
 }
@@ -374,6 +518,7 @@ async fn start_server(
         format!("-p {port}"),
         format!("-k {}", shell_quote(&socket_dir.to_string_lossy())),
         "-c listen_addresses=127.0.0.1".to_owned(),
+        "-c unix_socket_permissions=0700".to_owned(),
         format!("-c max_connections={}", opts.max_connections),
     ];
     if opts.ephemeral {

@@ -25,6 +25,8 @@ pub enum ApiError {
     IdempotencyMismatch,
     #[error("{0} not found")]
     NotFound(&'static str),
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
     #[error("{0}")]
     Conflict(String),
     #[error("internal error")]
@@ -64,6 +66,7 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -78,6 +81,7 @@ impl ApiError {
             ApiError::Validation(_) => "validation_failed",
             ApiError::IdempotencyMismatch => "idempotency_key_reused",
             ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::Internal(_) => "internal_error",
         }

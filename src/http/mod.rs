@@ -1,6 +1,7 @@
 //! The HTTP API: `app(state)` builds the router; one file per resource.
 
 mod error;
+mod extract;
 mod health;
 mod openapi;
 mod sagas;
@@ -15,6 +16,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::any;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
@@ -22,7 +24,9 @@ use tower_http::trace::TraceLayer;
 use uuid::Uuid;
 
 pub use error::{ApiError, ErrorBody};
+pub use extract::{ApiPath, ApiQuery, JsonBody};
 pub use openapi::ApiDoc;
+pub use webhooks::{MAX_DESCRIPTION_LEN, MAX_EVENT_TYPES, MAX_URL_LEN};
 
 use crate::engine::registry::Registry;
 
@@ -57,8 +61,13 @@ pub struct AppState {
 pub fn app(state: AppState, api: bool) -> Router {
     let mut router = Router::new().merge(health::routes());
     if api {
+        // Any path under /v1, known or not, asks for the token first: without one, nobody can
+        // tell a route that exists from one that does not.
         let v1 = sagas::routes()
             .merge(webhooks::routes())
+            .route("/v1", any(no_such_route))
+            .route("/v1/{*rest}", any(no_such_route))
+            .method_not_allowed_fallback(method_not_allowed)
             .layer(middleware::from_fn_with_state(state.clone(), require_token));
         router = router.merge(v1).merge(openapi::routes());
         // Outside bearer auth: Stripe signs its requests instead. Reads its body with its own limit.
@@ -67,6 +76,8 @@ pub fn app(state: AppState, api: bool) -> Router {
         }
     }
     router
+        .fallback(no_such_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn(track_requests))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(TraceLayer::new_for_http())
@@ -93,14 +104,31 @@ async fn track_requests(req: Request, next: Next) -> Response {
     resp
 }
 
+async fn no_such_route() -> ApiError {
+    ApiError::NotFound("route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// The token of an `Authorization: Bearer <token>` header; the scheme is case-insensitive
+/// (RFC 9110 §11.1).
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once([' ', '\t'])?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 /// Bearer-token authentication for `/v1`.
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     match presented {
         Some(token)
             if state
@@ -119,4 +147,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for h in ["Bearer tok", "bearer tok", "BEARER  tok ", "beArer\ttok"] {
+            assert_eq!(bearer_token(h), Some("tok"), "{h:?}");
+        }
+        for h in ["Basic tok", "Bearer", "Bearer ", "Bearertok", "tok"] {
+            assert_eq!(bearer_token(h), None, "{h:?}");
+        }
+    }
 }

@@ -3,14 +3,21 @@
 use axum::Json;
 use axum::Router;
 use axum::routing::get;
+use utoipa::openapi::path::ParameterIn;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "sagad", description = "Durable saga orchestrator: bookings, payments and compensations on PostgreSQL."),
+    info(title = "sagad", description = "Durable saga orchestrator: bookings, payments and compensations on PostgreSQL.
+
+Every `/v1` path needs `Authorization: Bearer <token>` and answers 401 without one, whether the route exists or not. \
+Every refusal is a 4xx with the error body `{\"error\": {\"code\", \"message\", \"fields\"}}` and writes nothing. \
+Request bodies are JSON of at most 64 KiB; an object that repeats a key is refused (400 `malformed_json`), \
+and so is a NUL character in any string (422, the field named)."),
     paths(
         super::sagas::start_saga,
         super::sagas::get_saga,
@@ -30,7 +37,7 @@ use super::AppState;
         super::health::healthz,
         super::health::readyz,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &Refusals),
     tags((name = "sagas", description = "Start, inspect and cancel sagas"),
          (name = "webhooks", description = "Outgoing webhook endpoints, deliveries and redelivery"),
          (name = "operations", description = "Health and readiness"))
@@ -47,6 +54,82 @@ impl Modify for BearerAuth {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }
+}
+
+/// The refusals every `/v1` operation shares, each with the JSON error body: 401 without a valid
+/// token, 400 for a malformed id, query string or JSON body (a duplicate key included), 413 and
+/// 422 for a body, 500 for an internal failure. An operation's own description of a status wins.
+struct Refusals;
+
+impl Modify for Refusals {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for op in operations.into_iter().flatten() {
+                let params = op.parameters.as_deref().unwrap_or_default();
+                let in_path = params.iter().any(|p| p.parameter_in == ParameterIn::Path);
+                let in_query = params.iter().any(|p| p.parameter_in == ParameterIn::Query);
+                let body = op.request_body.is_some();
+                let mut bad_request = Vec::new();
+                if in_path {
+                    bad_request.push("a malformed id (not a UUID)");
+                }
+                if in_query {
+                    bad_request.push("a malformed query string or an invalid query parameter");
+                }
+                if body {
+                    bad_request.push("a body that is not JSON or repeats a key (`malformed_json`)");
+                }
+                let mut refusals = vec![
+                    ("401", "No valid bearer token (`unauthorized`)".to_owned()),
+                    (
+                        "500",
+                        "Internal failure (`internal_error`; details in the server log)".to_owned(),
+                    ),
+                ];
+                if !bad_request.is_empty() {
+                    refusals.push(("400", format!("Refused: {}", bad_request.join("; "))));
+                }
+                if body {
+                    refusals.push((
+                        "413",
+                        format!("Body larger than {} bytes", super::BODY_LIMIT),
+                    ));
+                    refusals.push((
+                        "422",
+                        "Invalid fields (`validation_failed`), every problem listed".to_owned(),
+                    ));
+                }
+                for (status, description) in refusals {
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error_response(&description).into());
+                }
+            }
+        }
+    }
+}
+
+fn error_response(description: &str) -> utoipa::openapi::Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build()
 }
 
 pub fn routes() -> Router<AppState> {

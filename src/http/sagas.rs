@@ -4,9 +4,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,7 +17,8 @@ use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::{ApiError, AppState, BODY_LIMIT, ErrorBody};
+use super::extract::storable_time;
+use super::{ApiError, ApiPath, ApiQuery, AppState, ErrorBody, JsonBody};
 use crate::domain::{FieldError, RawBookingInput};
 use crate::engine::model::SagaStatus;
 use crate::engine::start::{self, Starting};
@@ -42,13 +41,17 @@ pub fn routes() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct StartSaga {
     /// The saga to run, e.g. `booking`.
+    #[schema(pattern = "^[a-z][a-z0-9_]*$", max_length = 64)]
     pub saga: String,
     pub input: RawBookingInput,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WaitParam {
-    /// Wait up to this long (e.g. `2s`, `500ms`, at most 30s) for the saga to finish before answering.
+    /// Wait up to this long (e.g. `2s`, `500ms`; at most the server's maximum, 30s by default)
+    /// for the saga to finish before answering.
+    #[param(pattern = "^[0-9]{1,9}(ms|s|m|h)$")]
     pub wait: Option<String>,
 }
 
@@ -183,35 +186,22 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     responses(
         (status = 202, description = "Saga accepted (still running)", body = SagaView),
         (status = 200, description = "Saga finished within `wait`", body = SagaView),
-        (status = 400, description = "Malformed JSON or header", body = ErrorBody),
-        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 400, description = "Malformed JSON or a repeated key, a malformed `wait` or Idempotency-Key", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "Invalid input, unknown saga, or idempotency key reused with another body", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn start_saga(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<WaitParam>,
-    body: Result<Bytes, BytesRejection>,
+    ApiQuery(q): ApiQuery<WaitParam>,
+    JsonBody { raw, value: req }: JsonBody<StartSaga>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| match e {
-        BytesRejection::FailedToBufferBody(_) => ApiError::PayloadTooLarge(BODY_LIMIT),
-        other => ApiError::BadRequest(other.body_text()),
-    })?;
     let wait = q
         .wait
         .as_deref()
         .map(|w| parse_wait(w, state.max_wait))
         .transpose()?;
     let key = idempotency_key(&headers)?;
-    let raw: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-    let req: StartSaga = serde_json::from_value(raw.clone()).map_err(|e| {
-        ApiError::Validation(vec![FieldError {
-            field: "body".into(),
-            message: e.to_string(),
-        }])
-    })?;
     let def = state.registry.latest(&req.saga).ok_or_else(|| {
         ApiError::Validation(vec![FieldError {
             field: "saga".into(),
@@ -396,11 +386,12 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
 
 /// A saga: status, current step, each step's attempts and errors, timestamps, the booking.
 #[utoipa::path(get, path = "/v1/sagas/{id}", tag = "sagas", params(("id" = Uuid, Path)),
-    responses((status = 200, body = SagaView), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
+    responses((status = 200, description = "The saga", body = SagaView),
+              (status = 404, description = "No such saga", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_saga(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<SagaView>, ApiError> {
     let id = parse_id(&id)?;
     full_view(&state, id)
@@ -416,10 +407,11 @@ pub struct EventList {
 
 /// A saga's events, in order.
 #[utoipa::path(get, path = "/v1/sagas/{id}/events", tag = "sagas", params(("id" = Uuid, Path)),
-    responses((status = 200, body = EventList), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, description = "The saga's events", body = EventList),
+              (status = 404, description = "No such saga", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn saga_events(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<EventList>, ApiError> {
     let id = parse_id(&id)?;
     let mut conn = state.pool.acquire().await?;
@@ -431,14 +423,19 @@ pub async fn saga_events(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// running, compensating, waiting, completed, compensated or stuck.
+    #[param(inline, value_type = Option<SagaStatus>)]
     pub status: Option<String>,
     /// Saga name, e.g. `booking`.
+    #[param(pattern = "^[a-z][a-z0-9_]*$", max_length = 64)]
     pub saga: Option<String>,
     /// 1–500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[A-Za-z0-9_-]+$", max_length = 256)]
     pub cursor: Option<String>,
 }
 
@@ -459,18 +456,26 @@ fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
 fn decode_cursor(raw: &str) -> Option<(DateTime<Utc>, Uuid)> {
     let text = String::from_utf8(URL_SAFE_NO_PAD.decode(raw).ok()?).ok()?;
     let (at, id) = text.split_once('|')?;
-    Some((
-        DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc),
-        Uuid::parse_str(id).ok()?,
-    ))
+    let at = DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc);
+    storable_time(&at).then_some((at, Uuid::parse_str(id).ok()?))
+}
+
+/// `[a-z][a-z0-9_]*`, at most 64 characters, as definitions name their sagas.
+fn is_saga_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// Sagas, newest first, with keyset pagination.
 #[utoipa::path(get, path = "/v1/sagas", tag = "sagas", params(ListParams),
-    responses((status = 200, body = SagaPage), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, description = "A page of sagas", body = SagaPage),
+              (status = 400, description = "An unknown status, a malformed saga name, a limit outside 1–500, an invalid cursor, a NUL character or a malformed query string", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_sagas(
     State(state): State<AppState>,
-    Query(p): Query<ListParams>,
+    ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<Json<SagaPage>, ApiError> {
     let status = p
         .status
@@ -483,6 +488,13 @@ pub async fn list_sagas(
             })
         })
         .transpose()?;
+    if let Some(name) = &p.saga
+        && !is_saga_name(name)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "saga {name:?} is not a saga name ([a-z][a-z0-9_]*, at most 64 characters)"
+        )));
+    }
     let limit = p.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
@@ -527,12 +539,12 @@ pub async fn list_sagas(
 /// Guest cancellation: compensate whatever the saga has done (refund, void, release) and cancel the booking.
 #[utoipa::path(post, path = "/v1/sagas/{id}/cancel", tag = "sagas", params(("id" = Uuid, Path)),
     responses((status = 202, description = "Cancellation accepted; compensation follows", body = SagaView),
-              (status = 404, body = ErrorBody),
+              (status = 404, description = "No such saga", body = ErrorBody),
               (status = 409, description = "Already compensating, compensated or stuck", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn cancel_saga(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     match sagas::request_cancel(&state.pool, id).await? {

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
 use crate::store::stripe_events::{self, InboxStatus, NewStripeEvent};
-use crate::stripe::inbound::event::StripeEvent;
+use crate::stripe::inbound::event::{StripeEvent, replace_nul};
 use crate::stripe::inbound::{self, BODY_LIMIT};
 
 pub fn routes() -> Router<AppState> {
@@ -32,9 +32,7 @@ async fn receive(
     let Some(verifier) = state.stripe_webhooks.as_deref() else {
         return Err(ApiError::NotFound("stripe webhook endpoint"));
     };
-    let body = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
-        .await
-        .map_err(|_| refuse(format!("body unreadable or larger than {BODY_LIMIT} bytes")))?;
+    // The header first (its size, entries and timestamp: no HMAC yet), then a bounded body.
     let header = headers
         .get("stripe-signature")
         .map(|v| {
@@ -42,11 +40,25 @@ async fn receive(
                 .map_err(|_| refuse("malformed Stripe-Signature header"))
         })
         .transpose()?;
-    verifier
-        .verify(header, &body, chrono::Utc::now().timestamp())
+    let signed = verifier
+        .check_header(header, chrono::Utc::now().timestamp())
         .map_err(|e| refuse(e.to_string()))?;
-    let event = StripeEvent::parse(&body).map_err(|e| refuse(e.to_string()))?;
-    let payload: Value = serde_json::from_slice(&body).map_err(|e| refuse(e.to_string()))?;
+    let body = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
+        .await
+        .map_err(|_| {
+            // Over the limit (a client that hangs up reads no answer).
+            inbound::count("unknown", "rejected");
+            ApiError::PayloadTooLarge(BODY_LIMIT)
+        })?;
+    verifier
+        .check_body(&signed, &body)
+        .map_err(|e| refuse(e.to_string()))?;
+    // A verified event is Stripe's and is kept even where PostgreSQL cannot hold it as sent: a
+    // NUL character is stored as U+FFFD in the payload, beside the exact body.
+    let mut payload: Value =
+        serde_json::from_slice(&body).map_err(|e| refuse(format!("body is not JSON: {e}")))?;
+    let had_nul = replace_nul(&mut payload);
+    let event = StripeEvent::from_value(&payload).map_err(|e| refuse(e.to_string()))?;
     let handled = event.kind().is_some();
     let pi = event.payment_intent_id();
     let inserted = stripe_events::insert(
@@ -65,6 +77,7 @@ async fn receive(
                 InboxStatus::Ignored
             },
             outcome: (!handled).then_some("event type not handled"),
+            raw_body: had_nul.then_some(&body[..]),
         },
     )
     .await?;

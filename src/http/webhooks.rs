@@ -4,18 +4,16 @@
 use super::ErrorBody;
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{ApiError, AppState, BODY_LIMIT};
+use super::extract::storable_time;
+use super::{ApiError, ApiPath, ApiQuery, AppState, JsonBody};
 use crate::domain::FieldError;
 use crate::store::webhooks::{
     self as store, AttemptRow, DeliveryRow, EndpointPatch, EndpointRow, NewEndpoint, Redeliver,
@@ -51,15 +49,55 @@ pub fn routes() -> Router<AppState> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEndpoint {
+    /// Where deliveries are POSTed: https (http only where the server allows it), at most
+    /// 2048 bytes, a host that resolves to public addresses only.
+    #[schema(format = "uri", max_length = 2048)]
     pub url: String,
-    /// Exact types (`booking.confirmed`), category wildcards (`booking.*`) or `*`.
+    /// Exact types (`booking.confirmed`), category wildcards (`booking.*`) or `*`; 1 to 32.
+    #[schema(schema_with = event_types_schema)]
     pub event_types: Vec<String>,
+    /// At most 1024 characters.
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub description: String,
     #[serde(default = "yes")]
     pub enabled: bool,
     /// Most attempts per second, over every sagad process.
+    #[schema(minimum = 1)]
     pub rate_limit: Option<i32>,
+}
+
+/// `event_types`: the catalog's patterns, 1 to [`MAX_EVENT_TYPES`] of them.
+fn event_types_schema() -> utoipa::openapi::schema::Array {
+    event_types_array().build()
+}
+
+/// As [`event_types_schema`], or null (left alone) in a PATCH.
+fn event_types_or_null_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{SchemaType, Type};
+    event_types_array()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .build()
+}
+
+fn event_types_array() -> utoipa::openapi::schema::ArrayBuilder {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let mut patterns = vec!["*".to_owned()];
+    for t in catalog::public_types() {
+        let category = format!("{}.*", t.split('.').next().unwrap_or_default());
+        if !patterns.contains(&category) {
+            patterns.push(category);
+        }
+    }
+    patterns.extend(catalog::public_types().map(str::to_owned));
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(patterns)),
+        )
+        .min_items(Some(1))
+        .max_items(Some(MAX_EVENT_TYPES))
 }
 
 fn yes() -> bool {
@@ -71,12 +109,15 @@ fn yes() -> bool {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateEndpoint {
+    #[schema(format = "uri", max_length = 2048)]
     pub url: Option<String>,
+    #[schema(schema_with = event_types_or_null_schema)]
     pub event_types: Option<Vec<String>>,
+    #[schema(max_length = 1024)]
     pub description: Option<String>,
     pub enabled: Option<bool>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<i32>)]
+    #[schema(value_type = Option<i32>, minimum = 1)]
     pub rate_limit: Option<Option<i32>>,
 }
 
@@ -100,20 +141,12 @@ pub struct RotatedSecret {
     pub previous_secret_expires_at: DateTime<Utc>,
 }
 
-fn body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let body = body.map_err(|e| match e {
-        BytesRejection::FailedToBufferBody(_) => ApiError::PayloadTooLarge(BODY_LIMIT),
-        other => ApiError::BadRequest(other.body_text()),
-    })?;
-    let raw: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-    serde_json::from_value(raw).map_err(|e| {
-        ApiError::Validation(vec![FieldError {
-            field: "body".into(),
-            message: e.to_string(),
-        }])
-    })
-}
+/// Longest endpoint URL accepted, in bytes.
+pub const MAX_URL_LEN: usize = 2048;
+/// Most `event_types` one endpoint may list (the catalog has fewer types and categories).
+pub const MAX_EVENT_TYPES: usize = 32;
+/// Longest endpoint description, in characters.
+pub const MAX_DESCRIPTION_LEN: usize = 1024;
 
 fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw)
@@ -128,6 +161,13 @@ fn field(name: &str, message: impl Into<String>) -> FieldError {
 }
 
 async fn check_url(state: &AppState, url: &str, errors: &mut Vec<FieldError>) -> String {
+    if url.len() > MAX_URL_LEN {
+        errors.push(field(
+            "url",
+            format!("must be at most {MAX_URL_LEN} bytes long"),
+        ));
+        return String::new();
+    }
     match state.webhooks.check_url(url).await {
         Ok(u) => u.to_string(),
         Err(e) => {
@@ -144,10 +184,29 @@ fn check_types(types: &[String], errors: &mut Vec<FieldError>) {
             "must name at least one event type (or `*`)",
         ));
     }
+    if types.len() > MAX_EVENT_TYPES {
+        errors.push(field(
+            "event_types",
+            format!(
+                "may list at most {MAX_EVENT_TYPES} patterns (use `category.*` or `*`), got {}",
+                types.len()
+            ),
+        ));
+        return;
+    }
     for (i, t) in types.iter().enumerate() {
         if let Err(e) = catalog::validate_pattern(t) {
             errors.push(field(&format!("event_types[{i}]"), e));
         }
+    }
+}
+
+fn check_description(description: &str, errors: &mut Vec<FieldError>) {
+    if description.chars().count() > MAX_DESCRIPTION_LEN {
+        errors.push(field(
+            "description",
+            format!("must be at most {MAX_DESCRIPTION_LEN} characters long"),
+        ));
     }
 }
 
@@ -164,15 +223,15 @@ fn check_rate_limit(r: Option<i32>, errors: &mut Vec<FieldError>) {
 
 #[utoipa::path(post, path = "/v1/webhook-endpoints", tag = "webhooks", request_body = CreateEndpoint,
     responses((status = 201, description = "Created; `secret` is shown this once", body = CreatedEndpoint),
-              (status = 422, body = ErrorBody), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
+              (status = 422, description = "Invalid fields: a refused URL (scheme, length, an address the SSRF guard refuses), unknown or too many event types, a description too long, a rate limit below 1", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn create_endpoint(
     State(state): State<AppState>,
-    raw: Result<Bytes, BytesRejection>,
+    JsonBody { value: req, .. }: JsonBody<CreateEndpoint>,
 ) -> Result<Response, ApiError> {
-    let req: CreateEndpoint = body(raw)?;
     let mut errors = Vec::new();
     let url = check_url(&state, &req.url, &mut errors).await;
     check_types(&req.event_types, &mut errors);
+    check_description(&req.description, &mut errors);
     check_rate_limit(req.rate_limit, &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
@@ -206,7 +265,7 @@ pub struct EndpointList {
 }
 
 #[utoipa::path(get, path = "/v1/webhook-endpoints", tag = "webhooks",
-    responses((status = 200, body = EndpointList)), security(("bearer" = [])))]
+    responses((status = 200, description = "Every endpoint", body = EndpointList)), security(("bearer" = [])))]
 pub async fn list_endpoints(State(state): State<AppState>) -> Result<Json<EndpointList>, ApiError> {
     Ok(Json(EndpointList {
         endpoints: store::list_endpoints(&state.pool).await?,
@@ -214,10 +273,11 @@ pub async fn list_endpoints(State(state): State<AppState>) -> Result<Json<Endpoi
 }
 
 #[utoipa::path(get, path = "/v1/webhook-endpoints/{id}", tag = "webhooks", params(("id" = Uuid, Path)),
-    responses((status = 200, body = EndpointRow), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, description = "The endpoint", body = EndpointRow),
+              (status = 404, description = "No such endpoint", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_endpoint(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<EndpointRow>, ApiError> {
     let id = parse_id(&id, "webhook endpoint")?;
     store::get_endpoint(&state.pool, id)
@@ -228,15 +288,16 @@ pub async fn get_endpoint(
 
 #[utoipa::path(patch, path = "/v1/webhook-endpoints/{id}", tag = "webhooks", params(("id" = Uuid, Path)),
     request_body = UpdateEndpoint,
-    responses((status = 200, body = EndpointRow), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    responses((status = 200, description = "The endpoint as updated", body = EndpointRow),
+              (status = 404, description = "No such endpoint", body = ErrorBody),
+              (status = 422, description = "Invalid fields (as on creation)", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn update_endpoint(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    raw: Result<Bytes, BytesRejection>,
+    ApiPath(id): ApiPath,
+    JsonBody { value: req, .. }: JsonBody<UpdateEndpoint>,
 ) -> Result<Json<EndpointRow>, ApiError> {
     let id = parse_id(&id, "webhook endpoint")?;
-    let req: UpdateEndpoint = body(raw)?;
     let mut errors = Vec::new();
     let url = match &req.url {
         Some(u) => Some(check_url(&state, u, &mut errors).await),
@@ -244,6 +305,9 @@ pub async fn update_endpoint(
     };
     if let Some(t) = &req.event_types {
         check_types(t, &mut errors);
+    }
+    if let Some(d) = &req.description {
+        check_description(d, &mut errors);
     }
     check_rate_limit(req.rate_limit.flatten(), &mut errors);
     if !errors.is_empty() {
@@ -267,11 +331,12 @@ pub async fn update_endpoint(
 }
 
 #[utoipa::path(delete, path = "/v1/webhook-endpoints/{id}", tag = "webhooks", params(("id" = Uuid, Path)),
-    responses((status = 204, description = "Deleted, with its deliveries"), (status = 404, body = ErrorBody)),
+    responses((status = 204, description = "Deleted, with its deliveries"),
+              (status = 404, description = "No such endpoint", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn delete_endpoint(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id, "webhook endpoint")?;
     if store::delete_endpoint(&state.pool, id).await? {
@@ -282,10 +347,11 @@ pub async fn delete_endpoint(
 }
 
 #[utoipa::path(post, path = "/v1/webhook-endpoints/{id}/rotate-secret", tag = "webhooks", params(("id" = Uuid, Path)),
-    responses((status = 200, body = RotatedSecret), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, description = "The new secret, shown this once", body = RotatedSecret),
+              (status = 404, description = "No such endpoint", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<RotatedSecret>, ApiError> {
     let id = parse_id(&id, "webhook endpoint")?;
     let secret = new_secret();
@@ -321,11 +387,15 @@ impl DeliveryView {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeliveryParams {
     /// pending, delivering, delivered or dead.
+    #[param(pattern = "^(pending|delivering|delivered|dead)$")]
     pub status: Option<String>,
     /// Only deliveries created before this time (the previous page's last `created_at`).
     pub before: Option<DateTime<Utc>>,
+    /// 1–500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 
@@ -336,13 +406,22 @@ pub struct DeliveryList {
 
 #[utoipa::path(get, path = "/v1/webhook-endpoints/{id}/deliveries", tag = "webhooks",
     params(("id" = Uuid, Path), DeliveryParams),
-    responses((status = 200, body = DeliveryList), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, description = "The endpoint's deliveries, newest first", body = DeliveryList),
+              (status = 400, description = "An unknown status, a limit outside 1–500, a time outside the years 1–9999, a NUL character or a malformed query string", body = ErrorBody),
+              (status = 404, description = "No such endpoint", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_deliveries(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(q): Query<DeliveryParams>,
+    ApiPath(id): ApiPath,
+    ApiQuery(q): ApiQuery<DeliveryParams>,
 ) -> Result<Json<DeliveryList>, ApiError> {
     let id = parse_id(&id, "webhook endpoint")?;
+    if let Some(before) = &q.before
+        && !storable_time(before)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "before {before} is out of range: use a time between the years 1 and 9999"
+        )));
+    }
     if let Some(s) = &q.status
         && !["pending", "delivering", "delivered", "dead"].contains(&s.as_str())
     {
@@ -353,7 +432,12 @@ pub async fn list_deliveries(
     if store::get_endpoint(&state.pool, id).await?.is_none() {
         return Err(ApiError::NotFound("webhook endpoint"));
     }
-    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and 500, got {limit}"
+        )));
+    }
     let rows =
         store::list_deliveries(&state.pool, id, q.status.as_deref(), q.before, limit).await?;
     Ok(Json(DeliveryList {
@@ -365,11 +449,12 @@ pub async fn list_deliveries(
 }
 
 #[utoipa::path(get, path = "/v1/webhook-deliveries/{id}", tag = "webhooks", params(("id" = Uuid, Path)),
-    responses((status = 200, description = "The delivery with every attempt", body = DeliveryView), (status = 404, body = ErrorBody)),
+    responses((status = 200, description = "The delivery with every attempt", body = DeliveryView),
+              (status = 404, description = "No such delivery", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_delivery(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<DeliveryView>, ApiError> {
     let id = parse_id(&id, "webhook delivery")?;
     let d = store::get_delivery(&state.pool, id)
@@ -380,12 +465,13 @@ pub async fn get_delivery(
 }
 
 #[utoipa::path(post, path = "/v1/webhook-deliveries/{id}/redeliver", tag = "webhooks", params(("id" = Uuid, Path)),
-    responses((status = 202, body = DeliveryView), (status = 404, body = ErrorBody),
+    responses((status = 202, description = "Queued for delivery", body = DeliveryView),
+              (status = 404, description = "No such delivery", body = ErrorBody),
               (status = 409, description = "An attempt is in flight", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn redeliver(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "webhook delivery")?;
     match store::redeliver(&state.pool, id).await? {
@@ -418,14 +504,20 @@ pub struct RedriveResult {
 
 #[utoipa::path(post, path = "/v1/webhook-endpoints/{id}/redrive", tag = "webhooks", params(("id" = Uuid, Path)),
     request_body = RedriveRequest,
-    responses((status = 200, body = RedriveResult), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, description = "How many dead letters were queued again", body = RedriveResult),
+              (status = 404, description = "No such endpoint", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn redrive(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    raw: Result<Bytes, BytesRejection>,
+    ApiPath(id): ApiPath,
+    JsonBody { value: req, .. }: JsonBody<RedriveRequest>,
 ) -> Result<Json<RedriveResult>, ApiError> {
     let id = parse_id(&id, "webhook endpoint")?;
-    let req: RedriveRequest = body(raw)?;
+    if !storable_time(&req.since) {
+        return Err(ApiError::Validation(vec![field(
+            "since",
+            "must be a time between the years 1 and 9999",
+        )]));
+    }
     if store::get_endpoint(&state.pool, id).await?.is_none() {
         return Err(ApiError::NotFound("webhook endpoint"));
     }

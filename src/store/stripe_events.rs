@@ -84,6 +84,8 @@ pub struct NewStripeEvent<'a> {
     /// `pending` for types sagad acts on, `ignored` (with `outcome`) for the others.
     pub status: InboxStatus,
     pub outcome: Option<&'a str>,
+    /// The body exactly as Stripe sent it, when `payload` had to differ (NUL characters replaced).
+    pub raw_body: Option<&'a [u8]>,
 }
 
 /// Stores a verified event; a duplicate id stores nothing new (it only counts the delivery).
@@ -93,8 +95,8 @@ pub async fn insert(pool: &PgPool, e: &NewStripeEvent<'_>) -> Result<bool, sqlx:
     let inserted: bool = sqlx::query_scalar(
         "WITH ins AS (
              INSERT INTO stripe_events (id, event_type, livemode, api_version, stripe_created, payment_intent_id,
-                                        payload, status, outcome, processed_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, CASE WHEN $8 = 'pending' THEN NULL ELSE now() END)
+                                        payload, status, outcome, processed_at, raw_body)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, CASE WHEN $8 = 'pending' THEN NULL ELSE now() END, $11)
              ON CONFLICT (id) DO UPDATE SET deliveries = stripe_events.deliveries + 1
              RETURNING (xmax = 0) AS inserted, status),
          n AS (SELECT pg_notify($10, '') FROM ins WHERE inserted AND status = 'pending')
@@ -110,6 +112,7 @@ pub async fn insert(pool: &PgPool, e: &NewStripeEvent<'_>) -> Result<bool, sqlx:
     .bind(e.status.as_str())
     .bind(e.outcome)
     .bind(INBOX_CHANNEL)
+    .bind(e.raw_body)
     .fetch_one(pool)
     .await?;
     Ok(inserted)
@@ -122,6 +125,15 @@ pub async fn get(pool: &PgPool, id: &str) -> Result<Option<StripeEventRow>, sqlx
     .bind(id)
     .fetch_optional(pool)
     .await
+}
+
+/// The body exactly as Stripe sent it, kept when the stored payload differs from it.
+pub async fn raw_body(pool: &PgPool, id: &str) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT raw_body FROM stripe_events WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map(Option::flatten)
 }
 
 #[derive(Debug, Default, Clone)]

@@ -12,7 +12,7 @@ use stripe::{ApiErrorsType, IdempotencyKey, RequestStrategy, StripeError, Stripe
 use stripe_core::payment_intent::{
     CancelPaymentIntent, CapturePaymentIntent, CreatePaymentIntent, RetrievePaymentIntent,
 };
-use stripe_core::refund::CreateRefund;
+use stripe_core::refund::{CreateRefund, ListRefund};
 use stripe_core::{
     PaymentIntent, PaymentIntentAllowedPaymentMethodTypes, PaymentIntentCaptureMethod, Refund,
 };
@@ -421,6 +421,32 @@ impl StripeClient {
             )
             .await?;
         Ok(refund.into())
+    }
+}
+
+impl StripeClient {
+    /// Every refund of a PaymentIntent, newest first (safe to call any number of times).
+    #[tracing::instrument(skip(self))]
+    pub async fn refunds_of(&self, payment_intent: &str) -> Result<Vec<RefundInfo>, Error> {
+        /// Pages read at most (100 refunds each), so a misbehaving server cannot loop us.
+        const MAX_PAGES: usize = 20;
+        let mut out: Vec<RefundInfo> = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let mut list = ListRefund::new().payment_intent(payment_intent).limit(100);
+            if let Some(last) = out.last() {
+                list = list.starting_after(last.id.clone());
+            }
+            let page = self.send(list, RequestStrategy::Once).await?;
+            let more = page.has_more && !page.data.is_empty();
+            out.extend(page.data.into_iter().map(RefundInfo::from));
+            if !more {
+                return Ok(out);
+            }
+        }
+        Err(Error::Transient(format!(
+            "more than {} refunds listed for {payment_intent}",
+            MAX_PAGES * 100
+        )))
     }
 }
 

@@ -3,7 +3,13 @@
 //! `t=<unix seconds>` and one or more `v1=<hex HMAC-SHA256(secret, "{t}.{raw body}")>` entries.
 //! A request is genuine when any `v1` matches any configured endpoint secret (several during a
 //! rotation) and `t` is within the tolerance of our clock. `v0` and unknown schemes are ignored.
+//!
+//! The check costs one HMAC per configured secret whatever the header holds: the header's size
+//! and its `v1` entries are capped, the timestamp is checked before anything else, and each
+//! secret's expected MAC is computed once and compared (in constant time) with every entry.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -11,6 +17,11 @@ use sha2::Sha256;
 
 /// Stripe's default tolerance between the signed timestamp and our clock.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
+/// Longest `Stripe-Signature` header read. Stripe sends `t=`, one `v1=` per live secret (two
+/// during a rotation) and in test mode a `v0=`: about 75 bytes each.
+pub const MAX_HEADER_LEN: usize = 1024;
+/// Most `v1=` entries a header may carry.
+pub const MAX_SIGNATURES: usize = 8;
 
 /// Why a webhook request was refused. The messages are short and safe to return to the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,6 +30,10 @@ pub enum SignatureError {
     MissingHeader,
     #[error("malformed Stripe-Signature header: {0}")]
     Malformed(&'static str),
+    #[error("Stripe-Signature header longer than {MAX_HEADER_LEN} bytes")]
+    HeaderTooLong,
+    #[error("more than {MAX_SIGNATURES} v1 signatures in Stripe-Signature header")]
+    TooManySignatures,
     #[error("no v1 signature in Stripe-Signature header")]
     NoV1Signature,
     #[error("timestamp outside the tolerance")]
@@ -32,6 +47,8 @@ pub enum SignatureError {
 pub struct Verifier {
     secrets: Vec<Vec<u8>>,
     tolerance: Duration,
+    /// HMACs computed so far (shared by clones), to check what one request can cost.
+    hmacs: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -56,11 +73,17 @@ impl Verifier {
                 .map(|s| s.as_bytes().to_vec())
                 .collect(),
             tolerance,
+            hmacs: Arc::default(),
         }
     }
 
     pub fn has_secrets(&self) -> bool {
         !self.secrets.is_empty()
+    }
+
+    /// HMACs this verifier (and its clones) computed so far.
+    pub fn hmac_computations(&self) -> u64 {
+        self.hmacs.load(Ordering::Relaxed)
     }
 
     /// Verifies `header` for `body` at `now` (unix seconds); returns the signed timestamp.
@@ -70,35 +93,58 @@ impl Verifier {
         body: &[u8],
         now: i64,
     ) -> Result<i64, SignatureError> {
+        let signed = self.check_header(header, now)?;
+        self.check_body(&signed, body)
+    }
+
+    /// The header's part of the check, before the body is even read: its size, its entries and
+    /// its timestamp. No HMAC is computed.
+    pub fn check_header(&self, header: Option<&str>, now: i64) -> Result<Signed, SignatureError> {
         let header = header.ok_or(SignatureError::MissingHeader)?;
-        let parsed = parse_header(header)?;
-        let skew = now.abs_diff(parsed.timestamp);
+        if header.len() > MAX_HEADER_LEN {
+            return Err(SignatureError::HeaderTooLong);
+        }
+        let signed = parse_header(header)?;
+        let skew = now.abs_diff(signed.timestamp);
         if skew > self.tolerance.as_secs() {
             return Err(SignatureError::TimestampOutsideTolerance);
         }
+        Ok(signed)
+    }
+
+    /// The body's part: one HMAC per secret, compared with every `v1` entry in constant time.
+    pub fn check_body(&self, signed: &Signed, body: &[u8]) -> Result<i64, SignatureError> {
+        let mut matched = false;
         for secret in &self.secrets {
-            for sig in &parsed.v1 {
-                // `verify_slice` compares in constant time.
-                if mac(secret, parsed.timestamp, body)
-                    .verify_slice(sig)
-                    .is_ok()
-                {
-                    return Ok(parsed.timestamp);
-                }
+            self.hmacs.fetch_add(1, Ordering::Relaxed);
+            let expected = mac(secret, signed.timestamp, body).finalize().into_bytes();
+            for sig in &signed.v1 {
+                matched |= constant_time_eq(&expected, sig);
             }
         }
-        Err(SignatureError::NoMatch)
+        if matched {
+            Ok(signed.timestamp)
+        } else {
+            Err(SignatureError::NoMatch)
+        }
     }
 }
 
-struct Parsed {
+/// A `Stripe-Signature` header that passed [`Verifier::check_header`].
+#[derive(Debug, Clone)]
+pub struct Signed {
     timestamp: i64,
-    v1: Vec<Vec<u8>>,
+    v1: Vec<[u8; 32]>,
 }
 
-fn parse_header(header: &str) -> Result<Parsed, SignatureError> {
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn parse_header(header: &str) -> Result<Signed, SignatureError> {
     let mut timestamp = None;
     let mut v1 = Vec::new();
+    let mut entries = 0;
     for item in header.split(',') {
         let Some((key, value)) = item.trim().split_once('=') else {
             return Err(SignatureError::Malformed("expected key=value pairs"));
@@ -114,9 +160,14 @@ fn parse_header(header: &str) -> Result<Parsed, SignatureError> {
                     .map_err(|_| SignatureError::Malformed("timestamp is not an integer"))?;
                 timestamp = Some(t);
             }
-            // A v1 entry that is not hex cannot match; keep looking at the others.
+            // A v1 entry that is not 32 bytes of hex cannot match; keep looking at the others.
             "v1" => {
-                if let Ok(sig) = hex::decode(value.trim()) {
+                entries += 1;
+                if entries > MAX_SIGNATURES {
+                    return Err(SignatureError::TooManySignatures);
+                }
+                let mut sig = [0u8; 32];
+                if hex::decode_to_slice(value.trim(), &mut sig).is_ok() {
                     v1.push(sig);
                 }
             }
@@ -125,10 +176,10 @@ fn parse_header(header: &str) -> Result<Parsed, SignatureError> {
         }
     }
     let timestamp = timestamp.ok_or(SignatureError::Malformed("no timestamp"))?;
-    if v1.is_empty() {
+    if entries == 0 {
         return Err(SignatureError::NoV1Signature);
     }
-    Ok(Parsed { timestamp, v1 })
+    Ok(Signed { timestamp, v1 })
 }
 
 fn mac(secret: &[u8], timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
@@ -223,5 +274,49 @@ mod tests {
             v.verify(Some(&ok), b"{ }", NOW),
             Err(SignatureError::NoMatch)
         );
+    }
+
+    #[test]
+    fn a_flood_of_entries_costs_one_hmac_per_secret_at_most() {
+        let v = verifier(&["whsec_a", "whsec_b"]);
+        let body = vec![b'x'; 255 * 1024];
+        let bogus = format!(",v1={}", "ab".repeat(32));
+
+        // 6,000 entries: refused by the caps before any HMAC.
+        let flood = format!("t={NOW}{}", bogus.repeat(6000));
+        assert_eq!(
+            v.verify(Some(&flood), &body, NOW),
+            Err(SignatureError::HeaderTooLong)
+        );
+        let dense = format!("t={NOW}{}", ",v1=0".repeat(MAX_SIGNATURES + 1));
+        assert!(dense.len() <= MAX_HEADER_LEN);
+        assert_eq!(
+            v.verify(Some(&dense), &body, NOW),
+            Err(SignatureError::TooManySignatures)
+        );
+        // A stale timestamp is refused before any HMAC too.
+        let stale = format!("t={}{}", NOW - 3600, bogus.repeat(MAX_SIGNATURES));
+        assert_eq!(
+            v.verify(Some(&stale), &body, NOW),
+            Err(SignatureError::TimestampOutsideTolerance)
+        );
+        assert_eq!(v.hmac_computations(), 0);
+
+        // As many entries as allowed: one HMAC per secret, not per entry.
+        let full = format!("t={NOW}{}", bogus.repeat(MAX_SIGNATURES));
+        assert_eq!(
+            v.verify(Some(&full), &body, NOW),
+            Err(SignatureError::NoMatch)
+        );
+        assert_eq!(v.hmac_computations(), 2);
+
+        // The genuine entry last among bogus ones still verifies, at the same cost.
+        let genuine = format!(
+            "t={NOW}{},v1={}",
+            bogus.repeat(MAX_SIGNATURES - 1),
+            sign("whsec_b", NOW, &body)
+        );
+        assert_eq!(v.verify(Some(&genuine), &body, NOW), Ok(NOW));
+        assert_eq!(v.hmac_computations(), 4);
     }
 }

@@ -278,3 +278,167 @@ async fn a_data_dir_the_postgres_user_cannot_reach_is_reported() -> anyhow::Resu
         other => bail!("expected Unreachable, got {other:?}"),
     }
 }
+
+/// The cluster's URL with another password (or none).
+fn with_password(url: &str, password: Option<&str>) -> String {
+    let mut u = reqwest::Url::parse(url).expect("cluster url");
+    u.set_password(password).expect("url takes a password");
+    u.to_string()
+}
+
+#[tokio::test]
+async fn the_cluster_refuses_connections_without_its_password() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = fresh_dir("auth");
+    let pg = EmbeddedPostgres::start(EmbeddedOptions::ephemeral(&dir)).await?;
+    let url = pg.url("postgres");
+
+    for (what, attempt) in [
+        ("no password", with_password(&url, None)),
+        ("a wrong password", with_password(&url, Some("guess"))),
+    ] {
+        match sqlx::PgPool::connect(&attempt).await {
+            Ok(_) => bail!("connected with {what}"),
+            Err(e) => {
+                let code = e
+                    .as_database_error()
+                    .and_then(|d| d.code())
+                    .map(|c| c.into_owned());
+                // 28P01: invalid_password; 28000: invalid_authorization_specification.
+                assert!(
+                    matches!(code.as_deref(), Some("28P01" | "28000"))
+                        || e.to_string().contains("password"),
+                    "{what}: {e}"
+                );
+            }
+        }
+    }
+    let pool = sqlx::PgPool::connect(&url).await?;
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&pool).await?;
+    assert_eq!(one, 1);
+    pool.close().await;
+
+    let hba = std::fs::read_to_string(dir.join("pg_hba.conf"))?;
+    let rules: Vec<&str> = hba
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .collect();
+    assert!(
+        !rules.is_empty() && rules.iter().all(|r| r.ends_with("scram-sha-256")),
+        "{hba}"
+    );
+    let password_file = std::fs::metadata(dir.join("sagad.password"))?;
+    assert_eq!(password_file.permissions().mode() & 0o777, 0o600);
+
+    // Another local account, as the issue's probe did it.
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let psql = sagad::embedded_pg::find_bindir()?.join("psql");
+    if root && psql.is_file() {
+        for host in ["127.0.0.1".to_owned(), dir.display().to_string()] {
+            let out = tokio::process::Command::new("runuser")
+                .args(["-u", "nobody", "--"])
+                .arg(&psql)
+                .args([
+                    "-h",
+                    &host,
+                    "-p",
+                    &pg.port().to_string(),
+                    "-U",
+                    "postgres",
+                    "-w",
+                ])
+                .args(["-d", "postgres", "-c", "SELECT 1"])
+                .current_dir("/")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await?;
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "nobody got in through {host}: {err}");
+            assert!(
+                err.contains("password") || err.contains("Permission denied"),
+                "{host}: {err}"
+            );
+        }
+    }
+    pg.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_port_is_kept_across_restarts() -> anyhow::Result<()> {
+    let dir = fresh_dir("port");
+    let result = async {
+        let first = EmbeddedPostgres::start(EmbeddedOptions::persistent(&dir)).await?;
+        let port = first.port();
+        let url = first.url("postgres");
+        first.stop().await?;
+        let second = EmbeddedPostgres::start(EmbeddedOptions::persistent(&dir)).await?;
+        assert_eq!(second.port(), port);
+        assert_eq!(second.url("postgres"), url, "same port, same password");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("sagad.port"))?.trim(),
+            port.to_string()
+        );
+        second.stop().await?;
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+#[tokio::test]
+async fn operator_commands_use_the_running_cluster_or_say_how() -> anyhow::Result<()> {
+    let dir = fresh_dir("cli");
+    let empty = fresh_dir("cli-none");
+    let result = async {
+        // The cluster `sagad serve` would run, with one event in its inbox.
+        let pg = EmbeddedPostgres::start(EmbeddedOptions::persistent(&dir)).await?;
+        let pool = sqlx::PgPool::connect(&pg.url("postgres")).await?;
+        sagad::store::migrate(&pool).await?;
+        sqlx::query(
+            "INSERT INTO stripe_events (id, event_type, payload, status)
+             VALUES ('evt_in_the_serving_cluster', 'customer.created', '{}', 'ignored')",
+        )
+        .execute(&pool)
+        .await?;
+        pool.close().await;
+
+        let sagad = |data_dir: &Path| {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sagad"));
+            cmd.args(["stripe", "events", "list"])
+                .env_remove("DATABASE_URL")
+                .env("SAGAD_DATA_DIR", data_dir);
+            cmd
+        };
+        let out = sagad(&dir).output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("evt_in_the_serving_cluster"), "{stdout}");
+
+        // Nothing runs there: a refusal that says how, and no new cluster.
+        let out = sagad(&empty).output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("no sagad PostgreSQL is running"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("sagad serve") && stderr.contains("DATABASE_URL"),
+            "{stderr}"
+        );
+        assert!(!empty.join("PG_VERSION").exists(), "a cluster was started");
+        pg.stop().await?;
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&empty);
+    result
+}

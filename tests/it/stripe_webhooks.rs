@@ -206,13 +206,7 @@ async fn refused_webhooks_answer_400_and_store_nothing() {
             "{}".into(),
         ),
     ];
-    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(300 * 1024));
-    let big_sig = signature(STRIPE_WEBHOOK_SECRET, t, &big);
-    for (what, header, body) in
-        cases
-            .into_iter()
-            .chain([("too large", Some(format!("t={t},v1={big_sig}")), big)])
-    {
+    for (what, header, body) in cases {
         let (status, v) = post_webhook(&app, header, body).await;
         assert_eq!(status, 400, "{what}: {v}");
         assert!(
@@ -222,6 +216,10 @@ async fn refused_webhooks_answer_400_and_store_nothing() {
             "{what}: {v}"
         );
     }
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(300 * 1024));
+    let big_sig = signature(STRIPE_WEBHOOK_SECRET, t, &big);
+    let (status, v) = post_webhook(&app, Some(format!("t={t},v1={big_sig}")), big).await;
+    assert_eq!(status, 413, "too large: {v}");
     assert_eq!(
         count(&app.pool, "SELECT count(*) FROM stripe_events").await,
         0

@@ -20,6 +20,8 @@ pub enum Operation {
     Cancel,
     /// `POST /v1/refunds`
     Refund,
+    /// `GET /v1/refunds`
+    ListRefunds,
     /// `GET /v1/refunds/{id}`
     RetrieveRefund,
     /// Matches every operation (only meaningful as a fault target).
@@ -35,6 +37,7 @@ impl Operation {
             Operation::Capture => "capture",
             Operation::Cancel => "cancel",
             Operation::Refund => "refund",
+            Operation::ListRefunds => "list_refunds",
             Operation::RetrieveRefund => "retrieve_refund",
             Operation::Any => "any",
         }

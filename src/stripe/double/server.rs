@@ -31,7 +31,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/payment_intents/{id}/confirm", post(confirm))
         .route("/v1/payment_intents/{id}/capture", post(capture))
         .route("/v1/payment_intents/{id}/cancel", post(cancel))
-        .route("/v1/refunds", post(refund))
+        .route("/v1/refunds", post(refund).get(list_refunds))
         .route("/v1/refunds/{id}", get(retrieve_refund))
         .route(
             "/_double/faults",
@@ -75,6 +75,9 @@ async fn cancel(State(s): State<Arc<Shared>>, Path(id): Path<String>, req: Reque
 }
 async fn refund(State(s): State<Arc<Shared>>, req: Request) -> Response {
     api(s, Operation::Refund, String::new(), req).await
+}
+async fn list_refunds(State(s): State<Arc<Shared>>, req: Request) -> Response {
+    api(s, Operation::ListRefunds, String::new(), req).await
 }
 async fn retrieve_refund(
     State(s): State<Arc<Shared>>,
@@ -225,6 +228,7 @@ fn execute(ledger: &mut Ledger, op: Operation, id: &str, params: &Params) -> OpR
         Operation::Capture => ledger.capture_payment_intent(id, params),
         Operation::Cancel => ledger.cancel_payment_intent(id, params),
         Operation::Refund => ledger.create_refund(params),
+        Operation::ListRefunds => ledger.list_refunds(params),
         Operation::RetrieveRefund => ledger.retrieve_refund(id),
         Operation::Any => Err(ApiError::server_error()),
     }

@@ -21,6 +21,8 @@ pub struct Ledger {
     /// Creation order, so inspection lists are stable.
     order: Vec<String>,
     refunds: HashMap<String, Refund>,
+    /// Refund ids in creation order (lists are newest first).
+    refund_order: Vec<String>,
     /// Generated `pm_…` ids → the test card they stand for.
     payment_methods: HashMap<String, &'static TestCard>,
     counters: Counters,
@@ -79,6 +81,15 @@ const REFUND_PARAMS: &[&str] = &[
     "instructions_email",
     "refund_application_fee",
     "reverse_transfer",
+];
+const LIST_REFUNDS_PARAMS: &[&str] = &[
+    "charge",
+    "payment_intent",
+    "limit",
+    "starting_after",
+    "ending_before",
+    "created",
+    "expand",
 ];
 const CANCELABLE: &[Status] = &[
     Status::RequiresPaymentMethod,
@@ -554,6 +565,7 @@ impl Ledger {
             reason,
         };
         let body = render::refund(&refund);
+        self.refund_order.push(refund.id.clone());
         self.refunds.insert(refund.id.clone(), refund);
         self.bump(&id, |e| {
             e.refunds += 1;
@@ -562,6 +574,45 @@ impl Ledger {
         self.record_event("refund.created", body.clone());
         self.intent_event("charge.refunded", &id);
         Ok(body)
+    }
+
+    /// `GET /v1/refunds`: newest first, filtered by `payment_intent` or `charge`, paged by `limit`
+    /// (1–100, default 10) and `starting_after`.
+    pub fn list_refunds(&self, params: &Params) -> OpResult {
+        check_known(params, LIST_REFUNDS_PARAMS)?;
+        let limit = int_param(params, "limit")?.unwrap_or(10);
+        if !(1..=100).contains(&limit) {
+            return Err(ApiError::invalid_param(
+                "parameter_invalid_integer",
+                "limit",
+                "This value must be between 1 and 100.",
+            ));
+        }
+        let pi = params.str("payment_intent");
+        let charge = params.str("charge");
+        let mut newest_first = self
+            .refund_order
+            .iter()
+            .rev()
+            .filter_map(|id| self.refunds.get(id))
+            .filter(|r| pi.is_none_or(|pi| r.payment_intent == pi))
+            .filter(|r| charge.is_none_or(|c| r.charge.as_deref() == Some(c)))
+            .skip_while(|r| {
+                params
+                    .str("starting_after")
+                    .is_some_and(|after| r.id != after)
+            });
+        if params.str("starting_after").is_some() {
+            newest_first.next();
+        }
+        let page: Vec<&Refund> = newest_first.by_ref().take(limit as usize).collect();
+        let has_more = newest_first.next().is_some();
+        Ok(serde_json::json!({
+            "object": "list",
+            "data": page.into_iter().map(render::refund).collect::<Vec<_>>(),
+            "has_more": has_more,
+            "url": "/v1/refunds",
+        }))
     }
 
     pub fn retrieve_refund(&self, id: &str) -> OpResult {

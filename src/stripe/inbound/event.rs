@@ -104,6 +104,32 @@ impl StripeEvent {
     }
 }
 
+/// Replaces every U+0000 in `v`'s strings and keys with U+FFFD (PostgreSQL's text and jsonb
+/// cannot hold NUL); returns whether there was any.
+pub fn replace_nul(v: &mut Value) -> bool {
+    const NUL: char = '\0';
+    match v {
+        Value::String(s) if s.contains(NUL) => {
+            *s = s.replace(NUL, "\u{FFFD}");
+            true
+        }
+        Value::Array(items) => items.iter_mut().fold(false, |any, i| replace_nul(i) | any),
+        Value::Object(fields) => {
+            let mut any = false;
+            if fields.keys().any(|k| k.contains(NUL)) {
+                let old = std::mem::take(fields);
+                *fields = old
+                    .into_iter()
+                    .map(|(k, v)| (k.replace(NUL, "\u{FFFD}"), v))
+                    .collect();
+                any = true;
+            }
+            fields.values_mut().fold(any, |any, f| replace_nul(f) | any)
+        }
+        _ => false,
+    }
+}
+
 /// The event types sagad acts on; any other type is stored and acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -163,5 +189,18 @@ mod tests {
         assert!(StripeEvent::from_value(&json!({"id": "evt_3", "type": "x"})).is_err());
         assert!(StripeEvent::parse(b"not json").is_err());
         assert_eq!(Kind::of("customer.created"), None);
+    }
+
+    #[test]
+    fn nul_characters_are_replaced_in_strings_and_keys() {
+        let mut v: Value =
+            serde_json::from_str(r#"{"a\u0000": ["x\u0000y", 1, {"b": "\u0000"}], "c": "ok"}"#)
+                .unwrap();
+        assert!(replace_nul(&mut v));
+        assert_eq!(
+            v,
+            json!({"a\u{FFFD}": ["x\u{FFFD}y", 1, {"b": "\u{FFFD}"}], "c": "ok"})
+        );
+        assert!(!replace_nul(&mut v));
     }
 }

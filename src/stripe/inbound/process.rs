@@ -12,7 +12,7 @@ use crate::events::{Event, NewEvent};
 use crate::store::stripe_events::{self, Claim, InboxStatus, SagaSnapshot};
 use crate::store::{bookings, events, sagas};
 use crate::stripe::client::{
-    Error as StripeError, PaymentIntentInfo, PaymentIntentStatus, StripeClient,
+    Error as StripeError, PaymentIntentInfo, PaymentIntentStatus, RefundInfo, StripeClient,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +89,19 @@ pub async fn process(
             Err(e) if e.is_transient() => return Err(e.into()),
             Err(e) => {
                 let reason = format!("Stripe does not know PaymentIntent {pi}: {e}");
+                return finish(pool, claim, InboxStatus::Unmatched, None, reason).await;
+            }
+        }
+    } else {
+        None
+    };
+    // What Stripe shows as refunded decides, never the numbers an event claims.
+    let refunds = if kind == Kind::ChargeRefunded {
+        match stripe.refunds_of(&pi).await {
+            Ok(r) => Some(r),
+            Err(e) if e.is_transient() => return Err(e.into()),
+            Err(e) => {
+                let reason = format!("Stripe lists no refunds for PaymentIntent {pi}: {e}");
                 return finish(pool, claim, InboxStatus::Unmatched, None, reason).await;
             }
         }
@@ -182,21 +195,37 @@ pub async fn process(
                     "the saga is compensating; the refund may be ours".into(),
                 ));
             }
-            let cumulative = ev.int_field("amount_refunded").unwrap_or(0);
+            let Some(refunds) = refunds else {
+                return Ok(Decision::Retry("no refund list from Stripe".into()));
+            };
+            // Pending refunds count, as in a charge's `amount_refunded`; failed or canceled
+            // ones gave the money back to us.
+            let counted: Vec<&RefundInfo> = refunds
+                .iter()
+                .filter(|r| r.payment_intent.as_deref() == Some(pi.as_str()))
+                .filter(|r| matches!(r.status.as_str(), "succeeded" | "pending"))
+                .collect();
+            let cumulative: i64 = counted.iter().map(|r| r.amount).sum();
+            let claimed = ev
+                .int_field("amount_refunded")
+                .map(|c| format!("; the event claimed {c}"))
+                .unwrap_or_default();
             let recorded = stripe_events::refunded_recorded(&mut tx, saga.id, &pi).await?;
             let delta = cumulative - recorded;
             if delta > 0 {
-                let refund_id = latest_refund_id(&ev)
-                    .or_else(|| ev.str_field("id").map(str::to_owned))
-                    .unwrap_or_default();
                 new_events.push(Event::PaymentRefunded {
                     payment_intent_id: pi.clone(),
-                    refund_id,
+                    // Newest first: the refund that brought the total up to date.
+                    refund_id: counted.first().map(|r| r.id.clone()).unwrap_or_default(),
                     amount: delta,
                 });
-                format!("recorded a refund of {delta} (cumulative {cumulative})")
+                format!(
+                    "recorded a refund of {delta} (Stripe shows {cumulative} refunded{claimed})"
+                )
             } else {
-                format!("refunds already recorded ({recorded} of cumulative {cumulative})")
+                format!(
+                    "refunds already recorded ({recorded} of the {cumulative} Stripe shows refunded{claimed})"
+                )
             }
         }
         Kind::DisputeCreated | Kind::DisputeClosed => {
@@ -322,17 +351,6 @@ async fn wake_for(
         return Ok(Wake::NotYet);
     }
     Ok(Wake::NotNeeded(format!("the saga is {}", saga.status)))
-}
-
-fn latest_refund_id(ev: &StripeEvent) -> Option<String> {
-    ev.object
-        .get("refunds")
-        .and_then(|r| r.get("data"))
-        .and_then(Value::as_array)
-        .and_then(|list| list.first())
-        .and_then(|r| r.get("id"))
-        .and_then(Value::as_str)
-        .map(str::to_owned)
 }
 
 /// Appends domain events to the saga's aggregate, caused by the Stripe event.
