@@ -9,7 +9,6 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;
-pub mod demo;
 pub mod domain;
 pub mod embedded_pg;
 pub mod engine;

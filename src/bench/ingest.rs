@@ -19,9 +19,9 @@ use super::outgoing::env_or;
 use super::report::StripeIngestion;
 use super::{Bench, EXTRA_CONNECTIONS, ms, progress};
 use crate::store;
-use crate::stripe::double::envelope;
 use crate::stripe::inbound::event::Kind;
 use crate::stripe::webhook;
+use stripe_double::envelope;
 
 /// Concurrent clients (Stripe sends webhooks concurrently).
 const CLIENTS: usize = 16;

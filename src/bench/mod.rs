@@ -26,11 +26,11 @@ use tokio::net::TcpListener;
 
 use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use crate::store;
-use crate::stripe::double::StripeDouble;
 use child::{ChildConfig, Sagad};
 use load::{Api, Budget, Completions};
 use pgbench::Pgbench;
 use report::{Database, Load, Machine, Percentiles, Report, Section, Setting, StatementCount};
+use stripe_double::StripeDouble;
 
 const TOKEN: &str = "bench-token-0123456789";
 /// Sagas per closed-loop client before the measured window: every pooled connection of the fresh

@@ -1,7 +1,7 @@
 //! The command line: `sagad serve | migrate | demo | bench | sagas check | saga … | stripe events … | stripe-double`.
 
+mod demo;
 mod stripe_events;
-
 mod webhooks;
 
 use std::net::SocketAddr;
@@ -19,7 +19,7 @@ use crate::engine::EngineConfig;
 use crate::engine::actions::{self, NotifyConfig};
 use crate::stripe::client::StripeClient;
 use crate::telemetry::{self, LogFormat};
-use crate::{db, demo, server, signing};
+use crate::{db, server, signing};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -204,8 +204,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot listen on {listen}"))?;
             info!(%listen, "Stripe test double listening; use STRIPE_API_BASE=http://{listen}/");
             let shutdown = shutdown_signal();
-            crate::stripe::double::serve(listener, async move { shutdown.cancelled().await })
-                .await?;
+            stripe_double::serve(listener, async move { shutdown.cancelled().await }).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -271,10 +270,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             let base = format!("http://{}/", listener.local_addr()?);
             info!(%base, "--dev: using the built-in Stripe test double (no real payments)");
             let stop = shutdown.clone();
-            double_task = Some(tokio::spawn(crate::stripe::double::serve(
-                listener,
-                async move { stop.cancelled().await },
-            )));
+            double_task = Some(tokio::spawn(stripe_double::serve(listener, async move {
+                stop.cancelled().await
+            })));
             ("sk_test_sagad_dev".to_owned(), Some(base))
         }
     };

@@ -1,8 +1,8 @@
 //! The booking saga end to end over HTTP: happy path, a permanent failure at each step, Stripe
 //! faults, and the double-booking race.
 
-use sagad::stripe::double::{Fault, Operation};
 use serde_json::json;
+use stripe_double::{Fault, Operation};
 
 use crate::harness::{
     AppOptions, NOTIFY_SECRET, booking_definition, booking_input, count, spawn_app, spawn_app_with,

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use rand::Rng;
 use sagad::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
-use sagad::stripe::double::{Fault, Operation, StripeDouble};
 use serde_json::json;
 use sqlx::PgPool;
+use stripe_double::{Fault, Operation, StripeDouble};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
@@ -201,7 +201,7 @@ async fn run(work: &Path, sagas: usize, kills: usize) -> anyhow::Result<()> {
     };
     let mut sagad = start_sagad(&env).await;
     // Stripe tells sagad what happened, duplicated, delayed and out of order, through the kills.
-    double.configure_webhooks(sagad::stripe::double::WebhookConfig {
+    double.configure_webhooks(stripe_double::WebhookConfig {
         url: format!("{}/webhooks/stripe", sagad.base),
         secrets: vec![STRIPE_WEBHOOK_SECRET.into()],
         duplicate: 1,

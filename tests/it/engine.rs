@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use sagad::config::Role;
 use sagad::store::sagas;
-use sagad::stripe::double::{Fault, Operation};
 use serde_json::json;
+use stripe_double::{Fault, Operation};
 
 use crate::harness::{
     AppOptions, booking_definition, booking_input, count, spawn_app, spawn_app_with,

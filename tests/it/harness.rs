@@ -15,9 +15,9 @@ use sagad::engine::definition::SagaDefinition;
 use sagad::server::{self, Settings};
 use sagad::store;
 use sagad::stripe::client::StripeClient;
-use sagad::stripe::double::StripeDouble;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
+use stripe_double::StripeDouble;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -529,7 +529,7 @@ impl TestApp {
     }
 
     /// PaymentIntents the double holds for one saga (by the saga_id metadata sagad sets).
-    pub fn payment_intents_of(&self, id: Uuid) -> Vec<sagad::stripe::double::PaymentIntentRecord> {
+    pub fn payment_intents_of(&self, id: Uuid) -> Vec<stripe_double::PaymentIntentRecord> {
         let id = id.to_string();
         self.double
             .payment_intents()
