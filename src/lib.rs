@@ -5,7 +5,6 @@
 //! authorize payment → capture → confirm booking → notify, and compensates the completed steps in
 //! reverse when a step fails for good. See `README.md` for the architecture.
 
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -16,6 +15,7 @@ pub mod events;
 pub mod http;
 pub mod maintenance;
 pub mod server;
+pub mod shutdown;
 pub mod signing;
 pub mod store;
 pub mod stripe;

@@ -1,4 +1,4 @@
-//! The command line: `sagad serve | migrate | demo | bench | sagas check | saga … | stripe events … | stripe-double`.
+//! The command line: `sagad serve | migrate | demo | sagas check | saga … | stripe events … | stripe-double`.
 
 mod demo;
 mod stripe_events;
@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::{DbArgs, ServeArgs, http_url};
@@ -19,7 +18,7 @@ use crate::engine::EngineConfig;
 use crate::engine::actions::{self, NotifyConfig};
 use crate::stripe::client::StripeClient;
 use crate::telemetry::{self, LogFormat};
-use crate::{db, server, signing};
+use crate::{db, server, shutdown, signing};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,8 +46,6 @@ pub enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
-    /// Measure sagas/s, latencies, commits per saga and memory against `pgbench -N` on the same server.
-    Bench(crate::bench::BenchArgs),
     /// Run a few dozen booking sagas against the built-in Stripe test double and show what happened.
     Demo(demo::DemoArgs),
     /// Saga definitions.
@@ -191,7 +188,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => demo::run(args).await,
-        Command::Bench(args) => crate::bench::run(args).await,
         Command::Sagas {
             command: SagasCommand::Check { dir },
         } => Ok(check_definitions(&dir)),
@@ -203,35 +199,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
             info!(%listen, "Stripe test double listening; use STRIPE_API_BASE=http://{listen}/");
-            let shutdown = shutdown_signal();
+            let shutdown = shutdown::on_signal();
             stripe_double::serve(listener, async move { shutdown.cancelled().await }).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// A token cancelled on SIGTERM or SIGINT.
-pub fn shutdown_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
-        tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-        info!("shutdown requested: finishing in-flight steps");
-        t.cancel();
-    });
-    token
 }
 
 fn check_definitions(dir: &std::path::Path) -> ExitCode {
@@ -259,7 +231,7 @@ fn check_definitions(dir: &std::path::Path) -> ExitCode {
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     args.validate()?;
     let definitions = server::load_definitions(&args.sagas_dir)?;
-    let shutdown = shutdown_signal();
+    let shutdown = shutdown::on_signal();
 
     // Development mode: an in-process Stripe test double when no key is configured.
     let mut double_task = None;

@@ -26,9 +26,9 @@ use uuid::Uuid;
 use super::load::Api;
 use super::report::WebhookDeliveries;
 use super::{Bench, EXTRA_CONNECTIONS, TOKEN, ms, progress};
-use crate::events::{Event, NewEvent};
-use crate::signing;
-use crate::store::{self, events};
+use sagad::events::{Event, NewEvent};
+use sagad::signing;
+use sagad::store::{self, events};
 
 /// How long the bench waits for deliveries after the last event is committed.
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(120);
@@ -300,7 +300,7 @@ impl Bench<'_> {
         super::wait_for_no_backends(&self.admin, &name).await?;
         super::drop_database(&self.admin, &name).await?;
 
-        let defaults = crate::webhooks::WebhookConfig::default();
+        let defaults = sagad::webhooks::WebhookConfig::default();
         let report = WebhookDeliveries {
             outcomes: outcomes.into_iter().collect::<BTreeMap<_, _>>(),
             retried,
@@ -486,7 +486,7 @@ mod tests {
         assert_eq!(events.len(), 6);
         for e in &events {
             assert!(
-                crate::webhooks::catalog::public_type(e.type_name()).is_some(),
+                sagad::webhooks::catalog::public_type(e.type_name()).is_some(),
                 "{} is not published",
                 e.type_name()
             );
