@@ -26,7 +26,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use axum::http::StatusCode;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
@@ -36,6 +35,7 @@ use pgbench::Pgbench;
 use report::{Database, Load, Machine, Percentiles, Report, Section, Setting, StatementCount};
 use sagad::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use sagad::store;
+use sagad_test_support::Receiver;
 use stripe_double::StripeDouble;
 
 const TOKEN: &str = "bench-token-0123456789";
@@ -295,15 +295,8 @@ async fn bench(
 
     // The outside peers, answering at once from this process.
     let double = StripeDouble::start(TcpListener::bind("127.0.0.1:0").await?).await?;
-    let receiver = TcpListener::bind("127.0.0.1:0").await?;
-    let notify_url = format!("http://{}/notify", receiver.local_addr()?);
-    let receiver_task = tokio::spawn(async move {
-        let app = axum::Router::new().route(
-            "/notify",
-            axum::routing::post(|| async { StatusCode::NO_CONTENT }),
-        );
-        let _ = axum::serve(receiver, app).await;
-    });
+    let notify = Receiver::on(TcpListener::bind("127.0.0.1:0").await?).await?;
+    notify.count_only();
 
     let run_id = format!("b{:04x}", rand::random::<u16>());
     let pgbench = if args.pgbench_seconds == 0 {
@@ -339,7 +332,7 @@ async fn bench(
         admin_url,
         dir: dir.to_owned(),
         stripe_base: double.base_url(),
-        notify_url,
+        notify_url: notify.url.clone(),
         pgbench,
         statements,
         run_id,
@@ -388,7 +381,6 @@ async fn bench(
     if let Some(name) = pgbench_db {
         drop_database(&admin, &name).await?;
     }
-    receiver_task.abort();
     drop(double);
     admin.close().await;
 
