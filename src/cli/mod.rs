@@ -1,6 +1,7 @@
-//! The command line: `sagad serve | migrate | demo | sagas check | saga … | stripe events … | stripe-double`.
+//! The command line: `sagad serve | migrate | healthcheck | demo | sagas check | saga … | stripe events … | stripe-double`.
 
 mod demo;
+mod healthcheck;
 mod stripe_events;
 mod webhooks;
 
@@ -46,6 +47,9 @@ pub enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Probe a running sagad's readiness (`GET /readyz`): exit 0 when ready, 1 otherwise with the
+    /// reason (for container health checks).
+    Healthcheck(healthcheck::HealthcheckArgs),
     /// Run a few dozen booking sagas against the built-in Stripe test double and show what happened.
     Demo(demo::DemoArgs),
     /// Saga definitions.
@@ -161,7 +165,10 @@ pub enum SagaCommand {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Interactive commands keep the terminal for their own output.
     let filter = match cli.command {
-        Command::Demo(_) | Command::Saga { .. } | Command::Sagas { .. } => "warn",
+        Command::Demo(_)
+        | Command::Saga { .. }
+        | Command::Sagas { .. }
+        | Command::Healthcheck(_) => "warn",
         _ => telemetry::DEFAULT_FILTER,
     };
     telemetry::init_logging(cli.log_format, filter);
@@ -187,6 +194,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             database.stop().await;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Healthcheck(args) => Ok(healthcheck::run(args).await),
         Command::Demo(args) => demo::run(args).await,
         Command::Sagas {
             command: SagasCommand::Check { dir },
