@@ -67,7 +67,8 @@ async fn probe(url: &str, timeout: Duration) -> Result<(), String> {
     if status.is_success() {
         return Ok(());
     }
-    // sagad's answer names the failed checks: {"checks": {"database": true, "migrations": false, …}}.
+    // sagad's answer names the failed checks:
+    // {"checks": {"database": true, "migrations": false, …}}.
     let body: serde_json::Value = resp.json().await.unwrap_or_default();
     let failed: Vec<&str> = body["checks"]
         .as_object()

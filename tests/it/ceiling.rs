@@ -1,7 +1,7 @@
-//! The bench's ceiling replay (`crates/sagad-bench/ceiling/saga.sql`: sagad's statements for one booking
-//! saga, replayed by pgbench) still does what sagad does: a replayed saga leaves the same rows
-//! as a real one. Fails when the schema or the statements' effects change and the script was not
-//! regenerated.
+//! The bench's ceiling replay (`crates/sagad-bench/ceiling/saga.sql`: sagad's statements for one
+//! booking saga, replayed by pgbench) still does what sagad does: a replayed saga leaves the same
+//! rows as a real one. Fails when the schema or the statements' effects change and the script was
+//! not regenerated.
 
 use sagad_bench::pgbench::{Length, Pgbench};
 use serde_json::{Value, json};

@@ -345,7 +345,7 @@ impl Bench<'_> {
         let created = api
             .post_json(
                 "/v1/webhook-endpoints",
-                &json!({ "url": receiver.url, "event_types": ["*"], "description": "sagad bench" }),
+                &json!({ "url": receiver.url, "event_types": ["*"], "description": "sagad-bench" }),
             )
             .await
             .context("registering the bench's webhook endpoint")?;

@@ -152,8 +152,8 @@ pub struct Setting {
     pub pgbench_tps: Option<f64>,
     pub sagas_per_pgbench_tps: Option<f64>,
     /// The ceiling: pgbench replaying the statements sagad sends per booking saga
-    /// (`crates/sagad-bench/ceiling/saga.sql`) on this setting's database at clients = workers, with no
-    /// sagad, HTTP, Stripe double or listener sharing the CPUs: sagas/s sagad cannot beat.
+    /// (`crates/sagad-bench/ceiling/saga.sql`) on this setting's database at clients = workers,
+    /// with no sagad, HTTP, Stripe double or listener sharing the CPUs: sagas/s sagad cannot beat.
     pub ceiling_sagas_per_s: Option<f64>,
     /// VmRSS of the `sagad serve` child once ready, before any load.
     pub idle_rss_mib: Option<f64>,
