@@ -4,13 +4,20 @@
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# Dependencies first, so source edits don't rebuild them.
+# Dependencies first, so source edits don't rebuild them: every workspace manifest with stub
+# sources (cargo reads every member's targets), then the dependencies of the sagad binary.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src tests/it && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
-    && echo 'fn main() {}' > tests/it/main.rs \
-    && cargo build --release --locked --bin sagad 2>/dev/null || true
+COPY crates/stripe-double/Cargo.toml crates/stripe-double/
+COPY crates/sagad-bench/Cargo.toml crates/sagad-bench/
+COPY crates/test-support/Cargo.toml crates/test-support/
+RUN mkdir -p src tests/it crates/stripe-double/src crates/sagad-bench/src crates/test-support/src \
+    && for f in src/main.rs tests/it/main.rs crates/sagad-bench/src/main.rs; do echo 'fn main() {}' > "$f"; done \
+    && for f in src/lib.rs crates/stripe-double/src/lib.rs crates/sagad-bench/src/lib.rs crates/test-support/src/lib.rs; do echo '' > "$f"; done \
+    && cargo build --release --locked -p sagad --bin sagad 2>/dev/null || true
 COPY . .
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin sagad
+# The stubs above are newer than the copied sources: make cargo rebuild every workspace crate.
+RUN find src crates -name '*.rs' -exec touch {} + \
+    && cargo build --release --locked -p sagad --bin sagad
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
@@ -25,7 +32,10 @@ USER sagad:sagad
 ENV SAGAD_LISTEN=0.0.0.0:8080 \
     SAGAD_SAGAS_DIR=/app/sagas \
     SAGAD_LOG_FORMAT=json
-# Probes: GET /healthz (liveness) and GET /readyz (readiness).
+# Probes: GET /healthz (liveness) and GET /readyz (readiness). Docker's own health check asks
+# sagad itself (`sagad healthcheck` probes /readyz on SAGAD_LISTEN): no curl in the image.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["/usr/local/bin/sagad", "healthcheck", "--timeout", "3s"]
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/sagad"]
 CMD ["serve"]

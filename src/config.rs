@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use crate::engine::definition::duration;
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+/// Where the HTTP API listens unless `SAGAD_LISTEN` says otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     duration::parse(s)
         .map_err(|e| format!("{s:?} is not a duration ({e}); use e.g. 250ms, 30s, 10m or 2h"))
 }
@@ -51,7 +54,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub db: DbArgs,
     /// Address of the HTTP API.
-    #[arg(long, env = "SAGAD_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "SAGAD_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// Comma-separated bearer tokens accepted on /v1.
     #[arg(

@@ -5,11 +5,9 @@
 //! authorize payment → capture → confirm booking → notify, and compensates the completed steps in
 //! reverse when a step fails for good. See `README.md` for the architecture.
 
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;
-pub mod demo;
 pub mod domain;
 pub mod embedded_pg;
 pub mod engine;
@@ -18,6 +16,7 @@ pub mod http;
 pub mod maintenance;
 pub mod queue;
 pub mod server;
+pub mod shutdown;
 pub mod signing;
 pub mod store;
 pub mod stripe;

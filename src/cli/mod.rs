@@ -1,7 +1,8 @@
-//! The command line: `sagad serve | migrate | demo | bench | sagas check | saga … | stripe events … | stripe-double`.
+//! The command line: `sagad serve | migrate | healthcheck | demo | sagas check | saga … | stripe events … | stripe-double`.
 
+mod demo;
+mod healthcheck;
 mod stripe_events;
-
 mod webhooks;
 
 use std::net::SocketAddr;
@@ -11,7 +12,6 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::{DbArgs, ServeArgs, http_url};
@@ -19,7 +19,7 @@ use crate::engine::EngineConfig;
 use crate::engine::actions::{self, NotifyConfig};
 use crate::stripe::client::StripeClient;
 use crate::telemetry::{self, LogFormat};
-use crate::{db, demo, server, signing};
+use crate::{db, server, shutdown, signing};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,8 +47,9 @@ pub enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
-    /// Measure sagas/s, latencies, commits per saga and memory against `pgbench -N` on the same server.
-    Bench(crate::bench::BenchArgs),
+    /// Probe a running sagad's readiness (`GET /readyz`): exit 0 when ready, 1 otherwise with the
+    /// reason (for container health checks).
+    Healthcheck(healthcheck::HealthcheckArgs),
     /// Run a few dozen booking sagas against the built-in Stripe test double and show what happened.
     Demo(demo::DemoArgs),
     /// Saga definitions.
@@ -164,7 +165,10 @@ pub enum SagaCommand {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Interactive commands keep the terminal for their own output.
     let filter = match cli.command {
-        Command::Demo(_) | Command::Saga { .. } | Command::Sagas { .. } => "warn",
+        Command::Demo(_)
+        | Command::Saga { .. }
+        | Command::Sagas { .. }
+        | Command::Healthcheck(_) => "warn",
         _ => telemetry::DEFAULT_FILTER,
     };
     telemetry::init_logging(cli.log_format, filter);
@@ -190,8 +194,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             database.stop().await;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Healthcheck(args) => Ok(healthcheck::run(args).await),
         Command::Demo(args) => demo::run(args).await,
-        Command::Bench(args) => crate::bench::run(args).await,
         Command::Sagas {
             command: SagasCommand::Check { dir },
         } => Ok(check_definitions(&dir)),
@@ -203,36 +207,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
             info!(%listen, "Stripe test double listening; use STRIPE_API_BASE=http://{listen}/");
-            let shutdown = shutdown_signal();
-            crate::stripe::double::serve(listener, async move { shutdown.cancelled().await })
-                .await?;
+            let shutdown = shutdown::on_signal();
+            stripe_double::serve(listener, async move { shutdown.cancelled().await }).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// A token cancelled on SIGTERM or SIGINT.
-pub fn shutdown_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
-        tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-        info!("shutdown requested: finishing in-flight steps");
-        t.cancel();
-    });
-    token
 }
 
 fn check_definitions(dir: &std::path::Path) -> ExitCode {
@@ -260,7 +239,7 @@ fn check_definitions(dir: &std::path::Path) -> ExitCode {
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     args.validate()?;
     let definitions = server::load_definitions(&args.sagas_dir)?;
-    let shutdown = shutdown_signal();
+    let shutdown = shutdown::on_signal();
 
     // Development mode: an in-process Stripe test double when no key is configured.
     let mut double_task = None;
@@ -271,10 +250,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             let base = format!("http://{}/", listener.local_addr()?);
             info!(%base, "--dev: using the built-in Stripe test double (no real payments)");
             let stop = shutdown.clone();
-            double_task = Some(tokio::spawn(crate::stripe::double::serve(
-                listener,
-                async move { stop.cancelled().await },
-            )));
+            double_task = Some(tokio::spawn(stripe_double::serve(listener, async move {
+                stop.cancelled().await
+            })));
             ("sk_test_sagad_dev".to_owned(), Some(base))
         }
     };

@@ -206,3 +206,15 @@ pub async fn expire_holds(
     .fetch_all(conn)
     .await
 }
+
+/// Pairs of active claims (holds or bookings) of one listing whose stays overlap: zero as long as
+/// the exclusion constraint holds (`sagad demo` shows it).
+pub async fn count_overlapping_active(pool: &sqlx::PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM inventory_claims a JOIN inventory_claims b
+           ON a.listing_id = b.listing_id AND a.id < b.id AND a.stay && b.stay
+         WHERE a.status = 'active' AND b.status = 'active'",
+    )
+    .fetch_one(pool)
+    .await
+}

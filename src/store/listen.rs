@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use backon::{ExponentialBuilder, Retryable};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, broadcast};
@@ -25,6 +26,14 @@ enum Sink {
     /// Note the payload, a saga id, and when it was heard.
     Log(Arc<Heard>),
 }
+
+/// How the LISTEN connection is made again after an error: 100 ms, doubling, at most 5 s apart,
+/// for as long as it takes (the queues poll meanwhile).
+const RECONNECT: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(100))
+    .with_factor(2.0)
+    .with_max_delay(Duration::from_secs(5))
+    .without_max_times();
 
 /// How long [`Heard`] remembers an id.
 const HEARD_FOR: Duration = Duration::from_secs(10 * 60);
@@ -157,22 +166,24 @@ impl Channels {
         let mut names: Vec<&str> = self.sinks.iter().map(|(c, _)| *c).collect();
         names.sort_unstable();
         names.dedup();
-        let mut delay = Duration::from_millis(100);
+        let connect = || async {
+            let mut listener = PgListener::connect_with(&self.pool).await?;
+            listener.listen_all(names.iter().copied()).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
         while !shutdown.is_cancelled() {
-            let connected = match PgListener::connect_with(&self.pool).await {
-                Ok(mut l) => l.listen_all(names.iter().copied()).await.map(|()| l),
-                Err(e) => Err(e),
+            // Each (re)connect starts its backoff afresh.
+            let connected = connect.retry(RECONNECT).notify(|e, _| {
+                warn!(error = %e, channels = ?names, "LISTEN failed; polling meanwhile");
+            });
+            let mut listener = tokio::select! {
+                c = connected => match c {
+                    Ok(l) => l,
+                    // Retried without limit: no error comes back.
+                    Err(_) => continue,
+                },
+                _ = shutdown.cancelled() => return,
             };
-            let mut listener = match connected {
-                Ok(l) => l,
-                Err(e) => {
-                    warn!(error = %e, channels = ?names, "LISTEN failed; polling meanwhile");
-                    tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = shutdown.cancelled() => return }
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            };
-            delay = Duration::from_millis(100);
             self.connected();
             loop {
                 tokio::select! {
@@ -197,6 +208,18 @@ impl Channels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconnects_after_100ms_doubling_up_to_5s_without_end() {
+        use backon::BackoffBuilder;
+        let delays: Vec<u64> = RECONNECT
+            .build()
+            .take(9)
+            .map(|d| d.as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        assert!(RECONNECT.build().nth(10_000).is_some());
+    }
 
     #[test]
     fn heard_tells_notified_from_not_notified_only_while_listening_throughout() {

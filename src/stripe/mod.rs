@@ -1,7 +1,7 @@
-//! Stripe: the API client wrapper and a Stripe-compatible test double.
+//! Stripe: the API client wrapper, inbound webhook signatures and the inbox that processes them.
+//! The Stripe test double is its own crate (`crates/stripe-double`).
 
 pub mod client;
-pub mod double;
 pub mod inbound;
 mod transport;
 pub mod webhook;

@@ -1,8 +1,8 @@
 //! The booking saga end to end over HTTP: happy path, a permanent failure at each step, Stripe
 //! faults, and the double-booking race.
 
-use sagad::stripe::double::{Fault, Operation};
 use serde_json::json;
+use stripe_double::{Fault, Operation};
 
 use crate::harness::{
     AppOptions, NOTIFY_SECRET, booking_definition, booking_input, count, spawn_app, spawn_app_with,
@@ -72,7 +72,7 @@ async fn happy_path_completes_with_one_captured_payment_and_a_confirmed_booking(
     );
 
     // The notification went out once, signed with the Standard Webhooks scheme.
-    let notes = app.notify.received.lock().unwrap().clone();
+    let notes = app.notify.hits();
     assert_eq!(notes.len(), 1);
     let n = &notes[0];
     let msg_id = n.headers["webhook-id"].to_str().unwrap();
@@ -320,7 +320,8 @@ async fn a_gateway_asking_to_retry_later_is_not_retried_sooner() {
         ..Default::default()
     })
     .await;
-    app.notify.answer_retry_after(503, "20");
+    app.notify
+        .answer_with(sagad_test_support::Reply::RetryAfter(503, 20));
     let id = app
         .start_booking(booking_input("loft-7", "pm_card_visa"))
         .await;

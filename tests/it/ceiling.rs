@@ -1,9 +1,9 @@
-//! The bench's ceiling replay (`bench/ceiling/saga.sql`: sagad's statements for one booking
-//! saga, replayed by pgbench) still does what sagad does: a replayed saga leaves the same rows
-//! as a real one. Fails when the schema or the statements' effects change and the script was not
-//! regenerated.
+//! The bench's ceiling replay (`crates/sagad-bench/ceiling/saga.sql`: sagad's statements for one
+//! booking saga, replayed by pgbench) still does what sagad does: a replayed saga leaves the same
+//! rows as a real one. Fails when the schema or the statements' effects change and the script was
+//! not regenerated.
 
-use sagad::bench::pgbench::{Length, Pgbench};
+use sagad_bench::pgbench::{Length, Pgbench};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -86,7 +86,7 @@ async fn the_ceiling_replay_writes_what_a_real_booking_saga_writes() {
         assert_eq!(
             shape(&app.pool, id).await,
             real,
-            "a replayed saga differs from a real one: regenerate bench/ceiling/saga.sql (docs/BENCHMARKS.md, \"The ceiling\")"
+            "a replayed saga differs from a real one: regenerate crates/sagad-bench/ceiling/saga.sql (docs/BENCHMARKS.md, \"The ceiling\")"
         );
     }
     app.stop().await;

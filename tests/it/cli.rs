@@ -1,4 +1,4 @@
-//! The `sagad` binary as an operator meets it: clear errors and definition checks.
+//! The `sagad` binary as an operator meets it: clear errors, definition checks, the health check.
 
 use std::process::Command;
 
@@ -111,4 +111,55 @@ async fn the_stripe_double_runs_on_its_own_for_integrators() {
         .unwrap();
     assert_eq!(state.as_array().map(Vec::len), Some(1), "{state}");
     child.kill().await.unwrap();
+}
+
+/// `sagad healthcheck` (the Docker HEALTHCHECK) against a ready server, a port where nothing
+/// listens and a server that answers 503.
+#[tokio::test]
+async fn healthcheck_exits_0_when_ready_and_1_with_the_reason_otherwise() {
+    let healthcheck = |args: &[&str], listen: &str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_sagad"))
+            .arg("healthcheck")
+            .args(args)
+            .env("SAGAD_LISTEN", listen)
+            .output()
+    };
+
+    let app = crate::harness::spawn_app().await;
+    let listen = app.base.trim_start_matches("http://");
+    let ready = healthcheck(&[], listen).await.unwrap();
+    assert_eq!(
+        ready.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ready.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ready.stdout).starts_with("ready"));
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nobody = format!("http://127.0.0.1:{port}");
+    let down = healthcheck(&["--url", &nobody, "--timeout", "1s"], listen)
+        .await
+        .unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&down.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!("not ready: cannot reach {nobody}/readyz")),
+        "{err}"
+    );
+
+    let unready = sagad_test_support::Receiver::start().await;
+    unready.answer(503);
+    let base = unready.url.trim_end_matches("/hook");
+    let refused = healthcheck(&["--url", base], listen).await.unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("answered 503"), "{err}");
+    assert_eq!(unready.hits()[0].path, "/readyz");
+    app.stop().await;
 }

@@ -14,14 +14,15 @@ use std::time::Duration;
 
 use rand::Rng;
 use sagad::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
-use sagad::stripe::double::{Fault, Operation, StripeDouble};
+use sagad_test_support::Receiver;
 use serde_json::json;
 use sqlx::PgPool;
+use stripe_double::{Fault, Operation, StripeDouble};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
-use crate::harness::{NOTIFY_SECRET, NotifyReceiver, TOKEN};
+use crate::harness::{NOTIFY_SECRET, TOKEN};
 
 fn setting(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -60,38 +61,6 @@ compensation = "booking.cancel"
 name = "notify"
 action = "notification.send"
 "#;
-
-/// The integrator: records every `webhook-id` it accepts; while `down`, it answers 503 to everything
-/// (an outage as a load balancer in front of a dead service reports it).
-#[derive(Clone, Default)]
-struct Receiver {
-    seen: Arc<std::sync::Mutex<Vec<String>>>,
-    down: Arc<AtomicBool>,
-}
-
-impl Receiver {
-    async fn serve(&self, listener: TcpListener) {
-        let (seen, down) = (self.seen.clone(), self.down.clone());
-        let app = axum::Router::new().route(
-            "/hooks",
-            axum::routing::post(move |headers: axum::http::HeaderMap| {
-                let (seen, down) = (seen.clone(), down.clone());
-                async move {
-                    if down.load(Ordering::SeqCst) {
-                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
-                    }
-                    if let Some(id) = headers.get("webhook-id").and_then(|v| v.to_str().ok()) {
-                        seen.lock().unwrap().push(id.to_owned());
-                    }
-                    axum::http::StatusCode::NO_CONTENT
-                }
-            }),
-        );
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-    }
-}
 
 const STRIPE_WEBHOOK_SECRET: &str = "whsec_crash_run_secret";
 
@@ -189,8 +158,8 @@ async fn run(work: &Path, sagas: usize, kills: usize) -> anyhow::Result<()> {
     sagad::store::migrate(&pool).await?;
 
     let double = Arc::new(StripeDouble::start(TcpListener::bind("127.0.0.1:0").await?).await?);
-    let notify = NotifyReceiver::start().await;
-    *notify.unreachable.lock().unwrap() = Some("-unreachable".into());
+    let notify = Receiver::start().await;
+    notify.refuse_containing("-unreachable");
     let env = Env {
         db_url: db_url.clone(),
         stripe_base: double.base_url(),
@@ -201,7 +170,7 @@ async fn run(work: &Path, sagas: usize, kills: usize) -> anyhow::Result<()> {
     };
     let mut sagad = start_sagad(&env).await;
     // Stripe tells sagad what happened, duplicated, delayed and out of order, through the kills.
-    double.configure_webhooks(sagad::stripe::double::WebhookConfig {
+    double.configure_webhooks(stripe_double::WebhookConfig {
         url: format!("{}/webhooks/stripe", sagad.base),
         secrets: vec![STRIPE_WEBHOOK_SECRET.into()],
         duplicate: 1,
@@ -211,14 +180,11 @@ async fn run(work: &Path, sagas: usize, kills: usize) -> anyhow::Result<()> {
     });
 
     // An integrator subscribed to everything.
-    let receiver = Receiver::default();
-    let hook_listener = TcpListener::bind("127.0.0.1:0").await?;
-    let hook_addr = hook_listener.local_addr()?;
-    receiver.serve(hook_listener).await;
+    let receiver = Receiver::start().await;
     let created = reqwest::Client::new()
         .post(format!("{}/v1/webhook-endpoints", sagad.base))
         .bearer_auth(TOKEN)
-        .json(&json!({"url": format!("http://{hook_addr}/hooks"), "event_types": ["*"]}))
+        .json(&json!({"url": receiver.url, "event_types": ["*"]}))
         .send()
         .await?;
     anyhow::ensure!(
@@ -329,14 +295,15 @@ async fn run(work: &Path, sagas: usize, kills: usize) -> anyhow::Result<()> {
             }
         }
 
-        // The receiver is down for two seconds in the middle of the run.
+        // The receiver is down for two seconds in the middle of the run: it answers 503 to
+        // everything, as a load balancer in front of a dead service does.
         if i == sagas / 3 {
-            receiver.down.store(true, Ordering::SeqCst);
+            receiver.answer(503);
             down_since = Some(tokio::time::Instant::now());
         }
         if down_since.is_some_and(|t| t.elapsed() > Duration::from_secs(2)) || i + 1 == sagas {
             down_since = None;
-            receiver.down.store(false, Ordering::SeqCst);
+            receiver.answer(200);
         }
 
         if (i + 1) % kill_every == 0 && kills_done < kills {
@@ -591,7 +558,13 @@ async fn check_webhooks(pool: &PgPool, receiver: &Receiver, env: &Env) -> anyhow
         "{published} published events but {} deliveries",
         expected.len()
     );
-    let seen = receiver.seen.lock().unwrap().clone();
+    // What the integrator accepted, not what it refused while down.
+    let seen: Vec<String> = receiver
+        .hits()
+        .iter()
+        .filter(|h| h.accepted())
+        .map(|h| h.header("webhook-id"))
+        .collect();
     let unique: std::collections::HashSet<&String> = seen.iter().collect();
     let missing = expected.iter().filter(|id| !unique.contains(id)).count();
     anyhow::ensure!(

@@ -9,8 +9,8 @@ use sagad::engine::plan::Plan;
 use sagad::engine::record::{self, Outcomes};
 use sagad::queue::Table;
 use sagad::store::queues::SagaQueue;
-use sagad::stripe::double::{Fault, Operation};
 use serde_json::json;
+use stripe_double::{Fault, Operation};
 
 use crate::harness::{
     AppOptions, booking_definition, booking_input, count, spawn_app, spawn_app_with,

@@ -1,12 +1,11 @@
 //! The test harness: a private PostgreSQL cluster per test binary (the same embedded mechanism
 //! `sagad serve` uses), a fresh database per test cloned from a migrated template, the real sagad
-//! server on 127.0.0.1:0, the Stripe test double and a notification receiver.
+//! server on 127.0.0.1:0, the Stripe test double and a notification receiver (a capturing
+//! [`Receiver`]).
 
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, StatusCode};
 use sagad::config::Role;
 use sagad::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use sagad::engine::EngineConfig;
@@ -15,9 +14,10 @@ use sagad::engine::definition::SagaDefinition;
 use sagad::server::{self, Settings};
 use sagad::store;
 use sagad::stripe::client::StripeClient;
-use sagad::stripe::double::StripeDouble;
+use sagad_test_support::Receiver;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
+use stripe_double::StripeDouble;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -145,97 +145,6 @@ pub fn booking_definition() -> SagaDefinition {
     def
 }
 
-/// What the notification receiver got.
-#[derive(Debug, Clone)]
-pub struct Notification {
-    pub headers: HeaderMap,
-    pub body: Vec<u8>,
-}
-
-/// A notification service on 127.0.0.1:0 that records requests and answers `status`.
-#[derive(Clone)]
-pub struct NotifyReceiver {
-    pub url: String,
-    pub received: Arc<Mutex<Vec<Notification>>>,
-    pub status: Arc<AtomicU16>,
-    /// Requests whose body contains this text always get a 503 (a guest who cannot be reached).
-    pub unreachable: Arc<Mutex<Option<String>>>,
-    /// A `Retry-After` sent with every answer that is not a success.
-    pub retry_after: Arc<Mutex<Option<String>>>,
-}
-
-impl NotifyReceiver {
-    pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind receiver");
-        let url = format!("http://{}/notify", listener.local_addr().expect("addr"));
-        let received: Arc<Mutex<Vec<Notification>>> = Arc::default();
-        let status = Arc::new(AtomicU16::new(204));
-        let unreachable: Arc<Mutex<Option<String>>> = Arc::default();
-        let retry_after: Arc<Mutex<Option<String>>> = Arc::default();
-        let (r, s, u, ra) = (
-            received.clone(),
-            status.clone(),
-            unreachable.clone(),
-            retry_after.clone(),
-        );
-        let app = axum::Router::new().route(
-            "/notify",
-            axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
-                let (r, s, u, ra) = (r.clone(), s.clone(), u.clone(), ra.clone());
-                async move {
-                    let refuse = u
-                        .lock()
-                        .unwrap()
-                        .as_deref()
-                        .is_some_and(|m| String::from_utf8_lossy(&body).contains(m));
-                    r.lock().unwrap().push(Notification {
-                        headers,
-                        body: body.to_vec(),
-                    });
-                    let status = if refuse {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    } else {
-                        StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK)
-                    };
-                    let mut answer = HeaderMap::new();
-                    if let Some(v) = ra.lock().unwrap().as_deref()
-                        && !status.is_success()
-                    {
-                        answer.insert("retry-after", v.parse().expect("header value"));
-                    }
-                    (status, answer)
-                }
-            }),
-        );
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Self {
-            url,
-            received,
-            status,
-            unreachable,
-            retry_after,
-        }
-    }
-
-    pub fn answer(&self, status: u16) {
-        self.status.store(status, Ordering::SeqCst);
-    }
-
-    /// Answers `status` with `Retry-After: {retry_after}`.
-    pub fn answer_retry_after(&self, status: u16, retry_after: &str) {
-        *self.retry_after.lock().unwrap() = Some(retry_after.to_string());
-        self.answer(status);
-    }
-
-    pub fn count(&self) -> usize {
-        self.received.lock().unwrap().len()
-    }
-}
-
 pub struct AppOptions {
     pub role: Role,
     pub workers: usize,
@@ -285,7 +194,7 @@ pub struct TestApp {
     pub pool: PgPool,
     pub db_url: String,
     pub double: Arc<StripeDouble>,
-    pub notify: NotifyReceiver,
+    pub notify: Receiver,
     pub http: reqwest::Client,
     shutdown: CancellationToken,
     server: Option<JoinHandle<Result<(), server::Error>>>,
@@ -302,7 +211,7 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
             .await
             .expect("start double"),
     );
-    let notify = NotifyReceiver::start().await;
+    let notify = Receiver::start().await;
     spawn_instance(pool, db_url, double, notify, opts).await
 }
 
@@ -311,7 +220,7 @@ pub async fn spawn_instance(
     pool: PgPool,
     db_url: String,
     double: Arc<StripeDouble>,
-    notify: NotifyReceiver,
+    notify: Receiver,
     opts: AppOptions,
 ) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
@@ -533,7 +442,7 @@ impl TestApp {
     }
 
     /// PaymentIntents the double holds for one saga (by the saga_id metadata sagad sets).
-    pub fn payment_intents_of(&self, id: Uuid) -> Vec<sagad::stripe::double::PaymentIntentRecord> {
+    pub fn payment_intents_of(&self, id: Uuid) -> Vec<stripe_double::PaymentIntentRecord> {
         let id = id.to_string();
         self.double
             .payment_intents()

@@ -8,8 +8,8 @@ use sagad::config::Role;
 use sagad::events::{Event, NewEvent};
 use sagad::maintenance::{Progress, cleaner};
 use sagad::store;
-use sagad::stripe::double::{Fault, Operation};
 use sqlx::PgPool;
+use stripe_double::{Fault, Operation};
 use uuid::Uuid;
 
 use crate::harness::{AppOptions, booking_input, count, eventually, spawn_app_with};

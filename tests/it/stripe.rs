@@ -7,7 +7,7 @@ use std::time::Duration;
 use sagad::stripe::client::{
     AuthorizeRequest, ClientOptions, Error, PaymentIntentStatus, StripeClient,
 };
-use sagad::stripe::double::{Fault, Operation, StripeDouble};
+use stripe_double::{Fault, Operation, StripeDouble};
 use tokio::net::TcpListener;
 
 const KEY: &str = "sk_test_sagad_double";

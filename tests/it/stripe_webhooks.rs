@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
 use sagad::config::Role;
-use sagad::stripe::double::WebhookConfig;
 use sagad::stripe::webhook::{SignatureError, Verifier};
 use serde_json::{Value, json};
 use sha2::Sha256;
+use stripe_double::WebhookConfig;
 use uuid::Uuid;
 
 use crate::harness::{
@@ -631,7 +631,7 @@ async fn an_event_committed_before_a_crash_is_processed_after_restart() {
 
 #[tokio::test]
 async fn our_own_refund_is_not_recorded_twice_when_its_response_was_lost() {
-    use sagad::stripe::double::{Fault, Operation};
+    use stripe_double::{Fault, Operation};
     // Compensations retry after ~1 s, so Stripe's `charge.refunded` is processed before the retry.
     let mut def = crate::harness::booking_definition();
     def.compensation_retry.base_delay = Duration::from_millis(800);

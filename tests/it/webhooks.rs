@@ -1,20 +1,20 @@
 //! Outgoing webhooks against real receivers on 127.0.0.1: signing, retries, Retry-After, timeouts,
 //! 410, crash safety, routing, the SSRF guard, dead letters and redelivery, and the catalog.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::HeaderMap;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, KeyInit, Mac};
 use sagad::config::Role;
 use sagad::events::{Event, NewEvent};
 use sagad::store;
+use sagad_test_support::{Hit, Receiver, Reply};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use sqlx::PgPool;
@@ -24,103 +24,6 @@ use uuid::Uuid;
 use crate::harness::{
     AppOptions, TestApp, booking_input, spawn_app_with, spawn_instance, test_webhook_config,
 };
-
-// ---------------------------------------------------------------------------------------------
-// A scripted receiver
-
-#[derive(Clone, Debug)]
-enum Reply {
-    Status(u16),
-    RetryAfter(u16, u64),
-    Hang,
-    Big(u16, usize),
-}
-
-#[derive(Clone, Debug)]
-struct Hit {
-    at: Instant,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Hit {
-    fn header(&self, name: &str) -> String {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    }
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("webhook body is JSON")
-    }
-}
-
-#[derive(Clone)]
-struct Receiver {
-    url: String,
-    hits: Arc<Mutex<Vec<Hit>>>,
-    script: Arc<Mutex<VecDeque<Reply>>>,
-}
-
-impl Receiver {
-    async fn start() -> Self {
-        Self::on(TcpListener::bind("127.0.0.1:0").await.unwrap()).await
-    }
-
-    async fn on(listener: TcpListener) -> Self {
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
-        let script: Arc<Mutex<VecDeque<Reply>>> = Arc::default();
-        let (h, s) = (hits.clone(), script.clone());
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
-                let (h, s) = (h.clone(), s.clone());
-                async move {
-                    h.lock().unwrap().push(Hit {
-                        at: Instant::now(),
-                        headers,
-                        body: body.to_vec(),
-                    });
-                    let reply = s.lock().unwrap().pop_front().unwrap_or(Reply::Status(200));
-                    let code = |c: u16| StatusCode::from_u16(c).unwrap();
-                    match reply {
-                        Reply::Status(c) => code(c).into_response(),
-                        Reply::RetryAfter(c, secs) => {
-                            (code(c), [("retry-after", secs.to_string())]).into_response()
-                        }
-                        Reply::Hang => {
-                            tokio::time::sleep(Duration::from_secs(30)).await;
-                            StatusCode::OK.into_response()
-                        }
-                        Reply::Big(c, n) => (code(c), "x".repeat(n)).into_response(),
-                    }
-                }
-            }),
-        );
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Self { url, hits, script }
-    }
-
-    fn script(&self, replies: impl IntoIterator<Item = Reply>) {
-        self.script.lock().unwrap().extend(replies);
-    }
-
-    fn hits(&self) -> Vec<Hit> {
-        self.hits.lock().unwrap().clone()
-    }
-
-    async fn wait_hits(&self, n: usize) -> Vec<Hit> {
-        wait_for(&format!("{n} requests at {}", self.url), || async {
-            self.hits().len() >= n
-        })
-        .await;
-        self.hits()
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -387,7 +290,9 @@ async fn down_then_up_is_delivered_with_the_same_webhook_id() {
     })
     .await;
     // Up again, answering 500 once more, then 200.
-    let rx = Receiver::on(TcpListener::bind(("127.0.0.1", port)).await.unwrap()).await;
+    let rx = Receiver::on(TcpListener::bind(("127.0.0.1", port)).await.unwrap())
+        .await
+        .unwrap();
     rx.script([Reply::Status(500)]);
     wait_delivery_status(&app, endpoint, "delivered").await;
     let hits = rx.hits();

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::validate::{new_id, now};
 use super::{DoubleError, EventRecord, Shared};
-use crate::stripe::webhook;
+use crate::signature;
 
 /// The API version stamped on events (the one async-stripe pins).
 pub const API_VERSION: &str = "2026-09-30.endive";
@@ -205,7 +205,7 @@ async fn deliver(shared: &Shared, http: &reqwest::Client, config: &WebhookConfig
 
 /// One signed POST; the HTTP status, or 0 when no answer came.
 pub async fn send(http: &reqwest::Client, url: &str, secrets: &[String], body: &[u8]) -> u16 {
-    let header = webhook::header_value(secrets, now(), body);
+    let header = signature::header_value(secrets, now(), body);
     match http
         .post(url)
         .header("content-type", "application/json; charset=utf-8")

@@ -11,6 +11,9 @@
 //!   `…/expire_authorization`
 //! - `GET/POST/DELETE /_double/webhooks`, `POST /_double/disputes`, `…/disputes/{id}/close`:
 //!   signed webhooks to sagad (see `webhooks`)
+//!
+//! It depends on nothing of sagad: it is Stripe's side of the wire, for sagad's tests, its
+//! benchmark, `sagad demo`, `sagad serve --dev` and `sagad stripe-double`.
 
 mod cards;
 mod faults;
@@ -19,6 +22,7 @@ mod idempotency;
 mod model;
 mod render;
 mod server;
+pub mod signature;
 mod state;
 mod validate;
 mod webhooks;

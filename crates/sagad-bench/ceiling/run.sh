@@ -5,23 +5,23 @@
 # the same client count. No sagad, no HTTP, no Stripe double, no LISTEN: whatever the replay
 # reaches, sagad (which shares the machine's CPUs with them) cannot beat.
 #
-#   bench/ceiling/run.sh [clients…]        (default: 8 16)
+#   crates/sagad-bench/ceiling/run.sh [clients…]        (default: 8 16)
 #
 # Connects with the usual libpq variables (PGHOST, PGPORT, PGUSER) to a scratch server, creates
 # the databases sagad_ceiling_pgbench and sagad_ceiling_sagas there (dropping earlier ones), and
 # needs `pgbench`, `psql` and a built sagad (SAGAD, default target/release/sagad) on the way.
 # ROUNDS (default 2) rounds per client count, each on a fresh saga database, of SECONDS_EACH
-# (default 8) seconds. `sagad bench` runs the same replay on each setting's own database (the
+# (default 8) seconds. `sagad-bench` runs the same replay on each setting's own database (the
 # "ceiling" lines of its report); this script is for trying schema or statement variants on a
 # scratch server without rebuilding sagad.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-sagad=${SAGAD:-$here/../../target/release/sagad}
+sagad=${SAGAD:-$here/../../../target/release/sagad}
 rounds=${ROUNDS:-2}
 seconds=${SECONDS_EACH:-8}
 clients=("$@")
 [ ${#clients[@]} -gt 0 ] || clients=(8 16)
-[ -x "$sagad" ] || { echo "no sagad binary at $sagad (cargo build --release, or set SAGAD)" >&2; exit 2; }
+[ -x "$sagad" ] || { echo "no sagad binary at $sagad (cargo build --release --workspace, or set SAGAD)" >&2; exit 2; }
 q() { PGOPTIONS="-c client_min_messages=warning" psql -qX -v ON_ERROR_STOP=1 "$@"; }
 for tool in pgbench psql; do
     command -v "$tool" >/dev/null || { echo "$tool is not on PATH (PostgreSQL's client tools)" >&2; exit 2; }

@@ -1,11 +1,16 @@
-//! `sagad bench`: how fast is sagad on this machine, next to what its PostgreSQL can commit.
+//! `sagad-bench`: how fast is a sagad binary on this machine, next to what its PostgreSQL can
+//! commit.
 //!
-//! For each worker count it starts `sagad serve` as a child process on a fresh database of a
-//! durable PostgreSQL (the embedded one in a temporary directory, or `DATABASE_URL`), with the
+//! For each worker count it starts `sagad serve` as a child process (the `sagad` built beside this
+//! executable, or `--sagad PATH`) on a fresh database of a durable PostgreSQL (the embedded one in
+//! a temporary directory, or `DATABASE_URL`), migrated by that binary (`sagad migrate`), with the
 //! Stripe test double and a notification receiver answering at once from this process. Closed-loop
-//! clients start booking sagas and wait for each one's terminal-state NOTIFY. Then `pgbench -N` runs
-//! on the same server at the same client count. Finally one open-loop run at half the best rate
-//! measures the start RPC under moderate load. See `docs/BENCHMARKS.md`.
+//! clients start booking sagas and wait for each one's terminal-state NOTIFY. Then `pgbench -N`
+//! runs on the same server at the same client count. Finally one open-loop run at half the best
+//! rate measures the start RPC under moderate load. See `docs/BENCHMARKS.md`.
+//!
+//! The child gets only `serve` and environment variables that sagad has long understood, so an
+//! older build can be measured the same way (`--sagad path/to/old/sagad`).
 
 mod child;
 mod cpu;
@@ -16,21 +21,22 @@ pub mod pgbench;
 pub mod report;
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
-use axum::http::StatusCode;
+use anyhow::{Context, bail};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
-use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
-use crate::store;
-use crate::stripe::double::StripeDouble;
 use child::{ChildConfig, Sagad};
 use load::{Api, Budget, Completions};
 use pgbench::Pgbench;
 use report::{Database, Load, Machine, Percentiles, Report, Section, Setting, StatementCount};
+use sagad::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
+use sagad::store;
+use sagad_test_support::Receiver;
+use stripe_double::StripeDouble;
 
 const TOKEN: &str = "bench-token-0123456789";
 /// Sagas per closed-loop client before the measured window: every pooled connection of the fresh
@@ -41,8 +47,16 @@ const OPEN_LOOP_WARM_UP: Duration = Duration::from_secs(2);
 /// Connections beyond the workers: API requests, the two LISTEN connections, maintenance.
 const EXTRA_CONNECTIONS: u32 = 8;
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "sagad-bench",
+    version,
+    about = "Measure a sagad binary: sagas/s, latencies, commits per saga and memory, next to `pgbench -N` on the same PostgreSQL"
+)]
 pub struct BenchArgs {
+    /// The sagad binary to measure (default: the `sagad` next to this executable).
+    #[arg(long = "sagad", env = "SAGAD_BIN", value_name = "PATH")]
+    pub sagad: Option<PathBuf>,
     /// Use this PostgreSQL server instead of a temporary embedded cluster. The bench creates (and
     /// drops) its own databases there, so the role needs CREATEDB.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
@@ -90,11 +104,13 @@ pub struct BenchArgs {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let sagad = sagad_binary(args.sagad.as_deref())?;
+    progress(format_args!("measuring {}", sagad.display()));
     let dir = std::env::temp_dir().join(format!("sagad-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let stop = crate::cli::shutdown_signal();
+    let stop = sagad::shutdown::on_signal();
     let outcome = tokio::select! {
-        r = run_in(&args, &dir) => r,
+        r = run_in(&args, &sagad, &dir) => r,
         _ = stop.cancelled() => Err(anyhow::anyhow!("interrupted")),
     };
     // The embedded cluster (if any) was stopped inside; the directory held it and the logs.
@@ -121,7 +137,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn run_in(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<Report> {
+/// The sagad to measure: `given`, else the `sagad` next to this executable (`target/release/` holds
+/// both after `cargo build --release --workspace`).
+fn sagad_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let path = match given {
+        Some(p) => p.to_owned(),
+        None => std::env::current_exe()
+            .context("cannot locate the sagad-bench executable")?
+            .with_file_name(format!("sagad{}", std::env::consts::EXE_SUFFIX)),
+    };
+    if !path.is_file() {
+        bail!(
+            "no sagad binary at {}: build it first: cargo build --release --workspace (or give --sagad PATH)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+async fn run_in(args: &BenchArgs, sagad: &Path, dir: &Path) -> anyhow::Result<Report> {
     let machine = Machine::describe();
     let (admin_url, embedded, kind) = match &args.database_url {
         Some(url) => (url.clone(), None, "DATABASE_URL".to_owned()),
@@ -148,7 +182,7 @@ async fn run_in(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<Repor
             )
         }
     };
-    let result = bench(args, &admin_url, kind, machine, dir).await;
+    let result = bench(args, sagad, &admin_url, kind, machine, dir).await;
     if let Some(pg) = embedded {
         pg.stop().await?;
     }
@@ -221,6 +255,8 @@ fn database_url(admin_url: &str, database: &str) -> anyhow::Result<String> {
 /// Everything a setting needs that outlives it.
 struct Bench<'a> {
     args: &'a BenchArgs,
+    /// The sagad binary under test.
+    sagad: &'a Path,
     admin: PgPool,
     admin_url: &'a str,
     dir: std::path::PathBuf,
@@ -233,10 +269,11 @@ struct Bench<'a> {
 
 async fn bench(
     args: &BenchArgs,
+    sagad: &Path,
     admin_url: &str,
     kind: String,
     machine: Machine,
-    dir: &std::path::Path,
+    dir: &Path,
 ) -> anyhow::Result<Report> {
     let admin = store::connect(admin_url, 2).await?;
     let server_version: String = sqlx::query_scalar("SHOW server_version")
@@ -258,15 +295,8 @@ async fn bench(
 
     // The outside peers, answering at once from this process.
     let double = StripeDouble::start(TcpListener::bind("127.0.0.1:0").await?).await?;
-    let receiver = TcpListener::bind("127.0.0.1:0").await?;
-    let notify_url = format!("http://{}/notify", receiver.local_addr()?);
-    let receiver_task = tokio::spawn(async move {
-        let app = axum::Router::new().route(
-            "/notify",
-            axum::routing::post(|| async { StatusCode::NO_CONTENT }),
-        );
-        let _ = axum::serve(receiver, app).await;
-    });
+    let notify = Receiver::on(TcpListener::bind("127.0.0.1:0").await?).await?;
+    notify.count_only();
 
     let run_id = format!("b{:04x}", rand::random::<u16>());
     let pgbench = if args.pgbench_seconds == 0 {
@@ -297,11 +327,12 @@ async fn bench(
 
     let ctx = Bench {
         args,
+        sagad,
         admin: admin.clone(),
         admin_url,
         dir: dir.to_owned(),
         stripe_base: double.base_url(),
-        notify_url,
+        notify_url: notify.url.clone(),
         pgbench,
         statements,
         run_id,
@@ -350,13 +381,13 @@ async fn bench(
     if let Some(name) = pgbench_db {
         drop_database(&admin, &name).await?;
     }
-    receiver_task.abort();
     drop(double);
     admin.close().await;
 
     let mut report = Report {
         date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        sagad: sagad.display().to_string(),
         machine,
         database: Database {
             kind,
@@ -463,15 +494,12 @@ fn ms(samples: impl Iterator<Item = Duration>) -> Option<Percentiles> {
 }
 
 impl Bench<'_> {
-    /// Creates (or re-creates) database `name` and migrates it; returns its URL.
+    /// Creates (or re-creates) database `name` and has the sagad under test migrate it (so an
+    /// older build gets the schema it knows); returns its URL.
     async fn fresh_database(&self, name: &str) -> anyhow::Result<String> {
         let url = database_url(self.admin_url, name)?;
         create_database(&self.admin, name).await?;
-        {
-            let pool = store::connect(&url, 1).await?;
-            store::migrate(&pool).await?;
-            pool.close().await;
-        }
+        child::migrate(self.sagad, &url, &self.dir).await?;
         wait_for_no_backends(&self.admin, name).await?;
         Ok(url)
     }
@@ -479,6 +507,7 @@ impl Bench<'_> {
     /// The `sagad serve` child of a setting or phase; callers set `label` and what they need.
     fn child_config<'c>(&'c self, url: &'c str, workers: usize, pool_size: u32) -> ChildConfig<'c> {
         ChildConfig {
+            sagad: self.sagad,
             database_url: url,
             token: TOKEN,
             stripe_base: &self.stripe_base,
@@ -723,7 +752,7 @@ impl Bench<'_> {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::engine::definition::duration::parse(s)
+    sagad::engine::definition::duration::parse(s)
         .map_err(|e| format!("{s:?} is not a duration ({e}); use e.g. 30s or 2m"))
 }
 

@@ -18,10 +18,10 @@ use tokio::task::JoinSet;
 use super::outgoing::env_or;
 use super::report::StripeIngestion;
 use super::{Bench, EXTRA_CONNECTIONS, ms, progress};
-use crate::store;
-use crate::stripe::double::envelope;
-use crate::stripe::inbound::event::Kind;
-use crate::stripe::webhook;
+use sagad::store;
+use sagad::stripe::inbound::event::Kind;
+use stripe_double::envelope;
+use stripe_double::signature;
 
 /// Concurrent clients (Stripe sends webhooks concurrently).
 const CLIENTS: usize = 16;
@@ -112,7 +112,7 @@ struct Answer {
 
 async fn post(http: &reqwest::Client, url: &str, body: &[u8]) -> Answer {
     let sent = Instant::now();
-    let signature = webhook::header_value(&[SECRET], chrono::Utc::now().timestamp(), body);
+    let signature = signature::header_value(&[SECRET], chrono::Utc::now().timestamp(), body);
     let answer = async {
         let resp = http
             .post(url)
@@ -278,7 +278,7 @@ impl Bench<'_> {
             retried,
             inbox_workers: env_or(
                 "SAGAD_STRIPE_INBOX_WORKERS",
-                crate::stripe::inbound::InboxConfig::default().workers,
+                sagad::stripe::inbound::InboxConfig::default().workers,
             ),
             db_pool_size: pool_size,
             log_warnings,
@@ -298,7 +298,8 @@ impl Bench<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stripe::inbound::event::StripeEvent;
+    use sagad::stripe::inbound::event::StripeEvent;
+    use sagad::stripe::webhook;
 
     #[test]
     fn events_verify_and_parse_as_sagad_reads_them() {
@@ -307,7 +308,7 @@ mod tests {
         for n in 0..TYPES.len() {
             let pis = vec!["pi_first".to_owned()];
             let body = event("b1234", n, payment_intent_of(&pis, n), now).to_string();
-            let header = webhook::header_value(&[SECRET], now, body.as_bytes());
+            let header = signature::header_value(&[SECRET], now, body.as_bytes());
             assert_eq!(
                 verifier.verify(Some(&header), body.as_bytes(), now),
                 Ok(now)

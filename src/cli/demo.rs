@@ -12,6 +12,7 @@ use anyhow::Context;
 use axum::http::StatusCode;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
+use stripe_double::StripeDouble;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +20,6 @@ use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use crate::engine::EngineConfig;
 use crate::engine::actions::NotifyConfig;
 use crate::stripe::client::StripeClient;
-use crate::stripe::double::StripeDouble;
 use crate::{config, server, store};
 
 #[derive(clap::Args, Debug)]
@@ -303,13 +303,7 @@ async fn run_with(url: &str, total: u32, shutdown: CancellationToken) -> anyhow:
         "Stripe test double: {} PaymentIntents, {captured} captured, {refunded} refunded, {voided} voided",
         pis.len()
     );
-    let double_booked: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM inventory_claims a JOIN inventory_claims b
-           ON a.listing_id = b.listing_id AND a.id < b.id AND a.stay && b.stay
-         WHERE a.status = 'active' AND b.status = 'active'",
-    )
-    .fetch_one(&pool)
-    .await?;
+    let double_booked = store::inventory::count_overlapping_active(&pool).await?;
     println!("Overlapping active bookings in the database: {double_booked}");
     println!(
         "Inspect any saga: GET {base}/v1/sagas/<id> (token {TOKEN}) while the demo runs, or re-run with DATABASE_URL to keep the data."

@@ -1,4 +1,6 @@
-//! The system under test: `sagad serve` as a child process, so its memory is its own.
+//! The system under test: `sagad serve` as a child process, so its memory is its own. It is
+//! given only `serve` (and `migrate`) and environment variables, the interface every sagad build
+//! shares, so that an older binary can be measured alongside a newer one.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -10,6 +12,8 @@ use tokio::process::{Child, Command};
 /// What the child needs to know; the rest of its configuration is inherited from the environment
 /// (so `SAGAD_POLL_INTERVAL`, `SAGAD_LEASE`, `RUST_LOG` … apply to the benchmark too).
 pub struct ChildConfig<'a> {
+    /// The sagad binary under test.
+    pub sagad: &'a Path,
     pub database_url: &'a str,
     pub token: &'a str,
     pub stripe_base: &'a str,
@@ -25,6 +29,27 @@ pub struct ChildConfig<'a> {
     pub allow_local_webhooks: bool,
     /// Working directory: one without `sagas/`, so the built-in booking saga is used.
     pub dir: &'a Path,
+}
+
+/// `sagad migrate` on `database_url`: the binary under test creates the schema it expects.
+pub async fn migrate(sagad: &Path, database_url: &str, dir: &Path) -> anyhow::Result<()> {
+    let out = Command::new(sagad)
+        .arg("migrate")
+        .current_dir(dir)
+        .env("DATABASE_URL", database_url)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("cannot start `{} migrate`", sagad.display()))?;
+    if !out.status.success() {
+        bail!(
+            "`{} migrate` failed ({}):\n{}",
+            sagad.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        );
+    }
+    Ok(())
 }
 
 pub struct Sagad {
@@ -43,7 +68,6 @@ pub struct Memory {
 
 impl Sagad {
     pub async fn start(config: &ChildConfig<'_>) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("cannot locate the sagad executable")?;
         // Bind-and-release: the child binds the port a moment later (a tiny race on a busy host).
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -52,7 +76,7 @@ impl Sagad {
         let log = config.dir.join(format!("sagad-{}.log", config.label));
         let log_file = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
-        let mut command = Command::new(exe);
+        let mut command = Command::new(config.sagad);
         command
             .arg("serve")
             .current_dir(config.dir)
@@ -81,7 +105,9 @@ impl Sagad {
                 .env("SAGAD_WEBHOOK_ALLOW_HTTP", "true")
                 .env("SAGAD_WEBHOOK_ALLOW_NETS", "127.0.0.1/32");
         }
-        let child = command.spawn().context("cannot start `sagad serve`")?;
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start `{} serve`", config.sagad.display()))?;
         let pid = child.id().context("the sagad child exited at once")?;
         let mut sagad = Self {
             child,

@@ -1,5 +1,5 @@
-//! Outgoing webhooks under load. A receiver in this process answers `204` at once after checking
-//! each request's Standard Webhooks signature, and notes when it first saw each event. Against one
+//! Outgoing webhooks under load. A receiver in this process answers at once; the bench checks each
+//! request's Standard Webhooks signature and notes when each event was first seen. Against one
 //! endpoint subscribed to `*`: a backlog of events appended in ONE transaction (how fast sagad
 //! drains it), then events appended one per transaction at a moderate open-loop rate (how long from
 //! their COMMIT to the first delivery attempt).
@@ -7,28 +7,23 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
 use chrono::{NaiveDate, Utc};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
 use super::load::Api;
 use super::report::WebhookDeliveries;
 use super::{Bench, EXTRA_CONNECTIONS, TOKEN, ms, progress};
-use crate::events::{Event, NewEvent};
-use crate::signing;
-use crate::store::{self, events};
+use sagad::events::{Event, NewEvent};
+use sagad::signing;
+use sagad::store::{self, events};
+use sagad_test_support::Receiver;
 
 /// How long the bench waits for deliveries after the last event is committed.
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(120);
@@ -76,49 +71,69 @@ impl Seen {
     }
 }
 
-/// The integrator's side: verifies, records, answers at once.
-struct Receiver {
+/// The integrator's side: what the receiver got, verified and tallied.
+struct Tally<'r> {
+    receiver: &'r Receiver,
     secret: Vec<u8>,
-    seen: Mutex<Seen>,
-    /// Distinct events seen so far.
-    distinct: watch::Sender<usize>,
+    seen: Seen,
+    /// Requests of the receiver already tallied.
+    read: usize,
 }
 
-impl Receiver {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
-        self.seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// The part of a delivery body the receiver reads.
+/// The part of a delivery body the bench reads.
 #[derive(serde::Deserialize)]
 struct Delivered {
     event_id: Uuid,
 }
 
-async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let at = Instant::now();
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let ok = signature_ok(
-        &r.secret,
-        header("webhook-id"),
-        header("webhook-timestamp"),
-        header("webhook-signature"),
-        &body,
-    );
-    let event_id = serde_json::from_slice::<Delivered>(&body)
-        .ok()
-        .map(|d| d.event_id);
-    let distinct = {
-        let mut seen = r.lock();
-        seen.record(event_id, ok, at);
-        seen.first.len()
-    };
-    r.distinct.send_replace(distinct);
-    // Always 2xx: a refusal would make sagad retry, and the bad signature is counted instead.
-    StatusCode::NO_CONTENT
+impl<'r> Tally<'r> {
+    fn new(receiver: &'r Receiver, secret: Vec<u8>) -> Self {
+        Self {
+            receiver,
+            secret,
+            seen: Seen::default(),
+            read: 0,
+        }
+    }
+
+    /// Takes in the requests that came since the last call.
+    fn update(&mut self) {
+        let hits = self.receiver.hits_from(self.read);
+        self.read += hits.len();
+        for hit in hits {
+            let header = |name: &str| hit.headers.get(name).and_then(|v| v.to_str().ok());
+            let ok = signature_ok(
+                &self.secret,
+                header("webhook-id"),
+                header("webhook-timestamp"),
+                header("webhook-signature"),
+                &hit.body,
+            );
+            let event_id = serde_json::from_slice::<Delivered>(&hit.body)
+                .ok()
+                .map(|d| d.event_id);
+            self.seen.record(event_id, ok, hit.at);
+        }
+    }
+
+    /// Waits until `target` distinct events were seen, or the deadline passes.
+    async fn wait_for_distinct(&mut self, target: usize) -> bool {
+        let mut received = self.receiver.watch();
+        let reached = async {
+            loop {
+                self.update();
+                if self.seen.first.len() >= target {
+                    return true;
+                }
+                if received.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        tokio::time::timeout(DELIVERY_DEADLINE, reached)
+            .await
+            .unwrap_or(false)
+    }
 }
 
 /// Whether one of the space-separated `v1,…` signatures is the endpoint secret's signature of
@@ -248,13 +263,6 @@ fn commit_to_first(
     (delays, missing)
 }
 
-/// Waits until the receiver has seen `target` distinct events, or the deadline passes.
-async fn wait_for_distinct(rx: &mut watch::Receiver<usize>, target: usize) -> bool {
-    tokio::time::timeout(DELIVERY_DEADLINE, rx.wait_for(|n| *n >= target))
-        .await
-        .is_ok_and(|r| r.is_ok())
-}
-
 /// A setting of the child as it will read it: the inherited environment, else the default.
 pub(super) fn env_or<T: FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -300,7 +308,7 @@ impl Bench<'_> {
         super::wait_for_no_backends(&self.admin, &name).await?;
         super::drop_database(&self.admin, &name).await?;
 
-        let defaults = crate::webhooks::WebhookConfig::default();
+        let defaults = sagad::webhooks::WebhookConfig::default();
         let report = WebhookDeliveries {
             outcomes: outcomes.into_iter().collect::<BTreeMap<_, _>>(),
             retried,
@@ -331,44 +339,30 @@ impl Bench<'_> {
         db: &PgPool,
         backlog: usize,
     ) -> anyhow::Result<WebhookDeliveries> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let endpoint_url = format!("http://{}/hooks", listener.local_addr()?);
+        // Always 2xx: a refusal would make sagad retry; a bad signature is counted instead.
+        let receiver = Receiver::on(TcpListener::bind("127.0.0.1:0").await?).await?;
         let api = Api::new(base, TOKEN)?;
         let created = api
             .post_json(
                 "/v1/webhook-endpoints",
-                &json!({ "url": endpoint_url, "event_types": ["*"], "description": "sagad bench" }),
+                &json!({ "url": receiver.url, "event_types": ["*"], "description": "sagad-bench" }),
             )
             .await
             .context("registering the bench's webhook endpoint")?;
         let secret = created["secret"]
             .as_str()
             .context("the endpoint was created without a secret")?;
-        let (distinct, mut distinct_rx) = watch::channel(0usize);
-        let receiver = Arc::new(Receiver {
-            secret: signing::secret_bytes(secret),
-            seen: Mutex::default(),
-            distinct,
-        });
-        let app = axum::Router::new()
-            .route("/hooks", axum::routing::post(receive))
-            .with_state(receiver.clone());
-        let _server = AbortOnDropHandle::new(tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        }));
+        let mut tally = Tally::new(&receiver, signing::secret_bytes(secret));
 
         progress(format_args!(
             "webhooks: {backlog} events appended in one transaction, then delivered"
         ));
         let (backlog_ids, committed_at) = append_backlog(db, backlog).await?;
-        wait_for_distinct(&mut distinct_rx, backlog_ids.len()).await;
-        let firsts: Vec<Instant> = {
-            let seen = receiver.lock();
-            backlog_ids
-                .iter()
-                .filter_map(|id| seen.first.get(id).copied())
-                .collect()
-        };
+        tally.wait_for_distinct(backlog_ids.len()).await;
+        let firsts: Vec<Instant> = backlog_ids
+            .iter()
+            .filter_map(|id| tally.seen.first.get(id).copied())
+            .collect();
         let backlog_missing = backlog_ids.len() - firsts.len();
         let elapsed = firsts.iter().max().map_or(Duration::ZERO, |last| {
             last.saturating_duration_since(committed_at)
@@ -384,8 +378,8 @@ impl Bench<'_> {
             "webhooks: {deliveries_per_s:.1} deliveries/s; now {count} events, one per transaction at {rate:.0}/s"
         ));
         let committed = append_open_loop(db, count, rate).await?;
-        wait_for_distinct(&mut distinct_rx, backlog_ids.len() + count).await;
-        let seen = receiver.lock();
+        tally.wait_for_distinct(backlog_ids.len() + count).await;
+        let seen = &tally.seen;
         let (delays, latency_missing) = commit_to_first(&committed, &seen.first);
         Ok(WebhookDeliveries {
             deliveries_per_s,
@@ -486,7 +480,7 @@ mod tests {
         assert_eq!(events.len(), 6);
         for e in &events {
             assert!(
-                crate::webhooks::catalog::public_type(e.type_name()).is_some(),
+                sagad::webhooks::catalog::public_type(e.type_name()).is_some(),
                 "{} is not published",
                 e.type_name()
             );

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::store;
+use sagad::store;
 
 /// How long one saga may take before the bench counts it as an error.
 const SAGA_TIMEOUT: Duration = Duration::from_secs(120);

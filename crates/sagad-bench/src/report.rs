@@ -152,8 +152,8 @@ pub struct Setting {
     pub pgbench_tps: Option<f64>,
     pub sagas_per_pgbench_tps: Option<f64>,
     /// The ceiling: pgbench replaying the statements sagad sends per booking saga
-    /// (`bench/ceiling/saga.sql`) on this setting's database at clients = workers, with no
-    /// sagad, HTTP, Stripe double or listener sharing the CPUs: sagas/s sagad cannot beat.
+    /// (`crates/sagad-bench/ceiling/saga.sql`) on this setting's database at clients = workers,
+    /// with no sagad, HTTP, Stripe double or listener sharing the CPUs: sagas/s sagad cannot beat.
     pub ceiling_sagas_per_s: Option<f64>,
     /// VmRSS of the `sagad serve` child once ready, before any load.
     pub idle_rss_mib: Option<f64>,
@@ -458,6 +458,8 @@ pub struct Target {
 pub struct Report {
     pub date: String,
     pub command: String,
+    /// The sagad binary measured.
+    pub sagad: String,
     pub machine: Machine,
     pub database: Database,
     pub settings: Vec<Setting>,
@@ -517,8 +519,9 @@ impl Report {
     pub fn table(&self) -> String {
         let mut out = String::new();
         let m = &self.machine;
-        let _ = writeln!(out, "sagad bench — {}", self.date);
+        let _ = writeln!(out, "sagad-bench — {}", self.date);
         let _ = writeln!(out, "command:  {}", self.command);
+        let _ = writeln!(out, "sagad:    {}", self.sagad);
         let _ = writeln!(
             out,
             "machine:  {} CPUs ({}), {} GiB RAM, kernel {}, load average at start {}",
