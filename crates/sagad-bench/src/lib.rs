@@ -152,7 +152,8 @@ fn sagad_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
             path.display()
         );
     }
-    Ok(path)
+    // The child runs in the bench's own directory: a relative path must not depend on it.
+    std::fs::canonicalize(&path).with_context(|| format!("cannot resolve {}", path.display()))
 }
 
 async fn run_in(args: &BenchArgs, sagad: &Path, dir: &Path) -> anyhow::Result<Report> {
