@@ -36,7 +36,7 @@ pub enum Error {
     #[error(transparent)]
     Db(#[from] sqlx::Error),
     #[error(transparent)]
-    Webhooks(#[from] crate::webhooks::Error),
+    Webhooks(#[from] crate::outbound::Error),
 }
 
 pub struct Settings {
@@ -48,9 +48,9 @@ pub struct Settings {
     pub definitions: Vec<SagaDefinition>,
     pub max_wait: Duration,
     /// Inbound Stripe webhooks: endpoint secrets and the inbox workers.
-    pub stripe_inbound: crate::stripe::inbound::InboundSettings,
+    pub stripe_inbound: crate::inbound::stripe::InboundSettings,
     /// Outgoing webhooks: delivery workers (with the engine) and the endpoint API.
-    pub webhooks: crate::webhooks::WebhookConfig,
+    pub webhooks: crate::outbound::WebhookConfig,
     /// Background upkeep, run with the workers.
     pub maintenance: crate::maintenance::Config,
 }
@@ -133,18 +133,18 @@ pub async fn run(
 
     // The Stripe inbox workers run beside the engine (same role), and stop with it.
     let inbox_task = (settings.role != Role::Api).then(|| {
-        tokio::spawn(crate::stripe::inbound::run(
+        tokio::spawn(crate::inbound::stripe::run(
             pool.clone(),
             inbound_stripe,
             settings.stripe_inbound.inbox.clone(),
-            channels.wake(crate::store::stripe_events::INBOX_CHANNEL),
+            channels.wake(crate::store::stripe_inbox::INBOX_CHANNEL),
             shutdown.clone(),
         ))
     });
     // Outgoing webhook delivery runs wherever the engine runs.
     let webhook_task = if settings.role != Role::Api {
-        let dispatcher = crate::webhooks::Dispatcher::new(pool.clone(), settings.webhooks.clone())?;
-        let wake = channels.wake(store::webhooks::WEBHOOK_CHANNEL);
+        let dispatcher = crate::outbound::Dispatcher::new(pool.clone(), settings.webhooks.clone())?;
+        let wake = channels.wake(store::outbound::WEBHOOK_CHANNEL);
         Some(tokio::spawn(dispatcher.run(wake, shutdown.clone())))
     } else {
         None

@@ -2,8 +2,8 @@
 
 mod demo;
 mod healthcheck;
-mod stripe_events;
-mod webhooks;
+mod outbound;
+mod stripe_inbox;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -67,14 +67,14 @@ pub enum Command {
     /// Stripe webhook events sagad received: list, show, reprocess.
     Stripe {
         #[command(subcommand)]
-        command: stripe_events::StripeCommand,
+        command: stripe_inbox::StripeCommand,
     },
     /// Manage outgoing webhook endpoints and deliveries through a running sagad's API.
     Webhooks {
         #[command(flatten)]
         api: ApiArgs,
         #[command(subcommand)]
-        command: webhooks::WebhooksCommand,
+        command: outbound::WebhooksCommand,
     },
     /// Run the Stripe-compatible test double on its own (a stateful stripe-mock).
     StripeDouble {
@@ -200,8 +200,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: SagasCommand::Check { dir },
         } => Ok(check_definitions(&dir)),
         Command::Saga { api, command } => saga_command(api, command).await,
-        Command::Stripe { command } => stripe_events::run(command).await,
-        Command::Webhooks { api, command } => webhooks::run(api, command).await,
+        Command::Stripe { command } => stripe_inbox::run(command).await,
+        Command::Webhooks { api, command } => outbound::run(api, command).await,
         Command::StripeDouble { listen } => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
@@ -314,10 +314,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         role: args.role,
         definitions,
         max_wait: args.max_wait,
-        stripe_inbound: crate::stripe::inbound::InboundSettings {
+        stripe_inbound: crate::inbound::stripe::InboundSettings {
             webhook_secrets: args.stripe_webhook_secret.clone(),
             tolerance: args.stripe_webhook_tolerance,
-            inbox: crate::stripe::inbound::InboxConfig {
+            inbox: crate::inbound::stripe::InboxConfig {
                 workers: args.stripe_inbox_workers as usize,
                 poll_interval: args.poll_interval,
                 // Processing an event is one Stripe call and one transaction: the saga lease bounds it.

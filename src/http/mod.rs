@@ -3,10 +3,10 @@
 mod error;
 mod extract;
 mod health;
+mod inbound_stripe;
 mod openapi;
+mod outbound;
 mod sagas;
-mod stripe_webhooks;
-mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -26,7 +26,7 @@ use uuid::Uuid;
 pub use error::{ApiError, ErrorBody};
 pub use extract::{ApiPath, ApiQuery, JsonBody};
 pub use openapi::ApiDoc;
-pub use webhooks::{MAX_DESCRIPTION_LEN, MAX_EVENT_TYPES, MAX_URL_LEN};
+pub use outbound::{MAX_DESCRIPTION_LEN, MAX_EVENT_TYPES, MAX_URL_LEN};
 
 use crate::engine::registry::Registry;
 
@@ -51,9 +51,9 @@ pub struct AppState {
     /// Longest `?wait=` honoured.
     pub max_wait: Duration,
     /// Verifies `POST /webhooks/stripe`; `None` when no STRIPE_WEBHOOK_SECRET is configured.
-    pub stripe_webhooks: Option<Arc<crate::stripe::webhook::Verifier>>,
+    pub stripe_webhooks: Option<Arc<crate::inbound::stripe::signature::Verifier>>,
     /// Outgoing webhooks: URL policy (SSRF guard, http allowed?) and secret rotation overlap.
-    pub webhooks: Arc<crate::webhooks::WebhookConfig>,
+    pub webhooks: Arc<crate::outbound::WebhookConfig>,
 }
 
 /// The router. `api`: serve `/v1` and `/openapi.json` (a worker-only process serves health and
@@ -64,7 +64,7 @@ pub fn app(state: AppState, api: bool) -> Router {
         // Any path under /v1, known or not, asks for the token first: without one, nobody can
         // tell a route that exists from one that does not.
         let v1 = sagas::routes()
-            .merge(webhooks::routes())
+            .merge(outbound::routes())
             .route("/v1", any(no_such_route))
             .route("/v1/{*rest}", any(no_such_route))
             .method_not_allowed_fallback(method_not_allowed)
@@ -72,7 +72,7 @@ pub fn app(state: AppState, api: bool) -> Router {
         router = router.merge(v1).merge(openapi::routes());
         // Outside bearer auth: Stripe signs its requests instead. Reads its body with its own limit.
         if state.stripe_webhooks.is_some() {
-            router = router.merge(stripe_webhooks::routes());
+            router = router.merge(inbound_stripe::routes());
         }
     }
     router

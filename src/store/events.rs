@@ -8,8 +8,8 @@ use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::outbound::{self, FAN_OUT_CTE, WakeDeliveries};
 use super::stmt::{Binds, Param, Statement, Text};
-use super::webhooks::{self, FAN_OUT_CTE, WakeDeliveries};
 use crate::events::{NewEvent, SCHEMA_VERSION};
 
 /// An event as stored.
@@ -90,7 +90,7 @@ impl AppendEvents {
             types: b.push(&batch.types),
             payloads: b.push(&batch.payloads),
             metadata: b.push(&batch.metadata),
-            published: b.push(webhooks::published_types(&batch.types)),
+            published: b.push(outbound::published_types(&batch.types)),
         }
     }
 

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::inventory::{self, NewHold};
 use super::stmt::Statement;
-use super::{bookings, events, progress, webhooks};
+use super::{bookings, events, outbound, progress};
 use crate::engine::model::{Fence, SagaStatus, StepOutcome, Transition};
 use crate::events::{Event, NewEvent};
 
@@ -252,7 +252,7 @@ fn statements_match_their_snapshots() {
         (
             "webhooks_fan_out",
             "webhooks::fan_out: webhook deliveries of events appended before",
-            webhooks::fan_out_statement(&batch.ids, &["BookingConfirmed".to_owned()]),
+            outbound::fan_out_statement(&batch.ids, &["BookingConfirmed".to_owned()]),
         ),
         (
             "bookings_apply",

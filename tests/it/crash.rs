@@ -546,7 +546,7 @@ async fn check_webhooks(pool: &PgPool, receiver: &Receiver, env: &Env) -> anyhow
     let published: i64 =
         sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = ANY($1)")
             .bind(
-                sagad::webhooks::catalog::PUBLISHED
+                sagad::outbound::catalog::PUBLISHED
                     .iter()
                     .map(|(internal, _)| internal.to_string())
                     .collect::<Vec<_>>(),

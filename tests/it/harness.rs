@@ -155,17 +155,17 @@ pub struct AppOptions {
     /// Endpoint secrets for `POST /webhooks/stripe` (empty: the route is not served).
     pub stripe_webhook_secrets: Vec<String>,
     /// Outgoing webhooks (tests: http and 127.0.0.1 allowed, ms-scale retries).
-    pub webhooks: sagad::webhooks::WebhookConfig,
+    pub webhooks: sagad::outbound::WebhookConfig,
 }
 
 /// Webhook settings for tests: http and loopback receivers allowed, retries 30 ms apart.
-pub fn test_webhook_config() -> sagad::webhooks::WebhookConfig {
-    sagad::webhooks::WebhookConfig {
+pub fn test_webhook_config() -> sagad::outbound::WebhookConfig {
+    sagad::outbound::WebhookConfig {
         allow_http: true,
         allow_nets: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
         timeout: Duration::from_secs(2),
         poll_interval: Duration::from_millis(50),
-        retry: sagad::webhooks::RetryPolicy {
+        retry: sagad::outbound::RetryPolicy {
             schedule: vec![Duration::from_millis(30); 3],
             jitter: 0.0,
         },
@@ -244,9 +244,9 @@ pub async fn spawn_instance(
         role: opts.role,
         definitions: opts.definitions,
         max_wait: Duration::from_secs(30),
-        stripe_inbound: sagad::stripe::inbound::InboundSettings {
+        stripe_inbound: sagad::inbound::stripe::InboundSettings {
             webhook_secrets: opts.stripe_webhook_secrets,
-            inbox: sagad::stripe::inbound::InboxConfig {
+            inbox: sagad::inbound::stripe::InboxConfig {
                 poll_interval: Duration::from_millis(200),
                 retry: sagad::engine::retry::RetryPolicy {
                     max_attempts: 12,

@@ -25,9 +25,9 @@ fn api_only() -> AppOptions {
 /// `n` pending deliveries, in event order.
 async fn pending_deliveries(pool: &PgPool, url: &str, n: usize) -> (Uuid, Vec<Uuid>) {
     let mut conn = pool.acquire().await.unwrap();
-    let endpoint = store::webhooks::insert_endpoint(
+    let endpoint = store::outbound::insert_endpoint(
         &mut conn,
-        &store::webhooks::NewEndpoint {
+        &store::outbound::NewEndpoint {
             url: url.into(),
             description: "queue tests".into(),
             event_types: vec!["*".into()],
@@ -260,7 +260,7 @@ async fn shutdown_hands_back_a_delivery_still_in_flight_after_the_grace_period()
     let (_, ids) = pending_deliveries(&api.pool, &url, 1).await;
     let worker = api
         .spawn_sibling(AppOptions {
-            webhooks: sagad::webhooks::WebhookConfig {
+            webhooks: sagad::outbound::WebhookConfig {
                 timeout: Duration::from_secs(30),
                 shutdown_grace: Duration::from_millis(300),
                 ..crate::harness::test_webhook_config()
@@ -442,12 +442,12 @@ async fn the_cleaners_find_old_rows_through_an_index() {
     for (name, sql, index) in [
         (
             "prune_delivered",
-            store::webhooks::PRUNE_DELIVERED,
+            store::outbound::PRUNE_DELIVERED,
             "webhook_deliveries_delivered",
         ),
         (
             "prune_settled",
-            store::stripe_events::PRUNE_SETTLED,
+            store::stripe_inbox::PRUNE_SETTLED,
             "stripe_events_listing",
         ),
     ] {

@@ -308,7 +308,7 @@ impl Bench<'_> {
         super::wait_for_no_backends(&self.admin, &name).await?;
         super::drop_database(&self.admin, &name).await?;
 
-        let defaults = sagad::webhooks::WebhookConfig::default();
+        let defaults = sagad::outbound::WebhookConfig::default();
         let report = WebhookDeliveries {
             outcomes: outcomes.into_iter().collect::<BTreeMap<_, _>>(),
             retried,
@@ -480,7 +480,7 @@ mod tests {
         assert_eq!(events.len(), 6);
         for e in &events {
             assert!(
-                sagad::webhooks::catalog::public_type(e.type_name()).is_some(),
+                sagad::outbound::catalog::public_type(e.type_name()).is_some(),
                 "{} is not published",
                 e.type_name()
             );

@@ -1,9 +1,10 @@
-//! Stripe webhook ingestion: the HTTP route (in `http::stripe_webhooks`) verifies and stores each
+//! Stripe webhook ingestion: the HTTP route (`http::inbound_stripe`) verifies and stores each
 //! event in the inbox; the workers here claim inbox rows (SKIP LOCKED, under a lease), process them
 //! (`process`), and retry with backoff until they are done or dead (visible to operators).
 
 pub mod event;
 pub mod process;
+pub mod signature;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +18,10 @@ use tracing::{Instrument, debug, info, warn};
 use crate::engine::retry::RetryPolicy;
 use crate::queue::{self, Workers};
 use crate::store::queues::StripeEventQueue;
-use crate::store::stripe_events::{self, Claim, StripeEventRow};
+use crate::store::stripe_inbox::{self, Claim, StripeEventRow};
 use crate::stripe::client::StripeClient;
-use crate::stripe::webhook::{self, Verifier};
 use process::Decision;
+use signature::Verifier;
 
 /// Largest webhook body accepted (Stripe's events are far smaller).
 pub const BODY_LIMIT: usize = 256 * 1024;
@@ -76,7 +77,7 @@ impl Default for InboundSettings {
     fn default() -> Self {
         Self {
             webhook_secrets: Vec::new(),
-            tolerance: webhook::DEFAULT_TOLERANCE,
+            tolerance: signature::DEFAULT_TOLERANCE,
             inbox: InboxConfig::default(),
         }
     }
@@ -163,7 +164,7 @@ async fn handle(
             let delay = rand::rng().random_range(200..800);
             let at = chrono::Utc::now() + chrono::Duration::milliseconds(delay);
             debug!(reason, "stripe event deferred until the saga catches up");
-            if let Err(e) = stripe_events::defer(pool, &claim, at, &reason).await {
+            if let Err(e) = stripe_inbox::defer(pool, &claim, at, &reason).await {
                 warn!(error = %e, "could not defer the stripe event; its lease will expire");
             }
             count(&row.event_type, "deferred");
@@ -185,7 +186,7 @@ async fn handle(
         } else {
             debug!(attempts, reason, "stripe event retried later");
         }
-        if let Err(e) = stripe_events::reschedule(pool, &claim, at, &reason).await {
+        if let Err(e) = stripe_inbox::reschedule(pool, &claim, at, &reason).await {
             warn!(error = %e, "could not reschedule the stripe event; its lease will expire");
         }
         count(&row.event_type, if at.is_none() { "dead" } else { outcome });

@@ -201,7 +201,7 @@ fn the_independent_verifier_passes_the_standard_webhooks_test_vector() {
 
 #[test]
 fn every_catalog_type_has_a_schema_and_a_valid_example() {
-    for t in sagad::webhooks::catalog::public_types() {
+    for t in sagad::outbound::catalog::public_types() {
         let path = format!("{}/webhooks/examples/{t}.json", env!("CARGO_MANIFEST_DIR"));
         let example: Value = serde_json::from_str(
             &std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("no example {path}")),
@@ -355,7 +355,7 @@ async fn failing_for_the_configured_period_disables_the_endpoint() {
         .unwrap();
     emit(&app.pool, vec![cancelled("x")]).await;
     wait_for("the endpoint to be disabled", || async {
-        let ep = store::webhooks::get_endpoint(&app.pool, endpoint)
+        let ep = store::outbound::get_endpoint(&app.pool, endpoint)
             .await
             .unwrap()
             .unwrap();
@@ -461,14 +461,14 @@ async fn two_processes_claiming_at_once_stay_within_the_endpoint_cap() {
     let cap = 2;
     // Process A has claimed up to the cap and not committed yet ...
     let mut a = app.pool.begin().await.unwrap();
-    let first = store::webhooks::claim_due(&mut *a, "process-a", lease, 10, cap)
+    let first = store::outbound::claim_due(&mut *a, "process-a", lease, 10, cap)
         .await
         .unwrap();
     assert_eq!(first.len(), 2);
     // ... when process B claims, from a snapshot in which nothing is in flight.
     let pool = app.pool.clone();
     let b = tokio::spawn(async move {
-        store::webhooks::claim_due(&pool, "process-b", lease, 10, cap).await
+        store::outbound::claim_due(&pool, "process-b", lease, 10, cap).await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!b.is_finished(), "B waits for A's slots");
@@ -482,7 +482,7 @@ async fn two_processes_claiming_at_once_stay_within_the_endpoint_cap() {
         Some(store::sqlstate::UNIQUE_VIOLATION)
     );
     // Claiming again, B sees A's leases: the endpoint is full.
-    let again = store::webhooks::claim_due(&app.pool, "process-b", lease, 10, cap)
+    let again = store::outbound::claim_due(&app.pool, "process-b", lease, 10, cap)
         .await
         .unwrap();
     assert!(again.is_empty(), "{again:?}");
@@ -497,7 +497,7 @@ async fn two_processes_claiming_at_once_stay_within_the_endpoint_cap() {
 #[tokio::test]
 async fn an_endpoint_rate_limit_holds_over_every_process() {
     let (app, endpoint) = undispatched_deliveries(10).await;
-    let claimed = store::webhooks::claim_due(&app.pool, "w", Duration::from_secs(60), 10, 10)
+    let claimed = store::outbound::claim_due(&app.pool, "w", Duration::from_secs(60), 10, 10)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 10);
@@ -507,7 +507,7 @@ async fn an_endpoint_rate_limit_holds_over_every_process() {
     for d in claimed {
         let pool = app.pool.clone();
         tasks.spawn(async move {
-            store::webhooks::admit_or_defer(&pool, d.id, d.attempts, endpoint, per_second)
+            store::outbound::admit_or_defer(&pool, d.id, d.attempts, endpoint, per_second)
                 .await
                 .unwrap()
         });
@@ -731,7 +731,7 @@ async fn type_filters_and_wildcards_route_a_whole_booking() {
 
 type Dns = Arc<Mutex<HashMap<String, IpAddr>>>;
 
-fn fake_dns(entries: &[(&str, &str)]) -> (Dns, sagad::webhooks::Resolver) {
+fn fake_dns(entries: &[(&str, &str)]) -> (Dns, sagad::outbound::Resolver) {
     let map: Dns = Arc::new(Mutex::new(
         entries
             .iter()
@@ -739,7 +739,7 @@ fn fake_dns(entries: &[(&str, &str)]) -> (Dns, sagad::webhooks::Resolver) {
             .collect(),
     ));
     let m = map.clone();
-    let resolver: sagad::webhooks::Resolver = Arc::new(move |host: String| {
+    let resolver: sagad::outbound::Resolver = Arc::new(move |host: String| {
         let found = m.lock().unwrap().get(&host).copied();
         Box::pin(async move {
             found

@@ -15,10 +15,10 @@ use uuid::Uuid;
 use super::extract::storable_time;
 use super::{ApiError, ApiPath, ApiQuery, AppState, JsonBody};
 use crate::domain::FieldError;
-use crate::store::webhooks::{
+use crate::outbound::{catalog, delivery::webhook_id, new_secret};
+use crate::store::outbound::{
     self as store, AttemptRow, DeliveryRow, EndpointPatch, EndpointRow, NewEndpoint, Redeliver,
 };
-use crate::webhooks::{catalog, delivery::webhook_id, new_secret};
 
 pub fn routes() -> Router<AppState> {
     Router::new()

@@ -251,7 +251,7 @@ pub const PRUNE_SETTLED: &str = "DELETE FROM stripe_events
 /// Deletes up to `limit` settled events (processed, ignored or unmatched; never pending,
 /// processing or dead ones) settled more than `retention` ago, oldest first; returns how many.
 /// The age bound on `received_at` (never later than `processed_at`) lets `stripe_events_listing`
-/// serve the scan; the rows go by primary key (see `webhooks::prune_delivered`).
+/// serve the scan; the rows go by primary key (see `outbound::prune_delivered`).
 pub async fn prune_settled(
     pool: &PgPool,
     retention: Duration,

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::stmt::{Binds, Param, Statement, Text};
 use crate::events::SCHEMA_VERSION;
-use crate::webhooks::catalog;
+use crate::outbound::catalog;
 
 /// The channel that wakes idle delivery workers.
 pub const WEBHOOK_CHANNEL: &str = "sagad_webhooks";

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
 use sagad::config::Role;
-use sagad::stripe::webhook::{SignatureError, Verifier};
+use sagad::inbound::stripe::signature::{SignatureError, Verifier};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use stripe_double::WebhookConfig;

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::event::{Kind, StripeEvent};
 use crate::engine::actions::payment_wait_key;
 use crate::events::{Event, NewEvent};
-use crate::store::stripe_events::{self, Claim, InboxStatus, SagaSnapshot};
+use crate::store::stripe_inbox::{self, Claim, InboxStatus, SagaSnapshot};
 use crate::store::{bookings, events, sagas};
 use crate::stripe::client::{
     Error as StripeError, PaymentIntentInfo, PaymentIntentStatus, RefundInfo, StripeClient,
@@ -117,7 +117,7 @@ pub async fn process(
             return finish_in(tx, claim, InboxStatus::Unmatched, None, reason).await;
         }
     };
-    let Some(saga) = stripe_events::lock_saga(&mut tx, saga_id).await? else {
+    let Some(saga) = stripe_inbox::lock_saga(&mut tx, saga_id).await? else {
         return finish_in(
             tx,
             claim,
@@ -151,7 +151,7 @@ pub async fn process(
             };
             match (kind, &current.status) {
                 (Kind::Succeeded, PaymentIntentStatus::Succeeded) => {
-                    if stripe_events::has_event(
+                    if stripe_inbox::has_event(
                         &mut tx,
                         saga.id,
                         "PaymentReceived",
@@ -210,7 +210,7 @@ pub async fn process(
                 .int_field("amount_refunded")
                 .map(|c| format!("; the event claimed {c}"))
                 .unwrap_or_default();
-            let recorded = stripe_events::refunded_recorded(&mut tx, saga.id, &pi).await?;
+            let recorded = stripe_inbox::refunded_recorded(&mut tx, saga.id, &pi).await?;
             let delta = cumulative - recorded;
             if delta > 0 {
                 new_events.push(Event::PaymentRefunded {
@@ -251,7 +251,7 @@ pub async fn process(
                     },
                 )
             };
-            if stripe_events::has_event(&mut tx, saga.id, event_type, "dispute_id", &dispute_id)
+            if stripe_inbox::has_event(&mut tx, saga.id, event_type, "dispute_id", &dispute_id)
                 .await?
             {
                 format!("{event_type} {dispute_id} already recorded")
@@ -292,9 +292,9 @@ async fn resolve_saga(
                 .map(str::to_owned)
         })
         .and_then(|s| s.parse().ok());
-    let ours = stripe_events::saga_for_payment_intent(conn, pi).await?;
+    let ours = stripe_inbox::saga_for_payment_intent(conn, pi).await?;
     let named_status = match (ours, metadata) {
-        (None, Some(m)) => stripe_events::saga_status(conn, m).await?,
+        (None, Some(m)) => stripe_inbox::saga_status(conn, m).await?,
         _ => None,
     };
     Ok(match (ours, metadata) {
@@ -395,7 +395,7 @@ async fn finish_in(
     saga_id: Option<Uuid>,
     outcome: String,
 ) -> Result<Decision, Error> {
-    if !stripe_events::mark_finished(&mut tx, claim, status, saga_id, &outcome).await? {
+    if !stripe_inbox::mark_finished(&mut tx, claim, status, saga_id, &outcome).await? {
         tx.rollback().await?;
         return Ok(Decision::ClaimLost);
     }

@@ -15,8 +15,8 @@ use super::retry::retry_after_of;
 use super::{Error, Guard, WebhookConfig};
 use crate::queue::{self, Workers};
 use crate::signing;
+use crate::store::outbound::{self as store, AttemptRow, ClaimedDelivery, Settle};
 use crate::store::queues::DeliveryQueue;
-use crate::store::webhooks::{self as store, AttemptRow, ClaimedDelivery, Settle};
 
 /// Most response-body bytes kept per attempt.
 pub const RESPONSE_BODY_LIMIT: usize = 4096;

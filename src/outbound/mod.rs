@@ -1,6 +1,6 @@
 //! Outgoing webhooks: integrators subscribe endpoints to public event types; every published
 //! event is fanned out into a delivery row in the transaction that appends it (the outbox, see
-//! `store::webhooks::fan_out`); delivery workers sign each attempt (Standard Webhooks), POST it,
+//! `store::outbound::fan_out`); delivery workers sign each attempt (Standard Webhooks), POST it,
 //! and retry on a persisted schedule until it is delivered or dead-lettered.
 
 pub mod catalog;

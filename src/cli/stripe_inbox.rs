@@ -9,9 +9,7 @@ use clap::Subcommand;
 
 use crate::config::DbArgs;
 use crate::db;
-use crate::store::stripe_events::{
-    self, InboxStatus, ListFilter, ReprocessOutcome, StripeEventRow,
-};
+use crate::store::stripe_inbox::{self, InboxStatus, ListFilter, ReprocessOutcome, StripeEventRow};
 
 #[derive(Subcommand, Debug)]
 pub enum StripeCommand {
@@ -64,7 +62,7 @@ pub async fn run(command: StripeCommand) -> anyhow::Result<ExitCode> {
             EventsCommand::List {
                 event_type, limit, ..
             } => {
-                let rows = stripe_events::list(
+                let rows = stripe_inbox::list(
                     &pool,
                     &ListFilter {
                         status,
@@ -90,10 +88,10 @@ pub async fn run(command: StripeCommand) -> anyhow::Result<ExitCode> {
                 }
                 ExitCode::SUCCESS
             }
-            EventsCommand::Show { id } => match stripe_events::get(&pool, &id).await? {
+            EventsCommand::Show { id } => match stripe_inbox::get(&pool, &id).await? {
                 Some(r) => {
                     print_event(&r);
-                    if let Some(raw) = stripe_events::raw_body(&pool, &id).await? {
+                    if let Some(raw) = stripe_inbox::raw_body(&pool, &id).await? {
                         println!(
                             "body as received ({} bytes; the payload above shows each NUL \
                              character as U+FFFD):\n{}",
@@ -108,7 +106,7 @@ pub async fn run(command: StripeCommand) -> anyhow::Result<ExitCode> {
                     ExitCode::FAILURE
                 }
             },
-            EventsCommand::Reprocess { id } => match stripe_events::reprocess(&pool, &id).await? {
+            EventsCommand::Reprocess { id } => match stripe_inbox::reprocess(&pool, &id).await? {
                 ReprocessOutcome::Queued => {
                     println!("{id} queued for processing");
                     ExitCode::SUCCESS
