@@ -279,12 +279,12 @@ pub struct WebhookArgs {
 }
 
 impl WebhookArgs {
-    pub fn to_config(&self, shutdown_grace: Duration) -> crate::outbound::WebhookConfig {
-        crate::outbound::WebhookConfig {
+    pub fn to_config(&self, shutdown_grace: Duration) -> crate::outbound::OutboundConfig {
+        crate::outbound::OutboundConfig {
             workers: self.webhook_workers as usize,
             endpoint_concurrency: self.webhook_endpoint_concurrency as usize,
             timeout: self.webhook_timeout,
-            retry: crate::outbound::RetryPolicy {
+            retry: crate::outbound::RetrySchedule {
                 schedule: self.webhook_retry_schedule.clone(),
                 jitter: self.webhook_retry_jitter,
             },
@@ -293,7 +293,7 @@ impl WebhookArgs {
             allow_http: self.webhook_allow_http,
             allow_nets: self.webhook_allow_nets.clone(),
             shutdown_grace,
-            ..crate::outbound::WebhookConfig::default()
+            ..crate::outbound::OutboundConfig::default()
         }
     }
 }

@@ -50,7 +50,7 @@ pub struct Settings {
     /// Inbound Stripe webhooks: endpoint secrets and the inbox workers.
     pub stripe_inbound: crate::inbound::stripe::InboundSettings,
     /// Outgoing webhooks: delivery workers (with the engine) and the endpoint API.
-    pub webhooks: crate::outbound::WebhookConfig,
+    pub webhooks: crate::outbound::OutboundConfig,
     /// Background upkeep, run with the workers.
     pub maintenance: crate::maintenance::Config,
 }
@@ -171,8 +171,8 @@ pub async fn run(
         dispatch,
         metrics: crate::telemetry::metrics_handle(),
         max_wait: settings.max_wait,
-        stripe_webhooks: settings.stripe_inbound.verifier().map(Arc::new),
-        webhooks: Arc::new(settings.webhooks),
+        stripe_signatures: settings.stripe_inbound.verifier().map(Arc::new),
+        outbound: Arc::new(settings.webhooks),
     };
     let app = http::app(state, settings.role != Role::Worker);
     info!(addr = %listener.local_addr()?, role = ?settings.role, "sagad listening");

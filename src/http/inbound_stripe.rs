@@ -29,7 +29,7 @@ async fn receive(
     headers: HeaderMap,
     req: Request<Body>,
 ) -> Result<Json<Value>, ApiError> {
-    let Some(verifier) = state.stripe_webhooks.as_deref() else {
+    let Some(verifier) = state.stripe_signatures.as_deref() else {
         return Err(ApiError::NotFound("stripe webhook endpoint"));
     };
     // The header first (its size, entries and timestamp: no HMAC yet), then a bounded body.

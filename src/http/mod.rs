@@ -51,9 +51,9 @@ pub struct AppState {
     /// Longest `?wait=` honoured.
     pub max_wait: Duration,
     /// Verifies `POST /webhooks/stripe`; `None` when no STRIPE_WEBHOOK_SECRET is configured.
-    pub stripe_webhooks: Option<Arc<crate::inbound::stripe::signature::Verifier>>,
+    pub stripe_signatures: Option<Arc<crate::inbound::stripe::signature::Verifier>>,
     /// Outgoing webhooks: URL policy (SSRF guard, http allowed?) and secret rotation overlap.
-    pub webhooks: Arc<crate::outbound::WebhookConfig>,
+    pub outbound: Arc<crate::outbound::OutboundConfig>,
 }
 
 /// The router. `api`: serve `/v1` and `/openapi.json` (a worker-only process serves health and
@@ -71,7 +71,7 @@ pub fn app(state: AppState, api: bool) -> Router {
             .layer(middleware::from_fn_with_state(state.clone(), require_token));
         router = router.merge(v1).merge(openapi::routes());
         // Outside bearer auth: Stripe signs its requests instead. Reads its body with its own limit.
-        if state.stripe_webhooks.is_some() {
+        if state.stripe_signatures.is_some() {
             router = router.merge(inbound_stripe::routes());
         }
     }

@@ -168,7 +168,7 @@ async fn check_url(state: &AppState, url: &str, errors: &mut Vec<FieldError>) ->
         ));
         return String::new();
     }
-    match state.webhooks.check_url(url).await {
+    match state.outbound.check_url(url).await {
         Ok(u) => u.to_string(),
         Err(e) => {
             errors.push(field("url", e));
@@ -356,7 +356,7 @@ pub async fn rotate_secret(
     let id = parse_id(&id, "webhook endpoint")?;
     let secret = new_secret();
     let mut tx = state.pool.begin().await?;
-    let expires = store::rotate_secret(&mut tx, id, &secret, state.webhooks.secret_overlap)
+    let expires = store::rotate_secret(&mut tx, id, &secret, state.outbound.secret_overlap)
         .await?
         .ok_or(ApiError::NotFound("webhook endpoint"))?;
     tx.commit().await?;

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, warn};
 
 use super::retry::retry_after_of;
-use super::{Error, Guard, WebhookConfig};
+use super::{Error, Guard, OutboundConfig};
 use crate::queue::{self, Workers};
 use crate::signing;
 use crate::store::outbound::{self as store, AttemptRow, ClaimedDelivery, Settle};
@@ -23,7 +23,7 @@ pub const RESPONSE_BODY_LIMIT: usize = 4096;
 
 pub struct Dispatcher {
     pool: PgPool,
-    config: WebhookConfig,
+    config: OutboundConfig,
     client: reqwest::Client,
     guard: Guard,
 }
@@ -37,7 +37,7 @@ struct Response {
 }
 
 impl Dispatcher {
-    pub fn new(pool: PgPool, config: WebhookConfig) -> Result<Self, Error> {
+    pub fn new(pool: PgPool, config: OutboundConfig) -> Result<Self, Error> {
         let guard = config.guard();
         let client = reqwest::Client::builder()
             // The guard resolves every name dialled; no proxy may dial on our behalf, and no

@@ -522,7 +522,7 @@ mod tests {
 
     #[tokio::test]
     async fn url_forms_are_judged_by_the_address_they_reach() {
-        let config = crate::outbound::WebhookConfig {
+        let config = crate::outbound::OutboundConfig {
             allow_http: true,
             resolver: fake_dns(),
             ..Default::default()

@@ -221,7 +221,7 @@ struct StartAheadParts {
 
 impl Start {
     fn new(b: &mut Binds, saga: &NewSaga<'_>, first: &Event, wake: bool) -> Self {
-        let batch = events::Batch::new(saga.id, saga.events);
+        let batch = events::EventColumns::new(saga.id, saga.events);
         let insert = InsertSaga::new(b, saga);
         let wake_workers = WakeWorkers::new(b, wake);
         let wake_deliveries = WakeDeliveries::new(b);
@@ -508,7 +508,7 @@ struct Outcome {
 impl Outcome {
     fn new(b: &mut Binds, r: &Record<'_>) -> Self {
         let (f, t) = (r.fence, r.transition);
-        let batch = events::Batch::new(f.id, r.events);
+        let batch = events::EventColumns::new(f.id, r.events);
         let saga = UpdateSaga::new(b, f, t);
         let events = AppendEvents::new(b, &batch, r.saga_name);
         let booking = UpdateBooking::new(b, r.booking);

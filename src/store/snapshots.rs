@@ -209,7 +209,7 @@ fn statements_match_their_snapshots() {
     };
     let plain = new_saga(&input, &first, None);
     let with_ahead = new_saga(&input, &with_held, Some(ahead));
-    let batch = events::Batch::new(saga_id, &with_held);
+    let batch = events::EventColumns::new(saga_id, &with_held);
     let change = bookings::Change::of(with_held.iter().map(|e| &e.event));
     let [record_plain, record_plain_finishing] = record_statements(false);
     let [record_converting, record_converting_finishing] = record_statements(true);

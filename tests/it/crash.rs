@@ -170,7 +170,7 @@ async fn run(work: &Path, sagas: usize, kills: usize) -> anyhow::Result<()> {
     };
     let mut sagad = start_sagad(&env).await;
     // Stripe tells sagad what happened, duplicated, delayed and out of order, through the kills.
-    double.configure_webhooks(stripe_double::WebhookConfig {
+    double.configure_webhooks(stripe_double::WebhookTarget {
         url: format!("{}/webhooks/stripe", sagad.base),
         secrets: vec![STRIPE_WEBHOOK_SECRET.into()],
         duplicate: 1,

@@ -155,17 +155,17 @@ pub struct AppOptions {
     /// Endpoint secrets for `POST /webhooks/stripe` (empty: the route is not served).
     pub stripe_webhook_secrets: Vec<String>,
     /// Outgoing webhooks (tests: http and 127.0.0.1 allowed, ms-scale retries).
-    pub webhooks: sagad::outbound::WebhookConfig,
+    pub webhooks: sagad::outbound::OutboundConfig,
 }
 
 /// Webhook settings for tests: http and loopback receivers allowed, retries 30 ms apart.
-pub fn test_webhook_config() -> sagad::outbound::WebhookConfig {
-    sagad::outbound::WebhookConfig {
+pub fn test_webhook_config() -> sagad::outbound::OutboundConfig {
+    sagad::outbound::OutboundConfig {
         allow_http: true,
         allow_nets: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
         timeout: Duration::from_secs(2),
         poll_interval: Duration::from_millis(50),
-        retry: sagad::outbound::RetryPolicy {
+        retry: sagad::outbound::RetrySchedule {
             schedule: vec![Duration::from_millis(30); 3],
             jitter: 0.0,
         },

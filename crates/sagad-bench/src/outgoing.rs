@@ -308,7 +308,7 @@ impl Bench<'_> {
         super::wait_for_no_backends(&self.admin, &name).await?;
         super::drop_database(&self.admin, &name).await?;
 
-        let defaults = sagad::outbound::WebhookConfig::default();
+        let defaults = sagad::outbound::OutboundConfig::default();
         let report = WebhookDeliveries {
             outcomes: outcomes.into_iter().collect::<BTreeMap<_, _>>(),
             retried,

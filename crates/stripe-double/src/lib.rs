@@ -36,8 +36,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 pub use faults::{Fault, FaultKind, Operation};
-pub use state::{Counters, Effects, EventRecord, PaymentIntentRecord};
-pub use webhook_sender::{DeliveryRecord, WebhookConfig, envelope};
+pub use state::{Counters, Effects, LedgerEvent, PaymentIntentRecord};
+pub use webhook_sender::{DeliveryRecord, WebhookTarget, envelope};
 
 use faults::Faults;
 use idempotency::IdempotencyStore;
@@ -190,7 +190,7 @@ impl StripeDouble {
     }
 
     /// The events Stripe would have emitted (`payment_intent.succeeded`…), oldest first.
-    pub fn events(&self) -> Vec<EventRecord> {
+    pub fn events(&self) -> Vec<LedgerEvent> {
         self.shared.lock().ledger.events()
     }
 
