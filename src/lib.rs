@@ -23,3 +23,4 @@ pub mod signing;
 pub mod store;
 pub mod stripe;
 pub mod telemetry;
+mod text_enum;

@@ -6,7 +6,7 @@ use metrics::{counter, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-use crate::engine::model::SagaStatus;
+use crate::engine::model::{SagaStatus, StepPhase};
 use crate::store::sagas;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -115,14 +115,14 @@ pub fn saga_finished(saga: &str, status: SagaStatus) {
 pub fn step_finished(
     saga: &str,
     step: &str,
-    phase: &'static str,
+    phase: StepPhase,
     outcome: &'static str,
     took: Duration,
 ) {
     counter!("sagad_step_attempts_total", "saga" => saga.to_owned(), "step" => step.to_owned(),
-             "phase" => phase, "outcome" => outcome)
+             "phase" => phase.as_str(), "outcome" => outcome)
     .increment(1);
-    histogram!("sagad_step_duration_seconds", "saga" => saga.to_owned(), "step" => step.to_owned(), "phase" => phase)
+    histogram!("sagad_step_duration_seconds", "saga" => saga.to_owned(), "step" => step.to_owned(), "phase" => phase.as_str())
         .record(took.as_secs_f64());
 }
 

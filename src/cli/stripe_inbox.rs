@@ -50,7 +50,11 @@ pub async fn run(command: StripeCommand) -> anyhow::Result<ExitCode> {
             Some(s) => Some(s),
             None => bail!(
                 "--status {s:?} is not one of: {}",
-                InboxStatus::ALL.map(|s| s.as_str()).join(", ")
+                InboxStatus::ALL
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         },
         _ => None,
@@ -144,7 +148,7 @@ fn print_event(r: &StripeEventRow) {
     println!("received:       {}", r.received_at);
     if let Some(t) = r.processed_at {
         println!("processed:      {t}");
-    } else if r.status == "pending" {
+    } else if r.status == InboxStatus::Pending {
         println!("next attempt:   {}", r.next_attempt_at);
     }
     if let Some(o) = &r.outcome {

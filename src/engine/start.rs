@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::actions::{self, Action, StepCtx};
 use super::definition::SagaDefinition;
-use super::model::{SagaStatus, StepOutcome};
+use super::model::{SagaStatus, StepOutcome, StepPhase};
 use super::plan::{self, Env, Plan, State};
 use super::record::{self, Outcomes};
 use crate::domain::BookingInput;
@@ -122,7 +122,7 @@ pub async fn start(
     crate::telemetry::step_finished(
         &s.def.name,
         &s.def.steps[0].name,
-        "forward",
+        StepPhase::Forward,
         "done",
         began.elapsed(),
     );

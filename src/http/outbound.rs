@@ -17,7 +17,8 @@ use super::{ApiError, ApiPath, ApiQuery, AppState, JsonBody};
 use crate::domain::FieldError;
 use crate::outbound::{catalog, delivery::webhook_id, new_secret};
 use crate::store::outbound::{
-    self as store, AttemptRow, DeliveryRow, EndpointPatch, EndpointRow, NewEndpoint, Redeliver,
+    self as store, AttemptRow, DeliveryRow, DeliveryStatus, EndpointPatch, EndpointRow,
+    NewEndpoint, Redeliver,
 };
 
 pub fn routes() -> Router<AppState> {
@@ -422,13 +423,15 @@ pub async fn list_deliveries(
             "before {before} is out of range: use a time between the years 1 and 9999"
         )));
     }
-    if let Some(s) = &q.status
-        && !["pending", "delivering", "delivered", "dead"].contains(&s.as_str())
-    {
-        return Err(ApiError::BadRequest(format!(
-            "status {s:?} is not one of pending, delivering, delivered, dead"
-        )));
-    }
+    let status = match q.status.as_deref().map(|s| (s, DeliveryStatus::parse(s))) {
+        None => None,
+        Some((_, Some(status))) => Some(status),
+        Some((s, None)) => {
+            return Err(ApiError::BadRequest(format!(
+                "status {s:?} is not one of pending, delivering, delivered, dead"
+            )));
+        }
+    };
     if store::get_endpoint(&state.pool, id).await?.is_none() {
         return Err(ApiError::NotFound("webhook endpoint"));
     }
@@ -438,8 +441,7 @@ pub async fn list_deliveries(
             "limit must be between 1 and 500, got {limit}"
         )));
     }
-    let rows =
-        store::list_deliveries(&state.pool, id, q.status.as_deref(), q.before, limit).await?;
+    let rows = store::list_deliveries(&state.pool, id, status, q.before, limit).await?;
     Ok(Json(DeliveryList {
         deliveries: rows
             .into_iter()

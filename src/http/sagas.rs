@@ -98,7 +98,7 @@ pub struct WaitView {
 }
 
 fn view(row: SagaRow, step_names: &[String]) -> SagaView {
-    let status = row.status();
+    let status = row.status;
     let current_step = if status.is_terminal() {
         None
     } else {
@@ -280,9 +280,9 @@ pub async fn start_saga(
                     .iter()
                     .map(|r| StepRecord {
                         step_index: r.index,
-                        phase: r.phase.to_owned(),
+                        phase: r.phase,
                         step_name: r.name.clone(),
-                        status: r.status.to_owned(),
+                        status: r.status,
                         attempts: r.attempts,
                         last_error: r.error.clone(),
                         started_at: at,

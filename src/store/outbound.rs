@@ -12,6 +12,22 @@ use uuid::Uuid;
 use super::stmt::{Binds, Param, Statement, Text};
 use crate::events::SCHEMA_VERSION;
 use crate::outbound::catalog;
+use crate::text_enum::text_enum;
+
+text_enum! {
+    /// Where a delivery is in its life (`webhook_deliveries.status`).
+    #[derive(ToSchema)]
+    pub enum DeliveryStatus {
+        /// Due for an attempt (now or at `next_attempt_at`).
+        Pending = "pending",
+        /// An attempt is in flight, under a lease and one of the endpoint's slots.
+        Delivering = "delivering",
+        /// The endpoint answered 2xx.
+        Delivered = "delivered",
+        /// Dead-lettered: its schedule ran out, or the endpoint is gone.
+        Dead = "dead",
+    }
+}
 
 /// The channel that wakes idle delivery workers.
 pub const WEBHOOK_CHANNEL: &str = "sagad_webhooks";
@@ -467,9 +483,9 @@ pub async fn settle(
     outcome: &Settle,
 ) -> Result<(bool, Option<DateTime<Utc>>), sqlx::Error> {
     let (status, next_at) = match outcome {
-        Settle::Delivered => ("delivered", None),
-        Settle::Retry(at) => ("pending", Some(*at)),
-        Settle::Dead => ("dead", None),
+        Settle::Delivered => (DeliveryStatus::Delivered, None),
+        Settle::Retry(at) => (DeliveryStatus::Pending, Some(*at)),
+        Settle::Dead => (DeliveryStatus::Dead, None),
     };
     let updated = sqlx::query(
         "UPDATE webhook_deliveries
@@ -567,8 +583,7 @@ pub struct DeliveryRow {
     pub endpoint_id: Uuid,
     pub event_id: Uuid,
     pub event_type: String,
-    /// pending, delivering, delivered or dead.
-    pub status: String,
+    pub status: DeliveryStatus,
     pub attempt_count: i32,
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub last_status: Option<i32>,
@@ -584,7 +599,7 @@ const DELIVERY_COLUMNS: &str = "id, endpoint_id, event_id, event_type, status, a
 pub async fn list_deliveries(
     db: impl PgExecutor<'_>,
     endpoint_id: Uuid,
-    status: Option<&str>,
+    status: Option<DeliveryStatus>,
     before: Option<DateTime<Utc>>,
     limit: i64,
 ) -> Result<Vec<DeliveryRow>, sqlx::Error> {

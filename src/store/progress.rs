@@ -166,9 +166,9 @@ impl StepRows {
     fn new(b: &mut Binds, steps: &[StepOutcome]) -> Self {
         Self {
             index: b.push(steps.iter().map(|s| s.index).collect::<Vec<_>>()),
-            phase: b.push(steps.iter().map(|s| s.phase).collect::<Vec<_>>()),
+            phase: b.push(steps.iter().map(|s| s.phase.as_str()).collect::<Vec<_>>()),
             name: b.push(steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()),
-            status: b.push(steps.iter().map(|s| s.status).collect::<Vec<_>>()),
+            status: b.push(steps.iter().map(|s| s.status.as_str()).collect::<Vec<_>>()),
             attempts: b.push(steps.iter().map(|s| s.attempts).collect::<Vec<_>>()),
             error: b.push(steps.iter().map(|s| s.error.as_deref()).collect::<Vec<_>>()),
         }

@@ -9,14 +9,14 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{CANCEL_CHANNEL, WORK_CHANNEL};
-use crate::engine::model::SagaStatus;
+use crate::engine::model::{SagaStatus, StepPhase, StepStatus};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SagaRow {
     pub id: Uuid,
     pub saga_name: String,
     pub saga_version: i32,
-    pub status: String,
+    pub status: SagaStatus,
     pub current_step: i32,
     pub attempt: i32,
     pub input: serde_json::Value,
@@ -35,13 +35,6 @@ pub struct SagaRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
-}
-
-impl SagaRow {
-    pub fn status(&self) -> SagaStatus {
-        // The column's CHECK constraint admits only known values.
-        SagaStatus::parse(&self.status).unwrap_or(SagaStatus::Stuck)
-    }
 }
 
 pub(super) const COLUMNS: &str = "id, saga_name, saga_version, status, current_step, attempt, input, context, next_run_at, \
@@ -155,7 +148,7 @@ pub enum CancelOutcome {
 /// commit also notifies `CANCEL_CHANNEL` with the saga id: a worker in the middle of a run of
 /// remote steps learns of it before the next one (a capture, say).
 pub async fn request_cancel(pool: &PgPool, id: Uuid) -> Result<CancelOutcome, sqlx::Error> {
-    let row: Option<(String, bool)> = sqlx::query_as(
+    let row: Option<(SagaStatus, bool)> = sqlx::query_as(
         "WITH cur AS (SELECT id, status FROM sagas WHERE id = $1 FOR UPDATE),
               upd AS (UPDATE sagas s SET cancel_requested = true,
                              status = CASE WHEN s.status IN ('waiting', 'completed') THEN 'running' ELSE s.status END,
@@ -176,12 +169,8 @@ pub async fn request_cancel(pool: &PgPool, id: Uuid) -> Result<CancelOutcome, sq
     .await?;
     Ok(match row {
         None => CancelOutcome::NotFound,
-        Some((status, true)) => {
-            CancelOutcome::Requested(SagaStatus::parse(&status).unwrap_or(SagaStatus::Running))
-        }
-        Some((status, false)) => {
-            CancelOutcome::NotCancellable(SagaStatus::parse(&status).unwrap_or(SagaStatus::Stuck))
-        }
+        Some((status, true)) => CancelOutcome::Requested(status),
+        Some((status, false)) => CancelOutcome::NotCancellable(status),
     })
 }
 
@@ -200,7 +189,7 @@ pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<SagaRow>, sqlx::E
     // index (connections use generic plans, see `store::connect`).
     let mut q = sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM sagas WHERE true"));
     if let Some(status) = f.status {
-        q.push(" AND status = ").push_bind(status.as_str());
+        q.push(" AND status = ").push_bind(status);
     }
     if let Some(name) = &f.saga_name {
         q.push(" AND saga_name = ").push_bind(name);
@@ -221,11 +210,9 @@ pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<SagaRow>, sqlx::E
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
 pub struct StepRecord {
     pub step_index: i32,
-    /// `forward` or `compensation`.
-    pub phase: String,
+    pub phase: StepPhase,
     pub step_name: String,
-    /// running, succeeded, failed, waiting or skipped.
-    pub status: String,
+    pub status: StepStatus,
     pub attempts: i32,
     pub last_error: Option<String>,
     pub started_at: DateTime<Utc>,
@@ -246,12 +233,10 @@ pub async fn steps(conn: &mut PgConnection, saga_id: Uuid) -> Result<Vec<StepRec
 
 /// A saga's status; `None` when there is no such saga.
 pub async fn status(pool: &PgPool, id: Uuid) -> Result<Option<SagaStatus>, sqlx::Error> {
-    let status: Option<String> = sqlx::query_scalar("SELECT status FROM sagas WHERE id = $1")
+    sqlx::query_scalar("SELECT status FROM sagas WHERE id = $1")
         .bind(id)
         .fetch_optional(pool)
-        .await?;
-    // The column's CHECK constraint admits only known values.
-    Ok(status.map(|s| SagaStatus::parse(&s).unwrap_or(SagaStatus::Stuck)))
+        .await
 }
 
 /// The work queue at a glance: how many sagas are due and unclaimed, and how long the oldest of

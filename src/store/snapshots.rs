@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::inventory::{self, NewHold};
 use super::stmt::Statement;
 use super::{bookings, events, outbound, progress};
-use crate::engine::model::{Fence, SagaStatus, StepOutcome, Transition};
+use crate::engine::model::{Fence, SagaStatus, StepOutcome, StepPhase, StepStatus, Transition};
 use crate::events::{Event, NewEvent};
 
 /// The highest `$n` in `sql`.
@@ -106,9 +106,9 @@ fn booking_requested() -> NewEvent {
 fn step(index: i32, name: &str) -> StepOutcome {
     StepOutcome {
         index,
-        phase: "forward",
+        phase: StepPhase::Forward,
         name: name.into(),
-        status: "succeeded",
+        status: StepStatus::Succeeded,
         attempts: 1,
         error: None,
     }

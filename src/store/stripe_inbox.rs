@@ -7,44 +7,27 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::engine::model::SagaStatus;
+use crate::text_enum::text_enum;
+
 /// The channel that wakes inbox workers when an event is stored or re-queued.
 pub const INBOX_CHANNEL: &str = "sagad_stripe_inbox";
 
-/// Where an inbox row is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InboxStatus {
-    Pending,
-    Processing,
-    Processed,
-    Ignored,
-    Unmatched,
-    Dead,
-}
-
-impl InboxStatus {
-    pub const ALL: [InboxStatus; 6] = [
-        InboxStatus::Pending,
-        InboxStatus::Processing,
-        InboxStatus::Processed,
-        InboxStatus::Ignored,
-        InboxStatus::Unmatched,
-        InboxStatus::Dead,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InboxStatus::Pending => "pending",
-            InboxStatus::Processing => "processing",
-            InboxStatus::Processed => "processed",
-            InboxStatus::Ignored => "ignored",
-            InboxStatus::Unmatched => "unmatched",
-            InboxStatus::Dead => "dead",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|v| v.as_str() == s)
+text_enum! {
+    /// Where an inbox row is in its life (`stripe_events.status`).
+    pub enum InboxStatus {
+        /// Due for processing (now or at `next_attempt_at`).
+        Pending = "pending",
+        /// Claimed by a worker, under a lease.
+        Processing = "processing",
+        /// Its effect on a saga is recorded.
+        Processed = "processed",
+        /// A type sagad does not act on, or unreadable.
+        Ignored = "ignored",
+        /// It concerns no saga sagad knows (the reason is kept).
+        Unmatched = "unmatched",
+        /// Its attempts ran out; an operator may reprocess it.
+        Dead = "dead",
     }
 }
 
@@ -57,7 +40,7 @@ pub struct StripeEventRow {
     pub stripe_created: Option<DateTime<Utc>>,
     pub payment_intent_id: Option<String>,
     pub payload: serde_json::Value,
-    pub status: String,
+    pub status: InboxStatus,
     pub attempts: i32,
     pub next_attempt_at: DateTime<Utc>,
     pub locked_by: Option<String>,
@@ -148,7 +131,7 @@ pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<StripeEventRow>, 
     // Only the filters given are in the statement (generic plans, see `store::connect`).
     let mut q = sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM stripe_events WHERE true"));
     if let Some(status) = f.status {
-        q.push(" AND status = ").push_bind(status.as_str());
+        q.push(" AND status = ").push_bind(status);
     }
     if let Some(t) = &f.event_type {
         q.push(" AND event_type = ").push_bind(t);
@@ -323,7 +306,7 @@ pub async fn saga_for_payment_intent(
 pub struct SagaSnapshot {
     pub id: Uuid,
     pub saga_name: String,
-    pub status: String,
+    pub status: SagaStatus,
     pub current_step: i32,
     pub wait_key: Option<String>,
     /// Whether a worker holds a lease on it right now (a step in flight).
@@ -347,7 +330,10 @@ pub async fn lock_saga(
 
 /// Whether a saga exists (for the `saga_id` metadata cross-check).
 /// The status of a saga, if it exists.
-pub async fn saga_status(conn: &mut PgConnection, id: Uuid) -> Result<Option<String>, sqlx::Error> {
+pub async fn saga_status(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<SagaStatus>, sqlx::Error> {
     sqlx::query_scalar("SELECT status FROM sagas WHERE id = $1")
         .bind(id)
         .fetch_optional(conn)

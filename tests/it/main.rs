@@ -6,6 +6,7 @@ mod api;
 mod booking;
 mod ceiling;
 mod cli;
+mod constraints;
 mod crash;
 mod embedded_pg;
 mod engine;

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::event::{Kind, StripeEvent};
 use crate::engine::actions::payment_wait_key;
+use crate::engine::model::SagaStatus;
 use crate::events::{Event, NewEvent};
 use crate::store::stripe_inbox::{self, Claim, InboxStatus, SagaSnapshot};
 use crate::store::{bookings, events, sagas};
@@ -187,7 +188,7 @@ pub async fn process(
             notes.join("; ")
         }
         Kind::ChargeRefunded => {
-            if saga.leased || saga.status == "compensating" {
+            if saga.leased || saga.status == SagaStatus::Compensating {
                 // Our own refund may not be recorded yet: a step is in flight, or the refund
                 // compensation is pending (after a timed-out refund call whose effect happened,
                 // its retry records it). Once the compensation is done, the delta is exact.
@@ -304,8 +305,8 @@ async fn resolve_saga(
         (Some(id), _) => Resolved::Saga(id),
         // The webhook may beat the commit of the step that created the PaymentIntent: wait while
         // the saga can still record it. A finished saga never will (e.g. the card was declined).
-        (None, Some(m)) => match named_status.as_deref() {
-            Some("running" | "waiting" | "compensating") => {
+        (None, Some(m)) => match named_status {
+            Some(SagaStatus::Running | SagaStatus::Waiting | SagaStatus::Compensating) => {
                 Resolved::NotYet(format!("saga {m} has not recorded PaymentIntent {pi} yet"))
             }
             Some(status) => Resolved::Unmatched(format!(
@@ -334,7 +335,7 @@ async fn wake_for(
     pi: &str,
 ) -> Result<Wake, sqlx::Error> {
     let key = payment_wait_key(pi);
-    if saga.status == "waiting" && saga.wait_key.as_deref() == Some(key.as_str()) {
+    if saga.status == SagaStatus::Waiting && saga.wait_key.as_deref() == Some(key.as_str()) {
         // The row is ours (locked above), so this wakes exactly that saga.
         return Ok(match sagas::wake(conn, &key).await? {
             Some(_) => Wake::Woken,
@@ -347,7 +348,10 @@ async fn wake_for(
                 && out.get("pending").and_then(Value::as_bool) == Some(true)
         })
     });
-    if authorizing && saga.leased && matches!(saga.status.as_str(), "running" | "compensating") {
+    if authorizing
+        && saga.leased
+        && matches!(saga.status, SagaStatus::Running | SagaStatus::Compensating)
+    {
         return Ok(Wake::NotYet);
     }
     Ok(Wake::NotNeeded(format!("the saga is {}", saga.status)))
