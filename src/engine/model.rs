@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use utoipa::ToSchema;
-use uuid::Uuid;
 
+use crate::domain::SagaId;
 use crate::text_enum::text_enum;
 
 text_enum! {
@@ -67,7 +67,7 @@ text_enum! {
 /// What a worker holds: the guard its outcome commit must still match.
 #[derive(Debug, Clone)]
 pub struct Fence {
-    pub id: Uuid,
+    pub id: SagaId,
     pub status: SagaStatus,
     pub current_step: i32,
     pub attempt: i32,

@@ -23,6 +23,7 @@ use super::plan::{self, Env, Plan, State};
 use super::record::{self, Outcomes};
 use super::registry::Registry;
 use crate::domain::BookingInput;
+use crate::domain::SagaId;
 use crate::store::listen::Heard;
 use crate::store::sagas::{self, SagaRow};
 use crate::store::{self, sqlstate};
@@ -34,7 +35,7 @@ pub enum Error {
     #[error(transparent)]
     Registry(#[from] super::registry::Error),
     #[error("saga {0} is corrupt: {1}")]
-    Corrupt(uuid::Uuid, String),
+    Corrupt(SagaId, String),
 }
 
 pub struct Worker {
@@ -499,12 +500,12 @@ fn current_action(def: &SagaDefinition, row: &SagaRow) -> Result<Option<Action>,
 }
 
 /// True when `plan` keeps the lease for a local step: it then runs in the same transaction.
-fn chains_local(def: &SagaDefinition, plan: &Plan, id: uuid::Uuid) -> Result<bool, Error> {
+fn chains_local(def: &SagaDefinition, plan: &Plan, id: SagaId) -> Result<bool, Error> {
     Ok(next_action(def, plan, id)?.is_some_and(Action::is_local))
 }
 
 /// The action the same worker goes on with once `plan` is done (it keeps the lease), if any.
-fn next_action(def: &SagaDefinition, plan: &Plan, id: uuid::Uuid) -> Result<Option<Action>, Error> {
+fn next_action(def: &SagaDefinition, plan: &Plan, id: SagaId) -> Result<Option<Action>, Error> {
     let t = &plan.transition;
     if t.keep_lease.is_none() {
         return Ok(None);

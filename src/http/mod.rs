@@ -21,13 +21,13 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
 use tower_http::trace::TraceLayer;
-use uuid::Uuid;
 
 pub use error::{ApiError, ErrorBody};
 pub use extract::{ApiPath, ApiQuery, JsonBody};
 pub use openapi::ApiDoc;
 pub use outbound::{MAX_DESCRIPTION_LEN, MAX_EVENT_TYPES, MAX_URL_LEN};
 
+use crate::domain::SagaId;
 use crate::engine::registry::Registry;
 
 /// Largest request body accepted on the API.
@@ -42,7 +42,7 @@ pub struct AppState {
     /// Accepted bearer tokens.
     pub tokens: Arc<Vec<String>>,
     /// Ids of sagas that reached a terminal state (fed by LISTEN), for `?wait=`.
-    pub finished: broadcast::Sender<Uuid>,
+    pub finished: broadcast::Sender<SagaId>,
     /// Whether this process's engine is claiming work (for `/readyz`); `None` when API-only.
     pub engine_running: Option<Arc<AtomicBool>>,
     /// This process's engine, to hand new sagas straight to it (`None` when API-only).

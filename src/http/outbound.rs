@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::extract::storable_time;
 use super::{ApiError, ApiPath, ApiQuery, AppState, JsonBody};
-use crate::domain::FieldError;
+use crate::domain::{DeliveryId, EndpointId, FieldError};
 use crate::outbound::{catalog, delivery::webhook_id, new_secret};
 use crate::store::outbound::{
     self as store, AttemptRow, DeliveryRow, DeliveryStatus, EndpointPatch, EndpointRow,
@@ -149,8 +149,9 @@ pub const MAX_EVENT_TYPES: usize = 32;
 /// Longest endpoint description, in characters.
 pub const MAX_DESCRIPTION_LEN: usize = 1024;
 
-fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
+fn parse_id<Id: From<Uuid>>(raw: &str, what: &str) -> Result<Id, ApiError> {
     Uuid::parse_str(raw)
+        .map(Id::from)
         .map_err(|_| ApiError::BadRequest(format!("{raw:?} is not a {what} id (a UUID)")))
 }
 
@@ -280,7 +281,7 @@ pub async fn get_endpoint(
     State(state): State<AppState>,
     ApiPath(id): ApiPath,
 ) -> Result<Json<EndpointRow>, ApiError> {
-    let id = parse_id(&id, "webhook endpoint")?;
+    let id: EndpointId = parse_id(&id, "webhook endpoint")?;
     store::get_endpoint(&state.pool, id)
         .await?
         .map(Json)
@@ -298,7 +299,7 @@ pub async fn update_endpoint(
     ApiPath(id): ApiPath,
     JsonBody { value: req, .. }: JsonBody<UpdateEndpoint>,
 ) -> Result<Json<EndpointRow>, ApiError> {
-    let id = parse_id(&id, "webhook endpoint")?;
+    let id: EndpointId = parse_id(&id, "webhook endpoint")?;
     let mut errors = Vec::new();
     let url = match &req.url {
         Some(u) => Some(check_url(&state, u, &mut errors).await),
@@ -339,7 +340,7 @@ pub async fn delete_endpoint(
     State(state): State<AppState>,
     ApiPath(id): ApiPath,
 ) -> Result<StatusCode, ApiError> {
-    let id = parse_id(&id, "webhook endpoint")?;
+    let id: EndpointId = parse_id(&id, "webhook endpoint")?;
     if store::delete_endpoint(&state.pool, id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -354,7 +355,7 @@ pub async fn rotate_secret(
     State(state): State<AppState>,
     ApiPath(id): ApiPath,
 ) -> Result<Json<RotatedSecret>, ApiError> {
-    let id = parse_id(&id, "webhook endpoint")?;
+    let id: EndpointId = parse_id(&id, "webhook endpoint")?;
     let secret = new_secret();
     let mut tx = state.pool.begin().await?;
     let expires = store::rotate_secret(&mut tx, id, &secret, state.outbound.secret_overlap)
@@ -415,7 +416,7 @@ pub async fn list_deliveries(
     ApiPath(id): ApiPath,
     ApiQuery(q): ApiQuery<DeliveryParams>,
 ) -> Result<Json<DeliveryList>, ApiError> {
-    let id = parse_id(&id, "webhook endpoint")?;
+    let id: EndpointId = parse_id(&id, "webhook endpoint")?;
     if let Some(before) = &q.before
         && !storable_time(before)
     {
@@ -458,7 +459,7 @@ pub async fn get_delivery(
     State(state): State<AppState>,
     ApiPath(id): ApiPath,
 ) -> Result<Json<DeliveryView>, ApiError> {
-    let id = parse_id(&id, "webhook delivery")?;
+    let id: DeliveryId = parse_id(&id, "webhook delivery")?;
     let d = store::get_delivery(&state.pool, id)
         .await?
         .ok_or(ApiError::NotFound("webhook delivery"))?;
@@ -475,7 +476,7 @@ pub async fn redeliver(
     State(state): State<AppState>,
     ApiPath(id): ApiPath,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id, "webhook delivery")?;
+    let id: DeliveryId = parse_id(&id, "webhook delivery")?;
     match store::redeliver(&state.pool, id).await? {
         Redeliver::NotFound => Err(ApiError::NotFound("webhook delivery")),
         Redeliver::InFlight => Err(ApiError::Conflict(
@@ -513,7 +514,7 @@ pub async fn redrive(
     ApiPath(id): ApiPath,
     JsonBody { value: req, .. }: JsonBody<RedriveRequest>,
 ) -> Result<Json<RedriveResult>, ApiError> {
-    let id = parse_id(&id, "webhook endpoint")?;
+    let id: EndpointId = parse_id(&id, "webhook endpoint")?;
     if !storable_time(&req.since) {
         return Err(ApiError::Validation(vec![field(
             "since",

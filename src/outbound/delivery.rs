@@ -13,6 +13,7 @@ use tracing::{Instrument, debug, warn};
 
 use super::retry::retry_after_of;
 use super::{Error, Guard, OutboundConfig};
+use crate::domain::DeliveryId;
 use crate::queue::{self, Workers};
 use crate::signing;
 use crate::store::outbound::{self as store, AttemptRow, ClaimedDelivery, Settle};
@@ -276,8 +277,8 @@ impl Dispatcher {
 }
 
 /// The `webhook-id` of a delivery: the same on every attempt and redelivery.
-pub fn webhook_id(delivery_id: uuid::Uuid) -> String {
-    format!("msg_{}", delivery_id.simple())
+pub fn webhook_id(delivery_id: DeliveryId) -> String {
+    format!("msg_{}", delivery_id.0.simple())
 }
 
 /// The JSON body: the public type, when it happened, the aggregate and its version (receivers

@@ -11,9 +11,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Postgres};
-use uuid::Uuid;
 
 use super::{WORK_CHANNEL, outbound, sagas, sqlstate, stripe_inbox};
+use crate::domain::{DeliveryId, SagaId};
 use crate::queue::Table;
 
 /// Where a table keeps its queue.
@@ -236,13 +236,13 @@ pub struct SagaQueue;
 
 impl Table for SagaQueue {
     type Row = sagas::SagaRow;
-    type Id = Uuid;
+    type Id = SagaId;
 
     fn spec() -> &'static Spec {
         &SAGAS
     }
 
-    fn id(row: &sagas::SagaRow) -> Uuid {
+    fn id(row: &sagas::SagaRow) -> SagaId {
         row.id
     }
 }
@@ -271,7 +271,7 @@ pub struct DeliveryQueue {
 
 impl Table for DeliveryQueue {
     type Row = outbound::ClaimedDelivery;
-    type Id = Uuid;
+    type Id = DeliveryId;
     /// Deliveries of an endpoint at its cap are due but not claimable until a slot frees.
     const MIN_SLEEP: Duration = Duration::from_millis(5);
 
@@ -279,7 +279,7 @@ impl Table for DeliveryQueue {
         &WEBHOOK_DELIVERIES
     }
 
-    fn id(row: &outbound::ClaimedDelivery) -> Uuid {
+    fn id(row: &outbound::ClaimedDelivery) -> DeliveryId {
         row.id
     }
 

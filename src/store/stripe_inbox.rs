@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
+use crate::domain::SagaId;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
-use uuid::Uuid;
 
 use crate::engine::model::SagaStatus;
 use crate::text_enum::text_enum;
@@ -45,7 +45,7 @@ pub struct StripeEventRow {
     pub next_attempt_at: DateTime<Utc>,
     pub locked_by: Option<String>,
     pub locked_until: Option<DateTime<Utc>>,
-    pub saga_id: Option<Uuid>,
+    pub saga_id: Option<SagaId>,
     pub outcome: Option<String>,
     pub last_error: Option<String>,
     pub deliveries: i32,
@@ -154,7 +154,7 @@ pub async fn mark_finished(
     conn: &mut PgConnection,
     claim: &Claim,
     status: InboxStatus,
-    saga_id: Option<Uuid>,
+    saga_id: Option<SagaId>,
     outcome: &str,
 ) -> Result<bool, sqlx::Error> {
     let n = sqlx::query(
@@ -282,8 +282,8 @@ pub async fn reprocess(pool: &PgPool, id: &str) -> Result<ReprocessOutcome, sqlx
 pub async fn saga_for_payment_intent(
     conn: &mut PgConnection,
     payment_intent: &str,
-) -> Result<Option<Uuid>, sqlx::Error> {
-    let by_booking: Option<Uuid> =
+) -> Result<Option<SagaId>, sqlx::Error> {
+    let by_booking: Option<SagaId> =
         sqlx::query_scalar("SELECT saga_id FROM bookings WHERE payment_intent_id = $1")
             .bind(payment_intent)
             .fetch_optional(&mut *conn)
@@ -304,7 +304,7 @@ pub async fn saga_for_payment_intent(
 /// What the inbox needs to know about a saga, read under a row lock held until the transaction ends.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SagaSnapshot {
-    pub id: Uuid,
+    pub id: SagaId,
     pub saga_name: String,
     pub status: SagaStatus,
     pub current_step: i32,
@@ -316,7 +316,7 @@ pub struct SagaSnapshot {
 
 pub async fn lock_saga(
     conn: &mut PgConnection,
-    id: Uuid,
+    id: SagaId,
 ) -> Result<Option<SagaSnapshot>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, saga_name, status, current_step, wait_key,
@@ -332,7 +332,7 @@ pub async fn lock_saga(
 /// The status of a saga, if it exists.
 pub async fn saga_status(
     conn: &mut PgConnection,
-    id: Uuid,
+    id: SagaId,
 ) -> Result<Option<SagaStatus>, sqlx::Error> {
     sqlx::query_scalar("SELECT status FROM sagas WHERE id = $1")
         .bind(id)
@@ -343,7 +343,7 @@ pub async fn saga_status(
 /// Total of the `PaymentRefunded` events recorded for a PaymentIntent on a saga (ours and Stripe's).
 pub async fn refunded_recorded(
     conn: &mut PgConnection,
-    saga_id: Uuid,
+    saga_id: SagaId,
     payment_intent: &str,
 ) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
@@ -359,7 +359,7 @@ pub async fn refunded_recorded(
 /// Whether the saga already has an event of `event_type` whose payload field `field` is `value`.
 pub async fn has_event(
     conn: &mut PgConnection,
-    saga_id: Uuid,
+    saga_id: SagaId,
     event_type: &str,
     field: &str,
     value: &str,

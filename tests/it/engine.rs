@@ -20,7 +20,7 @@ use crate::harness::{
 /// What `worker` holds after a first claim of step `step` of a running saga.
 fn fence(id: uuid::Uuid, step: i32, worker: &str) -> Fence {
     Fence {
-        id,
+        id: id.into(),
         status: SagaStatus::Running,
         current_step: step,
         attempt: 1,

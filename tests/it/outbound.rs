@@ -355,7 +355,7 @@ async fn failing_for_the_configured_period_disables_the_endpoint() {
         .unwrap();
     emit(&app.pool, vec![cancelled("x")]).await;
     wait_for("the endpoint to be disabled", || async {
-        let ep = store::outbound::get_endpoint(&app.pool, endpoint)
+        let ep = store::outbound::get_endpoint(&app.pool, endpoint.into())
             .await
             .unwrap()
             .unwrap();
@@ -507,7 +507,7 @@ async fn an_endpoint_rate_limit_holds_over_every_process() {
     for d in claimed {
         let pool = app.pool.clone();
         tasks.spawn(async move {
-            store::outbound::admit_or_defer(&pool, d.id, d.attempts, endpoint, per_second)
+            store::outbound::admit_or_defer(&pool, d.id, d.attempts, endpoint.into(), per_second)
                 .await
                 .unwrap()
         });

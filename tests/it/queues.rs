@@ -38,7 +38,8 @@ async fn pending_deliveries(pool: &PgPool, url: &str, n: usize) -> (Uuid, Vec<Uu
     )
     .await
     .unwrap()
-    .id;
+    .id
+    .0;
     let events: Vec<NewEvent> = (0..n)
         .map(|i| {
             NewEvent::from(Event::BookingCancelled {

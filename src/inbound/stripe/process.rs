@@ -2,9 +2,9 @@
 //! current state (fetched from Stripe), and commit the effect (wake, domain events) together with
 //! the inbox row's new status in one transaction.
 
+use crate::domain::SagaId;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
-use uuid::Uuid;
 
 use super::event::{Kind, StripeEvent};
 use crate::engine::actions::payment_wait_key;
@@ -30,7 +30,7 @@ pub enum Decision {
     /// Committed: the row is now `status`, with this outcome.
     Finished {
         status: InboxStatus,
-        saga_id: Option<Uuid>,
+        saga_id: Option<SagaId>,
         outcome: String,
     },
     /// Not yet: try again after a backoff (e.g. the saga has not parked yet).
@@ -270,7 +270,7 @@ pub async fn process(
 }
 
 enum Resolved {
-    Saga(Uuid),
+    Saga(SagaId),
     NotYet(String),
     Unmatched(String),
 }
@@ -283,7 +283,7 @@ async fn resolve_saga(
     pi: &str,
     current: Option<&PaymentIntentInfo>,
 ) -> Result<Resolved, sqlx::Error> {
-    let metadata: Option<Uuid> = current
+    let metadata: Option<SagaId> = current
         .and_then(|p| p.metadata.get("saga_id").cloned())
         .or_else(|| {
             ev.object
@@ -375,7 +375,7 @@ async fn append(
             worker: None,
         })
         .collect();
-    events::append(conn, &saga.saga_name, saga.id, first, &batch).await?;
+    events::append(conn, &saga.saga_name, saga.id.0, first, &batch).await?;
     let events: Vec<&Event> = batch.iter().map(|e| &e.event).collect();
     bookings::apply(conn, saga.id, &events).await?;
     Ok(())
@@ -385,7 +385,7 @@ async fn finish(
     pool: &PgPool,
     claim: &Claim,
     status: InboxStatus,
-    saga_id: Option<Uuid>,
+    saga_id: Option<SagaId>,
     outcome: String,
 ) -> Result<Decision, Error> {
     let tx = pool.begin().await?;
@@ -396,7 +396,7 @@ async fn finish_in(
     mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
     claim: &Claim,
     status: InboxStatus,
-    saga_id: Option<Uuid>,
+    saga_id: Option<SagaId>,
     outcome: String,
 ) -> Result<Decision, Error> {
     if !stripe_inbox::mark_finished(&mut tx, claim, status, saga_id, &outcome).await? {
