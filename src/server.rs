@@ -1,7 +1,6 @@
 //! Wiring: one entry point, `run(settings, pool, listener, shutdown)`, that serves the API and runs
 //! the engine until `shutdown` fires. Tests bind port 0 and cancel on demand.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,22 +10,16 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::Role;
-use crate::engine::actions::{self, Deps, NotifyConfig};
-use crate::engine::definition::{self, DefinitionError, SagaDefinition};
+use crate::config::{Role, Settings};
+use crate::engine::actions::Deps;
 use crate::engine::registry::{self, Registry};
-use crate::engine::{self as engine_mod, Engine, EngineConfig};
+use crate::engine::{self as engine_mod, Engine};
 use crate::http::{self, AppState};
 use crate::store;
 use crate::stripe::client::StripeClient;
 
-/// The booking saga shipped inside the binary, used when no `sagas/` directory is present.
-pub const BUILTIN_BOOKING: &str = include_str!("../sagas/booking.toml");
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("saga definitions are invalid:\n{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
-    Definitions(Vec<DefinitionError>),
     #[error(transparent)]
     Registry(#[from] registry::Error),
     #[error(transparent)]
@@ -36,38 +29,13 @@ pub enum Error {
     #[error(transparent)]
     Db(#[from] sqlx::Error),
     #[error(transparent)]
-    Webhooks(#[from] crate::outbound::Error),
-}
-
-pub struct Settings {
-    pub api_tokens: Vec<String>,
-    pub stripe: StripeClient,
-    pub notify: Option<NotifyConfig>,
-    pub engine: EngineConfig,
-    pub role: Role,
-    pub definitions: Vec<SagaDefinition>,
-    pub max_wait: Duration,
-    /// Inbound Stripe webhooks: endpoint secrets and the inbox workers.
-    pub stripe_inbound: crate::inbound::stripe::InboundSettings,
-    /// Outgoing webhooks: delivery workers (with the engine) and the endpoint API.
-    pub webhooks: crate::outbound::OutboundConfig,
-    /// Background upkeep, run with the workers.
-    pub maintenance: crate::maintenance::Config,
-}
-
-/// Loads every `*.toml` of `dir`; a missing default directory falls back to the built-in booking saga.
-pub fn load_definitions(dir: &Path) -> Result<Vec<SagaDefinition>, Error> {
-    if !dir.exists() && dir == Path::new("sagas") {
-        info!("no ./sagas directory: using the built-in booking saga");
-        return definition::parse(
-            BUILTIN_BOOKING,
-            "<built-in>/booking.toml",
-            &actions::catalog(),
-        )
-        .map(|d| vec![d])
-        .map_err(Error::Definitions);
-    }
-    definition::load_dir(dir, &actions::catalog()).map_err(Error::Definitions)
+    Outbound(#[from] crate::outbound::Error),
+    #[error(transparent)]
+    Stripe(#[from] crate::stripe::Error),
+    #[error(
+        "no Stripe secret key: the settings name none (only `sagad serve --dev` runs without one, with the test double)"
+    )]
+    NoStripeKey,
 }
 
 /// The HTTP client for notifications: pooled, with timeouts. Redirects are not followed: a 301 or
@@ -89,10 +57,15 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let secret_key = settings
+        .stripe
+        .secret_key
+        .as_deref()
+        .ok_or(Error::NoStripeKey)?;
+    let stripe = StripeClient::new(secret_key, settings.stripe.api_base.as_deref())?;
     let registry = Arc::new(Registry::load(pool.clone(), settings.definitions).await?);
-    let inbound_stripe = settings.stripe.clone();
     let deps = Deps {
-        stripe: settings.stripe,
+        stripe: stripe.clone(),
         http: http_client(),
         notify: settings.notify,
     };
@@ -135,15 +108,15 @@ pub async fn run(
     let inbox_task = (settings.role != Role::Api).then(|| {
         tokio::spawn(crate::inbound::stripe::run(
             pool.clone(),
-            inbound_stripe,
-            settings.stripe_inbound.inbox.clone(),
+            stripe,
+            settings.inbound_stripe.inbox.clone(),
             channels.wake(crate::store::stripe_inbox::INBOX_CHANNEL),
             shutdown.clone(),
         ))
     });
     // Outgoing webhook delivery runs wherever the engine runs.
-    let webhook_task = if settings.role != Role::Api {
-        let dispatcher = crate::outbound::Dispatcher::new(pool.clone(), settings.webhooks.clone())?;
+    let outbound_task = if settings.role != Role::Api {
+        let dispatcher = crate::outbound::Dispatcher::new(pool.clone(), settings.outbound.clone())?;
         let wake = channels.wake(store::outbound::WEBHOOK_CHANNEL);
         Some(tokio::spawn(dispatcher.run(wake, shutdown.clone())))
     } else {
@@ -171,8 +144,8 @@ pub async fn run(
         dispatch,
         metrics: crate::telemetry::metrics_handle(),
         max_wait: settings.max_wait,
-        stripe_signatures: settings.stripe_inbound.verifier().map(Arc::new),
-        outbound: Arc::new(settings.webhooks),
+        stripe_signatures: settings.inbound_stripe.verifier().map(Arc::new),
+        outbound: Arc::new(settings.outbound),
     };
     let app = http::app(state, settings.role != Role::Worker);
     info!(addr = %listener.local_addr()?, role = ?settings.role, "sagad listening");
@@ -194,7 +167,7 @@ pub async fn run(
     {
         warn!(error = %e, "stripe inbox task ended abnormally");
     }
-    if let Some(t) = webhook_task
+    if let Some(t) = outbound_task
         && let Err(e) = t.await
     {
         warn!(error = %e, "webhook delivery task ended abnormally");

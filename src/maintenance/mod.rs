@@ -24,9 +24,9 @@ use tracing::warn;
 
 use crate::store::queues::{DeliveryQueue, SagaQueue, StripeEventQueue};
 
-/// How maintenance runs.
+/// How maintenance runs (built by [`crate::config::Settings`]).
 #[derive(Debug, Clone)]
-pub struct Config {
+pub struct MaintenanceConfig {
     /// The length of one round; each service runs every so many rounds ([`SERVICES`]).
     pub interval: Duration,
     /// How long delivered webhook deliveries (with their attempts) and settled Stripe events are
@@ -34,17 +34,8 @@ pub struct Config {
     pub retention: Duration,
 }
 
-/// The default retention: 30 days.
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            interval: Duration::from_secs(1),
-            retention: DEFAULT_RETENTION,
-        }
-    }
-}
+/// The length of a round.
+pub const INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a service's run left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +95,11 @@ impl Service {
     }
 
     /// Runs the service once.
-    pub async fn run_once(self, pool: &PgPool, config: &Config) -> Result<Progress, sqlx::Error> {
+    pub async fn run_once(
+        self,
+        pool: &PgPool,
+        config: &MaintenanceConfig,
+    ) -> Result<Progress, sqlx::Error> {
         let batches = cleaner::Batches::default();
         match self {
             Service::SagaLeases => rescuer::run_once::<SagaQueue>(pool)
@@ -135,7 +130,7 @@ fn runs(round: u64, every: u64, behind: bool) -> bool {
 
 /// Runs the services round after round, one round per `config.interval`, until `shutdown`. A
 /// service that fails is logged and counted; the others run on.
-pub async fn run(pool: PgPool, config: Config, shutdown: CancellationToken) {
+pub async fn run(pool: PgPool, config: MaintenanceConfig, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut behind = [false; SERVICES.len()];

@@ -525,7 +525,7 @@ mod tests {
         let config = crate::outbound::OutboundConfig {
             allow_http: true,
             resolver: fake_dns(),
-            ..Default::default()
+            ..crate::config::Settings::dev().outbound
         };
         let mut wrong = Vec::new();
         for (url, expected) in URL_FORMS {

@@ -18,7 +18,8 @@ pub use delivery::Dispatcher;
 pub use guard::{Guard, GuardError, Resolver};
 pub use retry::RetrySchedule;
 
-/// Everything the API and the delivery workers need to know about outgoing webhooks.
+/// Everything the API and the delivery workers need to know about outgoing webhooks (built by
+/// [`crate::config::Settings`]).
 #[derive(Clone)]
 pub struct OutboundConfig {
     /// Deliveries this process attempts at once.
@@ -44,25 +45,6 @@ pub struct OutboundConfig {
     pub shutdown_grace: Duration,
     /// Identifies this process in `locked_by`.
     pub worker_id: String,
-}
-
-impl Default for OutboundConfig {
-    fn default() -> Self {
-        Self {
-            workers: 32,
-            endpoint_concurrency: 4,
-            timeout: Duration::from_secs(15),
-            poll_interval: Duration::from_secs(1),
-            retry: RetrySchedule::default(),
-            secret_overlap: Duration::from_secs(24 * 3600),
-            disable_after: Duration::from_secs(5 * 24 * 3600),
-            allow_http: false,
-            allow_nets: Vec::new(),
-            resolver: guard::system_resolver(),
-            shutdown_grace: Duration::from_secs(20),
-            worker_id: crate::engine::default_worker_id(),
-        }
-    }
 }
 
 impl OutboundConfig {

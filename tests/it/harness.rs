@@ -6,14 +6,13 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use sagad::config::Role;
+use sagad::config::{Role, ServeArgs, Settings};
 use sagad::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
-use sagad::engine::EngineConfig;
 use sagad::engine::actions::NotifyConfig;
 use sagad::engine::definition::SagaDefinition;
-use sagad::server::{self, Settings};
+use sagad::outbound::OutboundConfig;
+use sagad::server;
 use sagad::store;
-use sagad::stripe::client::StripeClient;
 use sagad_test_support::Receiver;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
@@ -155,23 +154,46 @@ pub struct AppOptions {
     /// Endpoint secrets for `POST /webhooks/stripe` (empty: the route is not served).
     pub stripe_webhook_secrets: Vec<String>,
     /// Outgoing webhooks (tests: http and 127.0.0.1 allowed, ms-scale retries).
-    pub webhooks: sagad::outbound::OutboundConfig,
+    pub outbound: OutboundConfig,
 }
 
-/// Webhook settings for tests: http and loopback receivers allowed, retries 30 ms apart.
-pub fn test_webhook_config() -> sagad::outbound::OutboundConfig {
-    sagad::outbound::OutboundConfig {
-        allow_http: true,
-        allow_nets: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
-        timeout: Duration::from_secs(2),
-        poll_interval: Duration::from_millis(50),
-        retry: sagad::outbound::RetrySchedule {
-            schedule: vec![Duration::from_millis(30); 3],
-            jitter: 0.0,
-        },
-        shutdown_grace: Duration::from_secs(2),
-        ..Default::default()
-    }
+/// The settings every test instance starts from: sagad's defaults, built the way `sagad serve`
+/// builds its own ([`ServeArgs::defaults`], then [`Settings::from_args`]), with what tests need:
+/// their token and Stripe key, http and loopback webhook receivers, and waits and retries in
+/// milliseconds.
+pub fn test_settings() -> Settings {
+    let mut args = ServeArgs::defaults();
+    args.api_tokens = vec![TOKEN.into()];
+    args.stripe_secret_key = Some("sk_test_sagad_tests".into());
+    args.stripe_webhook_secret = vec![STRIPE_WEBHOOK_SECRET.into()];
+    args.outbound.webhook_allow_http = true;
+    args.outbound.webhook_allow_nets =
+        vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+    args.outbound.webhook_timeout = Duration::from_secs(2);
+    args.outbound.webhook_retry_schedule = vec![Duration::from_millis(30); 3];
+    args.outbound.webhook_retry_jitter = 0.0;
+    let mut s = Settings::from_args(args).expect("test settings");
+    s.definitions = vec![booking_definition()];
+    s.engine.poll_interval = Duration::from_millis(200);
+    s.engine.shutdown_grace = Duration::from_secs(5);
+    let inbox = &mut s.inbound_stripe.inbox;
+    inbox.poll_interval = Duration::from_millis(200);
+    inbox.retry = sagad::engine::retry::RetryPolicy {
+        max_attempts: 12,
+        base_delay: Duration::from_millis(20),
+        max_delay: Duration::from_millis(300),
+        jitter: 0.2,
+    };
+    inbox.shutdown_grace = Duration::from_secs(2);
+    s.outbound.poll_interval = Duration::from_millis(50);
+    s.outbound.shutdown_grace = Duration::from_secs(2);
+    s.maintenance.interval = Duration::from_millis(100);
+    s
+}
+
+/// Outgoing webhook settings for tests: http and loopback receivers allowed, retries 30 ms apart.
+pub fn test_outbound_config() -> OutboundConfig {
+    test_settings().outbound
 }
 
 impl Default for AppOptions {
@@ -183,7 +205,7 @@ impl Default for AppOptions {
             lease: Duration::from_secs(30),
             definitions: vec![booking_definition()],
             stripe_webhook_secrets: vec![STRIPE_WEBHOOK_SECRET.into()],
-            webhooks: test_webhook_config(),
+            outbound: test_outbound_config(),
         }
     }
 }
@@ -225,45 +247,22 @@ pub async fn spawn_instance(
 ) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let settings = Settings {
-        api_tokens: vec![TOKEN.into()],
-        stripe: StripeClient::new("sk_test_sagad_tests", Some(&double.base_url()))
-            .expect("stripe client"),
-        notify: Some(NotifyConfig {
-            url: reqwest::Url::parse(&notify.url).expect("notify url"),
-            secrets: vec![NOTIFY_SECRET.to_vec()],
-        }),
-        engine: EngineConfig {
-            workers: opts.workers,
-            local_queue: opts.local_queue,
-            lease: opts.lease,
-            poll_interval: Duration::from_millis(200),
-            shutdown_grace: Duration::from_secs(5),
-            ..EngineConfig::default()
-        },
-        role: opts.role,
-        definitions: opts.definitions,
-        max_wait: Duration::from_secs(30),
-        stripe_inbound: sagad::inbound::stripe::InboundSettings {
-            webhook_secrets: opts.stripe_webhook_secrets,
-            inbox: sagad::inbound::stripe::InboxConfig {
-                poll_interval: Duration::from_millis(200),
-                retry: sagad::engine::retry::RetryPolicy {
-                    max_attempts: 12,
-                    base_delay: Duration::from_millis(20),
-                    max_delay: Duration::from_millis(300),
-                    jitter: 0.2,
-                },
-                shutdown_grace: Duration::from_secs(2),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-        webhooks: opts.webhooks,
-        maintenance: sagad::maintenance::Config {
-            interval: Duration::from_millis(100),
-            ..Default::default()
-        },
+    let mut settings = test_settings();
+    settings.role = opts.role;
+    settings.stripe.api_base = Some(double.base_url());
+    settings.notify = Some(NotifyConfig {
+        url: reqwest::Url::parse(&notify.url).expect("notify url"),
+        secrets: vec![NOTIFY_SECRET.to_vec()],
+    });
+    settings.engine.workers = opts.workers;
+    settings.engine.local_queue = opts.local_queue;
+    settings.engine.lease = opts.lease;
+    settings.definitions = opts.definitions;
+    settings.inbound_stripe.webhook_secrets = opts.stripe_webhook_secrets;
+    settings.outbound = OutboundConfig {
+        // One name per process, whatever options it was given.
+        worker_id: settings.engine.worker_id.clone(),
+        ..opts.outbound
     };
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(server::run(

@@ -634,11 +634,11 @@ async fn a_signed_refund_that_stripe_does_not_show_records_nothing() {
 
 #[tokio::test]
 async fn special_purpose_and_embedded_ipv4_addresses_are_refused_at_registration() {
-    let mut strict = crate::harness::test_webhook_config();
+    let mut strict = crate::harness::test_outbound_config();
     strict.allow_nets.clear();
     let app = crate::harness::spawn_app_with(crate::harness::AppOptions {
         role: sagad::config::Role::Api,
-        webhooks: strict,
+        outbound: strict,
         ..Default::default()
     })
     .await;

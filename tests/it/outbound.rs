@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use uuid::Uuid;
 
 use crate::harness::{
-    AppOptions, TestApp, booking_input, spawn_app_with, spawn_instance, test_webhook_config,
+    AppOptions, TestApp, booking_input, spawn_app_with, spawn_instance, test_outbound_config,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -390,7 +390,7 @@ async fn retry_after_is_honoured() {
 #[tokio::test]
 async fn a_hanging_receiver_times_out_and_is_retried() {
     let mut opts = AppOptions::default();
-    opts.webhooks.timeout = Duration::from_millis(300);
+    opts.outbound.timeout = Duration::from_millis(300);
     let app = spawn_app_with(opts).await;
     let rx = Receiver::start().await;
     rx.script([Reply::Hang]);
@@ -413,9 +413,9 @@ async fn a_hanging_receiver_times_out_and_is_retried() {
 #[tokio::test]
 async fn a_slow_endpoint_does_not_starve_the_others() {
     let mut opts = AppOptions::default();
-    opts.webhooks.timeout = Duration::from_secs(5);
-    opts.webhooks.workers = 4;
-    opts.webhooks.endpoint_concurrency = 2;
+    opts.outbound.timeout = Duration::from_secs(5);
+    opts.outbound.workers = 4;
+    opts.outbound.endpoint_concurrency = 2;
     let app = spawn_app_with(opts).await;
     let slow = Receiver::start().await;
     slow.script(std::iter::repeat_n(Reply::Hang, 20));
@@ -769,12 +769,12 @@ async fn ssrf_targets_are_refused_unless_allow_listed() {
         "http://internal.example/hook",
     ];
     let (_, resolver) = fake_dns(&[("internal.example", "10.0.0.1")]);
-    let mut strict = test_webhook_config();
+    let mut strict = test_outbound_config();
     strict.allow_nets.clear();
     strict.resolver = resolver.clone();
     let app = spawn_app_with(AppOptions {
         role: Role::Api,
-        webhooks: strict,
+        outbound: strict,
         ..AppOptions::default()
     })
     .await;
@@ -794,7 +794,7 @@ async fn ssrf_targets_are_refused_unless_allow_listed() {
     );
     drop(app);
 
-    let mut allowed = test_webhook_config();
+    let mut allowed = test_outbound_config();
     allowed.allow_nets = ["127.0.0.0/8", "::1/128", "169.254.169.254/32", "10.0.0.0/8"]
         .iter()
         .map(|n| n.parse().unwrap())
@@ -802,7 +802,7 @@ async fn ssrf_targets_are_refused_unless_allow_listed() {
     allowed.resolver = resolver;
     let app = spawn_app_with(AppOptions {
         role: Role::Api,
-        webhooks: allowed,
+        outbound: allowed,
         ..AppOptions::default()
     })
     .await;
@@ -814,11 +814,11 @@ async fn ssrf_targets_are_refused_unless_allow_listed() {
 
 #[tokio::test]
 async fn http_urls_need_the_allow_http_setting() {
-    let mut cfg = test_webhook_config();
+    let mut cfg = test_outbound_config();
     cfg.allow_http = false;
     let app = spawn_app_with(AppOptions {
         role: Role::Api,
-        webhooks: cfg,
+        outbound: cfg,
         ..AppOptions::default()
     })
     .await;
@@ -835,10 +835,10 @@ async fn http_urls_need_the_allow_http_setting() {
 #[tokio::test]
 async fn delivery_dials_only_addresses_that_pass_the_guard() {
     let (dns, resolver) = fake_dns(&[("good.test", "127.0.0.1"), ("rebind.test", "127.0.0.1")]);
-    let mut cfg = test_webhook_config();
+    let mut cfg = test_outbound_config();
     cfg.resolver = resolver;
     let app = spawn_app_with(AppOptions {
-        webhooks: cfg,
+        outbound: cfg,
         ..AppOptions::default()
     })
     .await;

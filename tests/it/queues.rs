@@ -261,10 +261,10 @@ async fn shutdown_hands_back_a_delivery_still_in_flight_after_the_grace_period()
     let (_, ids) = pending_deliveries(&api.pool, &url, 1).await;
     let worker = api
         .spawn_sibling(AppOptions {
-            webhooks: sagad::outbound::OutboundConfig {
+            outbound: sagad::outbound::OutboundConfig {
                 timeout: Duration::from_secs(30),
                 shutdown_grace: Duration::from_millis(300),
-                ..crate::harness::test_webhook_config()
+                ..crate::harness::test_outbound_config()
             },
             ..Default::default()
         })

@@ -26,7 +26,7 @@ use signature::Verifier;
 /// Largest webhook body accepted (Stripe's events are far smaller).
 pub const BODY_LIMIT: usize = 256 * 1024;
 
-/// How the inbox workers run.
+/// How the inbox workers run (built by [`crate::config::Settings`]).
 #[derive(Debug, Clone)]
 pub struct InboxConfig {
     /// Events processed at once by this process.
@@ -44,25 +44,15 @@ pub struct InboxConfig {
     pub worker_id: String,
 }
 
-impl Default for InboxConfig {
-    fn default() -> Self {
-        Self {
-            workers: 4,
-            lease: Duration::from_secs(60),
-            poll_interval: Duration::from_secs(1),
-            // 250ms, 500ms, 1s … capped at 2m: about 10 minutes before an event is dead, which
-            // covers a slow authorize step and a saga that has not parked yet.
-            retry: RetryPolicy {
-                max_attempts: 12,
-                base_delay: Duration::from_millis(250),
-                max_delay: Duration::from_secs(120),
-                jitter: 0.2,
-            },
-            shutdown_grace: Duration::from_secs(20),
-            worker_id: crate::engine::default_worker_id(),
-        }
-    }
-}
+/// Backoff between an inbox event's attempts: 250ms, 500ms, 1s … capped at 2m, about 10 minutes
+/// before an event is dead, which covers a slow authorize step and a saga that has not parked
+/// yet.
+pub const INBOX_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 12,
+    base_delay: Duration::from_millis(250),
+    max_delay: Duration::from_secs(120),
+    jitter: 0.2,
+};
 
 /// Everything about inbound Stripe webhooks.
 #[derive(Debug, Clone)]
@@ -71,16 +61,6 @@ pub struct InboundSettings {
     pub webhook_secrets: Vec<String>,
     pub tolerance: Duration,
     pub inbox: InboxConfig,
-}
-
-impl Default for InboundSettings {
-    fn default() -> Self {
-        Self {
-            webhook_secrets: Vec::new(),
-            tolerance: signature::DEFAULT_TOLERANCE,
-            inbox: InboxConfig::default(),
-        }
-    }
 }
 
 impl InboundSettings {
