@@ -51,12 +51,29 @@ pub fn http_client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
+/// Where a sagad process listens: the API's address, and `/metrics`'s own when it has one
+/// (`SAGAD_METRICS_LISTEN`; otherwise the API's address serves it).
+pub struct Listeners {
+    pub api: TcpListener,
+    pub metrics: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(api: TcpListener) -> Self {
+        Self { api, metrics: None }
+    }
+}
+
 pub async fn run(
     settings: Settings,
     pool: PgPool,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let Listeners {
+        api: listener,
+        metrics: metrics_listener,
+    } = listeners.into();
     let secret_key = settings
         .stripe
         .secret_key
@@ -143,11 +160,25 @@ pub async fn run(
         engine_running,
         dispatch,
         metrics: crate::telemetry::metrics_handle(),
+        metrics_token: settings.metrics.token.as_deref().map(Arc::from),
         max_wait: settings.max_wait,
         stripe_signatures: settings.inbound_stripe.verifier().map(Arc::new),
         outbound: Arc::new(settings.outbound),
     };
-    let app = http::app(state, settings.role != Role::Worker);
+    let metrics_task = match metrics_listener {
+        Some(l) => {
+            info!(addr = %l.local_addr()?, "metrics listening");
+            let stop = shutdown.clone();
+            let app = http::metrics_app(state.clone());
+            Some(tokio::spawn(async move {
+                axum::serve(l, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            }))
+        }
+        None => None,
+    };
+    let app = http::app(state, settings.role != Role::Worker, metrics_task.is_none());
     info!(addr = %listener.local_addr()?, role = ?settings.role, "sagad listening");
     let stop = shutdown.clone();
     let served = axum::serve(listener, app)
@@ -177,9 +208,20 @@ pub async fn run(
     {
         warn!(error = %e, "maintenance task ended abnormally");
     }
+    let metrics_served = match metrics_task {
+        Some(t) => match t.await {
+            Ok(served) => served,
+            Err(e) => {
+                warn!(error = %e, "metrics server task ended abnormally");
+                Ok(())
+            }
+        },
+        None => Ok(()),
+    };
     listener_task.abort();
     // `Kept::run` gave every kept connection back when shutdown began, and keeps none since.
     let _ = kept_task.await;
     served?;
+    metrics_served?;
     Ok(())
 }

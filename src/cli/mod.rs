@@ -270,7 +270,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (SAGAD_LISTEN)"))?;
-    let result = server::run(settings, database.pool.clone(), listener, shutdown.clone()).await;
+    let metrics = match settings.metrics.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (SAGAD_METRICS_LISTEN)"))?,
+        ),
+        None => None,
+    };
+    let listeners = server::Listeners {
+        api: listener,
+        metrics,
+    };
+    let result = server::run(settings, database.pool.clone(), listeners, shutdown.clone()).await;
     shutdown.cancel();
     if let Some(t) = double_task {
         let _ = t.await;

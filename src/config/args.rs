@@ -56,6 +56,13 @@ pub struct ServeArgs {
     /// Address of the HTTP API.
     #[arg(long, env = "SAGAD_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+    /// A separate address for `GET /metrics` (e.g. an internal interface); then SAGAD_LISTEN does
+    /// not serve it.
+    #[arg(long, env = "SAGAD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Bearer token that `GET /metrics` requires, wherever it is served (at least 16 characters).
+    #[arg(long, env = "SAGAD_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Comma-separated bearer tokens accepted on /v1.
     #[arg(
         long,

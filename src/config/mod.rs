@@ -53,6 +53,17 @@ pub struct Settings {
     pub outbound: OutboundConfig,
     /// Background upkeep, run with the workers.
     pub maintenance: MaintenanceConfig,
+    /// Where `/metrics` is served, and whether it needs a token.
+    pub metrics: MetricsSettings,
+}
+
+/// Where `GET /metrics` is served and who may read it.
+#[derive(Clone)]
+pub struct MetricsSettings {
+    /// Its own address; `None`: the API's (`SAGAD_LISTEN`).
+    pub listen: Option<SocketAddr>,
+    /// The bearer token it requires; `None`: anyone who reaches it may read it.
+    pub token: Option<String>,
 }
 
 /// How sagad reaches Stripe.
@@ -92,6 +103,12 @@ pub enum ConfigError {
     BadWebhookTolerance,
     #[error("SAGAD_RETENTION must be at least 1m")]
     BadRetention,
+    #[error("SAGAD_METRICS_TOKEN must be at least 16 characters (it is {0})")]
+    WeakMetricsToken(usize),
+    #[error(
+        "SAGAD_METRICS_LISTEN is SAGAD_LISTEN's address ({0}): give metrics another port, or unset it to serve them with the API"
+    )]
+    MetricsListenClash(SocketAddr),
     #[error("saga definitions are invalid:\n{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
     Definitions(Vec<DefinitionError>),
 }
@@ -125,6 +142,7 @@ impl Settings {
         {
             return Err(ConfigError::BadWebhookTolerance);
         }
+        let metrics = metrics(&args)?;
         let definitions = load_definitions(&args.sagas_dir).map_err(ConfigError::Definitions)?;
         // One name for this process in every queue's `locked_by`.
         let worker_id = crate::engine::default_worker_id();
@@ -180,6 +198,7 @@ impl Settings {
                 interval: crate::maintenance::INTERVAL,
                 retention: args.retention,
             },
+            metrics,
             db: args.db,
         })
     }
@@ -226,6 +245,26 @@ fn api_tokens(args: &ServeArgs) -> Result<Vec<String>, ConfigError> {
         tokens.push(DEV_TOKEN.into());
     }
     Ok(tokens)
+}
+
+fn metrics(args: &ServeArgs) -> Result<MetricsSettings, ConfigError> {
+    if args.metrics_listen == Some(args.listen) {
+        return Err(ConfigError::MetricsListenClash(args.listen));
+    }
+    let token = args
+        .metrics_token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    if let Some(t) = token
+        && t.len() < 16
+    {
+        return Err(ConfigError::WeakMetricsToken(t.len()));
+    }
+    Ok(MetricsSettings {
+        listen: args.metrics_listen,
+        token: token.map(str::to_owned),
+    })
 }
 
 fn stripe(args: &ServeArgs) -> Result<StripeSettings, ConfigError> {
@@ -343,6 +382,14 @@ mod tests {
             (
                 Box::new(|a| a.retention = Duration::from_secs(1)),
                 "SAGAD_RETENTION",
+            ),
+            (
+                Box::new(|a| a.metrics_token = Some("short".into())),
+                "SAGAD_METRICS_TOKEN",
+            ),
+            (
+                Box::new(|a| a.metrics_listen = Some(a.listen)),
+                "SAGAD_METRICS_LISTEN",
             ),
             (
                 Box::new(|a| a.stripe_webhook_tolerance = Duration::ZERO),

@@ -4,6 +4,7 @@ mod error;
 mod extract;
 mod health;
 mod inbound_stripe;
+mod metrics;
 mod openapi;
 mod outbound;
 mod sagas;
@@ -48,6 +49,8 @@ pub struct AppState {
     /// This process's engine, to hand new sagas straight to it (`None` when API-only).
     pub dispatch: Option<crate::engine::DirectDispatch>,
     pub metrics: PrometheusHandle,
+    /// The bearer token `/metrics` requires, if any.
+    pub metrics_token: Option<Arc<str>>,
     /// Longest `?wait=` honoured.
     pub max_wait: Duration,
     /// Verifies `POST /webhooks/stripe`; `None` when no STRIPE_WEBHOOK_SECRET is configured.
@@ -57,9 +60,12 @@ pub struct AppState {
 }
 
 /// The router. `api`: serve `/v1` and `/openapi.json` (a worker-only process serves health and
-/// metrics alone).
-pub fn app(state: AppState, api: bool) -> Router {
+/// metrics alone); `metrics`: serve `/metrics` here (not when it has an address of its own).
+pub fn app(state: AppState, api: bool, metrics: bool) -> Router {
     let mut router = Router::new().merge(health::routes());
+    if metrics {
+        router = router.merge(metrics::routes(&state));
+    }
     if api {
         // Any path under /v1, known or not, asks for the token first: without one, nobody can
         // tell a route that exists from one that does not.
@@ -80,6 +86,15 @@ pub fn app(state: AppState, api: bool) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn(track_requests))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// The router of `/metrics` on an address of its own (`SAGAD_METRICS_LISTEN`).
+pub fn metrics_app(state: AppState) -> Router {
+    metrics::routes(&state)
+        .fallback(no_such_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -264,7 +264,7 @@ pub async fn queue_depth(pool: &PgPool) -> Result<QueueDepth, sqlx::Error> {
 }
 
 /// How many sagas there are of each (saga name, status).
-pub async fn count_by_status(pool: &PgPool) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+pub async fn count_by_status(pool: &PgPool) -> Result<Vec<(String, SagaStatus, i64)>, sqlx::Error> {
     sqlx::query_as("SELECT saga_name, status, count(*) FROM sagas GROUP BY 1, 2")
         .fetch_all(pool)
         .await

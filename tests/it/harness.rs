@@ -155,6 +155,10 @@ pub struct AppOptions {
     pub stripe_webhook_secrets: Vec<String>,
     /// Outgoing webhooks (tests: http and 127.0.0.1 allowed, ms-scale retries).
     pub outbound: OutboundConfig,
+    /// Serve `/metrics` on an address of its own ([`TestApp::metrics_base`]).
+    pub metrics_listener: bool,
+    /// The bearer token `/metrics` requires.
+    pub metrics_token: Option<String>,
 }
 
 /// The settings every test instance starts from: sagad's defaults, built the way `sagad serve`
@@ -206,6 +210,8 @@ impl Default for AppOptions {
             definitions: vec![booking_definition()],
             stripe_webhook_secrets: vec![STRIPE_WEBHOOK_SECRET.into()],
             outbound: test_outbound_config(),
+            metrics_listener: false,
+            metrics_token: None,
         }
     }
 }
@@ -218,6 +224,8 @@ pub struct TestApp {
     pub double: Arc<StripeDouble>,
     pub notify: Receiver,
     pub http: reqwest::Client,
+    /// `/metrics`'s own base URL, when it has one.
+    pub metrics_base: Option<String>,
     shutdown: CancellationToken,
     server: Option<JoinHandle<Result<(), server::Error>>>,
 }
@@ -264,11 +272,27 @@ pub async fn spawn_instance(
         worker_id: settings.engine.worker_id.clone(),
         ..opts.outbound
     };
+    settings.metrics.token = opts.metrics_token;
+    let metrics_listener = if opts.metrics_listener {
+        Some(
+            TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind metrics"),
+        )
+    } else {
+        None
+    };
+    let metrics_base = metrics_listener
+        .as_ref()
+        .map(|l| format!("http://{}", l.local_addr().expect("metrics addr")));
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(server::run(
         settings,
         pool.clone(),
-        listener,
+        server::Listeners {
+            api: listener,
+            metrics: metrics_listener,
+        },
         shutdown.clone(),
     ));
     let mut app = TestApp {
@@ -278,6 +302,7 @@ pub async fn spawn_instance(
         double,
         notify,
         http: reqwest::Client::new(),
+        metrics_base,
         shutdown,
         server: Some(server),
     };

@@ -13,6 +13,7 @@ mod engine;
 mod hostile;
 mod inbound_stripe;
 mod kept;
+mod metrics;
 mod openapi;
 mod outbound;
 mod queues;
