@@ -1,4 +1,4 @@
-//! Configuration in one place. [`args`] defines every flag and environment variable of
+//! Configuration in one place. `args.rs` defines every flag and environment variable of
 //! `sagad serve` with its default; [`Settings::from_args`] turns them into the settings of every
 //! part of sagad, validated once, with a message that says what is wrong and how to fix it.
 //! Tests, `sagad demo` and the benchmark build theirs the same way ([`ServeArgs::defaults`], then
