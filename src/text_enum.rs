@@ -4,12 +4,14 @@
 
 /// Declares an enum whose variants are stored as the given strings: serde (the same strings in
 /// JSON), `ALL`, `as_str`, `parse`, `Display`, and sqlx's text encoding and decoding (a value
-/// outside the enum is a decode error, never a silent default).
+/// outside the enum is a decode error, never a silent default). The stored strings are taken as
+/// `tt`, not `literal`: utoipa reads `#[serde(rename)]` only from a plain string token, and a
+/// `literal` fragment reaches it wrapped, so the OpenAPI document would name the variants instead.
 macro_rules! text_enum {
     (
         $(#[$meta:meta])*
         $vis:vis enum $name:ident {
-            $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )+
+            $( $(#[$vmeta:meta])* $variant:ident = $text:tt, )+
         }
     ) => {
         $(#[$meta])*

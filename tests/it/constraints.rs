@@ -5,6 +5,7 @@ use sagad::engine::model::{SagaStatus, StepPhase, StepStatus};
 use sagad::store::outbound::DeliveryStatus;
 use sagad::store::stripe_inbox::InboxStatus;
 use sqlx::PgPool;
+use utoipa::OpenApi;
 
 use crate::harness::fresh_database;
 
@@ -94,4 +95,37 @@ async fn a_status_outside_the_enum_is_a_decode_error_not_a_default() {
         .await
         .expect("decode");
     assert_eq!(ok, SagaStatus::Stuck);
+}
+
+#[test]
+fn the_openapi_document_lists_each_status_as_stored() {
+    let doc = serde_json::to_value(sagad::http::ApiDoc::openapi()).expect("document serializes");
+    let cases = [
+        (
+            "SagaStatus",
+            sorted(SagaStatus::ALL.iter().map(|s| s.as_str())),
+        ),
+        (
+            "StepPhase",
+            sorted(StepPhase::ALL.iter().map(|s| s.as_str())),
+        ),
+        (
+            "StepStatus",
+            sorted(StepStatus::ALL.iter().map(|s| s.as_str())),
+        ),
+        (
+            "DeliveryStatus",
+            sorted(DeliveryStatus::ALL.iter().map(|s| s.as_str())),
+        ),
+    ];
+    for (schema, ours) in cases {
+        let mut documented: Vec<String> = doc["components"]["schemas"][schema]["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{schema} is documented as an enum"))
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
+        documented.sort();
+        assert_eq!(documented, ours, "{schema}");
+    }
 }
