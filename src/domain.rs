@@ -7,36 +7,73 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// Identifier of a saga (and of the booking it drives: one aggregate).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct SagaId(pub Uuid);
+/// Declares an id: a UUID that cannot be passed where another table's id is expected. It is
+/// the bare UUID in JSON, in SQL and in the OpenAPI document.
+macro_rules! uuid_id {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(
+            Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type,
+            ToSchema,
+        )]
+        #[serde(transparent)]
+        #[sqlx(transparent)]
+        pub struct $name(pub Uuid);
 
-impl SagaId {
-    /// A new, time-ordered id (UUIDv7): recent sagas sit together in the primary key index.
-    pub fn new() -> Self {
-        Self(Uuid::now_v7())
-    }
+        impl $name {
+            /// A new, time-ordered id (UUIDv7): recent rows sit together in the primary key index.
+            pub fn new() -> Self {
+                Self(Uuid::now_v7())
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl From<Uuid> for $name {
+            fn from(id: Uuid) -> Self {
+                Self(id)
+            }
+        }
+
+        /// As the bare UUID, so that logs read the same whatever the id's type.
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&self.0, f)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = uuid::Error;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Uuid::parse_str(s).map(Self)
+            }
+        }
+    };
 }
 
-impl Default for SagaId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for SagaId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::str::FromStr for SagaId {
-    type Err = uuid::Error;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s).map(Self)
-    }
-}
+uuid_id!(
+    /// Identifier of a saga (and of the booking it drives: one aggregate).
+    SagaId
+);
+uuid_id!(
+    /// Identifier of an integrator's webhook endpoint (`webhook_endpoints.id`).
+    EndpointId
+);
+uuid_id!(
+    /// Identifier of one outgoing webhook delivery (`webhook_deliveries.id`): one event to one
+    /// endpoint, whatever its attempts.
+    DeliveryId
+);
 
 /// One problem with a request's input, tied to the field that has it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]

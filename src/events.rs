@@ -5,6 +5,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::engine::model::StepPhase;
+
 /// Schema version of every event payload below; bump an event's version when its shape changes.
 pub const SCHEMA_VERSION: i32 = 1;
 
@@ -51,7 +53,7 @@ pub enum Event {
     },
     StepFailed {
         step: String,
-        phase: String,
+        phase: StepPhase,
         attempt: i32,
         error: String,
         permanent: bool,

@@ -1,7 +1,6 @@
 //! Wiring: one entry point, `run(settings, pool, listener, shutdown)`, that serves the API and runs
 //! the engine until `shutdown` fires. Tests bind port 0 and cancel on demand.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,22 +10,16 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::Role;
-use crate::engine::actions::{self, Deps, NotifyConfig};
-use crate::engine::definition::{self, DefinitionError, SagaDefinition};
+use crate::config::{Role, Settings};
+use crate::engine::actions::Deps;
 use crate::engine::registry::{self, Registry};
-use crate::engine::{self as engine_mod, Engine, EngineConfig};
+use crate::engine::{self as engine_mod, Engine};
 use crate::http::{self, AppState};
 use crate::store;
 use crate::stripe::client::StripeClient;
 
-/// The booking saga shipped inside the binary, used when no `sagas/` directory is present.
-pub const BUILTIN_BOOKING: &str = include_str!("../sagas/booking.toml");
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("saga definitions are invalid:\n{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
-    Definitions(Vec<DefinitionError>),
     #[error(transparent)]
     Registry(#[from] registry::Error),
     #[error(transparent)]
@@ -36,38 +29,13 @@ pub enum Error {
     #[error(transparent)]
     Db(#[from] sqlx::Error),
     #[error(transparent)]
-    Webhooks(#[from] crate::webhooks::Error),
-}
-
-pub struct Settings {
-    pub api_tokens: Vec<String>,
-    pub stripe: StripeClient,
-    pub notify: Option<NotifyConfig>,
-    pub engine: EngineConfig,
-    pub role: Role,
-    pub definitions: Vec<SagaDefinition>,
-    pub max_wait: Duration,
-    /// Inbound Stripe webhooks: endpoint secrets and the inbox workers.
-    pub stripe_inbound: crate::stripe::inbound::InboundSettings,
-    /// Outgoing webhooks: delivery workers (with the engine) and the endpoint API.
-    pub webhooks: crate::webhooks::WebhookConfig,
-    /// Background upkeep, run with the workers.
-    pub maintenance: crate::maintenance::Config,
-}
-
-/// Loads every `*.toml` of `dir`; a missing default directory falls back to the built-in booking saga.
-pub fn load_definitions(dir: &Path) -> Result<Vec<SagaDefinition>, Error> {
-    if !dir.exists() && dir == Path::new("sagas") {
-        info!("no ./sagas directory: using the built-in booking saga");
-        return definition::parse(
-            BUILTIN_BOOKING,
-            "<built-in>/booking.toml",
-            &actions::catalog(),
-        )
-        .map(|d| vec![d])
-        .map_err(Error::Definitions);
-    }
-    definition::load_dir(dir, &actions::catalog()).map_err(Error::Definitions)
+    Outbound(#[from] crate::outbound::Error),
+    #[error(transparent)]
+    Stripe(#[from] crate::stripe::Error),
+    #[error(
+        "no Stripe secret key: the settings name none (only `sagad serve --dev` runs without one, with the test double)"
+    )]
+    NoStripeKey,
 }
 
 /// The HTTP client for notifications: pooled, with timeouts. Redirects are not followed: a 301 or
@@ -83,16 +51,38 @@ pub fn http_client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
+/// Where a sagad process listens: the API's address, and `/metrics`'s own when it has one
+/// (`SAGAD_METRICS_LISTEN`; otherwise the API's address serves it).
+pub struct Listeners {
+    pub api: TcpListener,
+    pub metrics: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(api: TcpListener) -> Self {
+        Self { api, metrics: None }
+    }
+}
+
 pub async fn run(
     settings: Settings,
     pool: PgPool,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let Listeners {
+        api: listener,
+        metrics: metrics_listener,
+    } = listeners.into();
+    let secret_key = settings
+        .stripe
+        .secret_key
+        .as_deref()
+        .ok_or(Error::NoStripeKey)?;
+    let stripe = StripeClient::new(secret_key, settings.stripe.api_base.as_deref())?;
     let registry = Arc::new(Registry::load(pool.clone(), settings.definitions).await?);
-    let inbound_stripe = settings.stripe.clone();
     let deps = Deps {
-        stripe: settings.stripe,
+        stripe: stripe.clone(),
         http: http_client(),
         notify: settings.notify,
     };
@@ -133,18 +123,18 @@ pub async fn run(
 
     // The Stripe inbox workers run beside the engine (same role), and stop with it.
     let inbox_task = (settings.role != Role::Api).then(|| {
-        tokio::spawn(crate::stripe::inbound::run(
+        tokio::spawn(crate::inbound::stripe::run(
             pool.clone(),
-            inbound_stripe,
-            settings.stripe_inbound.inbox.clone(),
-            channels.wake(crate::store::stripe_events::INBOX_CHANNEL),
+            stripe,
+            settings.inbound_stripe.inbox.clone(),
+            channels.wake(crate::store::stripe_inbox::INBOX_CHANNEL),
             shutdown.clone(),
         ))
     });
     // Outgoing webhook delivery runs wherever the engine runs.
-    let webhook_task = if settings.role != Role::Api {
-        let dispatcher = crate::webhooks::Dispatcher::new(pool.clone(), settings.webhooks.clone())?;
-        let wake = channels.wake(store::webhooks::WEBHOOK_CHANNEL);
+    let outbound_task = if settings.role != Role::Api {
+        let dispatcher = crate::outbound::Dispatcher::new(pool.clone(), settings.outbound.clone())?;
+        let wake = channels.wake(store::outbound::WEBHOOK_CHANNEL);
         Some(tokio::spawn(dispatcher.run(wake, shutdown.clone())))
     } else {
         None
@@ -170,11 +160,25 @@ pub async fn run(
         engine_running,
         dispatch,
         metrics: crate::telemetry::metrics_handle(),
+        metrics_token: settings.metrics.token.as_deref().map(Arc::from),
         max_wait: settings.max_wait,
-        stripe_webhooks: settings.stripe_inbound.verifier().map(Arc::new),
-        webhooks: Arc::new(settings.webhooks),
+        stripe_signatures: settings.inbound_stripe.verifier().map(Arc::new),
+        outbound: Arc::new(settings.outbound),
     };
-    let app = http::app(state, settings.role != Role::Worker);
+    let metrics_task = match metrics_listener {
+        Some(l) => {
+            info!(addr = %l.local_addr()?, "metrics listening");
+            let stop = shutdown.clone();
+            let app = http::metrics_app(state.clone());
+            Some(tokio::spawn(async move {
+                axum::serve(l, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            }))
+        }
+        None => None,
+    };
+    let app = http::app(state, settings.role != Role::Worker, metrics_task.is_none());
     info!(addr = %listener.local_addr()?, role = ?settings.role, "sagad listening");
     let stop = shutdown.clone();
     let served = axum::serve(listener, app)
@@ -194,7 +198,7 @@ pub async fn run(
     {
         warn!(error = %e, "stripe inbox task ended abnormally");
     }
-    if let Some(t) = webhook_task
+    if let Some(t) = outbound_task
         && let Err(e) = t.await
     {
         warn!(error = %e, "webhook delivery task ended abnormally");
@@ -204,9 +208,20 @@ pub async fn run(
     {
         warn!(error = %e, "maintenance task ended abnormally");
     }
+    let metrics_served = match metrics_task {
+        Some(t) => match t.await {
+            Ok(served) => served,
+            Err(e) => {
+                warn!(error = %e, "metrics server task ended abnormally");
+                Ok(())
+            }
+        },
+        None => Ok(()),
+    };
     listener_task.abort();
     // `Kept::run` gave every kept connection back when shutdown began, and keeps none since.
     let _ = kept_task.await;
     served?;
+    metrics_served?;
     Ok(())
 }

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use metrics::{counter, histogram};
+use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-use crate::engine::model::SagaStatus;
+use crate::engine::model::{SagaStatus, StepPhase};
 use crate::store::sagas;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -115,14 +115,14 @@ pub fn saga_finished(saga: &str, status: SagaStatus) {
 pub fn step_finished(
     saga: &str,
     step: &str,
-    phase: &'static str,
+    phase: StepPhase,
     outcome: &'static str,
     took: Duration,
 ) {
     counter!("sagad_step_attempts_total", "saga" => saga.to_owned(), "step" => step.to_owned(),
-             "phase" => phase, "outcome" => outcome)
+             "phase" => phase.as_str(), "outcome" => outcome)
     .increment(1);
-    histogram!("sagad_step_duration_seconds", "saga" => saga.to_owned(), "step" => step.to_owned(), "phase" => phase)
+    histogram!("sagad_step_duration_seconds", "saga" => saga.to_owned(), "step" => step.to_owned(), "phase" => phase.as_str())
         .record(took.as_secs_f64());
 }
 
@@ -130,21 +130,30 @@ pub fn count_error(component: &'static str) {
     counter!("sagad_internal_errors_total", "component" => component).increment(1);
 }
 
-/// Gauges read from the database at scrape time: queue depth, age of the oldest due saga, sagas by
-/// status, and pool usage (`kept`: connections between two hot statements, [`crate::store::kept`],
-/// which sqlx counts as in use).
-pub async fn refresh_gauges(pool: &sqlx::PgPool, kept: &crate::store::kept::Kept) {
-    use metrics::gauge;
-    if let Ok(q) = sagas::queue_depth(pool).await {
-        gauge!("sagad_queue_depth").set(q.due as f64);
-        gauge!("sagad_queue_oldest_due_seconds").set(q.oldest_due.map_or(0.0, |d| d.as_secs_f64()));
-    }
-    if let Ok(rows) = sagas::count_by_status(pool).await {
-        for (saga, status, n) in rows {
-            gauge!("sagad_sagas", "saga" => saga, "status" => status).set(n as f64);
-        }
-    }
+/// This process's pool gauges, read from memory at scrape time: connections open, idle, and
+/// `kept` (between two hot statements, [`crate::store::kept`], which sqlx counts as in use).
+pub fn refresh_pool_gauges(pool: &sqlx::PgPool, kept: &crate::store::kept::Kept) {
     gauge!("sagad_db_pool_connections").set(pool.size() as f64);
     gauge!("sagad_db_pool_idle_connections").set(pool.num_idle() as f64);
     gauge!("sagad_db_pool_kept_connections").set(kept.len() as f64);
+}
+
+/// The database's gauges, as a maintenance round read them ([`crate::maintenance::gauges`]):
+/// sagas due and unclaimed, how long the oldest has been due, and sagas by name and status (every
+/// status of a saga name that has rows, so a status that empties reads 0).
+pub fn set_saga_gauges(depth: sagas::QueueDepth, counts: &[(String, SagaStatus, i64)]) {
+    gauge!("sagad_queue_depth").set(depth.due as f64);
+    gauge!("sagad_queue_oldest_due_seconds").set(depth.oldest_due.map_or(0.0, |d| d.as_secs_f64()));
+    let names: std::collections::BTreeSet<&str> =
+        counts.iter().map(|(name, _, _)| name.as_str()).collect();
+    for name in names {
+        for status in SagaStatus::ALL {
+            let n = counts
+                .iter()
+                .find(|(s, st, _)| s == name && st == status)
+                .map_or(0, |(_, _, n)| *n);
+            gauge!("sagad_sagas", "saga" => name.to_owned(), "status" => status.as_str())
+                .set(n as f64);
+        }
+    }
 }

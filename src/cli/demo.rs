@@ -16,11 +16,9 @@ use stripe_double::StripeDouble;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{ServeArgs, Settings};
 use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
-use crate::engine::EngineConfig;
-use crate::engine::actions::NotifyConfig;
-use crate::stripe::client::StripeClient;
-use crate::{config, server, store};
+use crate::{server, store};
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -186,24 +184,14 @@ async fn run_with(url: &str, total: u32, shutdown: CancellationToken) -> anyhow:
 
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let settings = server::Settings {
-        api_tokens: vec![TOKEN.into()],
-        stripe: StripeClient::new("sk_test_sagad_demo", Some(&double.base_url()))?,
-        notify: Some(NotifyConfig {
-            url: config::http_url(&notify_url).context("notify url")?,
-            secrets: vec![b"demo-notify-secret".to_vec()],
-        }),
-        engine: EngineConfig {
-            workers: 16,
-            ..EngineConfig::default()
-        },
-        role: config::Role::All,
-        definitions: server::load_definitions(std::path::Path::new("sagas"))?,
-        max_wait: Duration::from_secs(60),
-        stripe_inbound: Default::default(),
-        webhooks: Default::default(),
-        maintenance: Default::default(),
-    };
+    let mut args = ServeArgs::defaults();
+    args.api_tokens = vec![TOKEN.into()];
+    args.stripe_secret_key = Some("sk_test_sagad_demo".into());
+    args.stripe_api_base = Some(double.base_url());
+    args.notify_url = Some(notify_url);
+    args.notify_secret = vec!["demo-notify-secret".into()];
+    args.max_wait = Duration::from_secs(60);
+    let settings = Settings::from_args(args)?;
     let server = tokio::spawn(server::run(
         settings,
         pool.clone(),

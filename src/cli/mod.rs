@@ -2,8 +2,8 @@
 
 mod demo;
 mod healthcheck;
-mod stripe_events;
-mod webhooks;
+mod outbound;
+mod stripe_inbox;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,12 +14,10 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tracing::info;
 
-use crate::config::{DbArgs, ServeArgs, http_url};
-use crate::engine::EngineConfig;
-use crate::engine::actions::{self, NotifyConfig};
-use crate::stripe::client::StripeClient;
+use crate::config::{DbArgs, ServeArgs, Settings, StripeSettings};
+use crate::engine::actions;
 use crate::telemetry::{self, LogFormat};
-use crate::{db, server, shutdown, signing};
+use crate::{db, server, shutdown};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -67,14 +65,14 @@ pub enum Command {
     /// Stripe webhook events sagad received: list, show, reprocess.
     Stripe {
         #[command(subcommand)]
-        command: stripe_events::StripeCommand,
+        command: stripe_inbox::StripeCommand,
     },
     /// Manage outgoing webhook endpoints and deliveries through a running sagad's API.
     Webhooks {
         #[command(flatten)]
         api: ApiArgs,
         #[command(subcommand)]
-        command: webhooks::WebhooksCommand,
+        command: outbound::WebhooksCommand,
     },
     /// Run the Stripe-compatible test double on its own (a stateful stripe-mock).
     StripeDouble {
@@ -200,8 +198,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: SagasCommand::Check { dir },
         } => Ok(check_definitions(&dir)),
         Command::Saga { api, command } => saga_command(api, command).await,
-        Command::Stripe { command } => stripe_events::run(command).await,
-        Command::Webhooks { api, command } => webhooks::run(api, command).await,
+        Command::Stripe { command } => stripe_inbox::run(command).await,
+        Command::Webhooks { api, command } => outbound::run(api, command).await,
         Command::StripeDouble { listen } => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
@@ -237,102 +235,54 @@ fn check_definitions(dir: &std::path::Path) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    args.validate()?;
-    let definitions = server::load_definitions(&args.sagas_dir)?;
+    let mut settings = Settings::from_args(args)?;
     let shutdown = shutdown::on_signal();
 
     // Development mode: an in-process Stripe test double when no key is configured.
     let mut double_task = None;
-    let (stripe_key, stripe_base) = match (&args.stripe_secret_key, args.dev) {
-        (Some(k), _) => (k.clone(), args.stripe_api_base.clone()),
-        (None, _) => {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let base = format!("http://{}/", listener.local_addr()?);
-            info!(%base, "--dev: using the built-in Stripe test double (no real payments)");
-            let stop = shutdown.clone();
-            double_task = Some(tokio::spawn(stripe_double::serve(listener, async move {
-                stop.cancelled().await
-            })));
-            ("sk_test_sagad_dev".to_owned(), Some(base))
-        }
-    };
-    let mut tokens: Vec<String> = args
-        .api_tokens
-        .iter()
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty())
-        .collect();
-    if tokens.is_empty() && args.dev {
-        info!("--dev: API token is `dev-token`");
-        tokens.push("dev-token".into());
+    if settings.runs_stripe_double() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}/", listener.local_addr()?);
+        info!(%base, "--dev: using the built-in Stripe test double (no real payments)");
+        let stop = shutdown.clone();
+        double_task = Some(tokio::spawn(stripe_double::serve(listener, async move {
+            stop.cancelled().await
+        })));
+        settings.stripe = StripeSettings {
+            secret_key: Some("sk_test_sagad_dev".to_owned()),
+            api_base: Some(base),
+        };
     }
-    let notify = match &args.notify_url {
-        Some(u) => Some(NotifyConfig {
-            url: http_url(u).context("SAGAD_NOTIFY_URL")?,
-            secrets: args
-                .notify_secret
-                .iter()
-                .map(|s| signing::secret_bytes(s))
-                .collect(),
-        }),
-        None => {
-            tracing::warn!(
-                "SAGAD_NOTIFY_URL is not set: the notify step records that no notification was sent"
-            );
-            None
-        }
-    };
-    let stripe = StripeClient::new(&stripe_key, stripe_base.as_deref())?;
-
-    if args
-        .stripe_webhook_secret
-        .iter()
-        .all(|s| s.trim().is_empty())
-    {
+    if settings.notify.is_none() {
+        tracing::warn!(
+            "SAGAD_NOTIFY_URL is not set: the notify step records that no notification was sent"
+        );
+    }
+    if settings.inbound_stripe.verifier().is_none() {
         tracing::warn!(
             "STRIPE_WEBHOOK_SECRET is not set: POST /webhooks/stripe is not served, so 3-D Secure \
              payments wait for their deadline"
         );
     }
     // The daemon keeps its whole pool open (`store::connect_pool`).
-    let database = db::open_with(&args.db, false, args.db.pool_size).await?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let database = db::open_with(&settings.db, false, settings.db.pool_size).await?;
+    let listen = settings.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {} (SAGAD_LISTEN)", args.listen))?;
-    let settings = server::Settings {
-        api_tokens: tokens,
-        stripe,
-        notify,
-        engine: EngineConfig {
-            workers: args.workers as usize,
-            local_queue: args.local_queue.map(|n| n as usize),
-            lease: args.lease,
-            poll_interval: args.poll_interval,
-            shutdown_grace: args.shutdown_grace,
-            ..EngineConfig::default()
-        },
-        role: args.role,
-        definitions,
-        max_wait: args.max_wait,
-        stripe_inbound: crate::stripe::inbound::InboundSettings {
-            webhook_secrets: args.stripe_webhook_secret.clone(),
-            tolerance: args.stripe_webhook_tolerance,
-            inbox: crate::stripe::inbound::InboxConfig {
-                workers: args.stripe_inbox_workers as usize,
-                poll_interval: args.poll_interval,
-                // Processing an event is one Stripe call and one transaction: the saga lease bounds it.
-                lease: args.lease,
-                shutdown_grace: args.shutdown_grace,
-                ..Default::default()
-            },
-        },
-        webhooks: args.webhooks.to_config(args.shutdown_grace),
-        maintenance: crate::maintenance::Config {
-            retention: args.retention,
-            ..Default::default()
-        },
+        .with_context(|| format!("cannot listen on {listen} (SAGAD_LISTEN)"))?;
+    let metrics = match settings.metrics.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (SAGAD_METRICS_LISTEN)"))?,
+        ),
+        None => None,
     };
-    let result = server::run(settings, database.pool.clone(), listener, shutdown.clone()).await;
+    let listeners = server::Listeners {
+        api: listener,
+        metrics,
+    };
+    let result = server::run(settings, database.pool.clone(), listeners, shutdown.clone()).await;
     shutdown.cancel();
     if let Some(t) = double_task {
         let _ = t.await;

@@ -24,6 +24,7 @@ use actions::Deps;
 use registry::Registry;
 use runner::Worker;
 
+/// How the saga workers run (built by [`crate::config::Settings`]).
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// Sagas this process drives at once.
@@ -40,19 +41,6 @@ pub struct EngineConfig {
     pub shutdown_grace: Duration,
     /// Identifies this process in `locked_by`.
     pub worker_id: String,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            workers: 16,
-            local_queue: None,
-            lease: Duration::from_secs(60),
-            poll_interval: Duration::from_secs(1),
-            shutdown_grace: Duration::from_secs(20),
-            worker_id: default_worker_id(),
-        }
-    }
 }
 
 /// The local queue's default size, per worker. A closed loop of two clients per worker keeps

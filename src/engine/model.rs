@@ -5,53 +5,31 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use utoipa::ToSchema;
-use uuid::Uuid;
 
-/// Where a saga is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SagaStatus {
-    /// Running its forward steps.
-    Running,
-    /// Undoing its completed steps in reverse order.
-    Compensating,
-    /// Parked until an outside event (e.g. 3-D Secure) or its deadline.
-    Waiting,
-    /// Every step succeeded.
-    Completed,
-    /// Every needed compensation succeeded.
-    Compensated,
-    /// A compensation could not succeed within its retry limit: an operator must look.
-    Stuck,
+use crate::domain::SagaId;
+use crate::text_enum::text_enum;
+
+text_enum! {
+    /// Where a saga is in its life (`sagas.status`).
+    #[derive(ToSchema)]
+    pub enum SagaStatus {
+        /// Running its forward steps.
+        Running = "running",
+        /// Undoing its completed steps in reverse order.
+        Compensating = "compensating",
+        /// Parked until an outside event (e.g. 3-D Secure) or its deadline.
+        Waiting = "waiting",
+        /// Every step succeeded.
+        Completed = "completed",
+        /// Every needed compensation succeeded.
+        Compensated = "compensated",
+        /// A compensation could not succeed within its retry limit: an operator must look.
+        Stuck = "stuck",
+    }
 }
 
 impl SagaStatus {
-    pub const ALL: [SagaStatus; 6] = [
-        SagaStatus::Running,
-        SagaStatus::Compensating,
-        SagaStatus::Waiting,
-        SagaStatus::Completed,
-        SagaStatus::Compensated,
-        SagaStatus::Stuck,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SagaStatus::Running => "running",
-            SagaStatus::Compensating => "compensating",
-            SagaStatus::Waiting => "waiting",
-            SagaStatus::Completed => "completed",
-            SagaStatus::Compensated => "compensated",
-            SagaStatus::Stuck => "stuck",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|v| v.as_str() == s)
-    }
-
     /// Terminal for the engine: nothing more happens without an operator or a guest.
     pub fn is_terminal(self) -> bool {
         matches!(
@@ -61,16 +39,35 @@ impl SagaStatus {
     }
 }
 
-impl std::fmt::Display for SagaStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+text_enum! {
+    /// Which way a step ran (`saga_steps.phase`).
+    #[derive(ToSchema)]
+    pub enum StepPhase {
+        /// The step's action.
+        Forward = "forward",
+        /// The step's compensation, undoing its action.
+        Compensation = "compensation",
+    }
+}
+
+text_enum! {
+    /// Where a step is in one phase (`saga_steps.status`).
+    #[derive(ToSchema)]
+    pub enum StepStatus {
+        /// An attempt is under way or due.
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        /// Parked until an outside event or its deadline.
+        Waiting = "waiting",
+        Skipped = "skipped",
     }
 }
 
 /// What a worker holds: the guard its outcome commit must still match.
 #[derive(Debug, Clone)]
 pub struct Fence {
-    pub id: Uuid,
+    pub id: SagaId,
     pub status: SagaStatus,
     pub current_step: i32,
     pub attempt: i32,
@@ -126,11 +123,9 @@ impl Transition {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepOutcome {
     pub index: i32,
-    /// `forward` or `compensation`.
-    pub phase: &'static str,
+    pub phase: StepPhase,
     pub name: String,
-    /// `running`, `succeeded`, `failed`, `waiting` or `skipped`.
-    pub status: &'static str,
+    pub status: StepStatus,
     pub attempts: i32,
     pub error: Option<String>,
 }

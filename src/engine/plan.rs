@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::definition::{OnFailure, SagaDefinition};
-use super::model::{SagaStatus, StepOutcome, Transition};
+use super::model::{SagaStatus, StepOutcome, StepPhase, StepStatus, Transition};
 use super::outcome::Outcome;
 use crate::events::{Event, NewEvent};
 
@@ -181,9 +181,9 @@ pub fn after(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
 fn after_forward(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
     let i = s.current_step;
     let step = &s.def.steps[i];
-    let record = |status: &'static str, error: Option<String>| StepOutcome {
+    let record = |status: StepStatus, error: Option<String>| StepOutcome {
         index: i as i32,
-        phase: "forward",
+        phase: StepPhase::Forward,
         name: step.name.clone(),
         status,
         attempts: s.attempt,
@@ -203,7 +203,7 @@ fn after_forward(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
             finish(Plan {
                 transition: t,
                 events,
-                step: Some(record("succeeded", None)),
+                step: Some(record(StepStatus::Succeeded, None)),
             })
         }
         Outcome::Wait {
@@ -219,7 +219,7 @@ fn after_forward(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
             finish(Plan {
                 transition: t,
                 events: tagged(events, &step.name, s.attempt),
-                step: Some(record("waiting", None)),
+                step: Some(record(StepStatus::Waiting, None)),
             })
         }
         Outcome::Retry {
@@ -242,7 +242,7 @@ fn after_forward(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
             let events = vec![NewEvent {
                 event: Event::StepFailed {
                     step: step.name.clone(),
-                    phase: "forward".into(),
+                    phase: StepPhase::Forward,
                     attempt: s.attempt,
                     error: error.clone(),
                     permanent: false,
@@ -256,7 +256,7 @@ fn after_forward(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
             finish(Plan {
                 transition: t,
                 events,
-                step: Some(record("running", Some(error))),
+                step: Some(record(StepStatus::Running, Some(error))),
             })
         }
         Outcome::Fail {
@@ -272,14 +272,14 @@ fn fail_forward(
     context: Map<String, Value>,
     reason: String,
     effect_possible: bool,
-    record: impl Fn(&'static str, Option<String>) -> StepOutcome,
+    record: impl Fn(StepStatus, Option<String>) -> StepOutcome,
 ) -> Plan {
     let i = s.current_step;
     let step = &s.def.steps[i];
     let failed = NewEvent {
         event: Event::StepFailed {
             step: step.name.clone(),
-            phase: "forward".into(),
+            phase: StepPhase::Forward,
             attempt: s.attempt,
             error: reason.clone(),
             permanent: true,
@@ -321,7 +321,7 @@ fn fail_forward(
             )
         }
     };
-    plan.step = Some(record("failed", Some(reason)));
+    plan.step = Some(record(StepStatus::Failed, Some(reason)));
     plan
 }
 
@@ -329,9 +329,9 @@ fn after_compensation(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
     let j = s.current_step;
     let step = &s.def.steps[j];
     let name = step.compensation.clone().unwrap_or_default();
-    let record = |status: &'static str, error: Option<String>| StepOutcome {
+    let record = |status: StepStatus, error: Option<String>| StepOutcome {
         index: j as i32,
-        phase: "compensation",
+        phase: StepPhase::Compensation,
         name: name.clone(),
         status,
         attempts: s.attempt,
@@ -349,7 +349,7 @@ fn after_compensation(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
             events: vec![
                 NewEvent::from(Event::StepFailed {
                     step: step.name.clone(),
-                    phase: "compensation".into(),
+                    phase: StepPhase::Compensation,
                     attempt: s.attempt,
                     error: error.clone(),
                     permanent: true,
@@ -360,7 +360,7 @@ fn after_compensation(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
                     error: error.clone(),
                 }),
             ],
-            step: Some(record("failed", Some(error))),
+            step: Some(record(StepStatus::Failed, Some(error))),
         })
     };
     match outcome {
@@ -378,7 +378,7 @@ fn after_compensation(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
             finish(Plan {
                 transition: t,
                 events,
-                step: Some(record("succeeded", None)),
+                step: Some(record(StepStatus::Succeeded, None)),
             })
         }
         Outcome::Fail { reason: error, .. } => stuck(error),
@@ -401,13 +401,13 @@ fn after_compensation(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
                 transition: t,
                 events: vec![NewEvent::from(Event::StepFailed {
                     step: step.name.clone(),
-                    phase: "compensation".into(),
+                    phase: StepPhase::Compensation,
                     attempt: s.attempt,
                     error: error.clone(),
                     permanent: false,
                     retry_at: Some(retry_at),
                 })],
-                step: Some(record("running", Some(error))),
+                step: Some(record(StepStatus::Running, Some(error))),
             })
         }
         // A compensation cannot park; treat it as a retry.
@@ -572,7 +572,7 @@ mod tests {
         let (n1, n2) = (failed.events.len(), compensated.events.len());
         let last = compensated.transition.clone();
         let mut retried_step = failed.step.clone().unwrap();
-        retried_step.status = "succeeded";
+        retried_step.status = StepStatus::Succeeded;
         let again = Plan {
             transition: last.clone(),
             events: vec![],
@@ -657,7 +657,7 @@ mod tests {
             (SagaStatus::Compensating, 0)
         );
         assert_eq!(types(&p), ["StepFailed", "CompensationStarted"]);
-        assert_eq!(p.step.as_ref().unwrap().status, "failed");
+        assert_eq!(p.step.as_ref().unwrap().status, StepStatus::Failed);
 
         // notify has no compensation: start at confirm.
         let p = after(

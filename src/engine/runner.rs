@@ -17,12 +17,13 @@ use tracing::{Instrument, debug, info, warn};
 use super::Leased;
 use super::actions::{Action, AheadEffect, Deps, StepCtx};
 use super::definition::{SagaDefinition, StepDefinition};
-use super::model::{Fence, SagaStatus, Transition};
+use super::model::{Fence, SagaStatus, StepPhase, Transition};
 use super::outcome::Outcome;
 use super::plan::{self, Env, Plan, State};
 use super::record::{self, Outcomes};
 use super::registry::Registry;
 use crate::domain::BookingInput;
+use crate::domain::SagaId;
 use crate::store::listen::Heard;
 use crate::store::sagas::{self, SagaRow};
 use crate::store::{self, sqlstate};
@@ -34,7 +35,7 @@ pub enum Error {
     #[error(transparent)]
     Registry(#[from] super::registry::Error),
     #[error("saga {0} is corrupt: {1}")]
-    Corrupt(uuid::Uuid, String),
+    Corrupt(SagaId, String),
 }
 
 pub struct Worker {
@@ -96,7 +97,7 @@ impl Worker {
     /// `leased`: when this process took the lease ([`Leased::since`]).
     async fn step(&self, row: &mut SagaRow, leased: Instant) -> Result<Next, Error> {
         let def = self.registry.get(&row.saga_name, row.saga_version).await?;
-        let status = row.status();
+        let status = row.status;
 
         if row.cancel_requested && status == SagaStatus::Running {
             let local = def
@@ -409,7 +410,7 @@ impl Worker {
         row: &SagaRow,
         make: impl FnOnce(&State<'_>, &Env) -> Plan,
     ) -> (Fence, Plan) {
-        let status = row.status();
+        let status = row.status;
         let fence = self.fence(row);
         let state = State {
             def,
@@ -431,7 +432,7 @@ impl Worker {
     fn fence(&self, row: &SagaRow) -> Fence {
         Fence {
             id: row.id,
-            status: row.status(),
+            status: row.status,
             current_step: row.current_step,
             attempt: row.attempt,
             worker: self.worker_id.clone(),
@@ -467,7 +468,7 @@ impl Worker {
         }
         advance(row, t);
         if requeued {
-            row.status = SagaStatus::Running.as_str().to_owned();
+            row.status = SagaStatus::Running;
         }
         row.event_version = recorded.first_version + outcomes.events().len() as i32 - 1;
         row.cancel_requested = recorded.cancel_requested;
@@ -481,7 +482,7 @@ impl Worker {
 
 /// Moves `row` to the state `t` leads to (what is known of it before it is recorded).
 fn advance(row: &mut SagaRow, t: &Transition) {
-    row.status = t.status.as_str().to_owned();
+    row.status = t.status;
     row.current_step = t.current_step;
     row.attempt = t.attempt;
     row.context = t.context.clone();
@@ -494,17 +495,17 @@ fn advance(row: &mut SagaRow, t: &Transition) {
 /// The action the saga's current step runs now (its compensation while compensating); `None` when
 /// the saga has nothing to run.
 fn current_action(def: &SagaDefinition, row: &SagaRow) -> Result<Option<Action>, Error> {
-    action_at(def, row.status(), row.current_step)
+    action_at(def, row.status, row.current_step)
         .map_err(|name| Error::Corrupt(row.id, format!("unknown action `{name}`")))
 }
 
 /// True when `plan` keeps the lease for a local step: it then runs in the same transaction.
-fn chains_local(def: &SagaDefinition, plan: &Plan, id: uuid::Uuid) -> Result<bool, Error> {
+fn chains_local(def: &SagaDefinition, plan: &Plan, id: SagaId) -> Result<bool, Error> {
     Ok(next_action(def, plan, id)?.is_some_and(Action::is_local))
 }
 
 /// The action the same worker goes on with once `plan` is done (it keeps the lease), if any.
-fn next_action(def: &SagaDefinition, plan: &Plan, id: uuid::Uuid) -> Result<Option<Action>, Error> {
+fn next_action(def: &SagaDefinition, plan: &Plan, id: SagaId) -> Result<Option<Action>, Error> {
     let t = &plan.transition;
     if t.keep_lease.is_none() {
         return Ok(None);
@@ -555,16 +556,16 @@ fn step_ctx<'a>(def: &'a SagaDefinition, row: &'a SagaRow, input: &'a BookingInp
     }
 }
 
-fn phase_of(row: &SagaRow) -> &'static str {
-    if row.status() == SagaStatus::Compensating {
-        "compensation"
+fn phase_of(row: &SagaRow) -> StepPhase {
+    if row.status == SagaStatus::Compensating {
+        StepPhase::Compensation
     } else {
-        "forward"
+        StepPhase::Forward
     }
 }
 
 fn step_span(row: &SagaRow, step: &StepDefinition, action: Action) -> tracing::Span {
-    tracing::info_span!("step", step = %step.name, phase = %phase_of(row), action = ?action, attempt = row.attempt)
+    tracing::info_span!("step", step = %step.name, phase = phase_of(row).as_str(), action = ?action, attempt = row.attempt)
 }
 
 fn outcome_kind(o: &Outcome) -> &'static str {

@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use serde_json::{Map, Value};
 use sqlx::PgConnection;
-use uuid::Uuid;
 
 use super::actions::{self, Action, StepCtx};
 use super::definition::SagaDefinition;
-use super::model::{SagaStatus, StepOutcome};
+use super::model::{SagaStatus, StepOutcome, StepPhase};
 use super::plan::{self, Env, Plan, State};
 use super::record::{self, Outcomes};
 use crate::domain::BookingInput;
+use crate::domain::SagaId;
 use crate::events::NewEvent;
 use crate::store::bookings::REQUESTED;
 use crate::store::inventory::NewHold;
@@ -29,7 +29,7 @@ use crate::store::progress::InsertOutcome;
 /// A saga about to start.
 pub struct Starting<'a> {
     pub def: &'a SagaDefinition,
-    pub id: Uuid,
+    pub id: SagaId,
     pub input: &'a BookingInput,
     pub input_json: &'a Value,
     pub idempotency_key: Option<&'a str>,
@@ -122,7 +122,7 @@ pub async fn start(
     crate::telemetry::step_finished(
         &s.def.name,
         &s.def.steps[0].name,
-        "forward",
+        StepPhase::Forward,
         "done",
         began.elapsed(),
     );

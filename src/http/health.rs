@@ -1,4 +1,4 @@
-//! `/healthz` (the process answers), `/readyz` (it can do its job) and `/metrics` (Prometheus).
+//! `/healthz` (the process answers) and `/readyz` (it can do its job).
 
 use std::sync::atomic::Ordering;
 
@@ -17,7 +17,6 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is up")))]
@@ -50,16 +49,5 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             "status": if ready { "ready" } else { "not_ready" },
             "checks": { "database": database, "migrations": migrations, "workers": workers },
         })),
-    )
-}
-
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    crate::telemetry::refresh_gauges(&state.pool, &state.kept).await;
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        state.metrics.render(),
     )
 }

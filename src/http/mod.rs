@@ -3,10 +3,11 @@
 mod error;
 mod extract;
 mod health;
+mod inbound_stripe;
+mod metrics;
 mod openapi;
+mod outbound;
 mod sagas;
-mod stripe_webhooks;
-mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -21,13 +22,13 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
 use tower_http::trace::TraceLayer;
-use uuid::Uuid;
 
 pub use error::{ApiError, ErrorBody};
 pub use extract::{ApiPath, ApiQuery, JsonBody};
 pub use openapi::ApiDoc;
-pub use webhooks::{MAX_DESCRIPTION_LEN, MAX_EVENT_TYPES, MAX_URL_LEN};
+pub use outbound::{MAX_DESCRIPTION_LEN, MAX_EVENT_TYPES, MAX_URL_LEN};
 
+use crate::domain::SagaId;
 use crate::engine::registry::Registry;
 
 /// Largest request body accepted on the API.
@@ -42,37 +43,42 @@ pub struct AppState {
     /// Accepted bearer tokens.
     pub tokens: Arc<Vec<String>>,
     /// Ids of sagas that reached a terminal state (fed by LISTEN), for `?wait=`.
-    pub finished: broadcast::Sender<Uuid>,
+    pub finished: broadcast::Sender<SagaId>,
     /// Whether this process's engine is claiming work (for `/readyz`); `None` when API-only.
     pub engine_running: Option<Arc<AtomicBool>>,
     /// This process's engine, to hand new sagas straight to it (`None` when API-only).
     pub dispatch: Option<crate::engine::DirectDispatch>,
     pub metrics: PrometheusHandle,
+    /// The bearer token `/metrics` requires, if any.
+    pub metrics_token: Option<Arc<str>>,
     /// Longest `?wait=` honoured.
     pub max_wait: Duration,
     /// Verifies `POST /webhooks/stripe`; `None` when no STRIPE_WEBHOOK_SECRET is configured.
-    pub stripe_webhooks: Option<Arc<crate::stripe::webhook::Verifier>>,
+    pub stripe_signatures: Option<Arc<crate::inbound::stripe::signature::Verifier>>,
     /// Outgoing webhooks: URL policy (SSRF guard, http allowed?) and secret rotation overlap.
-    pub webhooks: Arc<crate::webhooks::WebhookConfig>,
+    pub outbound: Arc<crate::outbound::OutboundConfig>,
 }
 
 /// The router. `api`: serve `/v1` and `/openapi.json` (a worker-only process serves health and
-/// metrics alone).
-pub fn app(state: AppState, api: bool) -> Router {
+/// metrics alone); `metrics`: serve `/metrics` here (not when it has an address of its own).
+pub fn app(state: AppState, api: bool, metrics: bool) -> Router {
     let mut router = Router::new().merge(health::routes());
+    if metrics {
+        router = router.merge(metrics::routes(&state));
+    }
     if api {
         // Any path under /v1, known or not, asks for the token first: without one, nobody can
         // tell a route that exists from one that does not.
         let v1 = sagas::routes()
-            .merge(webhooks::routes())
+            .merge(outbound::routes())
             .route("/v1", any(no_such_route))
             .route("/v1/{*rest}", any(no_such_route))
             .method_not_allowed_fallback(method_not_allowed)
             .layer(middleware::from_fn_with_state(state.clone(), require_token));
         router = router.merge(v1).merge(openapi::routes());
         // Outside bearer auth: Stripe signs its requests instead. Reads its body with its own limit.
-        if state.stripe_webhooks.is_some() {
-            router = router.merge(stripe_webhooks::routes());
+        if state.stripe_signatures.is_some() {
+            router = router.merge(inbound_stripe::routes());
         }
     }
     router
@@ -80,6 +86,15 @@ pub fn app(state: AppState, api: bool) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn(track_requests))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// The router of `/metrics` on an address of its own (`SAGAD_METRICS_LISTEN`).
+pub fn metrics_app(state: AppState) -> Router {
+    metrics::routes(&state)
+        .fallback(no_such_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

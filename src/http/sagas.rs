@@ -15,10 +15,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
-use uuid::Uuid;
 
 use super::extract::storable_time;
 use super::{ApiError, ApiPath, ApiQuery, AppState, ErrorBody, JsonBody};
+use crate::domain::SagaId;
 use crate::domain::{FieldError, RawBookingInput};
 use crate::engine::model::SagaStatus;
 use crate::engine::start::{self, Starting};
@@ -58,7 +58,7 @@ pub struct WaitParam {
 /// A saga as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SagaView {
-    pub id: Uuid,
+    pub id: SagaId,
     pub saga: String,
     /// The definition version this saga runs on (it finishes on it, whatever is deployed later).
     pub version: i32,
@@ -98,7 +98,7 @@ pub struct WaitView {
 }
 
 fn view(row: SagaRow, step_names: &[String]) -> SagaView {
-    let status = row.status();
+    let status = row.status;
     let current_step = if status.is_terminal() {
         None
     } else {
@@ -132,7 +132,7 @@ fn view(row: SagaRow, step_names: &[String]) -> SagaView {
     }
 }
 
-async fn full_view(state: &AppState, id: Uuid) -> Result<Option<SagaView>, ApiError> {
+async fn full_view(state: &AppState, id: SagaId) -> Result<Option<SagaView>, ApiError> {
     let mut conn = state.pool.acquire().await?;
     let Some(row) = sagas::get(&mut conn, id).await? else {
         return Ok(None);
@@ -215,7 +215,7 @@ pub async fn start_saga(
     let input = req.input.validate().map_err(ApiError::Validation)?;
     let fingerprint = hex::encode(Sha256::digest(raw.to_string().as_bytes()));
     let input_json = serde_json::to_value(&input).map_err(anyhow::Error::from)?;
-    let id = Uuid::now_v7();
+    let id = SagaId::new();
 
     // A free worker (or a place in the local queue) in this process takes the saga: it is inserted
     // already leased to it.
@@ -280,9 +280,9 @@ pub async fn start_saga(
                     .iter()
                     .map(|r| StepRecord {
                         step_index: r.index,
-                        phase: r.phase.to_owned(),
+                        phase: r.phase,
                         step_name: r.name.clone(),
-                        status: r.status.to_owned(),
+                        status: r.status,
                         attempts: r.attempts,
                         last_error: r.error.clone(),
                         started_at: at,
@@ -344,7 +344,7 @@ pub async fn start_saga(
 }
 
 /// Returns when the saga is terminal or `wait` has passed.
-async fn wait_until_finished(state: &AppState, id: Uuid, wait: Duration) -> Result<(), ApiError> {
+async fn wait_until_finished(state: &AppState, id: SagaId, wait: Duration) -> Result<(), ApiError> {
     let mut rx = state.finished.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
     loop {
@@ -379,8 +379,8 @@ async fn wait_until_finished(state: &AppState, id: Uuid, wait: Duration) -> Resu
     }
 }
 
-fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw)
+fn parse_id(raw: &str) -> Result<SagaId, ApiError> {
+    raw.parse::<SagaId>()
         .map_err(|_| ApiError::BadRequest(format!("{raw:?} is not a saga id (a UUID)")))
 }
 
@@ -415,7 +415,7 @@ pub async fn saga_events(
 ) -> Result<Json<EventList>, ApiError> {
     let id = parse_id(&id)?;
     let mut conn = state.pool.acquire().await?;
-    let events = events::for_aggregate(&mut conn, id).await?;
+    let events = events::for_aggregate(&mut conn, id.0).await?;
     if events.is_empty() {
         return Err(ApiError::NotFound("saga"));
     }
@@ -446,18 +446,18 @@ pub struct SagaPage {
     pub next_cursor: Option<String>,
 }
 
-fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
+fn encode_cursor(at: DateTime<Utc>, id: SagaId) -> String {
     URL_SAFE_NO_PAD.encode(format!(
         "{}|{id}",
         at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
     ))
 }
 
-fn decode_cursor(raw: &str) -> Option<(DateTime<Utc>, Uuid)> {
+fn decode_cursor(raw: &str) -> Option<(DateTime<Utc>, SagaId)> {
     let text = String::from_utf8(URL_SAFE_NO_PAD.decode(raw).ok()?).ok()?;
     let (at, id) = text.split_once('|')?;
     let at = DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc);
-    storable_time(&at).then_some((at, Uuid::parse_str(id).ok()?))
+    storable_time(&at).then_some((at, id.parse::<SagaId>().ok()?))
 }
 
 /// `[a-z][a-z0-9_]*`, at most 64 characters, as definitions name their sagas.

@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use tracing::info;
 
 use super::Progress;
-use crate::store::{stripe_events, webhooks};
+use crate::store::{outbound, stripe_inbox};
 
 /// How much one round deletes: `size` rows per statement, at most `per_round` statements.
 #[derive(Debug, Clone, Copy)]
@@ -66,7 +66,7 @@ pub async fn deliveries(
     b: Batches,
 ) -> Result<Progress, sqlx::Error> {
     in_batches("webhook_deliveries", b, |limit| async move {
-        let (deliveries, attempts) = webhooks::prune_delivered(pool, retention, limit).await?;
+        let (deliveries, attempts) = outbound::prune_delivered(pool, retention, limit).await?;
         pruned("webhook_attempts", attempts);
         Ok(deliveries)
     })
@@ -80,7 +80,7 @@ pub async fn stripe_events(
     b: Batches,
 ) -> Result<Progress, sqlx::Error> {
     in_batches("stripe_events", b, |limit| {
-        stripe_events::prune_settled(pool, retention, limit)
+        stripe_inbox::prune_settled(pool, retention, limit)
     })
     .await
 }

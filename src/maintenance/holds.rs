@@ -16,7 +16,7 @@ pub async fn run_once(pool: &PgPool) -> Result<usize, sqlx::Error> {
             hold_id: *hold_id,
             reason: "hold_expired".into(),
         });
-        events::append(&mut tx, saga_name, *saga_id, version, &[event]).await?;
+        events::append(&mut tx, saga_name, saga_id.0, version, &[event]).await?;
         info!(saga_id = %saga_id, hold_id = %hold_id, "inventory hold expired");
     }
     tx.commit().await?;

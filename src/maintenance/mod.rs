@@ -8,9 +8,11 @@
 //! - [`waits`]: sagas parked past their wait deadline are woken;
 //! - [`rate_windows`]: old per-second counts of the webhook rate limits go;
 //! - [`cleaner`]: delivered webhook deliveries (with their attempts) and settled Stripe events go
-//!   once older than the retention. Events stay: they are the record.
+//!   once older than the retention. Events stay: they are the record;
+//! - [`gauges`]: the database's gauges for `/metrics` (queue depth, sagas by status) are read.
 
 pub mod cleaner;
+pub mod gauges;
 pub mod holds;
 pub mod rate_windows;
 pub mod rescuer;
@@ -24,9 +26,9 @@ use tracing::warn;
 
 use crate::store::queues::{DeliveryQueue, SagaQueue, StripeEventQueue};
 
-/// How maintenance runs.
+/// How maintenance runs (built by [`crate::config::Settings`]).
 #[derive(Debug, Clone)]
-pub struct Config {
+pub struct MaintenanceConfig {
     /// The length of one round; each service runs every so many rounds ([`SERVICES`]).
     pub interval: Duration,
     /// How long delivered webhook deliveries (with their attempts) and settled Stripe events are
@@ -34,17 +36,8 @@ pub struct Config {
     pub retention: Duration,
 }
 
-/// The default retention: 30 days.
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            interval: Duration::from_secs(1),
-            retention: DEFAULT_RETENTION,
-        }
-    }
-}
+/// The length of a round.
+pub const INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a service's run left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,11 +59,15 @@ pub enum Service {
     RateWindows,
     DeliveryCleaner,
     StripeEventCleaner,
+    Gauges,
 }
 
 /// Cleaners run every this many rounds (a minute by default), and again the next round while
 /// they stop at their cap.
 const CLEAN_EVERY: u64 = 60;
+
+/// The database's gauges are read every this many rounds (5 seconds by default).
+pub const GAUGES_EVERY: u64 = 5;
 
 /// Every service, in the order a round runs them, and every how many rounds it runs.
 ///
@@ -78,7 +75,7 @@ const CLEAN_EVERY: u64 = 60;
 /// two deadlines often fall together, and a woken saga's compensation would otherwise race this
 /// round to release the same hold (once either way, but with `authentication_timeout` or
 /// `hold_expired` as the reason depending on timing).
-pub const SERVICES: [(Service, u64); 8] = [
+pub const SERVICES: [(Service, u64); 9] = [
     (Service::SagaLeases, 1),
     (Service::StripeEventLeases, 1),
     (Service::DeliveryLeases, 1),
@@ -87,6 +84,7 @@ pub const SERVICES: [(Service, u64); 8] = [
     (Service::RateWindows, 1),
     (Service::DeliveryCleaner, CLEAN_EVERY),
     (Service::StripeEventCleaner, CLEAN_EVERY),
+    (Service::Gauges, GAUGES_EVERY),
 ];
 
 impl Service {
@@ -100,11 +98,16 @@ impl Service {
             Service::RateWindows => "rate_windows",
             Service::DeliveryCleaner => "delivery_cleaner",
             Service::StripeEventCleaner => "stripe_event_cleaner",
+            Service::Gauges => "gauges",
         }
     }
 
     /// Runs the service once.
-    pub async fn run_once(self, pool: &PgPool, config: &Config) -> Result<Progress, sqlx::Error> {
+    pub async fn run_once(
+        self,
+        pool: &PgPool,
+        config: &MaintenanceConfig,
+    ) -> Result<Progress, sqlx::Error> {
         let batches = cleaner::Batches::default();
         match self {
             Service::SagaLeases => rescuer::run_once::<SagaQueue>(pool)
@@ -123,6 +126,7 @@ impl Service {
             Service::StripeEventCleaner => {
                 cleaner::stripe_events(pool, config.retention, batches).await
             }
+            Service::Gauges => gauges::run_once(pool).await.map(|_| Progress::Done),
         }
     }
 }
@@ -135,7 +139,7 @@ fn runs(round: u64, every: u64, behind: bool) -> bool {
 
 /// Runs the services round after round, one round per `config.interval`, until `shutdown`. A
 /// service that fails is logged and counted; the others run on.
-pub async fn run(pool: PgPool, config: Config, shutdown: CancellationToken) {
+pub async fn run(pool: PgPool, config: MaintenanceConfig, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut behind = [false; SERVICES.len()];
@@ -180,10 +184,10 @@ mod tests {
     }
 
     #[test]
-    fn the_quick_services_run_every_round_and_the_cleaners_seldom() {
+    fn the_quick_services_run_every_round_and_the_cleaners_and_gauges_seldom() {
         for (service, every) in SERVICES {
             match service {
-                Service::DeliveryCleaner | Service::StripeEventCleaner => {
+                Service::DeliveryCleaner | Service::StripeEventCleaner | Service::Gauges => {
                     assert!(every > 1, "{service:?}")
                 }
                 _ => assert_eq!(every, 1, "{service:?}"),

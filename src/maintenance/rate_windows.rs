@@ -3,8 +3,8 @@
 
 use sqlx::PgPool;
 
-use crate::store::webhooks;
+use crate::store::outbound;
 
 pub async fn run_once(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    webhooks::prune_rate_windows(pool).await
+    outbound::prune_rate_windows(pool).await
 }

@@ -6,9 +6,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use sqlx::PgConnection;
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use super::stmt::{Binds, Param, Statement, Text};
+use crate::domain::SagaId;
 use crate::events::Event;
 
 /// A booking's status when its saga starts with nothing run ahead.
@@ -16,7 +16,7 @@ pub const REQUESTED: &str = "requested";
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
 pub struct Booking {
-    pub saga_id: Uuid,
+    pub saga_id: SagaId,
     pub listing_id: String,
     pub guest_id: String,
     pub check_in: NaiveDate,
@@ -229,7 +229,7 @@ impl UpdateBooking {
 }
 
 /// The statement of [`apply`].
-pub(super) fn apply_statement(saga_id: Uuid, change: &Change) -> Statement {
+pub(super) fn apply_statement(saga_id: SagaId, change: &Change) -> Statement {
     static TEXT: Text = Text::new();
     let mut b = Binds::new();
     let id = b.push(saga_id);
@@ -241,7 +241,7 @@ pub(super) fn apply_statement(saga_id: Uuid, change: &Change) -> Statement {
 /// itself is created with the saga (`progress::start`).
 pub async fn apply(
     conn: &mut PgConnection,
-    saga_id: Uuid,
+    saga_id: SagaId,
     events: &[&Event],
 ) -> Result<(), sqlx::Error> {
     let change = Change::of(events.iter().copied());
@@ -255,7 +255,7 @@ pub async fn apply(
     Ok(())
 }
 
-pub async fn get(conn: &mut PgConnection, saga_id: Uuid) -> Result<Option<Booking>, sqlx::Error> {
+pub async fn get(conn: &mut PgConnection, saga_id: SagaId) -> Result<Option<Booking>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM bookings WHERE saga_id = $1")
         .bind(saga_id)
         .fetch_optional(conn)

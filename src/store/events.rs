@@ -8,8 +8,8 @@ use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::outbound::{self, FAN_OUT_CTE, WakeDeliveries};
 use super::stmt::{Binds, Param, Statement, Text};
-use super::webhooks::{self, FAN_OUT_CTE, WakeDeliveries};
 use crate::events::{NewEvent, SCHEMA_VERSION};
 
 /// An event as stored.
@@ -31,16 +31,16 @@ pub struct EventRecord {
 }
 
 /// The events of one append, as the arrays the append statement takes.
-pub(crate) struct Batch {
+pub(crate) struct EventColumns {
     pub ids: Vec<Uuid>,
     types: Vec<String>,
     payloads: Vec<serde_json::Value>,
     metadata: Vec<serde_json::Value>,
 }
 
-impl Batch {
+impl EventColumns {
     pub fn new(aggregate_id: Uuid, events: &[NewEvent]) -> Self {
-        let mut b = Batch {
+        let mut b = EventColumns {
             ids: Vec::with_capacity(events.len()),
             types: Vec::with_capacity(events.len()),
             payloads: Vec::with_capacity(events.len()),
@@ -69,7 +69,7 @@ impl Batch {
     }
 }
 
-/// The CTEs that append a [`Batch`] and fan it out to webhook deliveries (the outbox): `e`,
+/// The CTEs that append an [`EventColumns`] and fan it out to webhook deliveries (the outbox): `e`,
 /// `appended`, `pub_events` and `deliveries`. A statement part.
 pub(crate) struct AppendEvents {
     aggregate_type: Param,
@@ -82,7 +82,7 @@ pub(crate) struct AppendEvents {
 }
 
 impl AppendEvents {
-    pub(crate) fn new(b: &mut Binds, batch: &Batch, aggregate_type: &str) -> Self {
+    pub(crate) fn new(b: &mut Binds, batch: &EventColumns, aggregate_type: &str) -> Self {
         Self {
             aggregate_type: b.push(aggregate_type),
             schema_version: b.push(SCHEMA_VERSION),
@@ -90,7 +90,7 @@ impl AppendEvents {
             types: b.push(&batch.types),
             payloads: b.push(&batch.payloads),
             metadata: b.push(&batch.metadata),
-            published: b.push(webhooks::published_types(&batch.types)),
+            published: b.push(outbound::published_types(&batch.types)),
         }
     }
 
@@ -139,7 +139,7 @@ pub(super) fn append_statement(
     aggregate_type: &str,
     aggregate_id: Uuid,
     first_version: i32,
-    batch: &Batch,
+    batch: &EventColumns,
 ) -> Statement {
     static TEXT: Text = Text::new();
     let mut b = Binds::new();
@@ -168,7 +168,7 @@ pub async fn append(
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let batch = Batch::new(aggregate_id, events);
+    let batch = EventColumns::new(aggregate_id, events);
     append_statement(aggregate_type, aggregate_id, first_version, &batch)
         .query()?
         .fetch_optional(&mut *conn)

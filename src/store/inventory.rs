@@ -5,6 +5,7 @@ use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use super::stmt::{Binds, Param, Statement, Text};
+use crate::domain::SagaId;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum HoldResult {
@@ -27,7 +28,7 @@ pub enum HoldResult {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewHold<'a> {
     pub id: Uuid,
-    pub saga_id: Uuid,
+    pub saga_id: SagaId,
     pub listing_id: &'a str,
     pub check_in: NaiveDate,
     pub check_out: NaiveDate,
@@ -37,7 +38,7 @@ pub struct NewHold<'a> {
 impl<'a> NewHold<'a> {
     /// A new hold of `listing_id` for the stay, expiring `ttl` from `now`.
     pub fn new(
-        saga_id: Uuid,
+        saga_id: SagaId,
         listing_id: &'a str,
         (check_in, check_out): (NaiveDate, NaiveDate),
         now: DateTime<Utc>,
@@ -137,7 +138,10 @@ pub async fn hold(conn: &mut PgConnection, new: &NewHold<'_>) -> Result<HoldResu
 }
 
 /// Releases the saga's active claim (hold or booking); `None` when there is nothing to release.
-pub async fn release(conn: &mut PgConnection, saga_id: Uuid) -> Result<Option<Uuid>, sqlx::Error> {
+pub async fn release(
+    conn: &mut PgConnection,
+    saga_id: SagaId,
+) -> Result<Option<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "UPDATE inventory_claims SET status = 'released', released_at = now()
          WHERE saga_id = $1 AND status = 'active' RETURNING id",
@@ -166,7 +170,7 @@ pub(crate) fn convert_to_booking_sql(saga_id: Param, and: &str) -> String {
 }
 
 /// The statement of [`convert_to_booking`].
-pub(super) fn convert_to_booking_statement(saga_id: Uuid) -> Statement {
+pub(super) fn convert_to_booking_statement(saga_id: SagaId) -> Statement {
     static TEXT: Text = Text::new();
     let mut b = Binds::new();
     let id = b.push(saga_id);
@@ -177,7 +181,7 @@ pub(super) fn convert_to_booking_statement(saga_id: Uuid) -> Statement {
 /// before the expiry sweep marks it.
 pub async fn convert_to_booking(
     conn: &mut PgConnection,
-    saga_id: Uuid,
+    saga_id: SagaId,
 ) -> Result<ConfirmResult, sqlx::Error> {
     let id: Option<Uuid> = convert_to_booking_statement(saga_id)
         .query()?
@@ -192,7 +196,7 @@ pub async fn convert_to_booking(
 pub async fn expire_holds(
     conn: &mut PgConnection,
     limit: i64,
-) -> Result<Vec<(Uuid, Uuid, String)>, sqlx::Error> {
+) -> Result<Vec<(SagaId, Uuid, String)>, sqlx::Error> {
     sqlx::query_as(
         "UPDATE inventory_claims c SET status = 'expired', released_at = now()
          FROM sagas s

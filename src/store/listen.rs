@@ -10,19 +10,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::domain::SagaId;
 use backon::{ExponentialBuilder, Retryable};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
-use uuid::Uuid;
 
 enum Sink {
     /// Wake a queue's dispatcher; the payload does not matter.
     Wake(Arc<Notify>),
     /// Forward the payload, a saga id, to whoever waits for it.
-    Ids(broadcast::Sender<Uuid>),
+    Ids(broadcast::Sender<SagaId>),
     /// Note the payload, a saga id, and when it was heard.
     Log(Arc<Heard>),
 }
@@ -49,7 +49,7 @@ pub struct Heard {
 struct HeardState {
     /// Since when the connection has been listening without a break (`None`: it is down).
     listening_since: Option<Instant>,
-    ids: HashMap<Uuid, Instant>,
+    ids: HashMap<SagaId, Instant>,
 }
 
 impl Heard {
@@ -62,7 +62,7 @@ impl Heard {
     /// Whether `id` was heard at or after `since`: `Some(false)` only when every notification sent
     /// since then has been received (the connection listened throughout, and `since` is recent
     /// enough to be remembered); `None` when one may have been missed.
-    pub fn since(&self, id: Uuid, since: Instant) -> Option<bool> {
+    pub fn since(&self, id: SagaId, since: Instant) -> Option<bool> {
         let s = self.lock();
         if s.ids.get(&id).is_some_and(|at| *at >= since) {
             return Some(true);
@@ -71,7 +71,7 @@ impl Heard {
         (listening && since.elapsed() < HEARD_FOR).then_some(false)
     }
 
-    fn heard(&self, id: Uuid) {
+    fn heard(&self, id: SagaId) {
         let now = Instant::now();
         let mut s = self.lock();
         s.ids.retain(|_, at| now.duration_since(*at) < HEARD_FOR);
@@ -106,7 +106,7 @@ impl Channels {
     }
 
     /// Forwards `channel`'s payloads that parse as a UUID to `to`.
-    pub fn forward_ids(&mut self, channel: &'static str, to: broadcast::Sender<Uuid>) {
+    pub fn forward_ids(&mut self, channel: &'static str, to: broadcast::Sender<SagaId>) {
         self.sinks.push((channel, Sink::Ids(to)));
     }
 
@@ -145,12 +145,12 @@ impl Channels {
             match sink {
                 Sink::Wake(w) => w.notify_one(),
                 Sink::Ids(to) => {
-                    if let Ok(id) = payload.parse::<Uuid>() {
+                    if let Ok(id) = payload.parse::<SagaId>() {
                         let _ = to.send(id);
                     }
                 }
                 Sink::Log(heard) => {
-                    if let Ok(id) = payload.parse::<Uuid>() {
+                    if let Ok(id) = payload.parse::<SagaId>() {
                         heard.heard(id);
                     }
                 }
@@ -224,7 +224,7 @@ mod tests {
     #[test]
     fn heard_tells_notified_from_not_notified_only_while_listening_throughout() {
         let heard = Heard::default();
-        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let (a, b) = (SagaId::new(), SagaId::new());
         let before_listening = Instant::now();
         // Not listening yet: nothing can be told.
         assert_eq!(heard.since(a, before_listening), None);

@@ -7,12 +7,12 @@ pub mod events;
 pub mod inventory;
 pub mod kept;
 pub mod listen;
+pub mod outbound;
 pub mod progress;
 pub mod queues;
 pub mod sagas;
 mod stmt;
-pub mod stripe_events;
-pub mod webhooks;
+pub mod stripe_inbox;
 
 #[cfg(test)]
 mod snapshots;

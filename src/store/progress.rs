@@ -7,21 +7,21 @@ use std::fmt;
 use std::time::Duration;
 
 use sqlx::{FromRow, PgConnection, Row};
-use uuid::Uuid;
 
 use super::bookings::{self, InsertRequested, UpdateBooking};
 use super::events::{self, AppendEvents};
 use super::inventory::{self, PlaceHold};
+use super::outbound::WakeDeliveries;
 use super::sagas::{COLUMNS, SagaRow};
 use super::stmt::{Binds, Param, Statement, Text};
-use super::webhooks::WakeDeliveries;
 use super::{DONE_CHANNEL, WORK_CHANNEL};
+use crate::domain::SagaId;
 use crate::engine::model::{Fence, SagaStatus, StepOutcome, Transition};
 use crate::events::{Event, NewEvent};
 
 /// A saga to start.
 pub struct NewSaga<'a> {
-    pub id: Uuid,
+    pub id: SagaId,
     pub saga_name: &'a str,
     pub saga_version: i32,
     pub input: &'a serde_json::Value,
@@ -54,7 +54,7 @@ pub enum InsertOutcome {
     /// The new saga as inserted: past the steps ahead when its `current_step` is theirs.
     Created(Box<SagaRow>),
     /// The idempotency key was used before: the saga it started and that request's fingerprint.
-    Existing { id: Uuid, fingerprint: String },
+    Existing { id: SagaId, fingerprint: String },
 }
 
 /// The `INSERT` of a new saga as the CTE `s`, which returns its row: a statement part.
@@ -166,9 +166,9 @@ impl StepRows {
     fn new(b: &mut Binds, steps: &[StepOutcome]) -> Self {
         Self {
             index: b.push(steps.iter().map(|s| s.index).collect::<Vec<_>>()),
-            phase: b.push(steps.iter().map(|s| s.phase).collect::<Vec<_>>()),
+            phase: b.push(steps.iter().map(|s| s.phase.as_str()).collect::<Vec<_>>()),
             name: b.push(steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()),
-            status: b.push(steps.iter().map(|s| s.status).collect::<Vec<_>>()),
+            status: b.push(steps.iter().map(|s| s.status.as_str()).collect::<Vec<_>>()),
             attempts: b.push(steps.iter().map(|s| s.attempts).collect::<Vec<_>>()),
             error: b.push(steps.iter().map(|s| s.error.as_deref()).collect::<Vec<_>>()),
         }
@@ -221,7 +221,7 @@ struct StartAheadParts {
 
 impl Start {
     fn new(b: &mut Binds, saga: &NewSaga<'_>, first: &Event, wake: bool) -> Self {
-        let batch = events::Batch::new(saga.id, saga.events);
+        let batch = events::EventColumns::new(saga.id.0, saga.events);
         let insert = InsertSaga::new(b, saga);
         let wake_workers = WakeWorkers::new(b, wake);
         let wake_deliveries = WakeDeliveries::new(b);
@@ -339,7 +339,7 @@ pub async fn start(
     if let Some(row) = q.fetch_optional(&mut *conn).await? {
         return Ok(InsertOutcome::Created(Box::new(SagaRow::from_row(&row)?)));
     }
-    let (id, fingerprint): (Uuid, Option<String>) =
+    let (id, fingerprint): (SagaId, Option<String>) =
         sqlx::query_as("SELECT id, request_fingerprint FROM sagas WHERE idempotency_key = $1")
             .bind(saga.idempotency_key)
             .fetch_one(&mut *conn)
@@ -474,7 +474,7 @@ struct NotifyOutcome {
 }
 
 impl NotifyOutcome {
-    fn new(b: &mut Binds, id: Uuid, t: &Transition) -> Self {
+    fn new(b: &mut Binds, id: SagaId, t: &Transition) -> Self {
         let (channel, payload) = match (t.keep_lease, t.status) {
             (Some(_), _) => (None, None),
             (None, SagaStatus::Running | SagaStatus::Compensating) => {
@@ -508,7 +508,7 @@ struct Outcome {
 impl Outcome {
     fn new(b: &mut Binds, r: &Record<'_>) -> Self {
         let (f, t) = (r.fence, r.transition);
-        let batch = events::Batch::new(f.id, r.events);
+        let batch = events::EventColumns::new(f.id.0, r.events);
         let saga = UpdateSaga::new(b, f, t);
         let events = AppendEvents::new(b, &batch, r.saga_name);
         let booking = UpdateBooking::new(b, r.booking);

@@ -3,7 +3,7 @@
 //! channel); the statements the core needs are made from that once, for every table: the claim
 //! (`FOR UPDATE SKIP LOCKED` under a lease), the next due time, and the hand-back of leased rows
 //! (lease rescue, shutdown). Webhook deliveries claim their own way (per-endpoint slots,
-//! [`webhooks::claim_due`]). Completing a row stays with each table's own guarded statements.
+//! [`outbound::claim_due`]). Completing a row stays with each table's own guarded statements.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -11,9 +11,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Postgres};
-use uuid::Uuid;
 
-use super::{WORK_CHANNEL, sagas, sqlstate, stripe_events, webhooks};
+use super::{WORK_CHANNEL, outbound, sagas, sqlstate, stripe_inbox};
+use crate::domain::{DeliveryId, SagaId};
 use crate::queue::Table;
 
 /// Where a table keeps its queue.
@@ -204,20 +204,20 @@ static SAGAS: Spec = Spec {
 
 static STRIPE_EVENTS: Spec = Spec {
     table: "stripe_events",
-    columns: stripe_events::COLUMNS,
+    columns: stripe_inbox::COLUMNS,
     waiting: "status = 'pending'",
     due: "next_attempt_at",
     status: Some(("processing", "pending")),
     attempts: "attempts",
     give_back_attempts: true,
     updated_at: false,
-    channel: stripe_events::INBOX_CHANNEL,
+    channel: stripe_inbox::INBOX_CHANNEL,
     statements: OnceLock::new(),
 };
 
 static WEBHOOK_DELIVERIES: Spec = Spec {
     table: "webhook_deliveries",
-    // Unused: deliveries are claimed with their endpoint slots (`webhooks::claim_due`).
+    // Unused: deliveries are claimed with their endpoint slots (`outbound::claim_due`).
     columns: "id",
     // Deliveries of a disabled endpoint wait for it to be enabled again.
     waiting: "status = 'pending' AND EXISTS (SELECT 1 FROM webhook_endpoints e
@@ -227,7 +227,7 @@ static WEBHOOK_DELIVERIES: Spec = Spec {
     attempts: "attempts",
     give_back_attempts: true,
     updated_at: true,
-    channel: webhooks::WEBHOOK_CHANNEL,
+    channel: outbound::WEBHOOK_CHANNEL,
     statements: OnceLock::new(),
 };
 
@@ -236,13 +236,13 @@ pub struct SagaQueue;
 
 impl Table for SagaQueue {
     type Row = sagas::SagaRow;
-    type Id = Uuid;
+    type Id = SagaId;
 
     fn spec() -> &'static Spec {
         &SAGAS
     }
 
-    fn id(row: &sagas::SagaRow) -> Uuid {
+    fn id(row: &sagas::SagaRow) -> SagaId {
         row.id
     }
 }
@@ -251,14 +251,14 @@ impl Table for SagaQueue {
 pub struct StripeEventQueue;
 
 impl Table for StripeEventQueue {
-    type Row = stripe_events::StripeEventRow;
+    type Row = stripe_inbox::StripeEventRow;
     type Id = String;
 
     fn spec() -> &'static Spec {
         &STRIPE_EVENTS
     }
 
-    fn id(row: &stripe_events::StripeEventRow) -> String {
+    fn id(row: &stripe_inbox::StripeEventRow) -> String {
         row.id.clone()
     }
 }
@@ -270,8 +270,8 @@ pub struct DeliveryQueue {
 }
 
 impl Table for DeliveryQueue {
-    type Row = webhooks::ClaimedDelivery;
-    type Id = Uuid;
+    type Row = outbound::ClaimedDelivery;
+    type Id = DeliveryId;
     /// Deliveries of an endpoint at its cap are due but not claimable until a slot frees.
     const MIN_SLEEP: Duration = Duration::from_millis(5);
 
@@ -279,7 +279,7 @@ impl Table for DeliveryQueue {
         &WEBHOOK_DELIVERIES
     }
 
-    fn id(row: &webhooks::ClaimedDelivery) -> Uuid {
+    fn id(row: &outbound::ClaimedDelivery) -> DeliveryId {
         row.id
     }
 
@@ -289,11 +289,11 @@ impl Table for DeliveryQueue {
         worker: &str,
         lease: Duration,
         limit: i64,
-    ) -> Result<Vec<webhooks::ClaimedDelivery>, sqlx::Error> {
-        webhooks::claim_due(pool, worker, lease, limit, self.per_endpoint).await
+    ) -> Result<Vec<outbound::ClaimedDelivery>, sqlx::Error> {
+        outbound::claim_due(pool, worker, lease, limit, self.per_endpoint).await
     }
 
-    /// Another process took the same endpoint slot meanwhile (`webhooks::claim_due`).
+    /// Another process took the same endpoint slot meanwhile (`outbound::claim_due`).
     fn contended(error: &sqlx::Error) -> bool {
         super::sqlstate(error).as_deref() == Some(sqlstate::UNIQUE_VIOLATION)
     }

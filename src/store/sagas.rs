@@ -6,17 +6,17 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use super::{CANCEL_CHANNEL, WORK_CHANNEL};
-use crate::engine::model::SagaStatus;
+use crate::domain::SagaId;
+use crate::engine::model::{SagaStatus, StepPhase, StepStatus};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SagaRow {
-    pub id: Uuid,
+    pub id: SagaId,
     pub saga_name: String,
     pub saga_version: i32,
-    pub status: String,
+    pub status: SagaStatus,
     pub current_step: i32,
     pub attempt: i32,
     pub input: serde_json::Value,
@@ -37,13 +37,6 @@ pub struct SagaRow {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-impl SagaRow {
-    pub fn status(&self) -> SagaStatus {
-        // The column's CHECK constraint admits only known values.
-        SagaStatus::parse(&self.status).unwrap_or(SagaStatus::Stuck)
-    }
-}
-
 pub(super) const COLUMNS: &str = "id, saga_name, saga_version, status, current_step, attempt, input, context, next_run_at, \
     locked_by, locked_until, wait_key, wait_deadline, failure_step, failure_reason, cancel_requested, \
     event_version, idempotency_key, request_fingerprint, created_at, updated_at, finished_at";
@@ -52,7 +45,7 @@ pub(super) const COLUMNS: &str = "id, saga_name, saga_version, status, current_s
 /// the first one.
 pub async fn reserve_event_versions(
     conn: &mut PgConnection,
-    id: Uuid,
+    id: SagaId,
     n: i32,
 ) -> Result<i32, sqlx::Error> {
     let last: i32 = sqlx::query_scalar(
@@ -66,7 +59,7 @@ pub async fn reserve_event_versions(
     Ok(last - n + 1)
 }
 
-pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<SagaRow>, sqlx::Error> {
+pub async fn get(conn: &mut PgConnection, id: SagaId) -> Result<Option<SagaRow>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM sagas WHERE id = $1"
     )))
@@ -82,7 +75,7 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<SagaRow>, s
 /// tell by itself: its listener may have missed a cancellation.)
 pub async fn may_go_on(
     pool: &PgPool,
-    id: Uuid,
+    id: SagaId,
     worker: &str,
     floor: Duration,
 ) -> Result<bool, sqlx::Error> {
@@ -101,7 +94,7 @@ pub async fn may_go_on(
 }
 
 /// Gives a lease back without an outcome (shutdown): the saga is due again at once.
-pub async fn release_lease(pool: &PgPool, id: Uuid, worker: &str) -> Result<bool, sqlx::Error> {
+pub async fn release_lease(pool: &PgPool, id: SagaId, worker: &str) -> Result<bool, sqlx::Error> {
     let n = sqlx::query(
         "WITH r AS (UPDATE sagas SET locked_by = NULL, locked_until = NULL, next_run_at = now(), updated_at = now()
                     WHERE id = $1 AND locked_by = $2 RETURNING id)
@@ -117,7 +110,7 @@ pub async fn release_lease(pool: &PgPool, id: Uuid, worker: &str) -> Result<bool
 }
 
 /// Wakes parked sagas whose deadline passed; the step re-runs and decides.
-pub async fn wake_expired_waits(pool: &PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
+pub async fn wake_expired_waits(pool: &PgPool) -> Result<Vec<SagaId>, sqlx::Error> {
     sqlx::query_scalar(
         "WITH r AS (UPDATE sagas SET status = 'running', wait_key = NULL, attempt = 0, next_run_at = now(), updated_at = now()
                     WHERE status = 'waiting' AND wait_deadline <= now() RETURNING id),
@@ -130,7 +123,7 @@ pub async fn wake_expired_waits(pool: &PgPool) -> Result<Vec<Uuid>, sqlx::Error>
 }
 
 /// Wakes the saga parked on `wait_key` (an outside event arrived). Returns its id if one was waiting.
-pub async fn wake(conn: &mut PgConnection, wait_key: &str) -> Result<Option<Uuid>, sqlx::Error> {
+pub async fn wake(conn: &mut PgConnection, wait_key: &str) -> Result<Option<SagaId>, sqlx::Error> {
     sqlx::query_scalar(
         "WITH r AS (UPDATE sagas SET status = 'running', wait_key = NULL, attempt = 0, next_run_at = now(), updated_at = now()
                     WHERE status = 'waiting' AND wait_key = $1 RETURNING id),
@@ -154,8 +147,8 @@ pub enum CancelOutcome {
 /// after the step in flight otherwise. A completed saga is re-opened to be compensated. The
 /// commit also notifies `CANCEL_CHANNEL` with the saga id: a worker in the middle of a run of
 /// remote steps learns of it before the next one (a capture, say).
-pub async fn request_cancel(pool: &PgPool, id: Uuid) -> Result<CancelOutcome, sqlx::Error> {
-    let row: Option<(String, bool)> = sqlx::query_as(
+pub async fn request_cancel(pool: &PgPool, id: SagaId) -> Result<CancelOutcome, sqlx::Error> {
+    let row: Option<(SagaStatus, bool)> = sqlx::query_as(
         "WITH cur AS (SELECT id, status FROM sagas WHERE id = $1 FOR UPDATE),
               upd AS (UPDATE sagas s SET cancel_requested = true,
                              status = CASE WHEN s.status IN ('waiting', 'completed') THEN 'running' ELSE s.status END,
@@ -176,12 +169,8 @@ pub async fn request_cancel(pool: &PgPool, id: Uuid) -> Result<CancelOutcome, sq
     .await?;
     Ok(match row {
         None => CancelOutcome::NotFound,
-        Some((status, true)) => {
-            CancelOutcome::Requested(SagaStatus::parse(&status).unwrap_or(SagaStatus::Running))
-        }
-        Some((status, false)) => {
-            CancelOutcome::NotCancellable(SagaStatus::parse(&status).unwrap_or(SagaStatus::Stuck))
-        }
+        Some((status, true)) => CancelOutcome::Requested(status),
+        Some((status, false)) => CancelOutcome::NotCancellable(status),
     })
 }
 
@@ -190,7 +179,7 @@ pub struct ListFilter {
     pub status: Option<SagaStatus>,
     pub saga_name: Option<String>,
     /// Keyset cursor: list sagas strictly older than (created_at, id).
-    pub before: Option<(DateTime<Utc>, Uuid)>,
+    pub before: Option<(DateTime<Utc>, SagaId)>,
     pub limit: i64,
 }
 
@@ -200,7 +189,7 @@ pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<SagaRow>, sqlx::E
     // index (connections use generic plans, see `store::connect`).
     let mut q = sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM sagas WHERE true"));
     if let Some(status) = f.status {
-        q.push(" AND status = ").push_bind(status.as_str());
+        q.push(" AND status = ").push_bind(status);
     }
     if let Some(name) = &f.saga_name {
         q.push(" AND saga_name = ").push_bind(name);
@@ -221,18 +210,19 @@ pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<SagaRow>, sqlx::E
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
 pub struct StepRecord {
     pub step_index: i32,
-    /// `forward` or `compensation`.
-    pub phase: String,
+    pub phase: StepPhase,
     pub step_name: String,
-    /// running, succeeded, failed, waiting or skipped.
-    pub status: String,
+    pub status: StepStatus,
     pub attempts: i32,
     pub last_error: Option<String>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-pub async fn steps(conn: &mut PgConnection, saga_id: Uuid) -> Result<Vec<StepRecord>, sqlx::Error> {
+pub async fn steps(
+    conn: &mut PgConnection,
+    saga_id: SagaId,
+) -> Result<Vec<StepRecord>, sqlx::Error> {
     sqlx::query_as(
         "SELECT step_index, phase, step_name, status, attempts, last_error, started_at, finished_at
          FROM saga_steps WHERE saga_id = $1
@@ -245,13 +235,11 @@ pub async fn steps(conn: &mut PgConnection, saga_id: Uuid) -> Result<Vec<StepRec
 }
 
 /// A saga's status; `None` when there is no such saga.
-pub async fn status(pool: &PgPool, id: Uuid) -> Result<Option<SagaStatus>, sqlx::Error> {
-    let status: Option<String> = sqlx::query_scalar("SELECT status FROM sagas WHERE id = $1")
+pub async fn status(pool: &PgPool, id: SagaId) -> Result<Option<SagaStatus>, sqlx::Error> {
+    sqlx::query_scalar("SELECT status FROM sagas WHERE id = $1")
         .bind(id)
         .fetch_optional(pool)
-        .await?;
-    // The column's CHECK constraint admits only known values.
-    Ok(status.map(|s| SagaStatus::parse(&s).unwrap_or(SagaStatus::Stuck)))
+        .await
 }
 
 /// The work queue at a glance: how many sagas are due and unclaimed, and how long the oldest of
@@ -276,7 +264,7 @@ pub async fn queue_depth(pool: &PgPool) -> Result<QueueDepth, sqlx::Error> {
 }
 
 /// How many sagas there are of each (saga name, status).
-pub async fn count_by_status(pool: &PgPool) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+pub async fn count_by_status(pool: &PgPool) -> Result<Vec<(String, SagaStatus, i64)>, sqlx::Error> {
     sqlx::query_as("SELECT saga_name, status, count(*) FROM sagas GROUP BY 1, 2")
         .fetch_all(pool)
         .await

@@ -12,8 +12,9 @@ use uuid::Uuid;
 
 use super::inventory::{self, NewHold};
 use super::stmt::Statement;
-use super::{bookings, events, progress, webhooks};
-use crate::engine::model::{Fence, SagaStatus, StepOutcome, Transition};
+use super::{bookings, events, outbound, progress};
+use crate::domain::SagaId;
+use crate::engine::model::{Fence, SagaStatus, StepOutcome, StepPhase, StepStatus, Transition};
 use crate::events::{Event, NewEvent};
 
 /// The highest `$n` in `sql`.
@@ -106,9 +107,9 @@ fn booking_requested() -> NewEvent {
 fn step(index: i32, name: &str) -> StepOutcome {
     StepOutcome {
         index,
-        phase: "forward",
+        phase: StepPhase::Forward,
         name: name.into(),
-        status: "succeeded",
+        status: StepStatus::Succeeded,
         attempts: 1,
         error: None,
     }
@@ -120,7 +121,7 @@ fn new_saga<'a>(
     ahead: Option<progress::StartAhead<'a>>,
 ) -> progress::NewSaga<'a> {
     progress::NewSaga {
-        id: Uuid::now_v7(),
+        id: SagaId::new(),
         saga_name: "booking",
         saga_version: 1,
         input,
@@ -136,7 +137,7 @@ fn new_saga<'a>(
 /// and finishing with events, a failure and a step row.
 fn record_statements(convert_hold: bool) -> [Statement; 2] {
     let fence = Fence {
-        id: Uuid::now_v7(),
+        id: SagaId::new(),
         status: SagaStatus::Running,
         current_step: 2,
         attempt: 1,
@@ -187,7 +188,7 @@ fn statements_match_their_snapshots() {
             expires_at: chrono::Utc::now(),
         }),
     ];
-    let saga_id = Uuid::now_v7();
+    let saga_id = SagaId::new();
     let hold = NewHold::new(
         saga_id,
         "villa-7",
@@ -209,7 +210,7 @@ fn statements_match_their_snapshots() {
     };
     let plain = new_saga(&input, &first, None);
     let with_ahead = new_saga(&input, &with_held, Some(ahead));
-    let batch = events::Batch::new(saga_id, &with_held);
+    let batch = events::EventColumns::new(saga_id.0, &with_held);
     let change = bookings::Change::of(with_held.iter().map(|e| &e.event));
     let [record_plain, record_plain_finishing] = record_statements(false);
     let [record_converting, record_converting_finishing] = record_statements(true);
@@ -247,12 +248,12 @@ fn statements_match_their_snapshots() {
         (
             "events_append",
             "events::append: events and their webhook deliveries",
-            events::append_statement("booking", saga_id, 3, &batch),
+            events::append_statement("booking", saga_id.0, 3, &batch),
         ),
         (
             "webhooks_fan_out",
             "webhooks::fan_out: webhook deliveries of events appended before",
-            webhooks::fan_out_statement(&batch.ids, &["BookingConfirmed".to_owned()]),
+            outbound::fan_out_statement(&batch.ids, &["BookingConfirmed".to_owned()]),
         ),
         (
             "bookings_apply",

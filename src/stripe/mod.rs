@@ -2,9 +2,7 @@
 //! The Stripe test double is its own crate (`crates/stripe-double`).
 
 pub mod client;
-pub mod inbound;
 mod transport;
-pub mod webhook;
 
 pub use client::{
     AuthorizeRequest, ClientOptions, Error, PaymentIntentInfo, PaymentIntentStatus, RefundInfo,

@@ -170,7 +170,7 @@ async fn run(work: &Path, sagas: usize, kills: usize) -> anyhow::Result<()> {
     };
     let mut sagad = start_sagad(&env).await;
     // Stripe tells sagad what happened, duplicated, delayed and out of order, through the kills.
-    double.configure_webhooks(stripe_double::WebhookConfig {
+    double.configure_webhooks(stripe_double::WebhookTarget {
         url: format!("{}/webhooks/stripe", sagad.base),
         secrets: vec![STRIPE_WEBHOOK_SECRET.into()],
         duplicate: 1,
@@ -546,7 +546,7 @@ async fn check_webhooks(pool: &PgPool, receiver: &Receiver, env: &Env) -> anyhow
     let published: i64 =
         sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = ANY($1)")
             .bind(
-                sagad::webhooks::catalog::PUBLISHED
+                sagad::outbound::catalog::PUBLISHED
                     .iter()
                     .map(|(internal, _)| internal.to_string())
                     .collect::<Vec<_>>(),

@@ -20,7 +20,7 @@ use crate::harness::{
 /// What `worker` holds after a first claim of step `step` of a running saga.
 fn fence(id: uuid::Uuid, step: i32, worker: &str) -> Fence {
     Fence {
-        id,
+        id: id.into(),
         status: SagaStatus::Running,
         current_step: step,
         attempt: 1,
@@ -90,9 +90,9 @@ async fn a_worker_that_dies_after_its_claim_is_replaced_when_the_lease_expires()
         )],
         step: Some(StepOutcome {
             index: 1,
-            phase: "forward",
+            phase: sagad::engine::model::StepPhase::Forward,
             name: "authorize_payment".into(),
-            status: "failed",
+            status: sagad::engine::model::StepStatus::Failed,
             attempts: 9,
             error: Some("stale".into()),
         }),

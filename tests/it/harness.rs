@@ -6,14 +6,13 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use sagad::config::Role;
+use sagad::config::{Role, ServeArgs, Settings};
 use sagad::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
-use sagad::engine::EngineConfig;
 use sagad::engine::actions::NotifyConfig;
 use sagad::engine::definition::SagaDefinition;
-use sagad::server::{self, Settings};
+use sagad::outbound::OutboundConfig;
+use sagad::server;
 use sagad::store;
-use sagad::stripe::client::StripeClient;
 use sagad_test_support::Receiver;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
@@ -155,23 +154,50 @@ pub struct AppOptions {
     /// Endpoint secrets for `POST /webhooks/stripe` (empty: the route is not served).
     pub stripe_webhook_secrets: Vec<String>,
     /// Outgoing webhooks (tests: http and 127.0.0.1 allowed, ms-scale retries).
-    pub webhooks: sagad::webhooks::WebhookConfig,
+    pub outbound: OutboundConfig,
+    /// Serve `/metrics` on an address of its own ([`TestApp::metrics_base`]).
+    pub metrics_listener: bool,
+    /// The bearer token `/metrics` requires.
+    pub metrics_token: Option<String>,
 }
 
-/// Webhook settings for tests: http and loopback receivers allowed, retries 30 ms apart.
-pub fn test_webhook_config() -> sagad::webhooks::WebhookConfig {
-    sagad::webhooks::WebhookConfig {
-        allow_http: true,
-        allow_nets: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
-        timeout: Duration::from_secs(2),
-        poll_interval: Duration::from_millis(50),
-        retry: sagad::webhooks::RetryPolicy {
-            schedule: vec![Duration::from_millis(30); 3],
-            jitter: 0.0,
-        },
-        shutdown_grace: Duration::from_secs(2),
-        ..Default::default()
-    }
+/// The settings every test instance starts from: sagad's defaults, built the way `sagad serve`
+/// builds its own ([`ServeArgs::defaults`], then [`Settings::from_args`]), with what tests need:
+/// their token and Stripe key, http and loopback webhook receivers, and waits and retries in
+/// milliseconds.
+pub fn test_settings() -> Settings {
+    let mut args = ServeArgs::defaults();
+    args.api_tokens = vec![TOKEN.into()];
+    args.stripe_secret_key = Some("sk_test_sagad_tests".into());
+    args.stripe_webhook_secret = vec![STRIPE_WEBHOOK_SECRET.into()];
+    args.outbound.webhook_allow_http = true;
+    args.outbound.webhook_allow_nets =
+        vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+    args.outbound.webhook_timeout = Duration::from_secs(2);
+    args.outbound.webhook_retry_schedule = vec![Duration::from_millis(30); 3];
+    args.outbound.webhook_retry_jitter = 0.0;
+    let mut s = Settings::from_args(args).expect("test settings");
+    s.definitions = vec![booking_definition()];
+    s.engine.poll_interval = Duration::from_millis(200);
+    s.engine.shutdown_grace = Duration::from_secs(5);
+    let inbox = &mut s.inbound_stripe.inbox;
+    inbox.poll_interval = Duration::from_millis(200);
+    inbox.retry = sagad::engine::retry::RetryPolicy {
+        max_attempts: 12,
+        base_delay: Duration::from_millis(20),
+        max_delay: Duration::from_millis(300),
+        jitter: 0.2,
+    };
+    inbox.shutdown_grace = Duration::from_secs(2);
+    s.outbound.poll_interval = Duration::from_millis(50);
+    s.outbound.shutdown_grace = Duration::from_secs(2);
+    s.maintenance.interval = Duration::from_millis(100);
+    s
+}
+
+/// Outgoing webhook settings for tests: http and loopback receivers allowed, retries 30 ms apart.
+pub fn test_outbound_config() -> OutboundConfig {
+    test_settings().outbound
 }
 
 impl Default for AppOptions {
@@ -183,7 +209,9 @@ impl Default for AppOptions {
             lease: Duration::from_secs(30),
             definitions: vec![booking_definition()],
             stripe_webhook_secrets: vec![STRIPE_WEBHOOK_SECRET.into()],
-            webhooks: test_webhook_config(),
+            outbound: test_outbound_config(),
+            metrics_listener: false,
+            metrics_token: None,
         }
     }
 }
@@ -196,6 +224,8 @@ pub struct TestApp {
     pub double: Arc<StripeDouble>,
     pub notify: Receiver,
     pub http: reqwest::Client,
+    /// `/metrics`'s own base URL, when it has one.
+    pub metrics_base: Option<String>,
     shutdown: CancellationToken,
     server: Option<JoinHandle<Result<(), server::Error>>>,
 }
@@ -225,51 +255,44 @@ pub async fn spawn_instance(
 ) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let settings = Settings {
-        api_tokens: vec![TOKEN.into()],
-        stripe: StripeClient::new("sk_test_sagad_tests", Some(&double.base_url()))
-            .expect("stripe client"),
-        notify: Some(NotifyConfig {
-            url: reqwest::Url::parse(&notify.url).expect("notify url"),
-            secrets: vec![NOTIFY_SECRET.to_vec()],
-        }),
-        engine: EngineConfig {
-            workers: opts.workers,
-            local_queue: opts.local_queue,
-            lease: opts.lease,
-            poll_interval: Duration::from_millis(200),
-            shutdown_grace: Duration::from_secs(5),
-            ..EngineConfig::default()
-        },
-        role: opts.role,
-        definitions: opts.definitions,
-        max_wait: Duration::from_secs(30),
-        stripe_inbound: sagad::stripe::inbound::InboundSettings {
-            webhook_secrets: opts.stripe_webhook_secrets,
-            inbox: sagad::stripe::inbound::InboxConfig {
-                poll_interval: Duration::from_millis(200),
-                retry: sagad::engine::retry::RetryPolicy {
-                    max_attempts: 12,
-                    base_delay: Duration::from_millis(20),
-                    max_delay: Duration::from_millis(300),
-                    jitter: 0.2,
-                },
-                shutdown_grace: Duration::from_secs(2),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-        webhooks: opts.webhooks,
-        maintenance: sagad::maintenance::Config {
-            interval: Duration::from_millis(100),
-            ..Default::default()
-        },
+    let mut settings = test_settings();
+    settings.role = opts.role;
+    settings.stripe.api_base = Some(double.base_url());
+    settings.notify = Some(NotifyConfig {
+        url: reqwest::Url::parse(&notify.url).expect("notify url"),
+        secrets: vec![NOTIFY_SECRET.to_vec()],
+    });
+    settings.engine.workers = opts.workers;
+    settings.engine.local_queue = opts.local_queue;
+    settings.engine.lease = opts.lease;
+    settings.definitions = opts.definitions;
+    settings.inbound_stripe.webhook_secrets = opts.stripe_webhook_secrets;
+    settings.outbound = OutboundConfig {
+        // One name per process, whatever options it was given.
+        worker_id: settings.engine.worker_id.clone(),
+        ..opts.outbound
     };
+    settings.metrics.token = opts.metrics_token;
+    let metrics_listener = if opts.metrics_listener {
+        Some(
+            TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind metrics"),
+        )
+    } else {
+        None
+    };
+    let metrics_base = metrics_listener
+        .as_ref()
+        .map(|l| format!("http://{}", l.local_addr().expect("metrics addr")));
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(server::run(
         settings,
         pool.clone(),
-        listener,
+        server::Listeners {
+            api: listener,
+            metrics: metrics_listener,
+        },
         shutdown.clone(),
     ));
     let mut app = TestApp {
@@ -279,6 +302,7 @@ pub async fn spawn_instance(
         double,
         notify,
         http: reqwest::Client::new(),
+        metrics_base,
         shutdown,
         server: Some(server),
     };

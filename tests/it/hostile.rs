@@ -424,7 +424,7 @@ async fn a_stripe_signature_flood_is_refused_by_its_size_before_any_hmac() {
     let t = chrono::Utc::now().timestamp();
     let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(255 * 1024 - 20));
     let bogus = format!(",v1={}", "ab".repeat(32));
-    let max = sagad::stripe::webhook::MAX_SIGNATURES;
+    let max = sagad::inbound::stripe::signature::MAX_SIGNATURES;
     for (header, expected) in [
         (format!("t={t}{}", bogus.repeat(1000)), "longer than"),
         (format!("t={t}{}", ",v1=0".repeat(max + 1)), "more than"),
@@ -450,7 +450,7 @@ async fn a_stripe_signature_flood_is_refused_by_its_size_before_any_hmac() {
 }
 
 async fn post_signed_stripe_event(app: &TestApp, body: &str) -> (u16, Value) {
-    let header = sagad::stripe::webhook::header_value(
+    let header = sagad::inbound::stripe::signature::header_value(
         &[crate::harness::STRIPE_WEBHOOK_SECRET],
         chrono::Utc::now().timestamp(),
         body.as_bytes(),
@@ -634,11 +634,11 @@ async fn a_signed_refund_that_stripe_does_not_show_records_nothing() {
 
 #[tokio::test]
 async fn special_purpose_and_embedded_ipv4_addresses_are_refused_at_registration() {
-    let mut strict = crate::harness::test_webhook_config();
+    let mut strict = crate::harness::test_outbound_config();
     strict.allow_nets.clear();
     let app = crate::harness::spawn_app_with(crate::harness::AppOptions {
         role: sagad::config::Role::Api,
-        webhooks: strict,
+        outbound: strict,
         ..Default::default()
     })
     .await;

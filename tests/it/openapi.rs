@@ -185,7 +185,7 @@ fn request_schemas_are_as_strict_as_the_validation() {
         for p in patterns {
             let p = p.as_str().unwrap_or_default();
             assert!(
-                sagad::webhooks::catalog::validate_pattern(p).is_ok(),
+                sagad::outbound::catalog::validate_pattern(p).is_ok(),
                 "{p} is offered but refused"
             );
         }

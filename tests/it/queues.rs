@@ -25,9 +25,9 @@ fn api_only() -> AppOptions {
 /// `n` pending deliveries, in event order.
 async fn pending_deliveries(pool: &PgPool, url: &str, n: usize) -> (Uuid, Vec<Uuid>) {
     let mut conn = pool.acquire().await.unwrap();
-    let endpoint = store::webhooks::insert_endpoint(
+    let endpoint = store::outbound::insert_endpoint(
         &mut conn,
-        &store::webhooks::NewEndpoint {
+        &store::outbound::NewEndpoint {
             url: url.into(),
             description: "queue tests".into(),
             event_types: vec!["*".into()],
@@ -38,7 +38,8 @@ async fn pending_deliveries(pool: &PgPool, url: &str, n: usize) -> (Uuid, Vec<Uu
     )
     .await
     .unwrap()
-    .id;
+    .id
+    .0;
     let events: Vec<NewEvent> = (0..n)
         .map(|i| {
             NewEvent::from(Event::BookingCancelled {
@@ -260,10 +261,10 @@ async fn shutdown_hands_back_a_delivery_still_in_flight_after_the_grace_period()
     let (_, ids) = pending_deliveries(&api.pool, &url, 1).await;
     let worker = api
         .spawn_sibling(AppOptions {
-            webhooks: sagad::webhooks::WebhookConfig {
+            outbound: sagad::outbound::OutboundConfig {
                 timeout: Duration::from_secs(30),
                 shutdown_grace: Duration::from_millis(300),
-                ..crate::harness::test_webhook_config()
+                ..crate::harness::test_outbound_config()
             },
             ..Default::default()
         })
@@ -442,12 +443,12 @@ async fn the_cleaners_find_old_rows_through_an_index() {
     for (name, sql, index) in [
         (
             "prune_delivered",
-            store::webhooks::PRUNE_DELIVERED,
+            store::outbound::PRUNE_DELIVERED,
             "webhook_deliveries_delivered",
         ),
         (
             "prune_settled",
-            store::stripe_events::PRUNE_SETTLED,
+            store::stripe_inbox::PRUNE_SETTLED,
             "stripe_events_listing",
         ),
     ] {

@@ -262,7 +262,7 @@ mod tests {
     #[test]
     fn recognises_warning_lines() {
         assert!(is_warning(
-            "2026-11-25T10:00:00.000000Z  WARN sagad::webhooks::delivery: webhook lease lost"
+            "2026-11-25T10:00:00.000000Z  WARN sagad::outbound::delivery: webhook lease lost"
         ));
         assert!(is_warning(
             "\u{1b}[2m2026-11-25T10:00:00Z\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m \u{1b}[2msagad\u{1b}[0m: x"

@@ -18,8 +18,8 @@ use tokio::task::JoinSet;
 use super::outgoing::env_or;
 use super::report::StripeIngestion;
 use super::{Bench, EXTRA_CONNECTIONS, ms, progress};
+use sagad::inbound::stripe::event::Kind;
 use sagad::store;
-use sagad::stripe::inbound::event::Kind;
 use stripe_double::envelope;
 use stripe_double::signature;
 
@@ -278,7 +278,7 @@ impl Bench<'_> {
             retried,
             inbox_workers: env_or(
                 "SAGAD_STRIPE_INBOX_WORKERS",
-                sagad::stripe::inbound::InboxConfig::default().workers,
+                sagad::config::ServeArgs::defaults().stripe_inbox_workers as usize,
             ),
             db_pool_size: pool_size,
             log_warnings,
@@ -298,13 +298,13 @@ impl Bench<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sagad::stripe::inbound::event::StripeEvent;
-    use sagad::stripe::webhook;
+    use sagad::inbound::stripe::event::StripeEvent;
+    use sagad::inbound::stripe::signature;
 
     #[test]
     fn events_verify_and_parse_as_sagad_reads_them() {
         let now = 1_700_000_000;
-        let verifier = webhook::Verifier::new(&[SECRET], webhook::DEFAULT_TOLERANCE);
+        let verifier = signature::Verifier::new(&[SECRET], std::time::Duration::from_secs(300));
         for n in 0..TYPES.len() {
             let pis = vec!["pi_first".to_owned()];
             let body = event("b1234", n, payment_intent_of(&pis, n), now).to_string();

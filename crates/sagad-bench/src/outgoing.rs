@@ -308,14 +308,15 @@ impl Bench<'_> {
         super::wait_for_no_backends(&self.admin, &name).await?;
         super::drop_database(&self.admin, &name).await?;
 
-        let defaults = sagad::webhooks::WebhookConfig::default();
+        // What the child runs with: its environment, else sagad's defaults.
+        let defaults = sagad::config::ServeArgs::defaults().outbound;
         let report = WebhookDeliveries {
             outcomes: outcomes.into_iter().collect::<BTreeMap<_, _>>(),
             retried,
-            webhook_workers: env_or("SAGAD_WEBHOOK_WORKERS", defaults.workers),
+            webhook_workers: env_or("SAGAD_WEBHOOK_WORKERS", defaults.webhook_workers as usize),
             endpoint_concurrency: env_or(
                 "SAGAD_WEBHOOK_ENDPOINT_CONCURRENCY",
-                defaults.endpoint_concurrency,
+                defaults.webhook_endpoint_concurrency as usize,
             ),
             db_pool_size: pool_size,
             log_warnings,
@@ -480,7 +481,7 @@ mod tests {
         assert_eq!(events.len(), 6);
         for e in &events {
             assert!(
-                sagad::webhooks::catalog::public_type(e.type_name()).is_some(),
+                sagad::outbound::catalog::public_type(e.type_name()).is_some(),
                 "{} is not published",
                 e.type_name()
             );

@@ -10,7 +10,7 @@
 //! - `POST /_double/payment_intents/{id}/authenticate`, `…/fail_authentication`,
 //!   `…/expire_authorization`
 //! - `GET/POST/DELETE /_double/webhooks`, `POST /_double/disputes`, `…/disputes/{id}/close`:
-//!   signed webhooks to sagad (see `webhooks`)
+//!   signed webhooks to sagad (see `webhook_sender`)
 //!
 //! It depends on nothing of sagad: it is Stripe's side of the wire, for sagad's tests, its
 //! benchmark, `sagad demo`, `sagad serve --dev` and `sagad stripe-double`.
@@ -25,7 +25,7 @@ mod server;
 pub mod signature;
 mod state;
 mod validate;
-mod webhooks;
+mod webhook_sender;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -36,8 +36,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 pub use faults::{Fault, FaultKind, Operation};
-pub use state::{Counters, Effects, EventRecord, PaymentIntentRecord};
-pub use webhooks::{DeliveryRecord, WebhookConfig, envelope};
+pub use state::{Counters, Effects, LedgerEvent, PaymentIntentRecord};
+pub use webhook_sender::{DeliveryRecord, WebhookTarget, envelope};
 
 use faults::Faults;
 use idempotency::IdempotencyStore;
@@ -74,7 +74,7 @@ struct Inner {
     idempotency: IdempotencyStore,
     faults: Faults,
     requests: Vec<RequestRecord>,
-    webhooks: webhooks::WebhookState,
+    webhooks: webhook_sender::WebhookState,
 }
 
 /// State shared by the handlers and the handle. Never locked across an await.
@@ -110,9 +110,9 @@ impl StripeDouble {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::default());
         let (tx, rx) = oneshot::channel::<()>();
-        let app = server::router(shared.clone()).merge(webhooks::routes(shared.clone()));
+        let app = server::router(shared.clone()).merge(webhook_sender::routes(shared.clone()));
         let sender = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(webhooks::run(shared.clone(), sender.clone()));
+        tokio::spawn(webhook_sender::run(shared.clone(), sender.clone()));
         let shared_conns = shared.clone();
         tokio::spawn(async move {
             let shutdown = async {
@@ -190,7 +190,7 @@ impl StripeDouble {
     }
 
     /// The events Stripe would have emitted (`payment_intent.succeeded`…), oldest first.
-    pub fn events(&self) -> Vec<EventRecord> {
+    pub fn events(&self) -> Vec<LedgerEvent> {
         self.shared.lock().ledger.events()
     }
 
@@ -262,8 +262,8 @@ pub async fn serve(
     let shared = Arc::new(Shared::default());
     tracing::info!(addr = %listener.local_addr()?, "stripe test double listening");
     let sender = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(webhooks::run(shared.clone(), sender.clone()));
-    let app = server::router(shared.clone()).merge(webhooks::routes(shared));
+    tokio::spawn(webhook_sender::run(shared.clone(), sender.clone()));
+    let app = server::router(shared.clone()).merge(webhook_sender::routes(shared));
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

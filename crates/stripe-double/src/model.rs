@@ -120,7 +120,7 @@ pub struct Refund {
 
 /// An event the double would deliver as a webhook (`payment_intent.succeeded`…).
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct EventRecord {
+pub struct LedgerEvent {
     pub id: String,
     #[serde(rename = "type")]
     pub kind: String,

@@ -12,7 +12,7 @@ use super::render::{self, ApiError};
 use super::validate::{bool_param, check_known, enum_param, format_amount, int_param, new_id, now};
 
 pub use super::model::{
-    Counters, Effects, EventRecord, Intent, PaymentIntentRecord, Refund, Status,
+    Counters, Effects, Intent, LedgerEvent, PaymentIntentRecord, Refund, Status,
 };
 
 #[derive(Debug, Default)]
@@ -26,7 +26,7 @@ pub struct Ledger {
     /// Generated `pm_…` ids → the test card they stand for.
     payment_methods: HashMap<String, &'static TestCard>,
     counters: Counters,
-    events: Vec<EventRecord>,
+    events: Vec<LedgerEvent>,
 }
 
 pub type OpResult = Result<Value, ApiError>;
@@ -100,7 +100,7 @@ const CANCELABLE: &[Status] = &[
 
 impl Ledger {
     fn record_event(&mut self, kind: &str, object: Value) {
-        self.events.push(EventRecord {
+        self.events.push(LedgerEvent {
             id: new_id("evt"),
             kind: kind.to_owned(),
             created: now(),
@@ -706,7 +706,7 @@ impl Ledger {
         self.counters.clone()
     }
 
-    pub fn events(&self) -> Vec<EventRecord> {
+    pub fn events(&self) -> Vec<LedgerEvent> {
         self.events.clone()
     }
 
@@ -716,7 +716,7 @@ impl Ledger {
     }
 
     /// The events recorded after the first `from` (cheap: clones only those).
-    pub fn events_since(&self, from: usize) -> Vec<EventRecord> {
+    pub fn events_since(&self, from: usize) -> Vec<LedgerEvent> {
         self.events[from.min(self.events.len())..].to_vec()
     }
 

@@ -12,11 +12,11 @@ mod payment;
 use std::time::Duration;
 
 use sqlx::PgConnection;
-use uuid::Uuid;
 
 use super::definition::{ActionCatalog, SagaDefinition, StepDefinition};
 use super::outcome::Outcome;
 use crate::domain::BookingInput;
+use crate::domain::SagaId;
 use crate::stripe::client::StripeClient;
 
 pub use inventory::plan_hold;
@@ -114,7 +114,7 @@ pub struct Deps {
 
 /// What an action knows about the saga it runs for.
 pub struct StepCtx<'a> {
-    pub saga_id: Uuid,
+    pub saga_id: SagaId,
     pub input: &'a BookingInput,
     /// Outputs of the saga's steps so far, by step name.
     pub context: &'a serde_json::Map<String, serde_json::Value>,

@@ -71,7 +71,7 @@ fn answered(status: u16, headers: &reqwest::header::HeaderMap) -> Outcome {
         return Outcome::Retry {
             error,
             effect_possible: false,
-            min_delay: crate::webhooks::retry::retry_after_of(headers),
+            min_delay: crate::outbound::retry::retry_after_of(headers),
         };
     }
     Outcome::fail(error, false)

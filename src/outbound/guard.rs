@@ -522,10 +522,10 @@ mod tests {
 
     #[tokio::test]
     async fn url_forms_are_judged_by_the_address_they_reach() {
-        let config = crate::webhooks::WebhookConfig {
+        let config = crate::outbound::OutboundConfig {
             allow_http: true,
             resolver: fake_dns(),
-            ..Default::default()
+            ..crate::config::Settings::dev().outbound
         };
         let mut wrong = Vec::new();
         for (url, expected) in URL_FORMS {

@@ -11,9 +11,9 @@ use axum::routing::post;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
-use crate::store::stripe_events::{self, InboxStatus, NewStripeEvent};
-use crate::stripe::inbound::event::{StripeEvent, replace_nul};
-use crate::stripe::inbound::{self, BODY_LIMIT};
+use crate::inbound::stripe::event::{StripeEvent, replace_nul};
+use crate::inbound::stripe::{self as inbound, BODY_LIMIT};
+use crate::store::stripe_inbox::{self, InboxStatus, NewStripeEvent};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/webhooks/stripe", post(receive))
@@ -29,7 +29,7 @@ async fn receive(
     headers: HeaderMap,
     req: Request<Body>,
 ) -> Result<Json<Value>, ApiError> {
-    let Some(verifier) = state.stripe_webhooks.as_deref() else {
+    let Some(verifier) = state.stripe_signatures.as_deref() else {
         return Err(ApiError::NotFound("stripe webhook endpoint"));
     };
     // The header first (its size, entries and timestamp: no HMAC yet), then a bounded body.
@@ -61,7 +61,7 @@ async fn receive(
     let event = StripeEvent::from_value(&payload).map_err(|e| refuse(e.to_string()))?;
     let handled = event.kind().is_some();
     let pi = event.payment_intent_id();
-    let inserted = stripe_events::insert(
+    let inserted = stripe_inbox::insert(
         &state.pool,
         &NewStripeEvent {
             id: &event.id,

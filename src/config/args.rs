@@ -1,5 +1,5 @@
-//! Configuration from flags and environment (clap), validated at start with messages that say
-//! what is wrong and how to fix it.
+//! The flags of `sagad serve` and the environment variables behind them: the one place where
+//! each setting's name and default are stated. [`super::Settings`] is built from them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,6 +56,13 @@ pub struct ServeArgs {
     /// Address of the HTTP API.
     #[arg(long, env = "SAGAD_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+    /// A separate address for `GET /metrics` (e.g. an internal interface); then SAGAD_LISTEN does
+    /// not serve it.
+    #[arg(long, env = "SAGAD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Bearer token that `GET /metrics` requires, wherever it is served (at least 16 characters).
+    #[arg(long, env = "SAGAD_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Comma-separated bearer tokens accepted on /v1.
     #[arg(
         long,
@@ -130,102 +137,38 @@ pub struct ServeArgs {
     #[arg(long)]
     pub dev: bool,
     #[command(flatten)]
-    pub webhooks: WebhookArgs,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error(
-        "no API token configured: set SAGAD_API_TOKENS (comma-separated bearer tokens), or run `sagad serve --dev` for local development"
-    )]
-    NoApiTokens,
-    #[error("API tokens must be at least 16 characters (token {0} of SAGAD_API_TOKENS is {1})")]
-    WeakApiToken(usize, usize),
-    #[error(
-        "STRIPE_SECRET_KEY is not set: set it to your Stripe secret key (sk_test_… for test mode), or run `sagad serve --dev` to use the built-in Stripe test double"
-    )]
-    NoStripeKey,
-    #[error("STRIPE_SECRET_KEY must start with sk_ or rk_ (got something else)")]
-    BadStripeKey,
-    #[error("STRIPE_API_BASE {0:?} is not an http(s) URL")]
-    BadStripeBase(String),
-    #[error("SAGAD_NOTIFY_URL {0:?} is not an http(s) URL")]
-    BadNotifyUrl(String),
-    #[error("SAGAD_NOTIFY_URL is set but SAGAD_NOTIFY_SECRET is not: notifications must be signed")]
-    NoNotifySecret,
-    #[error("SAGAD_POLL_INTERVAL must be between 10ms and 1h")]
-    BadPollInterval,
-    #[error("SAGAD_LEASE must be at least 1s")]
-    BadLease,
-    #[error("STRIPE_WEBHOOK_TOLERANCE must be between 1s and 1h")]
-    BadWebhookTolerance,
-    #[error("SAGAD_RETENTION must be at least 1m")]
-    BadRetention,
-}
-
-/// Checks an http(s) URL.
-pub fn http_url(raw: &str) -> Option<reqwest::Url> {
-    reqwest::Url::parse(raw)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+    pub outbound: OutboundArgs,
 }
 
 impl ServeArgs {
-    /// Validation that does not depend on what else starts (the Stripe double in `--dev`).
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.dev {
-            if self.api_tokens.iter().all(|t| t.trim().is_empty()) {
-                return Err(ConfigError::NoApiTokens);
-            }
-            if self.stripe_secret_key.is_none() {
-                return Err(ConfigError::NoStripeKey);
-            }
+    /// The definitions as `sagad serve` would parse `flags`, without reading the environment:
+    /// what tests, `sagad demo` and the benchmark start from, so that they use the same defaults.
+    pub fn from_flags<I, T>(flags: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{Args, FromArgMatches};
+        let command =
+            Self::augment_args(clap::Command::new("sagad serve")).mut_args(|a| a.env(None));
+        let argv = std::iter::once(std::ffi::OsString::from("sagad serve"))
+            .chain(flags.into_iter().map(Into::into));
+        Self::from_arg_matches(&command.try_get_matches_from(argv)?)
+    }
+
+    /// Every default, and nothing else set.
+    pub fn defaults() -> Self {
+        match Self::from_flags(std::iter::empty::<&str>()) {
+            Ok(args) => args,
+            // Every argument has a default or is optional: a failure is a bug in the definitions
+            // above, which `tests::the_defaults_parse` catches.
+            Err(e) => panic!("the flag definitions do not parse without flags: {e}"),
         }
-        for (i, t) in self.api_tokens.iter().enumerate() {
-            if t.trim().len() < 16 && !self.dev {
-                return Err(ConfigError::WeakApiToken(i + 1, t.trim().len()));
-            }
-        }
-        if let Some(k) = &self.stripe_secret_key
-            && !(k.starts_with("sk_") || k.starts_with("rk_"))
-        {
-            return Err(ConfigError::BadStripeKey);
-        }
-        if let Some(b) = &self.stripe_api_base
-            && http_url(b).is_none()
-        {
-            return Err(ConfigError::BadStripeBase(b.clone()));
-        }
-        if let Some(u) = &self.notify_url {
-            if http_url(u).is_none() {
-                return Err(ConfigError::BadNotifyUrl(u.clone()));
-            }
-            if self.notify_secret.iter().all(|s| s.is_empty()) {
-                return Err(ConfigError::NoNotifySecret);
-            }
-        }
-        if self.poll_interval < Duration::from_millis(10)
-            || self.poll_interval > Duration::from_secs(3600)
-        {
-            return Err(ConfigError::BadPollInterval);
-        }
-        if self.lease < Duration::from_secs(1) {
-            return Err(ConfigError::BadLease);
-        }
-        if self.retention < Duration::from_secs(60) {
-            return Err(ConfigError::BadRetention);
-        }
-        if self.stripe_webhook_tolerance < Duration::from_secs(1)
-            || self.stripe_webhook_tolerance > Duration::from_secs(3600)
-        {
-            return Err(ConfigError::BadWebhookTolerance);
-        }
-        Ok(())
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Outgoing webhooks
+// Outgoing webhooks to integrators
 
 fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
     let s = s.trim();
@@ -245,9 +188,9 @@ fn parse_jitter(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Outgoing webhook delivery.
+/// Outgoing webhooks: endpoint URLs and delivery.
 #[derive(clap::Args, Debug, Clone)]
-pub struct WebhookArgs {
+pub struct OutboundArgs {
     /// Permit http:// webhook endpoint URLs (local development and tests only).
     #[arg(long, env = "SAGAD_WEBHOOK_ALLOW_HTTP", default_value_t = false, action = clap::ArgAction::Set)]
     pub webhook_allow_http: bool,
@@ -278,22 +221,21 @@ pub struct WebhookArgs {
     pub webhook_endpoint_concurrency: u32,
 }
 
-impl WebhookArgs {
-    pub fn to_config(&self, shutdown_grace: Duration) -> crate::webhooks::WebhookConfig {
-        crate::webhooks::WebhookConfig {
-            workers: self.webhook_workers as usize,
-            endpoint_concurrency: self.webhook_endpoint_concurrency as usize,
-            timeout: self.webhook_timeout,
-            retry: crate::webhooks::RetryPolicy {
-                schedule: self.webhook_retry_schedule.clone(),
-                jitter: self.webhook_retry_jitter,
-            },
-            secret_overlap: self.webhook_secret_overlap,
-            disable_after: self.webhook_disable_after,
-            allow_http: self.webhook_allow_http,
-            allow_nets: self.webhook_allow_nets.clone(),
-            shutdown_grace,
-            ..crate::webhooks::WebhookConfig::default()
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_parse() {
+        let args = ServeArgs::defaults();
+        assert_eq!(args.workers, 16);
+        assert_eq!(args.outbound.webhook_retry_schedule.len(), 7);
+    }
+
+    #[test]
+    fn flags_parse_without_the_environment() {
+        let args = ServeArgs::from_flags(["--workers", "3", "--role", "api"]).unwrap();
+        assert_eq!((args.workers, args.role), (3, Role::Api));
+        assert!(ServeArgs::from_flags(["--workers", "0"]).is_err());
     }
 }

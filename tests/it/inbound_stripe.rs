@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
 use sagad::config::Role;
-use sagad::stripe::webhook::{SignatureError, Verifier};
+use sagad::inbound::stripe::signature::{SignatureError, Verifier};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use stripe_double::WebhookConfig;
+use stripe_double::WebhookTarget;
 use uuid::Uuid;
 
 use crate::harness::{
@@ -52,8 +52,8 @@ async fn post_webhook(
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
-fn webhooks_to(app: &TestApp) -> WebhookConfig {
-    WebhookConfig {
+fn webhooks_to(app: &TestApp) -> WebhookTarget {
+    WebhookTarget {
         url: format!("{}/webhooks/stripe", app.base),
         secrets: vec![STRIPE_WEBHOOK_SECRET.into()],
         ..Default::default()
@@ -354,7 +354,7 @@ async fn the_same_event_delivered_five_times_concurrently_is_processed_once() {
         .await;
     assert_eq!(app.wait_terminal(id).await["status"], "completed");
     let pi = app.payment_intents_of(id)[0].id.clone();
-    app.double.configure_webhooks(WebhookConfig {
+    app.double.configure_webhooks(WebhookTarget {
         duplicate: 4,
         ..webhooks_to(&app)
     });
@@ -396,7 +396,7 @@ async fn the_same_event_delivered_five_times_concurrently_is_processed_once() {
 async fn succeeded_before_capturable_updated_still_yields_the_right_final_state() {
     let app = spawn_app().await;
     // The double sends nothing by itself here: the test delivers, in the wrong order.
-    app.double.configure_webhooks(WebhookConfig {
+    app.double.configure_webhooks(WebhookTarget {
         types: vec!["payment_intent.succeeded".into()],
         ..webhooks_to(&app)
     });

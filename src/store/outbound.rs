@@ -10,8 +10,25 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::stmt::{Binds, Param, Statement, Text};
+use crate::domain::{DeliveryId, EndpointId};
 use crate::events::SCHEMA_VERSION;
-use crate::webhooks::catalog;
+use crate::outbound::catalog;
+use crate::text_enum::text_enum;
+
+text_enum! {
+    /// Where a delivery is in its life (`webhook_deliveries.status`).
+    #[derive(ToSchema)]
+    pub enum DeliveryStatus {
+        /// Due for an attempt (now or at `next_attempt_at`).
+        Pending = "pending",
+        /// An attempt is in flight, under a lease and one of the endpoint's slots.
+        Delivering = "delivering",
+        /// The endpoint answered 2xx.
+        Delivered = "delivered",
+        /// Dead-lettered: its schedule ran out, or the endpoint is gone.
+        Dead = "dead",
+    }
+}
 
 /// The channel that wakes idle delivery workers.
 pub const WEBHOOK_CHANNEL: &str = "sagad_webhooks";
@@ -96,7 +113,7 @@ pub async fn fan_out(
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
 pub struct EndpointRow {
-    pub id: Uuid,
+    pub id: EndpointId,
     pub url: String,
     pub description: String,
     pub event_types: Vec<String>,
@@ -131,7 +148,7 @@ pub async fn insert_endpoint(
          RETURNING id, url, description, event_types, enabled, rate_limit, disabled_reason,
                    disabled_at, failing_since, created_at, updated_at",
     )
-    .bind(Uuid::now_v7())
+    .bind(EndpointId::new())
     .bind(&e.url)
     .bind(&e.description)
     .bind(&e.event_types)
@@ -149,7 +166,7 @@ pub async fn insert_endpoint(
 
 pub async fn get_endpoint(
     db: impl PgExecutor<'_>,
-    id: Uuid,
+    id: EndpointId,
 ) -> Result<Option<EndpointRow>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1"
@@ -180,7 +197,7 @@ pub struct EndpointPatch {
 /// Applies a patch. Re-enabling clears the disable reason and the failure streak.
 pub async fn update_endpoint(
     db: impl PgExecutor<'_>,
-    id: Uuid,
+    id: EndpointId,
     p: &EndpointPatch,
 ) -> Result<Option<EndpointRow>, sqlx::Error> {
     sqlx::query_as(
@@ -210,7 +227,7 @@ pub async fn update_endpoint(
 }
 
 /// Deletes an endpoint with its secrets, deliveries and attempt log.
-pub async fn delete_endpoint(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
+pub async fn delete_endpoint(db: impl PgExecutor<'_>, id: EndpointId) -> Result<bool, sqlx::Error> {
     Ok(sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1")
         .bind(id)
         .execute(db)
@@ -223,7 +240,7 @@ pub async fn delete_endpoint(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, 
 /// the previous one expires, or `None` if the endpoint does not exist.
 pub async fn rotate_secret(
     conn: &mut PgConnection,
-    id: Uuid,
+    id: EndpointId,
     secret: &str,
     overlap: Duration,
 ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
@@ -259,7 +276,7 @@ pub async fn rotate_secret(
 /// (fanned out like any other event), all in `conn`'s transaction. False if it was not enabled.
 pub async fn disable_endpoint(
     conn: &mut PgConnection,
-    id: Uuid,
+    id: EndpointId,
     reason: &str,
     detail: &str,
 ) -> Result<bool, sqlx::Error> {
@@ -307,8 +324,8 @@ pub async fn disable_endpoint(
 /// A delivery claimed by a worker, with what it needs to build the request.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedDelivery {
-    pub id: Uuid,
-    pub endpoint_id: Uuid,
+    pub id: DeliveryId,
+    pub endpoint_id: EndpointId,
     pub event_id: Uuid,
     pub event_type: String,
     /// Attempt number this claim makes (1-based, over the delivery's life).
@@ -394,9 +411,9 @@ pub async fn claim_due(
 /// counting the attempt, due at the start of the next second, and returns `false`.
 pub async fn admit_or_defer(
     db: impl PgExecutor<'_>,
-    id: Uuid,
+    id: DeliveryId,
     attempt: i32,
-    endpoint_id: Uuid,
+    endpoint_id: EndpointId,
     per_second: i32,
 ) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
@@ -461,15 +478,15 @@ pub enum Settle {
 /// endpoint's failure streak; returns the streak's start after a failure.
 pub async fn settle(
     conn: &mut PgConnection,
-    id: Uuid,
-    endpoint_id: Uuid,
+    id: DeliveryId,
+    endpoint_id: EndpointId,
     a: &AttemptRow,
     outcome: &Settle,
 ) -> Result<(bool, Option<DateTime<Utc>>), sqlx::Error> {
     let (status, next_at) = match outcome {
-        Settle::Delivered => ("delivered", None),
-        Settle::Retry(at) => ("pending", Some(*at)),
-        Settle::Dead => ("dead", None),
+        Settle::Delivered => (DeliveryStatus::Delivered, None),
+        Settle::Retry(at) => (DeliveryStatus::Pending, Some(*at)),
+        Settle::Dead => (DeliveryStatus::Dead, None),
     };
     let updated = sqlx::query(
         "UPDATE webhook_deliveries
@@ -563,12 +580,11 @@ pub async fn prune_delivered(
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
 pub struct DeliveryRow {
-    pub id: Uuid,
-    pub endpoint_id: Uuid,
+    pub id: DeliveryId,
+    pub endpoint_id: EndpointId,
     pub event_id: Uuid,
     pub event_type: String,
-    /// pending, delivering, delivered or dead.
-    pub status: String,
+    pub status: DeliveryStatus,
     pub attempt_count: i32,
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub last_status: Option<i32>,
@@ -583,8 +599,8 @@ const DELIVERY_COLUMNS: &str = "id, endpoint_id, event_id, event_type, status, a
 /// An endpoint's deliveries, newest first, optionally of one status, created before `before`.
 pub async fn list_deliveries(
     db: impl PgExecutor<'_>,
-    endpoint_id: Uuid,
-    status: Option<&str>,
+    endpoint_id: EndpointId,
+    status: Option<DeliveryStatus>,
     before: Option<DateTime<Utc>>,
     limit: i64,
 ) -> Result<Vec<DeliveryRow>, sqlx::Error> {
@@ -606,7 +622,7 @@ pub async fn list_deliveries(
 
 pub async fn get_delivery(
     db: impl PgExecutor<'_>,
-    id: Uuid,
+    id: DeliveryId,
 ) -> Result<Option<DeliveryRow>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = $1"
@@ -618,7 +634,7 @@ pub async fn get_delivery(
 
 pub async fn attempts_of(
     db: impl PgExecutor<'_>,
-    delivery_id: Uuid,
+    delivery_id: DeliveryId,
 ) -> Result<Vec<AttemptRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT attempt, attempted_at, status_code, latency_ms, response_body, error
@@ -639,7 +655,7 @@ pub enum Redeliver {
 
 /// Queues a delivered or dead delivery (or hurries a pending one) for a fresh retry schedule,
 /// keeping its id, so the receiver sees the same `webhook-id`.
-pub async fn redeliver(db: impl PgExecutor<'_>, id: Uuid) -> Result<Redeliver, sqlx::Error> {
+pub async fn redeliver(db: impl PgExecutor<'_>, id: DeliveryId) -> Result<Redeliver, sqlx::Error> {
     let status: Option<String> = sqlx::query_scalar(
         "WITH target AS (SELECT id, status FROM webhook_deliveries WHERE id = $1),
               upd AS (
@@ -664,7 +680,7 @@ pub async fn redeliver(db: impl PgExecutor<'_>, id: Uuid) -> Result<Redeliver, s
 /// Queues again every dead delivery of the endpoint that died at or after `since`.
 pub async fn redrive_dead(
     db: impl PgExecutor<'_>,
-    endpoint_id: Uuid,
+    endpoint_id: EndpointId,
     since: DateTime<Utc>,
 ) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(

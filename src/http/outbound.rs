@@ -14,11 +14,12 @@ use uuid::Uuid;
 
 use super::extract::storable_time;
 use super::{ApiError, ApiPath, ApiQuery, AppState, JsonBody};
-use crate::domain::FieldError;
-use crate::store::webhooks::{
-    self as store, AttemptRow, DeliveryRow, EndpointPatch, EndpointRow, NewEndpoint, Redeliver,
+use crate::domain::{DeliveryId, EndpointId, FieldError};
+use crate::outbound::{catalog, delivery::webhook_id, new_secret};
+use crate::store::outbound::{
+    self as store, AttemptRow, DeliveryRow, DeliveryStatus, EndpointPatch, EndpointRow,
+    NewEndpoint, Redeliver,
 };
-use crate::webhooks::{catalog, delivery::webhook_id, new_secret};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -148,8 +149,9 @@ pub const MAX_EVENT_TYPES: usize = 32;
 /// Longest endpoint description, in characters.
 pub const MAX_DESCRIPTION_LEN: usize = 1024;
 
-fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
+fn parse_id<Id: From<Uuid>>(raw: &str, what: &str) -> Result<Id, ApiError> {
     Uuid::parse_str(raw)
+        .map(Id::from)
         .map_err(|_| ApiError::BadRequest(format!("{raw:?} is not a {what} id (a UUID)")))
 }
 
@@ -168,7 +170,7 @@ async fn check_url(state: &AppState, url: &str, errors: &mut Vec<FieldError>) ->
         ));
         return String::new();
     }
-    match state.webhooks.check_url(url).await {
+    match state.outbound.check_url(url).await {
         Ok(u) => u.to_string(),
         Err(e) => {
             errors.push(field("url", e));
@@ -279,7 +281,7 @@ pub async fn get_endpoint(
     State(state): State<AppState>,
     ApiPath(id): ApiPath,
 ) -> Result<Json<EndpointRow>, ApiError> {
-    let id = parse_id(&id, "webhook endpoint")?;
+    let id: EndpointId = parse_id(&id, "webhook endpoint")?;
     store::get_endpoint(&state.pool, id)
         .await?
         .map(Json)
@@ -297,7 +299,7 @@ pub async fn update_endpoint(
     ApiPath(id): ApiPath,
     JsonBody { value: req, .. }: JsonBody<UpdateEndpoint>,
 ) -> Result<Json<EndpointRow>, ApiError> {
-    let id = parse_id(&id, "webhook endpoint")?;
+    let id: EndpointId = parse_id(&id, "webhook endpoint")?;
     let mut errors = Vec::new();
     let url = match &req.url {
         Some(u) => Some(check_url(&state, u, &mut errors).await),
@@ -338,7 +340,7 @@ pub async fn delete_endpoint(
     State(state): State<AppState>,
     ApiPath(id): ApiPath,
 ) -> Result<StatusCode, ApiError> {
-    let id = parse_id(&id, "webhook endpoint")?;
+    let id: EndpointId = parse_id(&id, "webhook endpoint")?;
     if store::delete_endpoint(&state.pool, id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -353,10 +355,10 @@ pub async fn rotate_secret(
     State(state): State<AppState>,
     ApiPath(id): ApiPath,
 ) -> Result<Json<RotatedSecret>, ApiError> {
-    let id = parse_id(&id, "webhook endpoint")?;
+    let id: EndpointId = parse_id(&id, "webhook endpoint")?;
     let secret = new_secret();
     let mut tx = state.pool.begin().await?;
-    let expires = store::rotate_secret(&mut tx, id, &secret, state.webhooks.secret_overlap)
+    let expires = store::rotate_secret(&mut tx, id, &secret, state.outbound.secret_overlap)
         .await?
         .ok_or(ApiError::NotFound("webhook endpoint"))?;
     tx.commit().await?;
@@ -414,7 +416,7 @@ pub async fn list_deliveries(
     ApiPath(id): ApiPath,
     ApiQuery(q): ApiQuery<DeliveryParams>,
 ) -> Result<Json<DeliveryList>, ApiError> {
-    let id = parse_id(&id, "webhook endpoint")?;
+    let id: EndpointId = parse_id(&id, "webhook endpoint")?;
     if let Some(before) = &q.before
         && !storable_time(before)
     {
@@ -422,13 +424,15 @@ pub async fn list_deliveries(
             "before {before} is out of range: use a time between the years 1 and 9999"
         )));
     }
-    if let Some(s) = &q.status
-        && !["pending", "delivering", "delivered", "dead"].contains(&s.as_str())
-    {
-        return Err(ApiError::BadRequest(format!(
-            "status {s:?} is not one of pending, delivering, delivered, dead"
-        )));
-    }
+    let status = match q.status.as_deref().map(|s| (s, DeliveryStatus::parse(s))) {
+        None => None,
+        Some((_, Some(status))) => Some(status),
+        Some((s, None)) => {
+            return Err(ApiError::BadRequest(format!(
+                "status {s:?} is not one of pending, delivering, delivered, dead"
+            )));
+        }
+    };
     if store::get_endpoint(&state.pool, id).await?.is_none() {
         return Err(ApiError::NotFound("webhook endpoint"));
     }
@@ -438,8 +442,7 @@ pub async fn list_deliveries(
             "limit must be between 1 and 500, got {limit}"
         )));
     }
-    let rows =
-        store::list_deliveries(&state.pool, id, q.status.as_deref(), q.before, limit).await?;
+    let rows = store::list_deliveries(&state.pool, id, status, q.before, limit).await?;
     Ok(Json(DeliveryList {
         deliveries: rows
             .into_iter()
@@ -456,7 +459,7 @@ pub async fn get_delivery(
     State(state): State<AppState>,
     ApiPath(id): ApiPath,
 ) -> Result<Json<DeliveryView>, ApiError> {
-    let id = parse_id(&id, "webhook delivery")?;
+    let id: DeliveryId = parse_id(&id, "webhook delivery")?;
     let d = store::get_delivery(&state.pool, id)
         .await?
         .ok_or(ApiError::NotFound("webhook delivery"))?;
@@ -473,7 +476,7 @@ pub async fn redeliver(
     State(state): State<AppState>,
     ApiPath(id): ApiPath,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id, "webhook delivery")?;
+    let id: DeliveryId = parse_id(&id, "webhook delivery")?;
     match store::redeliver(&state.pool, id).await? {
         Redeliver::NotFound => Err(ApiError::NotFound("webhook delivery")),
         Redeliver::InFlight => Err(ApiError::Conflict(
@@ -511,7 +514,7 @@ pub async fn redrive(
     ApiPath(id): ApiPath,
     JsonBody { value: req, .. }: JsonBody<RedriveRequest>,
 ) -> Result<Json<RedriveResult>, ApiError> {
-    let id = parse_id(&id, "webhook endpoint")?;
+    let id: EndpointId = parse_id(&id, "webhook endpoint")?;
     if !storable_time(&req.since) {
         return Err(ApiError::Validation(vec![field(
             "since",

@@ -1,6 +1,6 @@
 //! Outgoing webhooks: integrators subscribe endpoints to public event types; every published
 //! event is fanned out into a delivery row in the transaction that appends it (the outbox, see
-//! `store::webhooks::fan_out`); delivery workers sign each attempt (Standard Webhooks), POST it,
+//! `store::outbound::fan_out`); delivery workers sign each attempt (Standard Webhooks), POST it,
 //! and retry on a persisted schedule until it is delivered or dead-lettered.
 
 pub mod catalog;
@@ -16,11 +16,12 @@ use ipnet::IpNet;
 
 pub use delivery::Dispatcher;
 pub use guard::{Guard, GuardError, Resolver};
-pub use retry::RetryPolicy;
+pub use retry::RetrySchedule;
 
-/// Everything the API and the delivery workers need to know about outgoing webhooks.
+/// Everything the API and the delivery workers need to know about outgoing webhooks (built by
+/// [`crate::config::Settings`]).
 #[derive(Clone)]
-pub struct WebhookConfig {
+pub struct OutboundConfig {
     /// Deliveries this process attempts at once.
     pub workers: usize,
     /// Deliveries in flight to one endpoint at once, across all workers (one slow endpoint cannot
@@ -30,7 +31,7 @@ pub struct WebhookConfig {
     pub timeout: Duration,
     /// Fallback polling when no NOTIFY arrives.
     pub poll_interval: Duration,
-    pub retry: RetryPolicy,
+    pub retry: RetrySchedule,
     /// How long a rotated-out secret keeps signing.
     pub secret_overlap: Duration,
     /// An endpoint failing without a single success for this long is disabled.
@@ -46,26 +47,7 @@ pub struct WebhookConfig {
     pub worker_id: String,
 }
 
-impl Default for WebhookConfig {
-    fn default() -> Self {
-        Self {
-            workers: 32,
-            endpoint_concurrency: 4,
-            timeout: Duration::from_secs(15),
-            poll_interval: Duration::from_secs(1),
-            retry: RetryPolicy::default(),
-            secret_overlap: Duration::from_secs(24 * 3600),
-            disable_after: Duration::from_secs(5 * 24 * 3600),
-            allow_http: false,
-            allow_nets: Vec::new(),
-            resolver: guard::system_resolver(),
-            shutdown_grace: Duration::from_secs(20),
-            worker_id: crate::engine::default_worker_id(),
-        }
-    }
-}
-
-impl WebhookConfig {
+impl OutboundConfig {
     pub fn guard(&self) -> Guard {
         Guard::new(self.allow_nets.clone(), self.resolver.clone())
     }

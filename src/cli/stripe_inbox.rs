@@ -9,9 +9,7 @@ use clap::Subcommand;
 
 use crate::config::DbArgs;
 use crate::db;
-use crate::store::stripe_events::{
-    self, InboxStatus, ListFilter, ReprocessOutcome, StripeEventRow,
-};
+use crate::store::stripe_inbox::{self, InboxStatus, ListFilter, ReprocessOutcome, StripeEventRow};
 
 #[derive(Subcommand, Debug)]
 pub enum StripeCommand {
@@ -52,7 +50,11 @@ pub async fn run(command: StripeCommand) -> anyhow::Result<ExitCode> {
             Some(s) => Some(s),
             None => bail!(
                 "--status {s:?} is not one of: {}",
-                InboxStatus::ALL.map(|s| s.as_str()).join(", ")
+                InboxStatus::ALL
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         },
         _ => None,
@@ -64,7 +66,7 @@ pub async fn run(command: StripeCommand) -> anyhow::Result<ExitCode> {
             EventsCommand::List {
                 event_type, limit, ..
             } => {
-                let rows = stripe_events::list(
+                let rows = stripe_inbox::list(
                     &pool,
                     &ListFilter {
                         status,
@@ -90,10 +92,10 @@ pub async fn run(command: StripeCommand) -> anyhow::Result<ExitCode> {
                 }
                 ExitCode::SUCCESS
             }
-            EventsCommand::Show { id } => match stripe_events::get(&pool, &id).await? {
+            EventsCommand::Show { id } => match stripe_inbox::get(&pool, &id).await? {
                 Some(r) => {
                     print_event(&r);
-                    if let Some(raw) = stripe_events::raw_body(&pool, &id).await? {
+                    if let Some(raw) = stripe_inbox::raw_body(&pool, &id).await? {
                         println!(
                             "body as received ({} bytes; the payload above shows each NUL \
                              character as U+FFFD):\n{}",
@@ -108,7 +110,7 @@ pub async fn run(command: StripeCommand) -> anyhow::Result<ExitCode> {
                     ExitCode::FAILURE
                 }
             },
-            EventsCommand::Reprocess { id } => match stripe_events::reprocess(&pool, &id).await? {
+            EventsCommand::Reprocess { id } => match stripe_inbox::reprocess(&pool, &id).await? {
                 ReprocessOutcome::Queued => {
                     println!("{id} queued for processing");
                     ExitCode::SUCCESS
@@ -146,7 +148,7 @@ fn print_event(r: &StripeEventRow) {
     println!("received:       {}", r.received_at);
     if let Some(t) = r.processed_at {
         println!("processed:      {t}");
-    } else if r.status == "pending" {
+    } else if r.status == InboxStatus::Pending {
         println!("next attempt:   {}", r.next_attempt_at);
     }
     if let Some(o) = &r.outcome {

@@ -2,14 +2,15 @@
 //! current state (fetched from Stripe), and commit the effect (wake, domain events) together with
 //! the inbox row's new status in one transaction.
 
+use crate::domain::SagaId;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
-use uuid::Uuid;
 
 use super::event::{Kind, StripeEvent};
 use crate::engine::actions::payment_wait_key;
+use crate::engine::model::SagaStatus;
 use crate::events::{Event, NewEvent};
-use crate::store::stripe_events::{self, Claim, InboxStatus, SagaSnapshot};
+use crate::store::stripe_inbox::{self, Claim, InboxStatus, SagaSnapshot};
 use crate::store::{bookings, events, sagas};
 use crate::stripe::client::{
     Error as StripeError, PaymentIntentInfo, PaymentIntentStatus, RefundInfo, StripeClient,
@@ -29,7 +30,7 @@ pub enum Decision {
     /// Committed: the row is now `status`, with this outcome.
     Finished {
         status: InboxStatus,
-        saga_id: Option<Uuid>,
+        saga_id: Option<SagaId>,
         outcome: String,
     },
     /// Not yet: try again after a backoff (e.g. the saga has not parked yet).
@@ -117,7 +118,7 @@ pub async fn process(
             return finish_in(tx, claim, InboxStatus::Unmatched, None, reason).await;
         }
     };
-    let Some(saga) = stripe_events::lock_saga(&mut tx, saga_id).await? else {
+    let Some(saga) = stripe_inbox::lock_saga(&mut tx, saga_id).await? else {
         return finish_in(
             tx,
             claim,
@@ -151,7 +152,7 @@ pub async fn process(
             };
             match (kind, &current.status) {
                 (Kind::Succeeded, PaymentIntentStatus::Succeeded) => {
-                    if stripe_events::has_event(
+                    if stripe_inbox::has_event(
                         &mut tx,
                         saga.id,
                         "PaymentReceived",
@@ -187,7 +188,7 @@ pub async fn process(
             notes.join("; ")
         }
         Kind::ChargeRefunded => {
-            if saga.leased || saga.status == "compensating" {
+            if saga.leased || saga.status == SagaStatus::Compensating {
                 // Our own refund may not be recorded yet: a step is in flight, or the refund
                 // compensation is pending (after a timed-out refund call whose effect happened,
                 // its retry records it). Once the compensation is done, the delta is exact.
@@ -210,7 +211,7 @@ pub async fn process(
                 .int_field("amount_refunded")
                 .map(|c| format!("; the event claimed {c}"))
                 .unwrap_or_default();
-            let recorded = stripe_events::refunded_recorded(&mut tx, saga.id, &pi).await?;
+            let recorded = stripe_inbox::refunded_recorded(&mut tx, saga.id, &pi).await?;
             let delta = cumulative - recorded;
             if delta > 0 {
                 new_events.push(Event::PaymentRefunded {
@@ -251,7 +252,7 @@ pub async fn process(
                     },
                 )
             };
-            if stripe_events::has_event(&mut tx, saga.id, event_type, "dispute_id", &dispute_id)
+            if stripe_inbox::has_event(&mut tx, saga.id, event_type, "dispute_id", &dispute_id)
                 .await?
             {
                 format!("{event_type} {dispute_id} already recorded")
@@ -269,7 +270,7 @@ pub async fn process(
 }
 
 enum Resolved {
-    Saga(Uuid),
+    Saga(SagaId),
     NotYet(String),
     Unmatched(String),
 }
@@ -282,7 +283,7 @@ async fn resolve_saga(
     pi: &str,
     current: Option<&PaymentIntentInfo>,
 ) -> Result<Resolved, sqlx::Error> {
-    let metadata: Option<Uuid> = current
+    let metadata: Option<SagaId> = current
         .and_then(|p| p.metadata.get("saga_id").cloned())
         .or_else(|| {
             ev.object
@@ -292,9 +293,9 @@ async fn resolve_saga(
                 .map(str::to_owned)
         })
         .and_then(|s| s.parse().ok());
-    let ours = stripe_events::saga_for_payment_intent(conn, pi).await?;
+    let ours = stripe_inbox::saga_for_payment_intent(conn, pi).await?;
     let named_status = match (ours, metadata) {
-        (None, Some(m)) => stripe_events::saga_status(conn, m).await?,
+        (None, Some(m)) => stripe_inbox::saga_status(conn, m).await?,
         _ => None,
     };
     Ok(match (ours, metadata) {
@@ -304,8 +305,8 @@ async fn resolve_saga(
         (Some(id), _) => Resolved::Saga(id),
         // The webhook may beat the commit of the step that created the PaymentIntent: wait while
         // the saga can still record it. A finished saga never will (e.g. the card was declined).
-        (None, Some(m)) => match named_status.as_deref() {
-            Some("running" | "waiting" | "compensating") => {
+        (None, Some(m)) => match named_status {
+            Some(SagaStatus::Running | SagaStatus::Waiting | SagaStatus::Compensating) => {
                 Resolved::NotYet(format!("saga {m} has not recorded PaymentIntent {pi} yet"))
             }
             Some(status) => Resolved::Unmatched(format!(
@@ -334,7 +335,7 @@ async fn wake_for(
     pi: &str,
 ) -> Result<Wake, sqlx::Error> {
     let key = payment_wait_key(pi);
-    if saga.status == "waiting" && saga.wait_key.as_deref() == Some(key.as_str()) {
+    if saga.status == SagaStatus::Waiting && saga.wait_key.as_deref() == Some(key.as_str()) {
         // The row is ours (locked above), so this wakes exactly that saga.
         return Ok(match sagas::wake(conn, &key).await? {
             Some(_) => Wake::Woken,
@@ -347,7 +348,10 @@ async fn wake_for(
                 && out.get("pending").and_then(Value::as_bool) == Some(true)
         })
     });
-    if authorizing && saga.leased && matches!(saga.status.as_str(), "running" | "compensating") {
+    if authorizing
+        && saga.leased
+        && matches!(saga.status, SagaStatus::Running | SagaStatus::Compensating)
+    {
         return Ok(Wake::NotYet);
     }
     Ok(Wake::NotNeeded(format!("the saga is {}", saga.status)))
@@ -371,7 +375,7 @@ async fn append(
             worker: None,
         })
         .collect();
-    events::append(conn, &saga.saga_name, saga.id, first, &batch).await?;
+    events::append(conn, &saga.saga_name, saga.id.0, first, &batch).await?;
     let events: Vec<&Event> = batch.iter().map(|e| &e.event).collect();
     bookings::apply(conn, saga.id, &events).await?;
     Ok(())
@@ -381,7 +385,7 @@ async fn finish(
     pool: &PgPool,
     claim: &Claim,
     status: InboxStatus,
-    saga_id: Option<Uuid>,
+    saga_id: Option<SagaId>,
     outcome: String,
 ) -> Result<Decision, Error> {
     let tx = pool.begin().await?;
@@ -392,10 +396,10 @@ async fn finish_in(
     mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
     claim: &Claim,
     status: InboxStatus,
-    saga_id: Option<Uuid>,
+    saga_id: Option<SagaId>,
     outcome: String,
 ) -> Result<Decision, Error> {
-    if !stripe_events::mark_finished(&mut tx, claim, status, saga_id, &outcome).await? {
+    if !stripe_inbox::mark_finished(&mut tx, claim, status, saga_id, &outcome).await? {
         tx.rollback().await?;
         return Ok(Decision::ClaimLost);
     }

@@ -2,49 +2,32 @@
 
 use std::time::Duration;
 
+use crate::domain::SagaId;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
-use uuid::Uuid;
+
+use crate::engine::model::SagaStatus;
+use crate::text_enum::text_enum;
 
 /// The channel that wakes inbox workers when an event is stored or re-queued.
 pub const INBOX_CHANNEL: &str = "sagad_stripe_inbox";
 
-/// Where an inbox row is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InboxStatus {
-    Pending,
-    Processing,
-    Processed,
-    Ignored,
-    Unmatched,
-    Dead,
-}
-
-impl InboxStatus {
-    pub const ALL: [InboxStatus; 6] = [
-        InboxStatus::Pending,
-        InboxStatus::Processing,
-        InboxStatus::Processed,
-        InboxStatus::Ignored,
-        InboxStatus::Unmatched,
-        InboxStatus::Dead,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InboxStatus::Pending => "pending",
-            InboxStatus::Processing => "processing",
-            InboxStatus::Processed => "processed",
-            InboxStatus::Ignored => "ignored",
-            InboxStatus::Unmatched => "unmatched",
-            InboxStatus::Dead => "dead",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|v| v.as_str() == s)
+text_enum! {
+    /// Where an inbox row is in its life (`stripe_events.status`).
+    pub enum InboxStatus {
+        /// Due for processing (now or at `next_attempt_at`).
+        Pending = "pending",
+        /// Claimed by a worker, under a lease.
+        Processing = "processing",
+        /// Its effect on a saga is recorded.
+        Processed = "processed",
+        /// A type sagad does not act on, or unreadable.
+        Ignored = "ignored",
+        /// It concerns no saga sagad knows (the reason is kept).
+        Unmatched = "unmatched",
+        /// Its attempts ran out; an operator may reprocess it.
+        Dead = "dead",
     }
 }
 
@@ -57,12 +40,12 @@ pub struct StripeEventRow {
     pub stripe_created: Option<DateTime<Utc>>,
     pub payment_intent_id: Option<String>,
     pub payload: serde_json::Value,
-    pub status: String,
+    pub status: InboxStatus,
     pub attempts: i32,
     pub next_attempt_at: DateTime<Utc>,
     pub locked_by: Option<String>,
     pub locked_until: Option<DateTime<Utc>>,
-    pub saga_id: Option<Uuid>,
+    pub saga_id: Option<SagaId>,
     pub outcome: Option<String>,
     pub last_error: Option<String>,
     pub deliveries: i32,
@@ -148,7 +131,7 @@ pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<StripeEventRow>, 
     // Only the filters given are in the statement (generic plans, see `store::connect`).
     let mut q = sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM stripe_events WHERE true"));
     if let Some(status) = f.status {
-        q.push(" AND status = ").push_bind(status.as_str());
+        q.push(" AND status = ").push_bind(status);
     }
     if let Some(t) = &f.event_type {
         q.push(" AND event_type = ").push_bind(t);
@@ -171,7 +154,7 @@ pub async fn mark_finished(
     conn: &mut PgConnection,
     claim: &Claim,
     status: InboxStatus,
-    saga_id: Option<Uuid>,
+    saga_id: Option<SagaId>,
     outcome: &str,
 ) -> Result<bool, sqlx::Error> {
     let n = sqlx::query(
@@ -251,7 +234,7 @@ pub const PRUNE_SETTLED: &str = "DELETE FROM stripe_events
 /// Deletes up to `limit` settled events (processed, ignored or unmatched; never pending,
 /// processing or dead ones) settled more than `retention` ago, oldest first; returns how many.
 /// The age bound on `received_at` (never later than `processed_at`) lets `stripe_events_listing`
-/// serve the scan; the rows go by primary key (see `webhooks::prune_delivered`).
+/// serve the scan; the rows go by primary key (see `outbound::prune_delivered`).
 pub async fn prune_settled(
     pool: &PgPool,
     retention: Duration,
@@ -299,8 +282,8 @@ pub async fn reprocess(pool: &PgPool, id: &str) -> Result<ReprocessOutcome, sqlx
 pub async fn saga_for_payment_intent(
     conn: &mut PgConnection,
     payment_intent: &str,
-) -> Result<Option<Uuid>, sqlx::Error> {
-    let by_booking: Option<Uuid> =
+) -> Result<Option<SagaId>, sqlx::Error> {
+    let by_booking: Option<SagaId> =
         sqlx::query_scalar("SELECT saga_id FROM bookings WHERE payment_intent_id = $1")
             .bind(payment_intent)
             .fetch_optional(&mut *conn)
@@ -321,9 +304,9 @@ pub async fn saga_for_payment_intent(
 /// What the inbox needs to know about a saga, read under a row lock held until the transaction ends.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SagaSnapshot {
-    pub id: Uuid,
+    pub id: SagaId,
     pub saga_name: String,
-    pub status: String,
+    pub status: SagaStatus,
     pub current_step: i32,
     pub wait_key: Option<String>,
     /// Whether a worker holds a lease on it right now (a step in flight).
@@ -333,7 +316,7 @@ pub struct SagaSnapshot {
 
 pub async fn lock_saga(
     conn: &mut PgConnection,
-    id: Uuid,
+    id: SagaId,
 ) -> Result<Option<SagaSnapshot>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, saga_name, status, current_step, wait_key,
@@ -347,7 +330,10 @@ pub async fn lock_saga(
 
 /// Whether a saga exists (for the `saga_id` metadata cross-check).
 /// The status of a saga, if it exists.
-pub async fn saga_status(conn: &mut PgConnection, id: Uuid) -> Result<Option<String>, sqlx::Error> {
+pub async fn saga_status(
+    conn: &mut PgConnection,
+    id: SagaId,
+) -> Result<Option<SagaStatus>, sqlx::Error> {
     sqlx::query_scalar("SELECT status FROM sagas WHERE id = $1")
         .bind(id)
         .fetch_optional(conn)
@@ -357,7 +343,7 @@ pub async fn saga_status(conn: &mut PgConnection, id: Uuid) -> Result<Option<Str
 /// Total of the `PaymentRefunded` events recorded for a PaymentIntent on a saga (ours and Stripe's).
 pub async fn refunded_recorded(
     conn: &mut PgConnection,
-    saga_id: Uuid,
+    saga_id: SagaId,
     payment_intent: &str,
 ) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
@@ -373,7 +359,7 @@ pub async fn refunded_recorded(
 /// Whether the saga already has an event of `event_type` whose payload field `field` is `value`.
 pub async fn has_event(
     conn: &mut PgConnection,
-    saga_id: Uuid,
+    saga_id: SagaId,
     event_type: &str,
     field: &str,
     value: &str,

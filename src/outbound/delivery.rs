@@ -12,18 +12,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, warn};
 
 use super::retry::retry_after_of;
-use super::{Error, Guard, WebhookConfig};
+use super::{Error, Guard, OutboundConfig};
+use crate::domain::DeliveryId;
 use crate::queue::{self, Workers};
 use crate::signing;
+use crate::store::outbound::{self as store, AttemptRow, ClaimedDelivery, Settle};
 use crate::store::queues::DeliveryQueue;
-use crate::store::webhooks::{self as store, AttemptRow, ClaimedDelivery, Settle};
 
 /// Most response-body bytes kept per attempt.
 pub const RESPONSE_BODY_LIMIT: usize = 4096;
 
 pub struct Dispatcher {
     pool: PgPool,
-    config: WebhookConfig,
+    config: OutboundConfig,
     client: reqwest::Client,
     guard: Guard,
 }
@@ -37,7 +38,7 @@ struct Response {
 }
 
 impl Dispatcher {
-    pub fn new(pool: PgPool, config: WebhookConfig) -> Result<Self, Error> {
+    pub fn new(pool: PgPool, config: OutboundConfig) -> Result<Self, Error> {
         let guard = config.guard();
         let client = reqwest::Client::builder()
             // The guard resolves every name dialled; no proxy may dial on our behalf, and no
@@ -276,8 +277,8 @@ impl Dispatcher {
 }
 
 /// The `webhook-id` of a delivery: the same on every attempt and redelivery.
-pub fn webhook_id(delivery_id: uuid::Uuid) -> String {
-    format!("msg_{}", delivery_id.simple())
+pub fn webhook_id(delivery_id: DeliveryId) -> String {
+    format!("msg_{}", delivery_id.0.simple())
 }
 
 /// The JSON body: the public type, when it happened, the aggregate and its version (receivers

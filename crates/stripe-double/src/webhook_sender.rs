@@ -4,7 +4,7 @@
 //! as Stripe signs them (`Stripe-Signature: t=…,v1=…`). Deliveries can be duplicated, delayed and
 //! reordered, to show that the receiver copes with what Stripe does not guarantee.
 //!
-//! Control routes: `GET/POST/DELETE /_double/webhooks` (a [`WebhookConfig`] as JSON),
+//! Control routes: `GET/POST/DELETE /_double/webhooks` (a [`WebhookTarget`] as JSON),
 //! `POST /_double/disputes` (`{"payment_intent": "pi_…", "reason": "fraudulent"}`) and
 //! `POST /_double/disputes/{id}/close` (`{"status": "won"}`).
 
@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::validate::{new_id, now};
-use super::{DoubleError, EventRecord, Shared};
+use super::{DoubleError, LedgerEvent, Shared};
 use crate::signature;
 
 /// The API version stamped on events (the one async-stripe pins).
@@ -30,7 +30,7 @@ pub const API_VERSION: &str = "2026-09-30.endive";
 
 /// Where and how the double delivers webhooks.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WebhookConfig {
+pub struct WebhookTarget {
     /// The receiving endpoint, e.g. `http://127.0.0.1:8080/webhooks/stripe`.
     pub url: String,
     /// Endpoint secrets; each adds a `v1` signature (as Stripe does while a secret rolls).
@@ -62,7 +62,7 @@ pub struct DeliveryRecord {
 
 #[derive(Debug, Default)]
 pub(super) struct WebhookState {
-    config: Option<WebhookConfig>,
+    config: Option<WebhookTarget>,
     /// Ledger events already looked at.
     cursor: usize,
     /// Events made outside the ledger (disputes), waiting to be sent.
@@ -89,7 +89,7 @@ pub fn envelope(id: &str, kind: &str, created: i64, object: Value) -> Value {
 impl Shared {
     /// The ledger's record as Stripe would send it. `charge.refunded` carries a Charge (the
     /// ledger snapshots the PaymentIntent), with the cumulative `amount_refunded`.
-    fn stripe_event(&self, rec: &EventRecord, amount_refunded: impl Fn(&str) -> i64) -> Value {
+    fn stripe_event(&self, rec: &LedgerEvent, amount_refunded: impl Fn(&str) -> i64) -> Value {
         let object = if rec.kind == "charge.refunded" {
             let pi = &rec.object;
             let pi_id = pi["id"].as_str().unwrap_or_default();
@@ -116,7 +116,7 @@ impl Shared {
     }
 
     /// Takes the events not sent yet, in the order to send them, with the config to use.
-    fn take_batch(&self) -> Option<(WebhookConfig, Vec<Value>)> {
+    fn take_batch(&self) -> Option<(WebhookTarget, Vec<Value>)> {
         let mut inner = self.lock();
         let total = inner.ledger.event_count();
         let Some(config) = inner.webhooks.config.clone() else {
@@ -186,7 +186,7 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
 }
 
 /// POSTs one event, retrying a few times on failure as Stripe does (much faster here).
-async fn deliver(shared: &Shared, http: &reqwest::Client, config: &WebhookConfig, event: &Value) {
+async fn deliver(shared: &Shared, http: &reqwest::Client, config: &WebhookTarget, event: &Value) {
     let body = event.to_string();
     for attempt in 1..=5u32 {
         let status = send(http, &config.url, &config.secrets, body.as_bytes()).await;
@@ -228,7 +228,7 @@ pub async fn send(http: &reqwest::Client, url: &str, secrets: &[String], body: &
 
 impl super::StripeDouble {
     /// Starts (or changes) webhook delivery. Only events that happen from now on are sent.
-    pub fn configure_webhooks(&self, config: WebhookConfig) {
+    pub fn configure_webhooks(&self, config: WebhookTarget) {
         let mut inner = self.shared.lock();
         inner.webhooks.cursor = inner.ledger.events().len();
         inner.webhooks.config = Some(config);
@@ -358,7 +358,7 @@ pub(super) fn routes(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-async fn configure(State(s): State<Arc<Shared>>, Json(config): Json<WebhookConfig>) -> Response {
+async fn configure(State(s): State<Arc<Shared>>, Json(config): Json<WebhookTarget>) -> Response {
     let mut inner = s.lock();
     inner.webhooks.cursor = inner.ledger.events().len();
     inner.webhooks.config = Some(config.clone());

@@ -1,9 +1,10 @@
-//! Stripe webhook ingestion: the HTTP route (in `http::stripe_webhooks`) verifies and stores each
+//! Stripe webhook ingestion: the HTTP route (`http::inbound_stripe`) verifies and stores each
 //! event in the inbox; the workers here claim inbox rows (SKIP LOCKED, under a lease), process them
 //! (`process`), and retry with backoff until they are done or dead (visible to operators).
 
 pub mod event;
 pub mod process;
+pub mod signature;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,15 +18,15 @@ use tracing::{Instrument, debug, info, warn};
 use crate::engine::retry::RetryPolicy;
 use crate::queue::{self, Workers};
 use crate::store::queues::StripeEventQueue;
-use crate::store::stripe_events::{self, Claim, StripeEventRow};
+use crate::store::stripe_inbox::{self, Claim, StripeEventRow};
 use crate::stripe::client::StripeClient;
-use crate::stripe::webhook::{self, Verifier};
 use process::Decision;
+use signature::Verifier;
 
 /// Largest webhook body accepted (Stripe's events are far smaller).
 pub const BODY_LIMIT: usize = 256 * 1024;
 
-/// How the inbox workers run.
+/// How the inbox workers run (built by [`crate::config::Settings`]).
 #[derive(Debug, Clone)]
 pub struct InboxConfig {
     /// Events processed at once by this process.
@@ -43,25 +44,15 @@ pub struct InboxConfig {
     pub worker_id: String,
 }
 
-impl Default for InboxConfig {
-    fn default() -> Self {
-        Self {
-            workers: 4,
-            lease: Duration::from_secs(60),
-            poll_interval: Duration::from_secs(1),
-            // 250ms, 500ms, 1s … capped at 2m: about 10 minutes before an event is dead, which
-            // covers a slow authorize step and a saga that has not parked yet.
-            retry: RetryPolicy {
-                max_attempts: 12,
-                base_delay: Duration::from_millis(250),
-                max_delay: Duration::from_secs(120),
-                jitter: 0.2,
-            },
-            shutdown_grace: Duration::from_secs(20),
-            worker_id: crate::engine::default_worker_id(),
-        }
-    }
-}
+/// Backoff between an inbox event's attempts: 250ms, 500ms, 1s … capped at 2m, about 10 minutes
+/// before an event is dead, which covers a slow authorize step and a saga that has not parked
+/// yet.
+pub const INBOX_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 12,
+    base_delay: Duration::from_millis(250),
+    max_delay: Duration::from_secs(120),
+    jitter: 0.2,
+};
 
 /// Everything about inbound Stripe webhooks.
 #[derive(Debug, Clone)]
@@ -70,16 +61,6 @@ pub struct InboundSettings {
     pub webhook_secrets: Vec<String>,
     pub tolerance: Duration,
     pub inbox: InboxConfig,
-}
-
-impl Default for InboundSettings {
-    fn default() -> Self {
-        Self {
-            webhook_secrets: Vec::new(),
-            tolerance: webhook::DEFAULT_TOLERANCE,
-            inbox: InboxConfig::default(),
-        }
-    }
 }
 
 impl InboundSettings {
@@ -163,7 +144,7 @@ async fn handle(
             let delay = rand::rng().random_range(200..800);
             let at = chrono::Utc::now() + chrono::Duration::milliseconds(delay);
             debug!(reason, "stripe event deferred until the saga catches up");
-            if let Err(e) = stripe_events::defer(pool, &claim, at, &reason).await {
+            if let Err(e) = stripe_inbox::defer(pool, &claim, at, &reason).await {
                 warn!(error = %e, "could not defer the stripe event; its lease will expire");
             }
             count(&row.event_type, "deferred");
@@ -185,7 +166,7 @@ async fn handle(
         } else {
             debug!(attempts, reason, "stripe event retried later");
         }
-        if let Err(e) = stripe_events::reschedule(pool, &claim, at, &reason).await {
+        if let Err(e) = stripe_inbox::reschedule(pool, &claim, at, &reason).await {
             warn!(error = %e, "could not reschedule the stripe event; its lease will expire");
         }
         count(&row.event_type, if at.is_none() { "dead" } else { outcome });

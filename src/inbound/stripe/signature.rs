@@ -15,8 +15,6 @@ use std::time::Duration;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-/// Stripe's default tolerance between the signed timestamp and our clock.
-pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 /// Longest `Stripe-Signature` header read. Stripe sends `t=`, one `v1=` per live secret (two
 /// during a rotation) and in test mode a `v0=`: about 75 bytes each.
 pub const MAX_HEADER_LEN: usize = 1024;
@@ -221,7 +219,7 @@ mod tests {
     const NOW: i64 = 1_700_000_000;
 
     fn verifier(secrets: &[&str]) -> Verifier {
-        Verifier::new(secrets, DEFAULT_TOLERANCE)
+        Verifier::new(secrets, Duration::from_secs(300))
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use uuid::Uuid;
 
 use crate::harness::{
-    AppOptions, TestApp, booking_input, spawn_app_with, spawn_instance, test_webhook_config,
+    AppOptions, TestApp, booking_input, spawn_app_with, spawn_instance, test_outbound_config,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -201,7 +201,7 @@ fn the_independent_verifier_passes_the_standard_webhooks_test_vector() {
 
 #[test]
 fn every_catalog_type_has_a_schema_and_a_valid_example() {
-    for t in sagad::webhooks::catalog::public_types() {
+    for t in sagad::outbound::catalog::public_types() {
         let path = format!("{}/webhooks/examples/{t}.json", env!("CARGO_MANIFEST_DIR"));
         let example: Value = serde_json::from_str(
             &std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("no example {path}")),
@@ -355,7 +355,7 @@ async fn failing_for_the_configured_period_disables_the_endpoint() {
         .unwrap();
     emit(&app.pool, vec![cancelled("x")]).await;
     wait_for("the endpoint to be disabled", || async {
-        let ep = store::webhooks::get_endpoint(&app.pool, endpoint)
+        let ep = store::outbound::get_endpoint(&app.pool, endpoint.into())
             .await
             .unwrap()
             .unwrap();
@@ -390,7 +390,7 @@ async fn retry_after_is_honoured() {
 #[tokio::test]
 async fn a_hanging_receiver_times_out_and_is_retried() {
     let mut opts = AppOptions::default();
-    opts.webhooks.timeout = Duration::from_millis(300);
+    opts.outbound.timeout = Duration::from_millis(300);
     let app = spawn_app_with(opts).await;
     let rx = Receiver::start().await;
     rx.script([Reply::Hang]);
@@ -413,9 +413,9 @@ async fn a_hanging_receiver_times_out_and_is_retried() {
 #[tokio::test]
 async fn a_slow_endpoint_does_not_starve_the_others() {
     let mut opts = AppOptions::default();
-    opts.webhooks.timeout = Duration::from_secs(5);
-    opts.webhooks.workers = 4;
-    opts.webhooks.endpoint_concurrency = 2;
+    opts.outbound.timeout = Duration::from_secs(5);
+    opts.outbound.workers = 4;
+    opts.outbound.endpoint_concurrency = 2;
     let app = spawn_app_with(opts).await;
     let slow = Receiver::start().await;
     slow.script(std::iter::repeat_n(Reply::Hang, 20));
@@ -461,14 +461,14 @@ async fn two_processes_claiming_at_once_stay_within_the_endpoint_cap() {
     let cap = 2;
     // Process A has claimed up to the cap and not committed yet ...
     let mut a = app.pool.begin().await.unwrap();
-    let first = store::webhooks::claim_due(&mut *a, "process-a", lease, 10, cap)
+    let first = store::outbound::claim_due(&mut *a, "process-a", lease, 10, cap)
         .await
         .unwrap();
     assert_eq!(first.len(), 2);
     // ... when process B claims, from a snapshot in which nothing is in flight.
     let pool = app.pool.clone();
     let b = tokio::spawn(async move {
-        store::webhooks::claim_due(&pool, "process-b", lease, 10, cap).await
+        store::outbound::claim_due(&pool, "process-b", lease, 10, cap).await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!b.is_finished(), "B waits for A's slots");
@@ -482,7 +482,7 @@ async fn two_processes_claiming_at_once_stay_within_the_endpoint_cap() {
         Some(store::sqlstate::UNIQUE_VIOLATION)
     );
     // Claiming again, B sees A's leases: the endpoint is full.
-    let again = store::webhooks::claim_due(&app.pool, "process-b", lease, 10, cap)
+    let again = store::outbound::claim_due(&app.pool, "process-b", lease, 10, cap)
         .await
         .unwrap();
     assert!(again.is_empty(), "{again:?}");
@@ -497,7 +497,7 @@ async fn two_processes_claiming_at_once_stay_within_the_endpoint_cap() {
 #[tokio::test]
 async fn an_endpoint_rate_limit_holds_over_every_process() {
     let (app, endpoint) = undispatched_deliveries(10).await;
-    let claimed = store::webhooks::claim_due(&app.pool, "w", Duration::from_secs(60), 10, 10)
+    let claimed = store::outbound::claim_due(&app.pool, "w", Duration::from_secs(60), 10, 10)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 10);
@@ -507,7 +507,7 @@ async fn an_endpoint_rate_limit_holds_over_every_process() {
     for d in claimed {
         let pool = app.pool.clone();
         tasks.spawn(async move {
-            store::webhooks::admit_or_defer(&pool, d.id, d.attempts, endpoint, per_second)
+            store::outbound::admit_or_defer(&pool, d.id, d.attempts, endpoint.into(), per_second)
                 .await
                 .unwrap()
         });
@@ -731,7 +731,7 @@ async fn type_filters_and_wildcards_route_a_whole_booking() {
 
 type Dns = Arc<Mutex<HashMap<String, IpAddr>>>;
 
-fn fake_dns(entries: &[(&str, &str)]) -> (Dns, sagad::webhooks::Resolver) {
+fn fake_dns(entries: &[(&str, &str)]) -> (Dns, sagad::outbound::Resolver) {
     let map: Dns = Arc::new(Mutex::new(
         entries
             .iter()
@@ -739,7 +739,7 @@ fn fake_dns(entries: &[(&str, &str)]) -> (Dns, sagad::webhooks::Resolver) {
             .collect(),
     ));
     let m = map.clone();
-    let resolver: sagad::webhooks::Resolver = Arc::new(move |host: String| {
+    let resolver: sagad::outbound::Resolver = Arc::new(move |host: String| {
         let found = m.lock().unwrap().get(&host).copied();
         Box::pin(async move {
             found
@@ -769,12 +769,12 @@ async fn ssrf_targets_are_refused_unless_allow_listed() {
         "http://internal.example/hook",
     ];
     let (_, resolver) = fake_dns(&[("internal.example", "10.0.0.1")]);
-    let mut strict = test_webhook_config();
+    let mut strict = test_outbound_config();
     strict.allow_nets.clear();
     strict.resolver = resolver.clone();
     let app = spawn_app_with(AppOptions {
         role: Role::Api,
-        webhooks: strict,
+        outbound: strict,
         ..AppOptions::default()
     })
     .await;
@@ -794,7 +794,7 @@ async fn ssrf_targets_are_refused_unless_allow_listed() {
     );
     drop(app);
 
-    let mut allowed = test_webhook_config();
+    let mut allowed = test_outbound_config();
     allowed.allow_nets = ["127.0.0.0/8", "::1/128", "169.254.169.254/32", "10.0.0.0/8"]
         .iter()
         .map(|n| n.parse().unwrap())
@@ -802,7 +802,7 @@ async fn ssrf_targets_are_refused_unless_allow_listed() {
     allowed.resolver = resolver;
     let app = spawn_app_with(AppOptions {
         role: Role::Api,
-        webhooks: allowed,
+        outbound: allowed,
         ..AppOptions::default()
     })
     .await;
@@ -814,11 +814,11 @@ async fn ssrf_targets_are_refused_unless_allow_listed() {
 
 #[tokio::test]
 async fn http_urls_need_the_allow_http_setting() {
-    let mut cfg = test_webhook_config();
+    let mut cfg = test_outbound_config();
     cfg.allow_http = false;
     let app = spawn_app_with(AppOptions {
         role: Role::Api,
-        webhooks: cfg,
+        outbound: cfg,
         ..AppOptions::default()
     })
     .await;
@@ -835,10 +835,10 @@ async fn http_urls_need_the_allow_http_setting() {
 #[tokio::test]
 async fn delivery_dials_only_addresses_that_pass_the_guard() {
     let (dns, resolver) = fake_dns(&[("good.test", "127.0.0.1"), ("rebind.test", "127.0.0.1")]);
-    let mut cfg = test_webhook_config();
+    let mut cfg = test_outbound_config();
     cfg.resolver = resolver;
     let app = spawn_app_with(AppOptions {
-        webhooks: cfg,
+        outbound: cfg,
         ..AppOptions::default()
     })
     .await;

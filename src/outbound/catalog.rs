@@ -48,7 +48,7 @@ pub fn public_types() -> impl Iterator<Item = &'static str> {
 
 /// Checks a subscription pattern: `*`, `<category>.*` for a category the catalog has, or an
 /// exact public type. Unknown names are refused so a typo does not silently subscribe to nothing.
-/// Patterns are matched in one place, the outbox insert (`store::webhooks::FAN_OUT_CTE`).
+/// Patterns are matched in one place, the outbox insert (`store::outbound::FAN_OUT_CTE`).
 pub fn validate_pattern(pattern: &str) -> Result<(), String> {
     if pattern == "*" {
         return Ok(());

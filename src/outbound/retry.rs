@@ -7,32 +7,14 @@ use std::time::Duration;
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct RetryPolicy {
+pub struct RetrySchedule {
     /// Delays before the 2nd, 3rd, … attempt (the first is immediate). After the last, dead.
     pub schedule: Vec<Duration>,
     /// Relative jitter applied to each delay: 0.2 means ±20%.
     pub jitter: f64,
 }
 
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        let s = Duration::from_secs;
-        Self {
-            schedule: vec![
-                s(5),
-                s(5 * 60),
-                s(30 * 60),
-                s(2 * 3600),
-                s(5 * 3600),
-                s(10 * 3600),
-                s(10 * 3600),
-            ],
-            jitter: 0.2,
-        }
-    }
-}
-
-impl RetryPolicy {
+impl RetrySchedule {
     /// After the `made`-th failed attempt of the current schedule (1-based): how long until the
     /// next one, or `None` when the schedule is exhausted (dead letter). `draw` is uniform in
     /// [0, 1). A `Retry-After` replaces the scheduled delay (no jitter: the receiver asked).
@@ -82,9 +64,18 @@ pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Opt
 mod tests {
     use super::*;
 
+    /// The schedule `sagad serve` uses unless told otherwise.
+    fn default_schedule() -> RetrySchedule {
+        let o = crate::config::ServeArgs::defaults().outbound;
+        RetrySchedule {
+            schedule: o.webhook_retry_schedule,
+            jitter: o.webhook_retry_jitter,
+        }
+    }
+
     #[test]
     fn follows_the_schedule_with_bounded_jitter_then_gives_up() {
-        let p = RetryPolicy::default();
+        let p = default_schedule();
         assert_eq!(p.max_attempts(), 8);
         assert_eq!(p.next_delay(1, None, 0.5), Some(Duration::from_secs(5)));
         assert_eq!(p.next_delay(1, None, 0.0), Some(Duration::from_secs(4)));
@@ -97,7 +88,7 @@ mod tests {
 
     #[test]
     fn retry_after_replaces_the_delay_but_not_the_limit() {
-        let p = RetryPolicy::default();
+        let p = default_schedule();
         let ra = Some(Duration::from_secs(90));
         assert_eq!(p.next_delay(1, ra, 0.0), ra);
         assert_eq!(p.next_delay(8, ra, 0.0), None);

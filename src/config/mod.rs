@@ -1,0 +1,422 @@
+//! Configuration in one place. `args.rs` defines every flag and environment variable of
+//! `sagad serve` with its default; [`Settings::from_args`] turns them into the settings of every
+//! part of sagad, validated once, with a message that says what is wrong and how to fix it.
+//! Tests, `sagad demo` and the benchmark build theirs the same way ([`ServeArgs::defaults`], then
+//! [`Settings::from_args`]) and change only what they need.
+
+mod args;
+#[cfg(test)]
+mod readme;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub(crate) use args::parse_duration;
+pub use args::{DEFAULT_LISTEN, DbArgs, OutboundArgs, Role, ServeArgs};
+
+use crate::engine::EngineConfig;
+use crate::engine::actions::{self, NotifyConfig};
+use crate::engine::definition::{self, DefinitionError, SagaDefinition};
+use crate::inbound::stripe::{InboundSettings, InboxConfig};
+use crate::maintenance::MaintenanceConfig;
+use crate::outbound::{OutboundConfig, RetrySchedule};
+
+/// The booking saga shipped inside the binary, used when no `sagas/` directory is present.
+pub const BUILTIN_BOOKING: &str = include_str!("../../sagas/booking.toml");
+
+/// The bearer token `--dev` accepts when no `SAGAD_API_TOKENS` are set.
+pub const DEV_TOKEN: &str = "dev-token";
+
+/// Everything a sagad process is configured with.
+#[derive(Clone)]
+pub struct Settings {
+    /// What this process runs.
+    pub role: Role,
+    /// The HTTP API's address.
+    pub listen: SocketAddr,
+    pub db: DbArgs,
+    /// Accepted bearer tokens for `/v1`.
+    pub api_tokens: Vec<String>,
+    pub stripe: StripeSettings,
+    /// The notification gateway; `None`: the notify step records that nothing was sent.
+    pub notify: Option<NotifyConfig>,
+    /// The saga definitions, loaded and checked.
+    pub definitions: Vec<SagaDefinition>,
+    /// Longest `?wait=` the start-saga RPC honours.
+    pub max_wait: Duration,
+    /// The saga workers.
+    pub engine: EngineConfig,
+    /// Stripe's webhooks: endpoint secrets and the inbox workers.
+    pub inbound_stripe: InboundSettings,
+    /// Webhooks to integrators: the endpoint API's URL policy and the delivery workers.
+    pub outbound: OutboundConfig,
+    /// Background upkeep, run with the workers.
+    pub maintenance: MaintenanceConfig,
+    /// Where `/metrics` is served, and whether it needs a token.
+    pub metrics: MetricsSettings,
+}
+
+/// Where `GET /metrics` is served and who may read it.
+#[derive(Clone)]
+pub struct MetricsSettings {
+    /// Its own address; `None`: the API's (`SAGAD_LISTEN`).
+    pub listen: Option<SocketAddr>,
+    /// The bearer token it requires; `None`: anyone who reaches it may read it.
+    pub token: Option<String>,
+}
+
+/// How sagad reaches Stripe.
+#[derive(Clone)]
+pub struct StripeSettings {
+    /// `None` only in development (`--dev`): `sagad serve` then runs the Stripe test double.
+    pub secret_key: Option<String>,
+    /// Stripe's own API unless set (e.g. the test double).
+    pub api_base: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "no API token configured: set SAGAD_API_TOKENS (comma-separated bearer tokens), or run `sagad serve --dev` for local development"
+    )]
+    NoApiTokens,
+    #[error("API tokens must be at least 16 characters (token {0} of SAGAD_API_TOKENS is {1})")]
+    WeakApiToken(usize, usize),
+    #[error(
+        "STRIPE_SECRET_KEY is not set: set it to your Stripe secret key (sk_test_… for test mode), or run `sagad serve --dev` to use the built-in Stripe test double"
+    )]
+    NoStripeKey,
+    #[error("STRIPE_SECRET_KEY must start with sk_ or rk_ (got something else)")]
+    BadStripeKey,
+    #[error("STRIPE_API_BASE {0:?} is not an http(s) URL")]
+    BadStripeBase(String),
+    #[error("SAGAD_NOTIFY_URL {0:?} is not an http(s) URL")]
+    BadNotifyUrl(String),
+    #[error("SAGAD_NOTIFY_URL is set but SAGAD_NOTIFY_SECRET is not: notifications must be signed")]
+    NoNotifySecret,
+    #[error("SAGAD_POLL_INTERVAL must be between 10ms and 1h")]
+    BadPollInterval,
+    #[error("SAGAD_LEASE must be at least 1s")]
+    BadLease,
+    #[error("STRIPE_WEBHOOK_TOLERANCE must be between 1s and 1h")]
+    BadWebhookTolerance,
+    #[error("SAGAD_RETENTION must be at least 1m")]
+    BadRetention,
+    #[error("SAGAD_METRICS_TOKEN must be at least 16 characters (it is {0})")]
+    WeakMetricsToken(usize),
+    #[error(
+        "SAGAD_METRICS_LISTEN is SAGAD_LISTEN's address ({0}): give metrics another port, or unset it to serve them with the API"
+    )]
+    MetricsListenClash(SocketAddr),
+    #[error("saga definitions are invalid:\n{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Definitions(Vec<DefinitionError>),
+}
+
+/// Checks an http(s) URL.
+pub fn http_url(raw: &str) -> Option<reqwest::Url> {
+    reqwest::Url::parse(raw)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+}
+
+impl Settings {
+    /// Validates `args` and builds the settings of every part of sagad from them.
+    pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
+        let api_tokens = api_tokens(&args)?;
+        let stripe = stripe(&args)?;
+        let notify = notify(&args)?;
+        if args.poll_interval < Duration::from_millis(10)
+            || args.poll_interval > Duration::from_secs(3600)
+        {
+            return Err(ConfigError::BadPollInterval);
+        }
+        if args.lease < Duration::from_secs(1) {
+            return Err(ConfigError::BadLease);
+        }
+        if args.retention < Duration::from_secs(60) {
+            return Err(ConfigError::BadRetention);
+        }
+        if args.stripe_webhook_tolerance < Duration::from_secs(1)
+            || args.stripe_webhook_tolerance > Duration::from_secs(3600)
+        {
+            return Err(ConfigError::BadWebhookTolerance);
+        }
+        let metrics = metrics(&args)?;
+        let definitions = load_definitions(&args.sagas_dir).map_err(ConfigError::Definitions)?;
+        // One name for this process in every queue's `locked_by`.
+        let worker_id = crate::engine::default_worker_id();
+        let o = &args.outbound;
+        Ok(Self {
+            role: args.role,
+            listen: args.listen,
+            api_tokens,
+            stripe,
+            notify,
+            definitions,
+            max_wait: args.max_wait,
+            engine: EngineConfig {
+                workers: args.workers as usize,
+                local_queue: args.local_queue.map(|n| n as usize),
+                lease: args.lease,
+                poll_interval: args.poll_interval,
+                shutdown_grace: args.shutdown_grace,
+                worker_id: worker_id.clone(),
+            },
+            inbound_stripe: InboundSettings {
+                webhook_secrets: args.stripe_webhook_secret.clone(),
+                tolerance: args.stripe_webhook_tolerance,
+                inbox: InboxConfig {
+                    workers: args.stripe_inbox_workers as usize,
+                    // Processing an event is one Stripe call and one transaction: the saga lease
+                    // bounds it.
+                    lease: args.lease,
+                    poll_interval: args.poll_interval,
+                    retry: crate::inbound::stripe::INBOX_RETRY,
+                    shutdown_grace: args.shutdown_grace,
+                    worker_id: worker_id.clone(),
+                },
+            },
+            outbound: OutboundConfig {
+                workers: o.webhook_workers as usize,
+                endpoint_concurrency: o.webhook_endpoint_concurrency as usize,
+                timeout: o.webhook_timeout,
+                poll_interval: args.poll_interval,
+                retry: RetrySchedule {
+                    schedule: o.webhook_retry_schedule.clone(),
+                    jitter: o.webhook_retry_jitter,
+                },
+                secret_overlap: o.webhook_secret_overlap,
+                disable_after: o.webhook_disable_after,
+                allow_http: o.webhook_allow_http,
+                allow_nets: o.webhook_allow_nets.clone(),
+                resolver: crate::outbound::guard::system_resolver(),
+                shutdown_grace: args.shutdown_grace,
+                worker_id,
+            },
+            maintenance: MaintenanceConfig {
+                interval: crate::maintenance::INTERVAL,
+                retention: args.retention,
+            },
+            metrics,
+            db: args.db,
+        })
+    }
+
+    /// Whether `sagad serve` must run the Stripe test double (`--dev` without a key).
+    pub fn runs_stripe_double(&self) -> bool {
+        self.stripe.secret_key.is_none()
+    }
+}
+
+#[cfg(test)]
+impl Settings {
+    /// `sagad serve --dev`'s settings, for unit tests.
+    pub(crate) fn dev() -> Self {
+        let mut args = ServeArgs::defaults();
+        args.dev = true;
+        match Self::from_args(args) {
+            Ok(s) => s,
+            Err(e) => panic!("the --dev settings are refused: {e}"),
+        }
+    }
+}
+
+/// The tokens, trimmed; `--dev` without any accepts [`DEV_TOKEN`].
+fn api_tokens(args: &ServeArgs) -> Result<Vec<String>, ConfigError> {
+    let mut tokens: Vec<String> = args
+        .api_tokens
+        .iter()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if !args.dev {
+        if tokens.is_empty() {
+            return Err(ConfigError::NoApiTokens);
+        }
+        for (i, t) in args.api_tokens.iter().enumerate() {
+            if t.trim().len() < 16 {
+                return Err(ConfigError::WeakApiToken(i + 1, t.trim().len()));
+            }
+        }
+    }
+    if tokens.is_empty() {
+        tracing::info!("--dev: API token is `{DEV_TOKEN}`");
+        tokens.push(DEV_TOKEN.into());
+    }
+    Ok(tokens)
+}
+
+fn metrics(args: &ServeArgs) -> Result<MetricsSettings, ConfigError> {
+    if args.metrics_listen == Some(args.listen) {
+        return Err(ConfigError::MetricsListenClash(args.listen));
+    }
+    let token = args
+        .metrics_token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    if let Some(t) = token
+        && t.len() < 16
+    {
+        return Err(ConfigError::WeakMetricsToken(t.len()));
+    }
+    Ok(MetricsSettings {
+        listen: args.metrics_listen,
+        token: token.map(str::to_owned),
+    })
+}
+
+fn stripe(args: &ServeArgs) -> Result<StripeSettings, ConfigError> {
+    match &args.stripe_secret_key {
+        None if !args.dev => return Err(ConfigError::NoStripeKey),
+        Some(k) if !(k.starts_with("sk_") || k.starts_with("rk_")) => {
+            return Err(ConfigError::BadStripeKey);
+        }
+        _ => {}
+    }
+    if let Some(b) = &args.stripe_api_base
+        && http_url(b).is_none()
+    {
+        return Err(ConfigError::BadStripeBase(b.clone()));
+    }
+    Ok(StripeSettings {
+        secret_key: args.stripe_secret_key.clone(),
+        api_base: args.stripe_api_base.clone(),
+    })
+}
+
+fn notify(args: &ServeArgs) -> Result<Option<NotifyConfig>, ConfigError> {
+    let Some(raw) = &args.notify_url else {
+        return Ok(None);
+    };
+    let url = http_url(raw).ok_or_else(|| ConfigError::BadNotifyUrl(raw.clone()))?;
+    if args.notify_secret.iter().all(|s| s.is_empty()) {
+        return Err(ConfigError::NoNotifySecret);
+    }
+    Ok(Some(NotifyConfig {
+        url,
+        secrets: args
+            .notify_secret
+            .iter()
+            .map(|s| crate::signing::secret_bytes(s))
+            .collect(),
+    }))
+}
+
+/// Loads every `*.toml` of `dir`; a missing default directory falls back to the built-in booking
+/// saga.
+pub fn load_definitions(dir: &Path) -> Result<Vec<SagaDefinition>, Vec<DefinitionError>> {
+    if !dir.exists() && dir == Path::new("sagas") {
+        tracing::info!("no ./sagas directory: using the built-in booking saga");
+        return definition::parse(
+            BUILTIN_BOOKING,
+            "<built-in>/booking.toml",
+            &actions::catalog(),
+        )
+        .map(|d| vec![d]);
+    }
+    definition::load_dir(dir, &actions::catalog())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> ServeArgs {
+        let mut args = ServeArgs::defaults();
+        args.api_tokens = vec!["0123456789abcdef".into()];
+        args.stripe_secret_key = Some("sk_test_x".into());
+        args
+    }
+
+    #[test]
+    fn the_defaults_reach_every_part() {
+        let s = Settings::from_args(valid()).unwrap();
+        assert_eq!(s.engine.workers, 16);
+        assert_eq!(s.engine.lease, Duration::from_secs(60));
+        assert_eq!(s.inbound_stripe.inbox.workers, 4);
+        assert_eq!(s.inbound_stripe.inbox.lease, s.engine.lease);
+        assert_eq!(s.outbound.workers, 32);
+        assert_eq!(s.outbound.retry.schedule[0], Duration::from_secs(5));
+        assert_eq!(s.outbound.poll_interval, s.engine.poll_interval);
+        assert_eq!(s.maintenance.retention, Duration::from_secs(30 * 24 * 3600));
+        assert_eq!(s.engine.worker_id, s.outbound.worker_id);
+        assert_eq!(s.api_tokens, vec!["0123456789abcdef".to_owned()]);
+        assert!(!s.runs_stripe_double());
+    }
+
+    #[test]
+    fn each_problem_says_what_to_set() {
+        type Change = Box<dyn Fn(&mut ServeArgs)>;
+        let cases: Vec<(Change, &str)> = vec![
+            (Box::new(|a| a.api_tokens.clear()), "SAGAD_API_TOKENS"),
+            (
+                Box::new(|a| a.api_tokens = vec!["short".into()]),
+                "at least 16",
+            ),
+            (
+                Box::new(|a| a.stripe_secret_key = None),
+                "STRIPE_SECRET_KEY",
+            ),
+            (
+                Box::new(|a| a.stripe_secret_key = Some("pk_x".into())),
+                "sk_ or rk_",
+            ),
+            (
+                Box::new(|a| a.stripe_api_base = Some("ftp://x".into())),
+                "STRIPE_API_BASE",
+            ),
+            (
+                Box::new(|a| a.notify_url = Some("http://gw/".into())),
+                "SAGAD_NOTIFY_SECRET",
+            ),
+            (
+                Box::new(|a| a.poll_interval = Duration::ZERO),
+                "SAGAD_POLL_INTERVAL",
+            ),
+            (
+                Box::new(|a| a.lease = Duration::from_millis(10)),
+                "SAGAD_LEASE",
+            ),
+            (
+                Box::new(|a| a.retention = Duration::from_secs(1)),
+                "SAGAD_RETENTION",
+            ),
+            (
+                Box::new(|a| a.metrics_token = Some("short".into())),
+                "SAGAD_METRICS_TOKEN",
+            ),
+            (
+                Box::new(|a| a.metrics_listen = Some(a.listen)),
+                "SAGAD_METRICS_LISTEN",
+            ),
+            (
+                Box::new(|a| a.stripe_webhook_tolerance = Duration::ZERO),
+                "STRIPE_WEBHOOK_TOLERANCE",
+            ),
+            (
+                Box::new(|a| a.sagas_dir = "/nonexistent/sagas".into()),
+                "saga definitions",
+            ),
+        ];
+        for (change, says) in cases {
+            let mut args = valid();
+            change(&mut args);
+            let err = Settings::from_args(args)
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(err.contains(says), "{err:?} should mention {says}");
+        }
+    }
+
+    #[test]
+    fn dev_mode_needs_neither_token_nor_key() {
+        let mut args = ServeArgs::defaults();
+        args.dev = true;
+        let s = Settings::from_args(args).unwrap();
+        assert_eq!(s.api_tokens, vec![DEV_TOKEN.to_owned()]);
+        assert!(s.runs_stripe_double());
+    }
+}
