@@ -7,7 +7,7 @@ use std::time::Duration;
 use sagad::stripe::client::{
     AuthorizeRequest, ClientOptions, Error, PaymentIntentStatus, StripeClient,
 };
-use stripe_double::{Fault, Operation, StripeDouble};
+use stripe_double::{AttemptOutcome, Fault, Operation, StripeDouble};
 use tokio::net::TcpListener;
 
 const KEY: &str = "sk_test_sagad_double";
@@ -608,6 +608,196 @@ async fn control_routes_inject_faults_and_list_state_over_http() {
             "payment_intent.succeeded"
         ]
     );
+}
+
+/// The attempt log shows what a client tried, where the effect counters show only what happened:
+/// a duplicate capture under a second key, refused by Stripe's state rules, moves no money but is
+/// there, with its key, as are replays, injected failures and refusals of every effect.
+#[tokio::test]
+async fn attempts_record_every_capture_cancel_and_refund_with_its_key() {
+    let double = double().await;
+    let client = client(&double);
+    let id = authorized(&client, "a:auth").await;
+    let other = authorized(&client, "b:auth").await;
+
+    double.inject(Fault::server_error(Operation::Capture));
+    assert!(client.capture(&id, "a:capture").await.is_err());
+    client.capture(&id, "a:capture").await.unwrap();
+    client.capture(&id, "a:capture").await.unwrap();
+    let second_key = client.capture(&id, "a:capture-again").await.unwrap_err();
+    assert_eq!(
+        rejected_code(&second_key),
+        (
+            400,
+            "invalid_request_error",
+            Some("payment_intent_unexpected_state")
+        )
+    );
+    assert!(client.cancel(&id, "a:void").await.is_err());
+    client.refund(&id, "a:refund").await.unwrap();
+    let again = client.refund(&id, "a:refund-again").await.unwrap_err();
+    assert_eq!(
+        rejected_code(&again),
+        (
+            400,
+            "invalid_request_error",
+            Some("charge_already_refunded")
+        )
+    );
+    client.cancel(&other, "b:void").await.unwrap();
+
+    // One capture, one refund and one void happened ...
+    let effects = double.counters().effects;
+    assert_eq!(
+        (effects.captures, effects.refunds, effects.cancels),
+        (1, 1, 1)
+    );
+    // ... and every attempt is on record, refused or not, with its key (retrieves and creates are not attempts).
+    let seen: Vec<(Operation, Option<String>, AttemptOutcome, u16)> = double
+        .attempts_on(&id)
+        .into_iter()
+        .map(|a| (a.operation, a.idempotency_key, a.outcome, a.status))
+        .collect();
+    let key = |k: &str| Some(k.to_owned());
+    assert_eq!(
+        seen,
+        vec![
+            (
+                Operation::Capture,
+                key("a:capture"),
+                AttemptOutcome::Failed,
+                500
+            ),
+            (
+                Operation::Capture,
+                key("a:capture"),
+                AttemptOutcome::Performed,
+                200
+            ),
+            (
+                Operation::Capture,
+                key("a:capture"),
+                AttemptOutcome::Replayed,
+                200
+            ),
+            (
+                Operation::Capture,
+                key("a:capture-again"),
+                AttemptOutcome::Refused,
+                400
+            ),
+            (
+                Operation::Cancel,
+                key("a:void"),
+                AttemptOutcome::Refused,
+                400
+            ),
+            (
+                Operation::Refund,
+                key("a:refund"),
+                AttemptOutcome::Performed,
+                200
+            ),
+            (
+                Operation::Refund,
+                key("a:refund-again"),
+                AttemptOutcome::Refused,
+                400
+            ),
+        ]
+    );
+    let all = double.attempts();
+    assert_eq!(all.len(), 8);
+    assert_eq!(
+        (
+            all[7].payment_intent.as_str(),
+            all[7].operation,
+            all[7].outcome
+        ),
+        (other.as_str(), Operation::Cancel, AttemptOutcome::Performed)
+    );
+
+    // The same over HTTP, for one PaymentIntent or all of them.
+    let http = reqwest::Client::new();
+    let base = double.base_url();
+    let listed: serde_json::Value = http
+        .get(format!("{base}_double/attempts?payment_intent={id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed = listed["data"].as_array().unwrap();
+    assert_eq!(listed.len(), 7);
+    assert_eq!(listed[3]["operation"], "capture");
+    assert_eq!(listed[3]["idempotency_key"], "a:capture-again");
+    assert_eq!(listed[3]["outcome"], "refused");
+    assert_eq!(listed[0]["outcome"], "failed");
+    assert_eq!(listed[0]["fault"], "server_error");
+    let everything: serde_json::Value = http
+        .get(format!("{base}_double/attempts"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(everything["data"].as_array().unwrap().len(), 8);
+    assert_eq!(everything["data"][7]["payment_intent"], other.as_str());
+}
+
+/// Requests name their PaymentIntent in the log: a refund by its `charge`, a declined create by
+/// the PaymentIntent its card error carries, and an effect on an unknown PaymentIntent is an
+/// attempt on that id.
+#[tokio::test]
+async fn the_request_log_names_the_payment_intent_of_each_request() {
+    let double = double().await;
+    let client = client(&double);
+    let id = authorized(&client, "n:auth").await;
+    client.capture(&id, "n:capture").await.unwrap();
+    let declined = client
+        .authorize(&booking("pm_card_chargeDeclined"), "n:declined")
+        .await
+        .unwrap_err();
+    assert!(!declined.is_transient(), "{declined:?}");
+    assert!(client.capture("pi_missing", "n:missing").await.is_err());
+
+    let charge = double.payment_intent(&id).unwrap().latest_charge.unwrap();
+    let http = reqwest::Client::new();
+    let refunded = http
+        .post(format!("{}v1/refunds", double.base_url()))
+        .bearer_auth(KEY)
+        .header("Idempotency-Key", "n:refund-by-charge")
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(format!("charge={charge}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refunded.status(), 200);
+
+    let named: Vec<(Option<Operation>, Option<String>)> = double
+        .requests()
+        .into_iter()
+        .map(|r| (r.operation, r.payment_intent))
+        .collect();
+    let pis = double.payment_intents();
+    assert_eq!(pis.len(), 2);
+    let declined_pi = pis[1].id.clone();
+    assert_eq!(
+        named,
+        vec![
+            (Some(Operation::Create), Some(id.clone())),
+            (Some(Operation::Capture), Some(id.clone())),
+            (Some(Operation::Create), Some(declined_pi)),
+            (Some(Operation::Capture), Some("pi_missing".to_owned())),
+            (Some(Operation::Refund), Some(id.clone())),
+        ]
+    );
+    let missing = double.attempts_on("pi_missing");
+    assert_eq!(missing.len(), 1);
+    assert_eq!(missing[0].outcome, AttemptOutcome::Refused);
+    assert_eq!(missing[0].status, 404);
 }
 
 /// The wire protocol itself, for integrators not using async-stripe: bracket syntax,

@@ -7,6 +7,8 @@
 //!
 //! - `POST /_double/faults` (a [`Fault`] as JSON), `GET` lists, `DELETE` clears them
 //! - `GET /_double/payment_intents`, `/_double/counters`, `/_double/requests`, `/_double/events`
+//! - `GET /_double/attempts` (`?payment_intent=pi_…` for one PaymentIntent): every capture, cancel
+//!   and refund request with its idempotency key, performed, replayed, refused or failed
 //! - `POST /_double/payment_intents/{id}/authenticate`, `…/fail_authentication`,
 //!   `…/expire_authorization`
 //! - `GET/POST/DELETE /_double/webhooks`, `POST /_double/disputes`, `…/disputes/{id}/close`:
@@ -50,6 +52,10 @@ pub struct RequestRecord {
     pub path: String,
     /// `None` for requests to unknown routes.
     pub operation: Option<Operation>,
+    /// The PaymentIntent the request is about: the path's id, a refund's `payment_intent` (or the
+    /// owner of its `charge`), the one a create made (also when its card was declined). `None`
+    /// when the request names none the double could read (e.g. a create that failed before it).
+    pub payment_intent: Option<String>,
     pub idempotency_key: Option<String>,
     /// The HTTP status sent (for a lost response: the status whose body was cut off).
     pub status: u16,
@@ -58,6 +64,68 @@ pub struct RequestRecord {
     /// The injected faults that applied, if any.
     pub fault: Option<String>,
     pub request_id: String,
+}
+
+/// One capture, cancel or refund request for a PaymentIntent, whatever became of it: what a
+/// client *tried*, where [`Effects`] counts only what happened. A second capture that Stripe's
+/// state rules refuse leaves the effects unchanged but is one more attempt here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Attempt {
+    pub payment_intent: String,
+    /// [`Operation::Capture`], [`Operation::Cancel`] or [`Operation::Refund`].
+    pub operation: Operation,
+    pub idempotency_key: Option<String>,
+    pub outcome: AttemptOutcome,
+    /// The HTTP status sent (for a lost response: the status whose body was cut off).
+    pub status: u16,
+    /// The injected faults that applied, if any.
+    pub fault: Option<String>,
+    pub request_id: String,
+}
+
+/// What the double did with an [`Attempt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// Executed and answered 2xx (the answer may still have been lost on the way).
+    Performed,
+    /// Answered from the idempotency store: nothing executed.
+    Replayed,
+    /// Answered 4xx: Stripe's rules refused it (wrong state, already refunded, bad key…).
+    Refused,
+    /// Answered 5xx (an injected server error): nothing executed.
+    Failed,
+}
+
+impl Attempt {
+    /// The effect attempts among the request log, in completion order.
+    fn from_request(r: &RequestRecord) -> Option<Self> {
+        let operation = r.operation?;
+        if !matches!(
+            operation,
+            Operation::Capture | Operation::Cancel | Operation::Refund
+        ) {
+            return None;
+        }
+        let outcome = if r.replayed {
+            AttemptOutcome::Replayed
+        } else if (200..300).contains(&r.status) {
+            AttemptOutcome::Performed
+        } else if r.status >= 500 {
+            AttemptOutcome::Failed
+        } else {
+            AttemptOutcome::Refused
+        };
+        Some(Self {
+            payment_intent: r.payment_intent.clone()?,
+            operation,
+            idempotency_key: r.idempotency_key.clone(),
+            outcome,
+            status: r.status,
+            fault: r.fault.clone(),
+            request_id: r.request_id.clone(),
+        })
+    }
 }
 
 /// A control action on the double was refused (unknown PaymentIntent, wrong state).
@@ -189,6 +257,17 @@ impl StripeDouble {
         self.shared.lock().requests.clone()
     }
 
+    /// Every capture, cancel and refund request naming a PaymentIntent, in completion order,
+    /// whether it was performed, replayed, refused or failed.
+    pub fn attempts(&self) -> Vec<Attempt> {
+        attempts(&self.shared.lock().requests, None)
+    }
+
+    /// [`Self::attempts`] for one PaymentIntent.
+    pub fn attempts_on(&self, payment_intent: &str) -> Vec<Attempt> {
+        attempts(&self.shared.lock().requests, Some(payment_intent))
+    }
+
     /// The events Stripe would have emitted (`payment_intent.succeeded`…), oldest first.
     pub fn events(&self) -> Vec<LedgerEvent> {
         self.shared.lock().ledger.events()
@@ -252,6 +331,14 @@ impl Drop for StripeDouble {
             let _ = tx.send(());
         }
     }
+}
+
+fn attempts(requests: &[RequestRecord], payment_intent: Option<&str>) -> Vec<Attempt> {
+    requests
+        .iter()
+        .filter_map(Attempt::from_request)
+        .filter(|a| payment_intent.is_none_or(|pi| a.payment_intent == pi))
+        .collect()
 }
 
 /// Serves a fresh double on `listener` until `shutdown` resolves (`sagad stripe-double`).

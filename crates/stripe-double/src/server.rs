@@ -52,6 +52,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/_double/counters", get(counters))
         .route("/_double/requests", get(requests))
+        .route("/_double/attempts", get(attempts))
         .route("/_double/events", get(events))
         .fallback(unrecognized)
         .method_not_allowed_fallback(unrecognized)
@@ -111,6 +112,7 @@ async fn process(shared: Arc<Shared>, op: Operation, id: String, req: Request) -
         method: parts.method.to_string(),
         path: parts.uri.path().to_owned(),
         operation: Some(op),
+        payment_intent: None,
         idempotency_key: parts
             .headers
             .get("idempotency-key")
@@ -122,6 +124,25 @@ async fn process(shared: Arc<Shared>, op: Operation, id: String, req: Request) -
         fault: None,
         request_id: request_id.clone(),
     };
+
+    // The body is read first, so that every request, refused or not, is logged with the
+    // PaymentIntent it names.
+    let raw = if parts.method == Method::GET {
+        Bytes::copy_from_slice(parts.uri.query().unwrap_or("").as_bytes())
+    } else {
+        match axum::body::to_bytes(body, BODY_LIMIT).await {
+            Ok(bytes) => bytes,
+            Err(_) => {
+                let err = ApiError::invalid_param(
+                    "parameter_invalid",
+                    "",
+                    "Request body too large or unreadable.",
+                );
+                return finish(&shared, record, error_response(&err, &request_id));
+            }
+        }
+    };
+    record.payment_intent = named_payment_intent(&shared, op, &id, &raw);
 
     let api_key = match authenticate_key(&parts.headers) {
         Ok(key) => key,
@@ -139,22 +160,6 @@ async fn process(shared: Arc<Shared>, op: Operation, id: String, req: Request) -
             .insert("stripe-should-retry", HeaderValue::from_static("true"));
         return finish(&shared, record, response);
     }
-
-    let raw = if parts.method == Method::GET {
-        Bytes::copy_from_slice(parts.uri.query().unwrap_or("").as_bytes())
-    } else {
-        match axum::body::to_bytes(body, BODY_LIMIT).await {
-            Ok(bytes) => bytes,
-            Err(_) => {
-                let err = ApiError::invalid_param(
-                    "parameter_invalid",
-                    "",
-                    "Request body too large or unreadable.",
-                );
-                return finish(&shared, record, error_response(&err, &request_id));
-            }
-        }
-    };
 
     let endpoint = format!("{} {}", parts.method, parts.uri.path());
     let outcome = {
@@ -196,6 +201,9 @@ async fn process(shared: Arc<Shared>, op: Operation, id: String, req: Request) -
         }
     };
 
+    if op == Operation::Create {
+        record.payment_intent = created_payment_intent(&outcome.body);
+    }
     if let Some(delay) = applied.latency {
         tokio::time::sleep(delay).await;
     }
@@ -218,6 +226,38 @@ async fn process(shared: Arc<Shared>, op: Operation, id: String, req: Request) -
         *response.body_mut() = broken_body(outcome.body);
     }
     finish(&shared, record, response)
+}
+
+/// The PaymentIntent a request names before it runs: the path's id, or a refund's
+/// `payment_intent` (or the owner of its `charge`).
+fn named_payment_intent(shared: &Shared, op: Operation, id: &str, raw: &[u8]) -> Option<String> {
+    match op {
+        Operation::Retrieve | Operation::Confirm | Operation::Capture | Operation::Cancel => {
+            Some(id.to_owned())
+        }
+        Operation::Refund => {
+            let params = Params::parse(raw).ok()?;
+            if let Some(pi) = params.str("payment_intent") {
+                return Some(pi.to_owned());
+            }
+            let charge = params.str("charge")?;
+            shared.lock().ledger.intent_of_charge(charge)
+        }
+        Operation::Create | Operation::ListRefunds | Operation::RetrieveRefund | Operation::Any => {
+            None
+        }
+    }
+}
+
+/// The PaymentIntent a create answered with: the object itself, or the one a card error carries.
+fn created_payment_intent(body: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let object = if value["object"] == "payment_intent" {
+        &value
+    } else {
+        &value["error"]["payment_intent"]
+    };
+    object["id"].as_str().map(str::to_owned)
 }
 
 fn execute(ledger: &mut Ledger, op: Operation, id: &str, params: &Params) -> OpResult {
@@ -363,6 +403,19 @@ async fn counters(State(s): State<Arc<Shared>>) -> Response {
 
 async fn requests(State(s): State<Arc<Shared>>) -> Response {
     Json(s.lock().requests.clone()).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct AttemptsQuery {
+    payment_intent: Option<String>,
+}
+
+async fn attempts(
+    State(s): State<Arc<Shared>>,
+    axum::extract::Query(q): axum::extract::Query<AttemptsQuery>,
+) -> Response {
+    let attempts = super::attempts(&s.lock().requests, q.payment_intent.as_deref());
+    Json(json!({ "data": attempts })).into_response()
 }
 
 async fn events(State(s): State<Arc<Shared>>) -> Response {

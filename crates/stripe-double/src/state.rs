@@ -720,6 +720,14 @@ impl Ledger {
         self.events[from.min(self.events.len())..].to_vec()
     }
 
+    /// The PaymentIntent whose latest charge is `charge`.
+    pub fn intent_of_charge(&self, charge: &str) -> Option<String> {
+        self.intents
+            .values()
+            .find(|pi| pi.latest_charge.as_deref() == Some(charge))
+            .map(|pi| pi.id.clone())
+    }
+
     /// Amount refunded so far on one PaymentIntent.
     pub fn amount_refunded(&self, payment_intent: &str) -> i64 {
         self.intents
