@@ -63,7 +63,8 @@ pub struct ServeArgs {
     /// Bearer token that `GET /metrics` requires, wherever it is served (at least 16 characters).
     #[arg(long, env = "SAGAD_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
-    /// Comma-separated bearer tokens accepted on /v1.
+    /// Comma-separated bearer tokens accepted on /v1: `name:token` pairs (the name is the actor
+    /// of operator actions) or bare tokens, named `token-1`, `token-2`… by position.
     #[arg(
         long,
         env = "SAGAD_API_TOKENS",

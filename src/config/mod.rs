@@ -36,8 +36,8 @@ pub struct Settings {
     /// The HTTP API's address.
     pub listen: SocketAddr,
     pub db: DbArgs,
-    /// Accepted bearer tokens for `/v1`.
-    pub api_tokens: Vec<String>,
+    /// Accepted bearer tokens for `/v1`, each with the name operator actions record.
+    pub api_tokens: Vec<ApiToken>,
     pub stripe: StripeSettings,
     /// The notification gateway; `None`: the notify step records that nothing was sent.
     pub notify: Option<NotifyConfig>,
@@ -56,6 +56,26 @@ pub struct Settings {
     /// Where `/metrics` is served, and whether it needs a token.
     pub metrics: MetricsSettings,
 }
+
+/// A bearer token `/v1` accepts, and its name: the actor recorded for the operator actions
+/// (retry, resolve, cancel) made with it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    pub name: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for ApiToken {
+    // The token itself stays out of logs and panics.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiToken")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The name `--dev` gives [`DEV_TOKEN`].
+pub const DEV_TOKEN_NAME: &str = "dev";
 
 /// Where `GET /metrics` is served and who may read it.
 #[derive(Clone)]
@@ -83,6 +103,16 @@ pub enum ConfigError {
     NoApiTokens,
     #[error("API tokens must be at least 16 characters (token {0} of SAGAD_API_TOKENS is {1})")]
     WeakApiToken(usize, usize),
+    #[error(
+        "token {0} of SAGAD_API_TOKENS has an invalid name {1:?}: a name is 1-64 letters, digits, `_`, `-` or `.`, given as name:token"
+    )]
+    BadApiTokenName(usize, String),
+    #[error("SAGAD_API_TOKENS names two tokens {0:?}: each name must be unique")]
+    DuplicateApiTokenName(String),
+    #[error(
+        "SAGAD_API_TOKENS lists token {0} twice (as tokens {1} and {0}): each token must be unique"
+    )]
+    DuplicateApiToken(usize, usize),
     #[error(
         "STRIPE_SECRET_KEY is not set: set it to your Stripe secret key (sk_test_… for test mode), or run `sagad serve --dev` to use the built-in Stripe test double"
     )]
@@ -222,27 +252,66 @@ impl Settings {
     }
 }
 
-/// The tokens, trimmed; `--dev` without any accepts [`DEV_TOKEN`].
-fn api_tokens(args: &ServeArgs) -> Result<Vec<String>, ConfigError> {
-    let mut tokens: Vec<String> = args
+/// Whether `name` may name an API token: 1-64 ASCII letters, digits, `_`, `-` or `.`.
+fn is_token_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// One entry of SAGAD_API_TOKENS (the `n`th, from 1): `name:token` (an entry with a `:` is
+/// always a pair), or a bare token, named `token-n`.
+fn api_token(n: usize, raw: &str) -> Result<ApiToken, ConfigError> {
+    let (name, token) = match raw.split_once(':') {
+        Some((name, token)) => {
+            let name = name.trim();
+            if !is_token_name(name) {
+                return Err(ConfigError::BadApiTokenName(n, name.to_owned()));
+            }
+            (name.to_owned(), token.trim())
+        }
+        None => (format!("token-{n}"), raw),
+    };
+    Ok(ApiToken {
+        name,
+        token: token.to_owned(),
+    })
+}
+
+/// The tokens (`name:token` or bare, named by position), trimmed; `--dev` without any accepts
+/// [`DEV_TOKEN`], named [`DEV_TOKEN_NAME`].
+fn api_tokens(args: &ServeArgs) -> Result<Vec<ApiToken>, ConfigError> {
+    let mut tokens: Vec<ApiToken> = Vec::new();
+    for (i, raw) in args
         .api_tokens
         .iter()
-        .map(|t| t.trim().to_owned())
+        .map(|t| t.trim())
         .filter(|t| !t.is_empty())
-        .collect();
-    if !args.dev {
-        if tokens.is_empty() {
-            return Err(ConfigError::NoApiTokens);
+        .enumerate()
+    {
+        let n = i + 1;
+        let t = api_token(n, raw)?;
+        if !args.dev && t.token.len() < 16 {
+            return Err(ConfigError::WeakApiToken(n, t.token.len()));
         }
-        for (i, t) in args.api_tokens.iter().enumerate() {
-            if t.trim().len() < 16 {
-                return Err(ConfigError::WeakApiToken(i + 1, t.trim().len()));
-            }
+        if tokens.iter().any(|o| o.name == t.name) {
+            return Err(ConfigError::DuplicateApiTokenName(t.name));
         }
+        if let Some(first) = tokens.iter().position(|o| o.token == t.token) {
+            return Err(ConfigError::DuplicateApiToken(n, first + 1));
+        }
+        tokens.push(t);
     }
     if tokens.is_empty() {
+        if !args.dev {
+            return Err(ConfigError::NoApiTokens);
+        }
         tracing::info!("--dev: API token is `{DEV_TOKEN}`");
-        tokens.push(DEV_TOKEN.into());
+        tokens.push(ApiToken {
+            name: DEV_TOKEN_NAME.into(),
+            token: DEV_TOKEN.into(),
+        });
     }
     Ok(tokens)
 }
@@ -342,7 +411,13 @@ mod tests {
         assert_eq!(s.outbound.poll_interval, s.engine.poll_interval);
         assert_eq!(s.maintenance.retention, Duration::from_secs(30 * 24 * 3600));
         assert_eq!(s.engine.worker_id, s.outbound.worker_id);
-        assert_eq!(s.api_tokens, vec!["0123456789abcdef".to_owned()]);
+        assert_eq!(
+            s.api_tokens,
+            vec![ApiToken {
+                name: "token-1".into(),
+                token: "0123456789abcdef".into()
+            }]
+        );
         assert!(!s.runs_stripe_double());
     }
 
@@ -354,6 +429,31 @@ mod tests {
             (
                 Box::new(|a| a.api_tokens = vec!["short".into()]),
                 "at least 16",
+            ),
+            (
+                Box::new(|a| a.api_tokens = vec!["ops:short".into()]),
+                "at least 16",
+            ),
+            (
+                Box::new(|a| a.api_tokens = vec!["o p:0123456789abcdef".into()]),
+                "invalid name \"o p\"",
+            ),
+            (
+                Box::new(|a| a.api_tokens = vec![":0123456789abcdef".into()]),
+                "invalid name",
+            ),
+            (
+                Box::new(|a| {
+                    a.api_tokens =
+                        vec!["ops:0123456789abcdef".into(), "ops:fedcba9876543210".into()]
+                }),
+                "names two tokens \"ops\"",
+            ),
+            (
+                Box::new(|a| {
+                    a.api_tokens = vec!["ops:0123456789abcdef".into(), "0123456789abcdef".into()]
+                }),
+                "lists token 2 twice",
             ),
             (
                 Box::new(|a| a.stripe_secret_key = None),
@@ -416,7 +516,38 @@ mod tests {
         let mut args = ServeArgs::defaults();
         args.dev = true;
         let s = Settings::from_args(args).unwrap();
-        assert_eq!(s.api_tokens, vec![DEV_TOKEN.to_owned()]);
+        assert_eq!(
+            s.api_tokens,
+            vec![ApiToken {
+                name: DEV_TOKEN_NAME.into(),
+                token: DEV_TOKEN.into()
+            }]
+        );
         assert!(s.runs_stripe_double());
+    }
+
+    #[test]
+    fn tokens_are_named_pairs_or_bare_and_named_by_position() {
+        let mut args = valid();
+        args.api_tokens = vec![
+            " ops-team:0123456789abcdef ".into(),
+            "fedcba9876543210fedcba".into(),
+            "booking.api:abcdefghijklmnop:q".into(),
+        ];
+        let s = Settings::from_args(args).unwrap();
+        let names: Vec<(&str, &str)> = s
+            .api_tokens
+            .iter()
+            .map(|t| (t.name.as_str(), t.token.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("ops-team", "0123456789abcdef"),
+                ("token-2", "fedcba9876543210fedcba"),
+                ("booking.api", "abcdefghijklmnop:q"),
+            ]
+        );
+        assert!(!format!("{:?}", s.api_tokens).contains("0123456789abcdef"));
     }
 }

@@ -40,8 +40,8 @@ pub struct AppState {
     /// Connections for the start statement ([`crate::store::kept`]).
     pub kept: Arc<crate::store::kept::Kept>,
     pub registry: Arc<Registry>,
-    /// Accepted bearer tokens.
-    pub tokens: Arc<Vec<String>>,
+    /// Accepted bearer tokens and their names.
+    pub tokens: Arc<Vec<crate::config::ApiToken>>,
     /// Ids of sagas that reached a terminal state (fed by LISTEN), for `?wait=`.
     pub finished: broadcast::Sender<SagaId>,
     /// Whether this process's engine is claiming work (for `/readyz`); `None` when API-only.
@@ -137,23 +137,31 @@ fn bearer_token(header: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Bearer-token authentication for `/v1`.
-async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Who made a `/v1` request: the name of the API token it presented. Operator actions record it
+/// as their actor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor(pub String);
+
+/// Bearer-token authentication for `/v1`; the token's name goes on the request as its [`Actor`].
+async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
-    match presented {
-        Some(token)
-            if state
-                .tokens
-                .iter()
-                .any(|t| constant_time_eq(t.as_bytes(), token.as_bytes())) =>
-        {
+    // Every token is compared, so the time taken does not tell which one matched.
+    let matched = presented.and_then(|p| {
+        state.tokens.iter().fold(None, |found, t| {
+            let eq = constant_time_eq(t.token.as_bytes(), p.as_bytes());
+            found.or(eq.then(|| t.name.clone()))
+        })
+    });
+    match matched {
+        Some(name) => {
+            req.extensions_mut().insert(Actor(name));
             next.run(req).await
         }
-        _ => ApiError::Unauthorized.into_response(),
+        None => ApiError::Unauthorized.into_response(),
     }
 }
 

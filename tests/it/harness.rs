@@ -22,7 +22,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// The tests' bare API token (named `token-1` by its position).
 pub const TOKEN: &str = "test-token-0123456789abcdef";
+/// A named API token: `ops:` + this in SAGAD_API_TOKENS; operator actions made with it record
+/// the actor `ops`.
+pub const OPS_TOKEN: &str = "ops-token-0123456789abcdef";
 pub const NOTIFY_SECRET: &[u8] = b"notify-secret-for-tests";
 /// The Stripe webhook endpoint secret sagad accepts in tests (`AppOptions::stripe_webhook_secrets`).
 pub const STRIPE_WEBHOOK_SECRET: &str = "whsec_sagad_tests_0123456789";
@@ -167,7 +171,7 @@ pub struct AppOptions {
 /// milliseconds.
 pub fn test_settings() -> Settings {
     let mut args = ServeArgs::defaults();
-    args.api_tokens = vec![TOKEN.into()];
+    args.api_tokens = vec![TOKEN.into(), format!("ops:{OPS_TOKEN}")];
     args.stripe_secret_key = Some("sk_test_sagad_tests".into());
     args.stripe_webhook_secret = vec![STRIPE_WEBHOOK_SECRET.into()];
     args.outbound.webhook_allow_http = true;

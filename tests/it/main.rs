@@ -15,6 +15,7 @@ mod inbound_stripe;
 mod kept;
 mod metrics;
 mod openapi;
+mod operator;
 mod outbound;
 mod queues;
 mod start;
