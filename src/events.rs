@@ -108,6 +108,31 @@ pub enum Event {
     },
 }
 
+/// Every stored event type name: each [`Event`]'s [`Event::type_name`], and the endpoint events
+/// outgoing webhooks record ([`crate::outbound::catalog::ENDPOINT_DISABLED_INTERNAL`]).
+pub const TYPES: &[&str] = &[
+    "BookingRequested",
+    "InventoryHeld",
+    "PaymentActionRequired",
+    "PaymentAuthorized",
+    "PaymentCaptured",
+    "BookingConfirmed",
+    "NotificationSent",
+    "StepFailed",
+    "CompensationStarted",
+    "InventoryReleased",
+    "PaymentVoided",
+    "PaymentRefunded",
+    "BookingCancelled",
+    "SagaCompleted",
+    "SagaCompensated",
+    "SagaStuck",
+    "PaymentReceived",
+    "DisputeOpened",
+    "DisputeClosed",
+    crate::outbound::catalog::ENDPOINT_DISABLED_INTERNAL,
+];
+
 impl Event {
     /// The event's type name as stored (`event_type` column).
     pub fn type_name(&self) -> &'static str {

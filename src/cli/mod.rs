@@ -1,6 +1,7 @@
-//! The command line: `sagad serve | migrate | healthcheck | demo | sagas check | saga … | stripe events … | stripe-double`.
+//! The command line: `sagad serve | migrate | healthcheck | demo | sagas check | saga … | events tail | stripe events … | stripe-double`.
 
 mod demo;
+mod events;
 mod healthcheck;
 mod outbound;
 mod stripe_inbox;
@@ -61,6 +62,13 @@ pub enum Command {
         api: ApiArgs,
         #[command(subcommand)]
         command: SagaCommand,
+    },
+    /// The global event feed through a running sagad's API.
+    Events {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: events::EventsCommand,
     },
     /// Stripe webhook events sagad received: list, show, reprocess.
     Stripe {
@@ -166,6 +174,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(_)
         | Command::Saga { .. }
         | Command::Sagas { .. }
+        | Command::Events { .. }
         | Command::Healthcheck(_) => "warn",
         _ => telemetry::DEFAULT_FILTER,
     };
@@ -174,6 +183,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         cli.command,
         Command::Saga { .. }
             | Command::Sagas { .. }
+            | Command::Events { .. }
             | Command::Stripe { .. }
             | Command::Webhooks { .. }
     ) {
@@ -200,6 +210,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Saga { api, command } => saga_command(api, command).await,
         Command::Stripe { command } => stripe_inbox::run(command).await,
         Command::Webhooks { api, command } => outbound::run(api, command).await,
+        Command::Events { api, command } => events::run(api, command).await,
         Command::StripeDouble { listen } => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await

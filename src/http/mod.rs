@@ -2,6 +2,7 @@
 
 mod error;
 mod extract;
+mod feed;
 mod health;
 mod inbound_stripe;
 mod metrics;
@@ -70,6 +71,7 @@ pub fn app(state: AppState, api: bool, metrics: bool) -> Router {
         // Any path under /v1, known or not, asks for the token first: without one, nobody can
         // tell a route that exists from one that does not.
         let v1 = sagas::routes()
+            .merge(feed::routes())
             .merge(outbound::routes())
             .route("/v1", any(no_such_route))
             .route("/v1/{*rest}", any(no_such_route))

@@ -150,7 +150,7 @@ async fn full_view(state: &AppState, id: SagaId) -> Result<Option<SagaView>, Api
 }
 
 /// Parses `2s`, `1500ms`, `1m`; capped by the server's maximum.
-fn parse_wait(raw: &str, max: Duration) -> Result<Duration, ApiError> {
+pub(super) fn parse_wait(raw: &str, max: Duration) -> Result<Duration, ApiError> {
     crate::engine::definition::duration::parse(raw)
         .ok()
         .map(|d| d.min(max))

@@ -4,6 +4,7 @@
 pub mod bookings;
 pub mod definitions;
 pub mod events;
+pub mod feed;
 pub mod inventory;
 pub mod kept;
 pub mod listen;

@@ -10,6 +10,7 @@ mod constraints;
 mod crash;
 mod embedded_pg;
 mod engine;
+mod feed;
 mod hostile;
 mod inbound_stripe;
 mod kept;
