@@ -172,8 +172,10 @@ async fn run_with(url: &str, total: u32, shutdown: CancellationToken) -> anyhow:
         let app = axum::Router::new().route(
             "/notify",
             axum::routing::post(|body: String| async move {
+                // The gateway refuses this guest's address outright (an outage would only delay
+                // the notification: the booking saga waits it out for 24 hours).
                 if body.contains("guest-unreachable") {
-                    StatusCode::SERVICE_UNAVAILABLE
+                    StatusCode::UNPROCESSABLE_ENTITY
                 } else {
                     StatusCode::NO_CONTENT
                 }

@@ -93,6 +93,12 @@ pub struct Transition {
     pub wait_deadline: Option<DateTime<Utc>>,
     pub failure_step: Option<String>,
     pub failure_reason: Option<String>,
+    /// When the current step's first failed attempt of a run of retryable failures was made
+    /// (its give-up deadline counts from there); `None` unless the step is being retried.
+    pub retrying_since: Option<DateTime<Utc>>,
+    /// Extend the saga's live inventory hold to at least this time (a step waiting out an outage
+    /// must not lose it); `None`: leave it.
+    pub hold_until: Option<DateTime<Utc>>,
     /// Events this transition appends; their versions are reserved by the same statement.
     pub events: i32,
 }
@@ -113,6 +119,8 @@ impl Transition {
             wait_deadline: None,
             failure_step: None,
             failure_reason: None,
+            retrying_since: None,
+            hold_until: None,
             events: 0,
         }
     }

@@ -14,6 +14,14 @@ use crate::events::{Event, NewEvent};
 /// The reason recorded when a guest cancels.
 pub const GUEST_CANCEL: &str = "cancelled_by_guest";
 
+/// The failure reason (before the last error) of a step whose retryable failures outlasted its
+/// `give_up_after`.
+pub const DEPENDENCY_UNAVAILABLE: &str = "dependency_unavailable";
+
+/// How far past a retry's due time a step retried within its give-up deadline keeps the saga's
+/// inventory hold alive: room for the attempt and the steps after it.
+pub const HOLD_SLACK: Duration = Duration::from_secs(10 * 60);
+
 /// Where a claimed saga is.
 pub struct State<'a> {
     pub def: &'a SagaDefinition,
@@ -22,6 +30,8 @@ pub struct State<'a> {
     pub attempt: i32,
     pub context: &'a Map<String, Value>,
     pub failure_reason: Option<&'a str>,
+    /// When the current step's run of retryable failures began ([`Transition::retrying_since`]).
+    pub retrying_since: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -227,18 +237,34 @@ fn after_forward(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
             effect_possible,
             min_delay,
         } => {
-            if step.retry.exhausted(s.attempt as u32) {
-                let reason = format!("attempts_exhausted: {error}");
-                return fail_forward(s, env, context, reason, effect_possible, record);
+            // With a give-up deadline, an outage is waited out until it passes, however many
+            // attempts that takes; the attempt count only paces the backoff.
+            let since = s.retrying_since.unwrap_or(env.now);
+            let deadline = step.give_up_after.map(|g| at(since, g));
+            match deadline {
+                Some(deadline) if env.now >= deadline => {
+                    let reason = format!("{DEPENDENCY_UNAVAILABLE}: {error}");
+                    return fail_forward(s, env, context, reason, effect_possible, record);
+                }
+                None if step.retry.exhausted(s.attempt as u32) => {
+                    let reason = format!("attempts_exhausted: {error}");
+                    return fail_forward(s, env, context, reason, effect_possible, record);
+                }
+                _ => {}
             }
             let delay = step.retry.backoff_at_least(
                 s.attempt as u32 + 1,
                 env.jitter_unit,
                 min_delay.unwrap_or_default(),
             );
-            let retry_at = at(env.now, delay);
+            // The last attempt is made at the deadline, not after it.
+            let retry_at = deadline.map_or(at(env.now, delay), |d| at(env.now, delay).min(d));
             let mut t = transition(SagaStatus::Running, i, s.attempt, &context);
             t.next_run_at = Some(retry_at);
+            t.retrying_since = Some(since);
+            if deadline.is_some() {
+                t.hold_until = Some(at(retry_at, HOLD_SLACK));
+            }
             let events = vec![NewEvent {
                 event: Event::StepFailed {
                     step: step.name.clone(),
@@ -497,6 +523,7 @@ mod tests {
             attempt,
             context,
             failure_reason: Some("boom"),
+            retrying_since: None,
         }
     }
 
@@ -600,7 +627,8 @@ mod tests {
 
     #[test]
     fn retries_are_scheduled_until_the_policy_runs_out() {
-        let def = booking();
+        let mut def = booking();
+        def.steps[1].give_up_after = None;
         let ctx = Map::new();
         let e = env();
         let p = after(
@@ -640,6 +668,65 @@ mod tests {
                 .unwrap()
                 .starts_with("attempts_exhausted")
         );
+    }
+
+    #[test]
+    fn with_a_give_up_deadline_attempts_only_pace_the_backoff_until_it_passes() {
+        let def = booking();
+        let step = &def.steps[4];
+        let give_up = step.give_up_after.expect("notify has a give-up deadline");
+        let ctx = Map::new();
+        let e = env();
+        let many = step.retry.max_attempts as i32 * 10;
+        // Far past max_attempts, one minute into the outage: retried, not compensated.
+        let since = e.now - chrono::Duration::minutes(1);
+        let mut s = state(&def, SagaStatus::Running, 4, many, &ctx);
+        s.retrying_since = Some(since);
+        let p = after(&s, &e, Outcome::retry("HTTP 503", false));
+        assert_eq!(p.transition.status, SagaStatus::Running, "{p:?}");
+        assert_eq!(
+            p.transition.retrying_since,
+            Some(since),
+            "kept from the first failure"
+        );
+        let retry_at = p.transition.next_run_at.unwrap();
+        assert!(retry_at > e.now);
+        assert_eq!(
+            retry_at - e.now,
+            chrono::Duration::from_std(step.retry.max_delay).unwrap(),
+            "backoff capped, no jitter at unit 0.5"
+        );
+        assert_eq!(
+            p.transition.hold_until,
+            Some(at(retry_at, HOLD_SLACK)),
+            "the hold outlives the retry"
+        );
+
+        // The first failure starts the clock.
+        let p = after(
+            &state(&def, SagaStatus::Running, 4, 1, &ctx),
+            &e,
+            Outcome::retry("HTTP 503", false),
+        );
+        assert_eq!(p.transition.retrying_since, Some(e.now));
+
+        // Close to the deadline: the last attempt is due at the deadline, not past it.
+        let since =
+            e.now - chrono::Duration::from_std(give_up).unwrap() + chrono::Duration::seconds(1);
+        s.retrying_since = Some(since);
+        let p = after(&s, &e, Outcome::retry("HTTP 503", false));
+        assert_eq!(p.transition.next_run_at, Some(at(since, give_up)));
+
+        // Past it: the step fails, the saga compensates with `dependency_unavailable`.
+        s.retrying_since = Some(e.now - chrono::Duration::from_std(give_up).unwrap());
+        let p = after(&s, &e, Outcome::retry("HTTP 503", false));
+        assert_eq!(p.transition.status, SagaStatus::Compensating, "{p:?}");
+        assert_eq!(
+            p.transition.failure_reason.as_deref(),
+            Some("dependency_unavailable: HTTP 503")
+        );
+        assert_eq!(p.transition.retrying_since, None);
+        assert_eq!(p.transition.hold_until, None);
     }
 
     #[test]

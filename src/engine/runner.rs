@@ -419,6 +419,7 @@ impl Worker {
             attempt: row.attempt,
             context: context_of(row),
             failure_reason: row.failure_reason.as_deref(),
+            retrying_since: row.retrying_since,
         };
         let env = Env {
             now: chrono::Utc::now(),
@@ -486,6 +487,7 @@ fn advance(row: &mut SagaRow, t: &Transition) {
     row.current_step = t.current_step;
     row.attempt = t.attempt;
     row.context = t.context.clone();
+    row.retrying_since = t.retrying_since;
     if t.failure_reason.is_some() {
         row.failure_reason = t.failure_reason.clone();
         row.failure_step = t.failure_step.clone().or(row.failure_step.take());

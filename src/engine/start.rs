@@ -78,6 +78,7 @@ fn plan_hold_ahead<'a>(s: &Starting<'a>) -> Option<HoldAhead<'a>> {
         attempt: 1,
         context: &EMPTY,
         failure_reason: None,
+        retrying_since: None,
     };
     let env = Env {
         now,

@@ -169,6 +169,18 @@ pub(crate) fn convert_to_booking_sql(saga_id: Param, and: &str) -> String {
     )
 }
 
+/// Extends the saga's live hold to `until` (a timestamp parameter; NULL: nothing), only when
+/// `gate` (a FROM item) yields a row. A hold already past its TTL stays lost.
+pub(crate) fn extend_hold_sql(saga_id: Param, until: Param, gate: &str) -> String {
+    format!(
+        "UPDATE inventory_claims SET expires_at = {until}::timestamptz
+         FROM {gate}
+         WHERE {until}::timestamptz IS NOT NULL AND saga_id = {saga_id} AND status = 'active'
+           AND kind = 'hold' AND expires_at > now() AND expires_at < {until}::timestamptz
+         RETURNING 1"
+    )
+}
+
 /// The statement of [`convert_to_booking`].
 pub(super) fn convert_to_booking_statement(saga_id: SagaId) -> Statement {
     static TEXT: Text = Text::new();

@@ -398,6 +398,7 @@ struct UpdateSaga {
     wait_deadline: Param,
     failure_step: Param,
     failure_reason: Param,
+    retrying_since: Param,
     events: Param,
 }
 
@@ -419,6 +420,7 @@ impl UpdateSaga {
             wait_deadline: b.push(t.wait_deadline),
             failure_step: b.push(&t.failure_step),
             failure_reason: b.push(&t.failure_reason),
+            retrying_since: b.push(t.retrying_since),
             events: b.push(t.events),
         }
     }
@@ -441,6 +443,7 @@ impl UpdateSaga {
             wait_deadline,
             failure_step,
             failure_reason,
+            retrying_since,
             events,
         } = self;
         // A guest cancelled while the step ran and the saga would now sit idle (parked or done):
@@ -458,6 +461,7 @@ impl UpdateSaga {
                         wait_key = CASE WHEN NOT {requeue} THEN {wait_key} END,
                         wait_deadline = CASE WHEN NOT {requeue} THEN {wait_deadline} END,
                         failure_step = COALESCE({failure_step}, failure_step), failure_reason = COALESCE({failure_reason}, failure_reason),
+                        retrying_since = CASE WHEN NOT {requeue} THEN {retrying_since}::timestamptz END,
                         finished_at = CASE WHEN NOT {requeue} AND {status} IN ('completed', 'compensated', 'stuck') THEN now() END,
                         event_version = event_version + {events}, updated_at = now()
                  WHERE id = {id} AND (status, current_step, attempt, locked_by) IS NOT DISTINCT FROM ({fence_status}, {fence_step}, {fence_attempt}, {fence_worker})
@@ -502,6 +506,7 @@ struct Outcome {
     /// The channel a saga requeued by a pending cancellation notifies.
     requeue_channel: Param,
     lease_floor: Param,
+    hold_until: Param,
     convert_hold: bool,
 }
 
@@ -518,6 +523,7 @@ impl Outcome {
         let wake_deliveries = WakeDeliveries::new(b);
         let requeue_channel = b.push(WORK_CHANNEL);
         let lease_floor = b.push(t.lease_floor.map(|d| d.as_millis() as f64));
+        let hold_until = b.push(t.hold_until);
         Self {
             saga,
             events,
@@ -528,6 +534,7 @@ impl Outcome {
             wake_deliveries,
             requeue_channel,
             lease_floor,
+            hold_until,
             convert_hold: r.convert_hold,
         }
     }
@@ -556,7 +563,8 @@ impl Outcome {
             "WITH {saga},
              {events},
              booking AS ({booking} AND {booking_changes}::bool AND EXISTS (SELECT 1 FROM t) RETURNING 1),
-             {steps}{converted}
+             {steps}{converted},
+             held AS ({held})
              SELECT t.first_version, t.cancel_requested,
                     t.requeued,
                     (SELECT count(*) FROM (
@@ -566,6 +574,7 @@ impl Outcome {
                     (SELECT count(*) FROM ({wake_deliveries}) w) AS woke_deliveries{require}
              FROM t",
             saga = self.saga.sql(self.lease_floor),
+            held = inventory::extend_hold_sql(id, self.hold_until, "t"),
             events = self.events.ctes(id, &"t.first_version", "t"),
             booking = self.booking.sql(id),
             booking_changes = self.booking_changes,

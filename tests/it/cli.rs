@@ -22,7 +22,7 @@ fn sagas_check_accepts_the_shipped_definitions_and_points_at_bad_lines() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("ok  booking v1 (5 steps)"));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("ok  booking v2 (5 steps)"));
 
     let dir = std::env::temp_dir().join(format!("sagad-defs-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -570,9 +570,10 @@ async fn a_running_saga_finishes_on_the_definition_version_it_started_with() {
         .start_booking(booking_input("tower-1", "pm_card_visa"))
         .await;
 
-    // Version 2 drops the notification step; a worker that knows only v2 is deployed.
+    // The next version drops the notification step; a worker that knows only it is deployed.
+    let v1 = i64::from(booking_definition().version);
     let mut v2 = booking_definition();
-    v2.version = 2;
+    v2.version += 1;
     v2.steps.pop();
     let worker = api
         .spawn_sibling(AppOptions {
@@ -582,7 +583,7 @@ async fn a_running_saga_finishes_on_the_definition_version_it_started_with() {
         .await;
     let v = worker.wait_terminal(id).await;
     assert_eq!(v["status"], "completed");
-    assert_eq!(v["version"], 1);
+    assert_eq!(v["version"], v1);
     assert_eq!(worker.notify.count(), 1, "v1's notify step ran");
 
     // New sagas start on v2.
@@ -590,7 +591,7 @@ async fn a_running_saga_finishes_on_the_definition_version_it_started_with() {
         .start_booking(booking_input("tower-2", "pm_card_visa"))
         .await;
     let v = worker.wait_terminal(id2).await;
-    assert_eq!(v["version"], 2);
+    assert_eq!(v["version"], v1 + 1);
     assert_eq!(worker.notify.count(), 1, "v2 has no notify step");
 
     // Changing a version in use is refused.
@@ -600,7 +601,10 @@ async fn a_running_saga_finishes_on_the_definition_version_it_started_with() {
         .await
         .err()
         .expect("a changed v1 is refused");
-    assert!(err.to_string().contains("version 3"), "{err}");
+    assert!(
+        err.to_string().contains(&format!("version {}", v1 + 2)),
+        "the next free version is suggested: {err}"
+    );
 }
 
 /// When each forward step was recorded (`now()` is the recording transaction's start).

@@ -127,7 +127,11 @@ pub async fn fresh_database() -> (PgPool, String) {
     (pool, url)
 }
 
-/// The booking saga from `sagas/booking.toml`, with retry delays shrunk so tests run fast.
+/// How long the tests' booking saga rides out an outage ([`booking_definition`]).
+pub const TEST_GIVE_UP_AFTER: Duration = Duration::from_millis(400);
+
+/// The booking saga from `sagas/booking.toml`, with retry delays shrunk so tests run fast, and
+/// its steps' give-up deadlines ([`TEST_GIVE_UP_AFTER`]) too.
 pub fn booking_definition() -> SagaDefinition {
     let src = include_str!("../../sagas/booking.toml");
     let mut def = sagad::engine::definition::parse(
@@ -143,6 +147,7 @@ pub fn booking_definition() -> SagaDefinition {
     for s in &mut def.steps {
         fast(&mut s.retry);
         s.timeout = s.timeout.min(Duration::from_secs(3));
+        s.give_up_after = s.give_up_after.map(|_| TEST_GIVE_UP_AFTER);
     }
     fast(&mut def.compensation_retry);
     def

@@ -17,6 +17,7 @@ mod kept;
 mod metrics;
 mod openapi;
 mod operator;
+mod outage;
 mod outbound;
 mod queues;
 mod start;

@@ -210,9 +210,10 @@ async fn a_start_racing_another_with_its_key_holds_nothing() {
     let first = Uuid::now_v7();
     sqlx::query(
         "INSERT INTO sagas (id, saga_name, saga_version, status, input, idempotency_key, request_fingerprint)
-         VALUES ($1, 'booking', 1, 'running', '{}', 'cove-4-key', 'another body')",
+         VALUES ($1, 'booking', $2, 'running', '{}', 'cove-4-key', 'another body')",
     )
     .bind(first)
+    .bind(crate::harness::booking_definition().version as i32)
     .execute(&mut *other)
     .await
     .unwrap();

@@ -61,6 +61,16 @@ pub struct StepDefinition {
     pub timeout: Duration,
     /// How the action is retried after a retryable failure.
     pub retry: RetryPolicy,
+    /// Wall time, counted from the first failed attempt of the step, during which retryable
+    /// failures (5xx, 429, timeouts, connection errors) are retried whatever the attempt count
+    /// (which then only paces the backoff); past it the step fails with `dependency_unavailable`.
+    /// `None`: retries end when `retry.max_attempts` runs out.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "duration::text_opt"
+    )]
+    pub give_up_after: Option<Duration>,
     /// What a permanent failure (or exhausted retries) of the action does.
     pub on_failure: OnFailure,
     /// Free-form parameters handed to the action; always a JSON object.

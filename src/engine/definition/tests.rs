@@ -68,7 +68,7 @@ fn booking() -> SagaDefinition {
 fn booking_definition_parses() {
     let booking = booking();
     assert_eq!(booking.name, "booking");
-    assert_eq!(booking.version, 1);
+    assert_eq!(booking.version, 2);
     let names: Vec<_> = booking.steps.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(
         names,
@@ -89,6 +89,19 @@ fn booking_definition_parses() {
     let notify = booking.step(4).unwrap();
     assert_eq!(notify.compensation, None);
     assert_eq!(notify.on_failure, OnFailure::Compensate);
+    let hours = |h: u64| Some(Duration::from_secs(h * 3600));
+    let give_up: Vec<_> = booking.steps.iter().map(|s| s.give_up_after).collect();
+    assert_eq!(
+        give_up,
+        [
+            None,
+            Some(Duration::from_secs(30 * 60)),
+            hours(120),
+            None,
+            hours(24)
+        ],
+        "local steps count attempts; remote ones ride out outages"
+    );
     assert_eq!(booking.compensation_retry.max_attempts, 20);
     assert_eq!(
         booking.compensation_retry.max_delay,
@@ -107,6 +120,7 @@ version = 3
 [defaults]
 timeout = "7s"
 retry = { max_attempts = 4, base_delay = "1s", max_delay = "10s", jitter = 0.1 }
+give_up_after = "2h"
 
 [[steps]]
 name = "a"
@@ -117,9 +131,14 @@ name = "b"
 action = "payment.authorize"
 retry = { max_attempts = 9 }
 on_failure = "stuck"
+give_up_after = "45m"
 "#;
     let saga = parse(source, "t.toml", &CATALOG).unwrap();
     let (a, b) = (&saga.steps[0], &saga.steps[1]);
+    assert_eq!(a.give_up_after, Some(Duration::from_secs(2 * 3600)));
+    assert_eq!(b.give_up_after, Some(Duration::from_secs(45 * 60)));
+    let reloaded = SagaDefinition::from_json(saga.to_json()).unwrap();
+    assert_eq!(reloaded, saga, "give_up_after survives the stored copy");
     assert_eq!(a.timeout, Duration::from_secs(7));
     assert_eq!(a.retry.max_attempts, 4);
     assert_eq!(a.on_failure, OnFailure::Compensate);
@@ -216,6 +235,20 @@ fn unknown_keys_are_rejected_where_they_are() {
 
     let source = MINIMAL.replace("version = 1", "version = 1\n[defaults]\nretries = 3\n");
     assert_one_error(&source, 4, "unknown key `retries` in [defaults]");
+}
+
+#[test]
+fn give_up_after_must_be_a_positive_duration() {
+    let source = format!("{MINIMAL}give_up_after = \"0s\"\n");
+    assert_one_error(&source, 8, "`give_up_after` must be longer than zero");
+    let source = format!("{MINIMAL}give_up_after = \"soon\"\n");
+    assert_one_error(&source, 8, "invalid `give_up_after`");
+    let plain = parse(MINIMAL, "t.toml", &CATALOG).unwrap();
+    assert_eq!(plain.steps[0].give_up_after, None, "no deadline unless set");
+    assert!(
+        !plain.to_json().to_string().contains("give_up_after"),
+        "a definition without it is stored as before (same fingerprint)"
+    );
 }
 
 #[test]

@@ -18,7 +18,7 @@ use super::{ActionCatalog, DEFAULT_TIMEOUT, OnFailure, SagaDefinition, StepDefin
 use crate::engine::retry::RetryPolicy;
 
 const SAGA_KEYS: &[&str] = &["name", "version", "description", "defaults", "steps"];
-const DEFAULTS_KEYS: &[&str] = &["timeout", "retry", "compensation_retry"];
+const DEFAULTS_KEYS: &[&str] = &["timeout", "retry", "give_up_after", "compensation_retry"];
 const STEP_KEYS: &[&str] = &[
     "name",
     "action",
@@ -26,12 +26,20 @@ const STEP_KEYS: &[&str] = &[
     "timeout",
     "on_failure",
     "retry",
+    "give_up_after",
     "params",
 ];
 const RETRY_KEYS: &[&str] = &["max_attempts", "base_delay", "max_delay", "jitter"];
 const NAME_RULE: &str = "lowercase letters, digits and `_`, starting with a letter";
 
 type Value<'i> = Spanned<DeValue<'i>>;
+
+/// What a step takes from `[defaults]` (or the built-ins) when it does not set its own.
+struct StepDefaults<'a> {
+    timeout: Duration,
+    retry: &'a RetryPolicy,
+    give_up_after: Option<Duration>,
+}
 
 /// A definition plus what [`super::load_dir`] needs to point at it.
 pub(super) struct Parsed {
@@ -149,6 +157,7 @@ impl Checker<'_> {
         let mut default_timeout = DEFAULT_TIMEOUT;
         let mut default_retry = RetryPolicy::DEFAULT_ACTION;
         let mut compensation_retry = RetryPolicy::DEFAULT_COMPENSATION;
+        let mut default_give_up = None;
         if let Some(value) = root.get("defaults")
             && let Some(defaults) = self.table(value, "defaults")
         {
@@ -159,13 +168,23 @@ impl Checker<'_> {
             if let Some(retry) = defaults.get("retry") {
                 default_retry = self.retry(retry, "retry", &default_retry);
             }
+            if let Some(give_up) = defaults.get("give_up_after") {
+                default_give_up = self.give_up_after(give_up);
+            }
             if let Some(retry) = defaults.get("compensation_retry") {
                 compensation_retry = self.retry(retry, "compensation_retry", &compensation_retry);
             }
         }
 
         let steps = match root.get("steps") {
-            Some(value) => self.steps(value, default_timeout, &default_retry),
+            Some(value) => self.steps(
+                value,
+                StepDefaults {
+                    timeout: default_timeout,
+                    retry: &default_retry,
+                    give_up_after: default_give_up,
+                },
+            ),
             None => {
                 self.error(
                     0..0,
@@ -190,12 +209,7 @@ impl Checker<'_> {
         })
     }
 
-    fn steps(
-        &mut self,
-        value: &Value<'_>,
-        default_timeout: Duration,
-        default_retry: &RetryPolicy,
-    ) -> Vec<StepDefinition> {
+    fn steps(&mut self, value: &Value<'_>, defaults: StepDefaults<'_>) -> Vec<StepDefinition> {
         let DeValue::Array(items) = value.get_ref() else {
             self.error(
                 value.span(),
@@ -223,7 +237,7 @@ impl Checker<'_> {
                     first_seen.insert(name.to_owned(), span.start);
                 }
             }
-            if let Some(step) = self.step(index, item, default_timeout, default_retry) {
+            if let Some(step) = self.step(index, item, &defaults) {
                 steps.push(step);
             }
         }
@@ -235,8 +249,7 @@ impl Checker<'_> {
         &mut self,
         index: usize,
         value: &Value<'_>,
-        default_timeout: Duration,
-        default_retry: &RetryPolicy,
+        defaults: &StepDefaults<'_>,
     ) -> Option<StepDefinition> {
         let ordinal = index + 1;
         let table = self.table(value, &format!("step #{ordinal}"))?;
@@ -272,11 +285,15 @@ impl Checker<'_> {
         };
         let timeout = match table.get("timeout") {
             Some(timeout) => self.timeout(timeout),
-            None => Some(default_timeout),
+            None => Some(defaults.timeout),
         };
         let retry = match table.get("retry") {
-            Some(retry) => self.retry(retry, "retry", default_retry),
-            None => default_retry.clone(),
+            Some(retry) => self.retry(retry, "retry", defaults.retry),
+            None => defaults.retry.clone(),
+        };
+        let give_up_after = match table.get("give_up_after") {
+            Some(give_up) => self.give_up_after(give_up).map(Some),
+            None => Some(defaults.give_up_after),
         };
         let on_failure = match table.get("on_failure") {
             Some(on_failure) => self.on_failure(on_failure),
@@ -294,6 +311,7 @@ impl Checker<'_> {
             compensation: compensation?,
             timeout: timeout?,
             retry,
+            give_up_after: give_up_after?,
             on_failure: on_failure?,
             params: params?,
         })
@@ -401,6 +419,15 @@ impl Checker<'_> {
             return None;
         }
         Some(timeout)
+    }
+
+    fn give_up_after(&mut self, value: &Value<'_>) -> Option<Duration> {
+        let give_up = self.duration(value, "give_up_after")?;
+        if give_up.is_zero() {
+            self.error(value.span(), "`give_up_after` must be longer than zero");
+            return None;
+        }
+        Some(give_up)
     }
 
     /// A retry table layered over `base`; problems are reported and `base` fills the gaps.
