@@ -104,6 +104,31 @@ async fn reuse_scenario(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The postmaster's pid, from the first line of the cluster's `postmaster.pid`.
+fn postmaster_pid(dir: &Path) -> anyhow::Result<i32> {
+    let text =
+        std::fs::read_to_string(dir.join("postmaster.pid")).context("read postmaster.pid")?;
+    text.lines()
+        .next()
+        .context("empty postmaster.pid")?
+        .trim()
+        .parse()
+        .context("postmaster.pid's pid")
+}
+
+/// True while a process with this pid runs: a zombie (exited, not yet reaped — in a container
+/// whose init does not reap, it may stay one) does not count.
+fn process_exists(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) state …": the state follows the last ')'.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, None | Some('Z' | 'X'))
+}
+
 /// The bytes of `global/pg_control` that hold the system identifier set by initdb.
 fn control_system_id(dir: &Path) -> anyhow::Result<Vec<u8>> {
     let control = std::fs::read(dir.join("global/pg_control")).context("read pg_control")?;
@@ -132,11 +157,17 @@ async fn stale_scenario(dir: &Path) -> anyhow::Result<()> {
     }
 
     // Pretend the owner died (pid 0x3fffffff is above Linux's pid_max).
+    let first_postmaster = postmaster_pid(dir)?;
+    assert!(process_exists(first_postmaster));
     std::fs::write(dir.join("sagad.owner"), "1073741823")?;
     let second = EmbeddedPostgres::start(EmbeddedOptions::persistent(dir)).await?;
+    // The stale postmaster is gone (whether or not the new one got its port back) and the new
+    // one is another process.
+    let second_postmaster = postmaster_pid(dir)?;
+    assert_ne!(second_postmaster, first_postmaster);
     assert!(
-        !accepts_connections(first_port).await || first_port == second.port(),
-        "the stale server still listens on {first_port}"
+        !process_exists(first_postmaster),
+        "the stale server (pid {first_postmaster}, port {first_port}) still runs"
     );
     // The first handle's watchdog must leave the new postmaster alone.
     drop(first);
@@ -256,27 +287,43 @@ async fn a_deep_data_dir_gets_a_short_socket_dir() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// As root, the cluster runs as `postgres`, which cannot enter /root (mode 0700).
+/// A data directory inside a private (mode 0700) directory of the user running sagad. As root,
+/// the cluster runs as `postgres`, which cannot enter it: sagad says so and what to do. As any
+/// other user, the cluster runs as that user, and the same directory serves.
 #[tokio::test]
 async fn a_data_dir_the_postgres_user_cannot_reach_is_reported() -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::DirBuilderExt as _;
+    let private = fresh_dir("private");
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let dir = private.join("data");
+    let result = EmbeddedPostgres::start(EmbeddedOptions::ephemeral(&dir)).await;
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let closed = std::fs::metadata("/root").is_ok_and(|m| m.permissions().mode() & 0o001 == 0);
-    if !(root && closed) {
-        return Ok(()); // Only meaningful as root on a machine with a private /root.
-    }
-    let dir = Path::new("/root").join(format!("sagad-pg-{}", uuid::Uuid::new_v4().simple()));
-    let result = EmbeddedPostgres::start(EmbeddedOptions::ephemeral(&dir)).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    match result {
-        Err(error @ sagad::embedded_pg::Error::Unreachable(_)) => {
+    let checked = match result {
+        Err(error @ sagad::embedded_pg::Error::Unreachable(_)) if root => {
             let message = error.to_string();
-            assert!(message.contains("DATABASE_URL"), "{message}");
-            Ok(())
+            if message.contains("DATABASE_URL") && message.contains(&*dir.to_string_lossy()) {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("unhelpful message: {message}"))
+            }
         }
-        other => bail!("expected Unreachable, got {other:?}"),
-    }
+        Ok(pg) if !root => {
+            let port = pg.port();
+            pg.stop().await?;
+            if accepts_connections(port).await {
+                Err(anyhow::anyhow!("the cluster still listens on {port}"))
+            } else {
+                Ok(())
+            }
+        }
+        other => Err(anyhow::anyhow!(
+            "as {}: unexpected {other:?}",
+            if root { "root" } else { "another user" }
+        )),
+    };
+    let _ = std::fs::remove_dir_all(&private);
+    checked
 }
 
 /// The cluster's URL with another password (or none).

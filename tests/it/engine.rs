@@ -231,13 +231,15 @@ async fn two_instances_run_two_hundred_sagas_with_one_effect_per_step() {
             .unwrap();
         assert_eq!(got, n, "{event}");
     }
-    // Both instances did work.
+    // Both instances did work: the events a worker records carry its process's worker id, and
+    // each instance has its own.
     let workers: i64 = count(
         &a.pool,
-        "SELECT count(DISTINCT metadata->>'attempt') FROM events",
+        "SELECT count(DISTINCT metadata->>'worker') FROM events
+         WHERE event_type = 'PaymentCaptured'",
     )
     .await;
-    assert!(workers >= 1);
+    assert_eq!(workers, 2, "captures recorded by both instances");
 }
 
 #[tokio::test]
@@ -491,6 +493,9 @@ async fn sagas_started_while_the_workers_are_busy_wait_in_the_local_queue_then_t
     );
     assert_eq!(direct + queued + claimed, 3, "{metrics}");
     assert!(queued >= 1, "{metrics}");
+    // The third, started while one saga runs and another fills the local queue, went through the
+    // database and a worker claimed it from there.
+    assert!(claimed >= 1, "{metrics}");
 }
 
 #[tokio::test]
@@ -514,9 +519,20 @@ async fn a_compensation_that_keeps_failing_parks_the_saga_as_stuck() {
     let events = app.event_types(id).await;
     assert_eq!(events.last().unwrap(), "SagaStuck");
     assert_eq!(v["booking"]["status"], "needs_attention");
-    // Visible to operators, and the hold is still in place until someone decides.
+    // Visible to operators, and the dates stay taken until someone decides.
     let stuck: serde_json::Value = app.get_json("/v1/sagas?status=stuck").await;
     assert_eq!(stuck["sagas"][0]["id"], id.to_string());
+    let claim: (String, String) =
+        sqlx::query_as("SELECT kind, status FROM inventory_claims WHERE saga_id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(claim, ("booking".to_owned(), "active".to_owned()));
+    assert!(
+        !events.contains(&"InventoryReleased".to_owned()),
+        "{events:?}"
+    );
     let refund_attempts: i32 = sqlx::query_scalar(
         "SELECT attempts FROM saga_steps WHERE saga_id = $1 AND phase = 'compensation' AND step_name = 'payment.refund'",
     )
@@ -702,45 +718,40 @@ async fn a_wait_ends_when_the_saga_ends_even_if_its_notification_is_lost() {
     // API only: nothing runs the saga, and the end below comes from outside sagad (no NOTIFY).
     let api = spawn_app_with(AppOptions {
         role: Role::Api,
+        max_wait: Some(Duration::from_secs(600)),
         ..Default::default()
     })
     .await;
-    let started = std::time::Instant::now();
-    let waiting = api
-        .post("/v1/sagas?wait=60s")
-        .json(&json!({ "saga": "booking", "input": booking_input("quiet-1", "pm_card_visa") }))
-        .send();
-    let end_it = async {
-        let id: uuid::Uuid = loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if let Some(id) = sqlx::query_scalar("SELECT id FROM sagas")
-                .fetch_optional(&api.pool)
-                .await
-                .unwrap()
-            {
-                break id;
-            }
-        };
-        sqlx::query(
-            "UPDATE sagas SET status = 'stuck', failure_reason = 'ended by the test', finished_at = now()
-             WHERE id = $1",
-        )
-        .bind(id)
-        .execute(&api.pool)
+    let waiting = tokio::spawn(
+        api.post("/v1/sagas?wait=600s")
+            .json(&json!({ "saga": "booking", "input": booking_input("quiet-1", "pm_card_visa") }))
+            .send(),
+    );
+    let id: uuid::Uuid = crate::harness::eventually("the saga's row", || async {
+        sqlx::query_scalar("SELECT id FROM sagas")
+            .fetch_optional(&api.pool)
+            .await
+            .unwrap()
+    })
+    .await;
+    sqlx::query(
+        "UPDATE sagas SET status = 'stuck', failure_reason = 'ended by the test', finished_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&api.pool)
+    .await
+    .unwrap();
+    // Without the re-check the answer would only come at the wait's own deadline, 600 s away.
+    let resp = tokio::time::timeout(Duration::from_secs(60), waiting)
         .await
+        .expect("the wait did not end within 60 s of its saga ending (its own deadline is 600 s)")
+        .unwrap()
         .unwrap();
-    };
-    let (resp, ()) = tokio::join!(waiting, end_it);
-    let resp = resp.unwrap();
     assert_eq!(resp.status(), 200);
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["status"], "stuck", "{v:#}");
-    // Without the re-check it would have waited the full 60 s.
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_eq!(v["id"], id.to_string(), "{v:#}");
 }
 
 /// Under sustained load the local queue never empties; a saga that went through the database

@@ -168,6 +168,8 @@ pub struct AppOptions {
     pub metrics_listener: bool,
     /// The bearer token `/metrics` requires.
     pub metrics_token: Option<String>,
+    /// The longest `?wait=` honoured (`None`: sagad's default).
+    pub max_wait: Option<Duration>,
 }
 
 /// The settings every test instance starts from: sagad's defaults, built the way `sagad serve`
@@ -221,6 +223,7 @@ impl Default for AppOptions {
             outbound: test_outbound_config(),
             metrics_listener: false,
             metrics_token: None,
+            max_wait: None,
         }
     }
 }
@@ -282,6 +285,9 @@ pub async fn spawn_instance(
         ..opts.outbound
     };
     settings.metrics.token = opts.metrics_token;
+    if let Some(max_wait) = opts.max_wait {
+        settings.max_wait = max_wait;
+    }
     let metrics_listener = if opts.metrics_listener {
         Some(
             TcpListener::bind("127.0.0.1:0")

@@ -629,13 +629,17 @@ async fn an_event_committed_before_a_crash_is_processed_after_restart() {
     );
 }
 
+/// Stripe's `charge.refunded` for a refund whose response sagad lost arrives while the refund's
+/// compensation waits for its retry: the inbox defers it, the retry (same key) records the
+/// refund once, and the event then finds it recorded.
 #[tokio::test]
 async fn our_own_refund_is_not_recorded_twice_when_its_response_was_lost() {
-    use stripe_double::{Fault, Operation};
-    // Compensations retry after ~1 s, so Stripe's `charge.refunded` is processed before the retry.
+    use stripe_double::{AttemptOutcome, Fault, Operation};
+    // The refund's retry waits for the test to make it due, so the webhook is taken in first.
     let mut def = crate::harness::booking_definition();
-    def.compensation_retry.base_delay = Duration::from_millis(800);
-    def.compensation_retry.max_delay = Duration::from_secs(1);
+    def.compensation_retry.base_delay = Duration::from_secs(600);
+    def.compensation_retry.max_delay = Duration::from_secs(600);
+    def.compensation_retry.jitter = 0.0;
     let app = spawn_app_with(AppOptions {
         definitions: vec![def],
         ..Default::default()
@@ -649,22 +653,87 @@ async fn our_own_refund_is_not_recorded_twice_when_its_response_was_lost() {
     let id = app
         .start_booking(booking_input("refund-race", "pm_card_visa"))
         .await;
-    let v = app.wait_terminal(id).await;
-    assert_eq!(v["status"], "compensated", "{v:#}");
-    let pi = v["booking"]["payment_intent_id"]
-        .as_str()
+    let pi = eventually("the saga's PaymentIntent", || async {
+        app.payment_intents_of(id).first().map(|p| p.id.clone())
+    })
+    .await;
+    let refunded = eventually("Stripe's charge.refunded", || async {
+        app.double
+            .stripe_events()
+            .into_iter()
+            .find(|e| e["type"] == "charge.refunded" && e["data"]["object"]["payment_intent"] == pi)
+    })
+    .await;
+    let evt_id = refunded["id"].as_str().unwrap().to_owned();
+    let reason: String = eventually("the inbox to defer charge.refunded", || async {
+        sqlx::query_scalar(
+            "SELECT last_error FROM stripe_events WHERE id = $1 AND status = 'pending'
+               AND last_error LIKE 'the saga is compensating%'",
+        )
+        .bind(&evt_id)
+        .fetch_optional(&app.pool)
+        .await
         .unwrap()
-        .to_owned();
-    let refunded = double_event(&app, "charge.refunded", &pi);
-    let row = inbox_final(&app, refunded["id"].as_str().unwrap()).await;
-    assert_eq!(row.status, "processed", "{row:?}");
-    let refunds: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events WHERE aggregate_id = $1 AND event_type = 'PaymentRefunded'",
+    })
+    .await;
+    assert!(reason.contains("the refund may be ours"), "{reason}");
+    assert!(
+        events_of(&app, id, "PaymentRefunded").await.is_empty(),
+        "nothing recorded the refund yet"
+    );
+    let (status, refund_attempts): (String, i32) = sqlx::query_as(
+        "SELECT s.status, st.attempts FROM sagas s JOIN saga_steps st ON st.saga_id = s.id
+         WHERE s.id = $1 AND st.phase = 'compensation' AND st.step_name = 'payment.refund'",
     )
     .bind(id)
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    assert_eq!(refunds, 1, "one refund, recorded once ({row:?})");
+    assert_eq!((status.as_str(), refund_attempts), ("compensating", 1));
+
+    // Now the retry.
+    sqlx::query("UPDATE sagas SET next_run_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let v = app.wait_terminal(id).await;
+    assert_eq!(v["status"], "compensated", "{v:#}");
+    let row = inbox_final(&app, &evt_id).await;
+    assert_eq!(row.status, "processed", "{row:?}");
+    assert!(
+        row.outcome
+            .as_deref()
+            .unwrap_or("")
+            .contains("already recorded"),
+        "{row:?}"
+    );
+    let refunds = events_of(&app, id, "PaymentRefunded").await;
+    assert_eq!(refunds.len(), 1, "one refund, recorded once ({row:?})");
+    assert_ne!(
+        refunds[0].1["causation_id"], refunded["id"],
+        "recorded by the compensation, not the event"
+    );
     assert_eq!(app.payment_intents_of(id)[0].effects.refunds, 1);
+    // Both refund calls carried the one key, and the second was answered from Stripe's record.
+    let key = Some(format!("sagad:{id}:refund"));
+    let attempts: Vec<_> = app
+        .double
+        .attempts_on(&pi)
+        .into_iter()
+        .filter(|a| a.operation != Operation::Cancel)
+        .map(|a| (a.operation, a.idempotency_key, a.outcome))
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            (
+                Operation::Capture,
+                Some(format!("sagad:{id}:capture")),
+                AttemptOutcome::Performed
+            ),
+            (Operation::Refund, key.clone(), AttemptOutcome::Performed),
+            (Operation::Refund, key, AttemptOutcome::Replayed),
+        ]
+    );
 }
