@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::text_enum::text_enum;
+
 /// Declares an id: a UUID that cannot be passed where another table's id is expected. It is
 /// the bare UUID in JSON, in SQL and in the OpenAPI document.
 macro_rules! uuid_id {
@@ -119,6 +121,39 @@ pub struct RawBookingInput {
     /// A Stripe PaymentMethod id (`pm_…`).
     #[schema(value_type = String, required = true, max_length = 64, pattern = "^pm_[A-Za-z0-9_.-]{1,61}$")]
     pub payment_method: Option<serde_json::Value>,
+    /// The listing's cancellation policy, which sets a guest cancellation's refund; default:
+    /// the server's `SAGAD_CANCELLATION_POLICY`.
+    #[schema(value_type = Option<CancellationPolicy>)]
+    pub cancellation_policy: Option<serde_json::Value>,
+}
+
+text_enum! {
+    /// A listing's cancellation policy: how much of the price a guest cancellation refunds, by
+    /// days before check-in (the table is data: `policies/cancellation.toml`).
+    #[derive(ToSchema)]
+    pub enum CancellationPolicy {
+        Flexible = "flexible",
+        Moderate = "moderate",
+        Strict = "strict",
+    }
+}
+
+/// What the server's configuration adds to a booking request's validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BookingRules {
+    /// The longest stay accepted, in nights (`SAGAD_MAX_NIGHTS`).
+    pub max_nights: i64,
+    /// The policy of a request that names none (`SAGAD_CANCELLATION_POLICY`).
+    pub default_policy: CancellationPolicy,
+}
+
+impl Default for BookingRules {
+    fn default() -> Self {
+        Self {
+            max_nights: 365,
+            default_policy: CancellationPolicy::Moderate,
+        }
+    }
 }
 
 /// A booking request that passed validation.
@@ -132,10 +167,16 @@ pub struct BookingInput {
     /// Lower-case ISO-4217 code, as Stripe wants it.
     pub currency: String,
     pub payment_method: String,
+    /// Absent from sagas started before policies existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancellation_policy: Option<CancellationPolicy>,
 }
 
-/// The longest stay sagad accepts; a guard against typos such as year 2205.
-pub const MAX_NIGHTS: i64 = 365;
+/// The earliest check-in accepted on `today` (UTC): yesterday, the date it still is somewhere
+/// (no time zone is more than 12 hours behind UTC), so a guest booking tonight is never refused.
+pub fn earliest_check_in(today: NaiveDate) -> NaiveDate {
+    today.pred_opt().unwrap_or(today)
+}
 
 /// ISO-4217 active codes (2024). Kept as data: the list changes rarely and a typo'd currency must
 /// be refused before it reaches Stripe.
@@ -153,8 +194,13 @@ fn valid_id(s: &str) -> bool {
 }
 
 impl RawBookingInput {
-    /// Checks every field and reports every problem at once.
-    pub fn validate(self) -> Result<BookingInput, Vec<FieldError>> {
+    /// Checks every field against `rules`, with `today` the current UTC date, and reports every
+    /// problem at once.
+    pub fn validate(
+        self,
+        rules: &BookingRules,
+        today: NaiveDate,
+    ) -> Result<BookingInput, Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut text = |field: &str, value: Option<serde_json::Value>| -> Option<String> {
             match value {
@@ -205,16 +251,28 @@ impl RawBookingInput {
         };
         let check_in = date("check_in", &check_in);
         let check_out = date("check_out", &check_out);
+        if let Some(a) = check_in
+            && a < earliest_check_in(today)
+        {
+            errors.push(FieldError::new(
+                "check_in",
+                format!("must not be in the past (today is {today} UTC), got {a}"),
+            ));
+        }
         if let (Some(a), Some(b)) = (check_in, check_out) {
             if b <= a {
                 errors.push(FieldError::new(
                     "check_out",
                     format!("must be after check_in ({a}), got {b}"),
                 ));
-            } else if (b - a).num_days() > MAX_NIGHTS {
+            } else if (b - a).num_days() > rules.max_nights {
                 errors.push(FieldError::new(
                     "check_out",
-                    format!("a stay may last at most {MAX_NIGHTS} nights"),
+                    format!(
+                        "a stay may last at most {} nights, got {}",
+                        rules.max_nights,
+                        (b - a).num_days()
+                    ),
                 ));
             }
         }
@@ -267,6 +325,27 @@ impl RawBookingInput {
             ));
         }
 
+        let policy = match self.cancellation_policy {
+            None | Some(serde_json::Value::Null) => Some(rules.default_policy),
+            Some(serde_json::Value::String(p)) => {
+                let parsed = CancellationPolicy::parse(&p);
+                if parsed.is_none() {
+                    errors.push(FieldError::new(
+                        "cancellation_policy",
+                        format!("must be one of flexible, moderate, strict, got {p:?}"),
+                    ));
+                }
+                parsed
+            }
+            Some(other) => {
+                errors.push(FieldError::new(
+                    "cancellation_policy",
+                    format!("must be a string, got {}", json_kind(&other)),
+                ));
+                None
+            }
+        };
+
         match (
             listing_id,
             guest_id,
@@ -275,8 +354,9 @@ impl RawBookingInput {
             amount,
             currency,
             payment_method,
+            policy,
         ) {
-            (Some(l), Some(g), Some(ci), Some(co), Some(a), Some(c), Some(pm))
+            (Some(l), Some(g), Some(ci), Some(co), Some(a), Some(c), Some(pm), Some(policy))
                 if errors.is_empty() =>
             {
                 Ok(BookingInput {
@@ -287,6 +367,7 @@ impl RawBookingInput {
                     amount: a,
                     currency: c.to_ascii_lowercase(),
                     payment_method: pm,
+                    cancellation_policy: Some(policy),
                 })
             }
             _ => Err(errors),
@@ -314,6 +395,14 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
+    fn today() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2027, 2, 1).unwrap()
+    }
+
+    fn check(v: serde_json::Value) -> Result<BookingInput, Vec<FieldError>> {
+        raw(v).validate(&BookingRules::default(), today())
+    }
+
     fn good() -> serde_json::Value {
         json!({"listing_id": "l-1", "guest_id": "g_1", "check_in": "2027-03-01",
                "check_out": "2027-03-04", "amount": 45000, "currency": "EUR",
@@ -322,9 +411,52 @@ mod tests {
 
     #[test]
     fn accepts_a_good_booking_and_lowercases_currency() {
-        let b = raw(good()).validate().unwrap();
+        let b = check(good()).unwrap();
         assert_eq!(b.currency, "eur");
         assert_eq!(b.amount, 45000);
+        assert_eq!(b.cancellation_policy, Some(CancellationPolicy::Moderate));
+    }
+
+    #[test]
+    fn past_check_ins_long_stays_zero_amounts_and_unknown_policies_are_each_reported() {
+        let mut v = good();
+        v["check_in"] = json!("2027-01-30");
+        v["check_out"] = json!("2027-03-01");
+        v["amount"] = json!(0);
+        v["cancellation_policy"] = json!("lenient");
+        let rules = BookingRules {
+            max_nights: 14,
+            default_policy: CancellationPolicy::Strict,
+        };
+        let errs = raw(v).validate(&rules, today()).unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "input.check_in",
+                "input.check_out",
+                "input.amount",
+                "input.cancellation_policy"
+            ],
+            "{errs:?}"
+        );
+        assert!(errs[1].message.contains("at most 14 nights"), "{errs:?}");
+    }
+
+    #[test]
+    fn yesterday_is_still_today_somewhere_and_the_default_policy_is_configured() {
+        let mut v = good();
+        v["check_in"] = json!("2027-01-31");
+        let rules = BookingRules {
+            max_nights: 365,
+            default_policy: CancellationPolicy::Flexible,
+        };
+        let b = raw(v).validate(&rules, today()).unwrap();
+        assert_eq!(b.cancellation_policy, Some(CancellationPolicy::Flexible));
+        let mut v = good();
+        v["cancellation_policy"] = json!("strict");
+        let b = raw(v).validate(&rules, today()).unwrap();
+        assert_eq!(b.cancellation_policy, Some(CancellationPolicy::Strict));
     }
 
     #[test]
@@ -335,7 +467,7 @@ mod tests {
         v["currency"] = json!("EURO");
         v["payment_method"] = json!("card");
         v.as_object_mut().unwrap().remove("guest_id");
-        let errs = raw(v).validate().unwrap_err();
+        let errs = check(v).unwrap_err();
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
@@ -354,7 +486,7 @@ mod tests {
         let mut v = good();
         v["check_in"] = json!("2027-02-30");
         v["amount"] = json!(10.5);
-        let errs = raw(v).validate().unwrap_err();
+        let errs = check(v).unwrap_err();
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert!(errs[0].message.contains("ISO date"));
         assert!(errs[1].message.contains("whole number"));

@@ -162,6 +162,7 @@ pub async fn run(
         metrics: crate::telemetry::metrics_handle(),
         metrics_token: settings.metrics.token.as_deref().map(Arc::from),
         max_wait: settings.max_wait,
+        booking_rules: settings.booking_rules,
         stripe_signatures: settings.inbound_stripe.verifier().map(Arc::new),
         outbound: Arc::new(settings.outbound),
     };

@@ -39,10 +39,14 @@ struct Scenario {
     cancel_after: bool,
 }
 
+/// Nights counted from a day half a year ahead (check-ins in the past are refused).
 fn booking(listing: &str, guest: &str, nights: (u32, u32), pm: &str) -> Value {
+    let day = |n: u32| {
+        (chrono::Utc::now().date_naive() + chrono::Days::new(180 + u64::from(n))).to_string()
+    };
     json!({ "saga": "booking", "input": {
         "listing_id": listing, "guest_id": guest,
-        "check_in": format!("2027-06-{:02}", nights.0), "check_out": format!("2027-06-{:02}", nights.1),
+        "check_in": day(nights.0), "check_out": day(nights.1),
         "amount": 12_500 * (nights.1 - nights.0) as i64, "currency": "eur", "payment_method": pm }})
 }
 

@@ -142,6 +142,9 @@ pub enum SagaCommand {
         currency: String,
         #[arg(long, default_value = "pm_card_visa")]
         payment_method: String,
+        /// flexible, moderate or strict (default: the server's SAGAD_CANCELLATION_POLICY).
+        #[arg(long)]
+        cancellation_policy: Option<String>,
         /// Makes retrying this command safe.
         #[arg(long)]
         idempotency_key: Option<String>,
@@ -343,18 +346,20 @@ async fn saga_command(api: ApiArgs, command: SagaCommand) -> anyhow::Result<Exit
             amount,
             currency,
             payment_method,
+            cancellation_policy,
             idempotency_key,
             wait,
         } => {
+            let mut input = serde_json::json!({ "listing_id": listing, "guest_id": guest,
+                "check_in": check_in, "check_out": check_out, "amount": amount,
+                "currency": currency, "payment_method": payment_method });
+            if let Some(p) = cancellation_policy {
+                input["cancellation_policy"] = p.as_str().into();
+            }
             let mut req = http
                 .post(format!("{base}/v1/sagas"))
                 .query(&[("wait", wait)])
-                .json(&serde_json::json!({
-                    "saga": "booking",
-                    "input": { "listing_id": listing, "guest_id": guest, "check_in": check_in,
-                               "check_out": check_out, "amount": amount, "currency": currency,
-                               "payment_method": payment_method }
-                }));
+                .json(&serde_json::json!({ "saga": "booking", "input": input }));
             if let Some(k) = idempotency_key {
                 req = req.header("Idempotency-Key", k);
             }

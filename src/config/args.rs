@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::domain::CancellationPolicy;
 use crate::engine::definition::duration;
 
 /// Where the HTTP API listens unless `SAGAD_LISTEN` says otherwise.
@@ -13,6 +14,12 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     duration::parse(s)
         .map_err(|e| format!("{s:?} is not a duration ({e}); use e.g. 250ms, 30s, 10m or 2h"))
+}
+
+fn parse_policy(s: &str) -> Result<CancellationPolicy, String> {
+    CancellationPolicy::parse(s).ok_or_else(|| {
+        format!("{s:?} is not a cancellation policy; use flexible, moderate or strict")
+    })
 }
 
 /// Where the database is.
@@ -115,6 +122,12 @@ pub struct ServeArgs {
     /// What this process runs.
     #[arg(long, env = "SAGAD_ROLE", value_enum, default_value_t = Role::All)]
     pub role: Role,
+    /// The longest stay a booking may ask for, in nights.
+    #[arg(long, env = "SAGAD_MAX_NIGHTS", default_value_t = 365, value_parser = clap::value_parser!(i64).range(1..=3650))]
+    pub max_nights: i64,
+    /// The cancellation policy of a booking whose request names none: flexible, moderate or strict.
+    #[arg(long, env = "SAGAD_CANCELLATION_POLICY", default_value = "moderate", value_parser = parse_policy)]
+    pub cancellation_policy: CancellationPolicy,
     /// Longest `?wait=` the start-saga RPC honours.
     #[arg(long, env = "SAGAD_MAX_WAIT", default_value = "30s", value_parser = parse_duration)]
     pub max_wait: Duration,
@@ -231,6 +244,8 @@ mod tests {
         let args = ServeArgs::defaults();
         assert_eq!(args.workers, 16);
         assert_eq!(args.outbound.webhook_retry_schedule.len(), 7);
+        assert_eq!(args.max_nights, 365);
+        assert_eq!(args.cancellation_policy, CancellationPolicy::Moderate);
     }
 
     #[test]
@@ -238,5 +253,7 @@ mod tests {
         let args = ServeArgs::from_flags(["--workers", "3", "--role", "api"]).unwrap();
         assert_eq!((args.workers, args.role), (3, Role::Api));
         assert!(ServeArgs::from_flags(["--workers", "0"]).is_err());
+        assert!(ServeArgs::from_flags(["--cancellation-policy", "lenient"]).is_err());
+        assert!(ServeArgs::from_flags(["--max-nights", "0"]).is_err());
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 pub(crate) use args::parse_duration;
 pub use args::{DEFAULT_LISTEN, DbArgs, OutboundArgs, Role, ServeArgs};
 
+use crate::domain::BookingRules;
 use crate::engine::EngineConfig;
 use crate::engine::actions::{self, NotifyConfig};
 use crate::engine::definition::{self, DefinitionError, SagaDefinition};
@@ -45,6 +46,8 @@ pub struct Settings {
     pub definitions: Vec<SagaDefinition>,
     /// Longest `?wait=` the start-saga RPC honours.
     pub max_wait: Duration,
+    /// What a booking request must satisfy beyond its own fields.
+    pub booking_rules: BookingRules,
     /// The saga workers.
     pub engine: EngineConfig,
     /// Stripe's webhooks: endpoint secrets and the inbox workers.
@@ -185,6 +188,10 @@ impl Settings {
             notify,
             definitions,
             max_wait: args.max_wait,
+            booking_rules: BookingRules {
+                max_nights: args.max_nights,
+                default_policy: args.cancellation_policy,
+            },
             engine: EngineConfig {
                 workers: args.workers as usize,
                 local_queue: args.local_queue.map(|n| n as usize),

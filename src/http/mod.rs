@@ -54,6 +54,8 @@ pub struct AppState {
     pub metrics_token: Option<Arc<str>>,
     /// Longest `?wait=` honoured.
     pub max_wait: Duration,
+    /// What a booking request must satisfy beyond its own fields.
+    pub booking_rules: crate::domain::BookingRules,
     /// Verifies `POST /webhooks/stripe`; `None` when no STRIPE_WEBHOOK_SECRET is configured.
     pub stripe_signatures: Option<Arc<crate::inbound::stripe::signature::Verifier>>,
     /// Outgoing webhooks: URL policy (SSRF guard, http allowed?) and secret rotation overlap.

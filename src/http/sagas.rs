@@ -212,7 +212,10 @@ pub async fn start_saga(
             ),
         }])
     })?;
-    let input = req.input.validate().map_err(ApiError::Validation)?;
+    let input = req
+        .input
+        .validate(&state.booking_rules, Utc::now().date_naive())
+        .map_err(ApiError::Validation)?;
     let fingerprint = hex::encode(Sha256::digest(raw.to_string().as_bytes()));
     let input_json = serde_json::to_value(&input).map_err(anyhow::Error::from)?;
     let id = SagaId::new();

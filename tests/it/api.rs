@@ -363,3 +363,66 @@ async fn openapi_health_and_metrics_are_served() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_past_check_in_a_long_stay_a_zero_amount_and_an_unknown_policy_are_all_refused() {
+    let app = spawn_app().await;
+    let today = chrono::Utc::now().date_naive();
+    let mut input = booking_input("villa-past", "pm_card_visa");
+    input["check_in"] = json!((today - chrono::Days::new(2)).to_string());
+    input["check_out"] = json!((today + chrono::Days::new(400)).to_string());
+    input["amount"] = json!(0);
+    input["cancellation_policy"] = json!("lenient");
+    let resp = app
+        .post("/v1/sagas")
+        .json(&json!({"saga": "booking", "input": input}))
+        .send()
+        .await
+        .unwrap();
+    let (status, err) = error_of(resp).await;
+    assert_eq!(status, 422, "{err}");
+    let fields: Vec<&str> = err["error"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "input.check_in",
+            "input.check_out",
+            "input.amount",
+            "input.cancellation_policy"
+        ],
+        "{err}"
+    );
+    let messages = err["error"]["fields"].to_string();
+    assert!(messages.contains("in the past"), "{messages}");
+    assert!(messages.contains("at most 365 nights"), "{messages}");
+    nothing_stored(&app).await;
+
+    // A named policy is kept with the saga; without one, the configured default applies.
+    let mut input = booking_input("villa-policy", "pm_card_visa");
+    input["cancellation_policy"] = json!("strict");
+    let resp: Value = app
+        .post("/v1/sagas")
+        .json(&json!({"saga": "booking", "input": input}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resp["input"]["cancellation_policy"], "strict", "{resp}");
+    let resp: Value = app
+        .post("/v1/sagas")
+        .json(&json!({"saga": "booking", "input": booking_input("villa-default", "pm_card_visa")}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resp["input"]["cancellation_policy"], "moderate", "{resp}");
+}

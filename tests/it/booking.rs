@@ -478,8 +478,8 @@ async fn fifty_concurrent_bookings_of_one_listing_confirm_exactly_one() {
     let inputs = (0..50)
         .map(|i| {
             let mut input = booking_input("penthouse", "pm_card_visa");
-            input["check_in"] = json!(format!("2027-07-{:02}", 1 + i % 3));
-            input["check_out"] = json!(format!("2027-07-{:02}", 5 + i % 4));
+            input["check_in"] = json!(crate::harness::future_day(30 + i % 3));
+            input["check_out"] = json!(crate::harness::future_day(34 + i % 4));
             input["guest_id"] = json!(format!("guest-{i}"));
             input
         })

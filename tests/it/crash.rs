@@ -258,8 +258,8 @@ async fn run(work: &Path, sagas: usize, kills: usize) -> anyhow::Result<()> {
             format!("g{i}")
         };
         let body = json!({"saga": "booking", "input": {
-            "listing_id": listing, "guest_id": guest, "check_in": "2027-09-01",
-            "check_out": "2027-09-03", "amount": 30000, "currency": "usd", "payment_method": pm }});
+            "listing_id": listing, "guest_id": guest, "check_in": crate::harness::future_day(90),
+            "check_out": crate::harness::future_day(92), "amount": 30000, "currency": "usd", "payment_method": pm }});
         let key = format!("crash-{i}");
         // The start RPC is idempotent: retry it across kills until it is answered.
         let id = loop {

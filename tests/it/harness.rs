@@ -325,9 +325,15 @@ pub async fn spawn_instance(
     app
 }
 
+/// A date `n` days after a fixed point half a year ahead (`YYYY-MM-DD`): check-ins in the past
+/// are refused, so test stays move with the clock.
+pub fn future_day(n: u64) -> String {
+    (chrono::Utc::now().date_naive() + chrono::Days::new(180 + n)).to_string()
+}
+
 pub fn booking_input(listing: &str, pm: &str) -> Value {
-    json!({ "listing_id": listing, "guest_id": "guest-1", "check_in": "2027-05-01",
-            "check_out": "2027-05-04", "amount": 45000, "currency": "EUR", "payment_method": pm })
+    json!({ "listing_id": listing, "guest_id": "guest-1", "check_in": future_day(0),
+            "check_out": future_day(3), "amount": 45000, "currency": "EUR", "payment_method": pm })
 }
 
 impl TestApp {

@@ -85,11 +85,13 @@ impl Api {
     }
 }
 
-/// A distinct listing per saga, so the inventory exclusion constraint never serialises the run.
+/// A distinct listing per saga, so the inventory exclusion constraint never serialises the run;
+/// the stay half a year ahead (check-ins in the past are refused).
 fn booking(run: &str, n: usize) -> Value {
+    let day = |n: u64| (chrono::Utc::now().date_naive() + chrono::Days::new(180 + n)).to_string();
     json!({ "saga": "booking", "input": {
         "listing_id": format!("{run}-listing-{n}"), "guest_id": format!("{run}-guest-{n}"),
-        "check_in": "2027-06-01", "check_out": "2027-06-04",
+        "check_in": day(0), "check_out": day(3),
         "amount": 37_500, "currency": "eur", "payment_method": "pm_card_visa" }})
 }
 
