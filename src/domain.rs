@@ -186,7 +186,8 @@ fn is_iso_4217(code: &str) -> bool {
     code.len() == 3 && ISO_4217.split(' ').any(|c| c.eq_ignore_ascii_case(code))
 }
 
-fn valid_id(s: &str) -> bool {
+/// 1–64 characters of `A-Z a-z 0-9 _ - .`: listing and guest ids.
+pub fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes()

@@ -159,6 +159,14 @@ impl Event {
         }
     }
 
+    /// The event stored with type `event_type` and `payload`.
+    pub fn from_stored(
+        event_type: &str,
+        payload: &serde_json::Value,
+    ) -> Result<Self, serde_json::Error> {
+        serde_json::from_value(serde_json::json!({ "type": event_type, "payload": payload }))
+    }
+
     /// The payload as stored (`payload` column): the variant's fields.
     pub fn payload(&self) -> serde_json::Value {
         match serde_json::to_value(self) {
@@ -210,5 +218,6 @@ mod tests {
             serde_json::json!({"reason": "cancelled_by_guest"})
         );
         assert_eq!(Event::SagaCompleted {}.payload(), serde_json::json!({}));
+        assert_eq!(Event::from_stored(e.type_name(), &e.payload()).unwrap(), e);
     }
 }

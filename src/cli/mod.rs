@@ -1,5 +1,6 @@
-//! The command line: `sagad serve | migrate | healthcheck | demo | sagas check | saga … | events tail | stripe events … | stripe-double`.
+//! The command line: `sagad serve | migrate | healthcheck | demo | sagas check | saga … | bookings … | events tail | stripe events … | stripe-double`.
 
+mod bookings;
 mod demo;
 mod events;
 mod healthcheck;
@@ -69,6 +70,13 @@ pub enum Command {
         api: ApiArgs,
         #[command(subcommand)]
         command: events::EventsCommand,
+    },
+    /// List bookings and show one (its payments and history) through a running sagad's API.
+    Bookings {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: bookings::BookingsCommand,
     },
     /// Stripe webhook events sagad received: list, show, reprocess.
     Stripe {
@@ -176,6 +184,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let filter = match cli.command {
         Command::Demo(_)
         | Command::Saga { .. }
+        | Command::Bookings { .. }
         | Command::Sagas { .. }
         | Command::Events { .. }
         | Command::Healthcheck(_) => "warn",
@@ -185,6 +194,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if matches!(
         cli.command,
         Command::Saga { .. }
+            | Command::Bookings { .. }
             | Command::Sagas { .. }
             | Command::Events { .. }
             | Command::Stripe { .. }
@@ -211,6 +221,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: SagasCommand::Check { dir },
         } => Ok(check_definitions(&dir)),
         Command::Saga { api, command } => saga_command(api, command).await,
+        Command::Bookings { api, command } => bookings::run(api, command).await,
         Command::Stripe { command } => stripe_inbox::run(command).await,
         Command::Webhooks { api, command } => outbound::run(api, command).await,
         Command::Events { api, command } => events::run(api, command).await,

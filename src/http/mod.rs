@@ -1,5 +1,6 @@
 //! The HTTP API: `app(state)` builds the router; one file per resource.
 
+mod bookings;
 mod error;
 mod extract;
 mod feed;
@@ -74,6 +75,7 @@ pub fn app(state: AppState, api: bool, metrics: bool) -> Router {
         // tell a route that exists from one that does not.
         let v1 = sagas::routes()
             .merge(feed::routes())
+            .merge(bookings::routes())
             .merge(outbound::routes())
             .route("/v1", any(no_such_route))
             .route("/v1/{*rest}", any(no_such_route))

@@ -305,6 +305,7 @@ pub async fn start_saga(
                 payment_intent_id: None,
                 confirmation_code: None,
                 cancel_reason: None,
+                cancellation_policy: input.cancellation_policy,
                 created_at: row.created_at,
                 updated_at: row.created_at,
             });
@@ -449,14 +450,14 @@ pub struct SagaPage {
     pub next_cursor: Option<String>,
 }
 
-fn encode_cursor(at: DateTime<Utc>, id: SagaId) -> String {
+pub(super) fn encode_cursor(at: DateTime<Utc>, id: SagaId) -> String {
     URL_SAFE_NO_PAD.encode(format!(
         "{}|{id}",
         at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
     ))
 }
 
-fn decode_cursor(raw: &str) -> Option<(DateTime<Utc>, SagaId)> {
+pub(super) fn decode_cursor(raw: &str) -> Option<(DateTime<Utc>, SagaId)> {
     let text = String::from_utf8(URL_SAFE_NO_PAD.decode(raw).ok()?).ok()?;
     let (at, id) = text.split_once('|')?;
     let at = DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc);

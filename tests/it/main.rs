@@ -4,6 +4,7 @@ mod harness;
 
 mod api;
 mod booking;
+mod bookings;
 mod ceiling;
 mod cli;
 mod constraints;
