@@ -266,7 +266,11 @@ async fn signatures_verify_and_both_secrets_sign_during_rotation() {
 
 #[tokio::test]
 async fn down_then_up_is_delivered_with_the_same_webhook_id() {
-    let app = spawn_app_with(AppOptions::default()).await;
+    // After the second failure the delivery waits (10 minutes) until the test has its receiver
+    // up and makes it due: the down phase is exactly two attempts, however slow the machine.
+    let mut opts = AppOptions::default();
+    opts.outbound.retry.schedule = [30, 600_000, 30].map(Duration::from_millis).to_vec();
+    let app = spawn_app_with(opts).await;
     // Reserve a port, then close it: the receiver is down (connection refused).
     let port = TcpListener::bind("127.0.0.1:0")
         .await
@@ -294,6 +298,20 @@ async fn down_then_up_is_delivered_with_the_same_webhook_id() {
         .await
         .unwrap();
     rx.script([Reply::Status(500)]);
+    wait_for("the second failure to be settled", || async {
+        sqlx::query_scalar::<_, String>("SELECT status FROM webhook_deliveries WHERE id = $1")
+            .bind(delivery)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+            == "pending"
+    })
+    .await;
+    sqlx::query("UPDATE webhook_deliveries SET next_attempt_at = now() WHERE id = $1")
+        .bind(delivery)
+        .execute(&app.pool)
+        .await
+        .unwrap();
     wait_delivery_status(&app, endpoint, "delivered").await;
     let hits = rx.hits();
     assert_eq!(hits.len(), 2);
