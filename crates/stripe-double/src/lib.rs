@@ -84,7 +84,7 @@ pub struct Attempt {
 }
 
 /// What the double did with an [`Attempt`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AttemptOutcome {
     /// Executed and answered 2xx (the answer may still have been lost on the way).
