@@ -14,7 +14,7 @@ use super::{ApiError, ApiPath, ApiQuery, AppState, ErrorBody};
 use crate::domain::{SagaId, valid_id};
 use crate::engine::model::SagaStatus;
 use crate::events::Event;
-use crate::store::bookings::{self, Booking, BookingFilter, BookingStatus, Payments};
+use crate::store::bookings::{self, Booking, BookingFilter, BookingStatus, Dispute, Payments};
 use crate::store::events::{self, EventRecord};
 use crate::store::sagas;
 
@@ -170,6 +170,8 @@ pub struct BookingDetail {
     pub url: String,
     pub sagas: Vec<BookingSaga>,
     pub payments: Payments,
+    /// Chargebacks on the booking's payment, oldest first: open, or their outcome.
+    pub disputes: Vec<Dispute>,
     pub history: Vec<EventRecord>,
 }
 
@@ -201,7 +203,9 @@ pub async fn get_booking(
         .ok_or(ApiError::NotFound("booking"))?;
     let saga = sagas::get(&mut conn, id).await?;
     let history = events::for_aggregate(&mut conn, id.0).await?;
-    let payments = Payments::of(&domain_events(&history));
+    let domain = domain_events(&history);
+    let payments = Payments::of(&domain);
+    let disputes = Dispute::all_of(&domain);
     Ok(Json(BookingDetail {
         url: format!("/v1/bookings/{id}"),
         booking,
@@ -216,6 +220,7 @@ pub async fn get_booking(
             })
             .collect(),
         payments,
+        disputes,
         history,
     }))
 }

@@ -28,6 +28,14 @@ crate::text_enum::text_enum! {
         Cancelled = "cancelled",
         Failed = "failed",
         NeedsAttention = "needs_attention",
+        /// A chargeback is open (`DisputeOpened`).
+        Disputed = "disputed",
+        /// The chargeback was decided for the host: the money stays.
+        DisputeWon = "dispute_won",
+        /// The chargeback was decided for the guest: its amount is lost.
+        DisputeLost = "dispute_lost",
+        /// The dispute closed otherwise (an inquiry closed without a chargeback, `warning_closed`).
+        DisputeClosed = "dispute_closed",
     }
 }
 
@@ -41,7 +49,7 @@ pub struct Booking {
     pub amount: i64,
     pub currency: String,
     /// requested, held, awaiting_authentication, authorized, paid, confirmed, cancelling,
-    /// cancelled, failed, needs_attention.
+    /// cancelled, failed, needs_attention, disputed, dispute_won, dispute_lost, dispute_closed.
     pub status: String,
     pub payment_intent_id: Option<String>,
     pub confirmation_code: Option<String>,
@@ -183,6 +191,8 @@ impl Change {
                 }
             }
             Event::SagaStuck { .. } => self.set("needs_attention"),
+            Event::DisputeOpened { .. } => self.set(BookingStatus::Disputed.as_str()),
+            Event::DisputeClosed { status, .. } => self.set(dispute_outcome(status).as_str()),
             // Created with the saga ([`InsertRequested`]); the rest do not show in the projection.
             Event::BookingRequested { .. }
             | Event::NotificationSent { .. }
@@ -191,14 +201,75 @@ impl Change {
             | Event::PaymentVoided { .. }
             | Event::PaymentRefunded { .. }
             | Event::SagaCompleted {}
-            | Event::PaymentReceived { .. }
-            | Event::DisputeOpened { .. }
-            | Event::DisputeClosed { .. } => {}
+            | Event::PaymentReceived { .. } => {}
         }
     }
 
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
+    }
+}
+
+/// A closed dispute's booking status, by Stripe's final dispute status.
+fn dispute_outcome(stripe_status: &str) -> BookingStatus {
+    match stripe_status {
+        "won" => BookingStatus::DisputeWon,
+        "lost" => BookingStatus::DisputeLost,
+        _ => BookingStatus::DisputeClosed,
+    }
+}
+
+/// A chargeback on a booking's payment, as its events tell it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Dispute {
+    pub dispute_id: String,
+    /// `open` until it closes, then Stripe's final status (`won`, `lost`, `warning_closed`…).
+    pub status: String,
+    /// The disputed amount, in the currency's minor units.
+    pub amount: i64,
+    pub currency: String,
+    /// Stripe's reason (`fraudulent`, `product_not_received`…).
+    pub reason: String,
+    /// What the host lost: the disputed amount when the dispute was lost, else 0.
+    pub amount_lost: i64,
+}
+
+impl Dispute {
+    /// Folds a booking's events, in order: every dispute it has had, oldest first.
+    pub fn all_of<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<Self> {
+        let mut out: Vec<Self> = Vec::new();
+        for e in events {
+            match e {
+                Event::DisputeOpened {
+                    dispute_id,
+                    amount,
+                    currency,
+                    reason,
+                    ..
+                } => out.push(Self {
+                    dispute_id: dispute_id.clone(),
+                    status: "open".into(),
+                    amount: *amount,
+                    currency: currency.clone(),
+                    reason: reason.clone(),
+                    amount_lost: 0,
+                }),
+                Event::DisputeClosed {
+                    dispute_id, status, ..
+                } => {
+                    if let Some(d) = out.iter_mut().find(|d| d.dispute_id == *dispute_id) {
+                        d.status = status.clone();
+                        d.amount_lost = if dispute_outcome(status) == BookingStatus::DisputeLost {
+                            d.amount
+                        } else {
+                            0
+                        };
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
     }
 }
 
@@ -439,6 +510,37 @@ mod tests {
         ]);
         assert!(p.voided);
         assert_eq!((p.captured, p.refunded), (0, 0));
+    }
+
+    #[test]
+    fn a_dispute_shows_while_open_then_its_outcome_and_the_amount_lost() {
+        let opened = |id: &str| Event::DisputeOpened {
+            dispute_id: id.into(),
+            payment_intent_id: "pi_1".into(),
+            amount: 4500,
+            currency: "eur".into(),
+            reason: "fraudulent".into(),
+        };
+        let closed = |id: &str, status: &str| Event::DisputeClosed {
+            dispute_id: id.into(),
+            payment_intent_id: "pi_1".into(),
+            status: status.into(),
+        };
+        assert_eq!(Change::of(&[opened("dp_1")]).status, Some("disputed"));
+        for (stripe, status, lost) in [
+            ("lost", "dispute_lost", 4500),
+            ("won", "dispute_won", 0),
+            ("warning_closed", "dispute_closed", 0),
+        ] {
+            let events = [opened("dp_1"), closed("dp_1", stripe)];
+            assert_eq!(Change::of(&events).status, Some(status));
+            let d = Dispute::all_of(&events);
+            assert_eq!(
+                (d.len(), d[0].status.as_str(), d[0].amount_lost),
+                (1, stripe, lost)
+            );
+        }
+        assert_eq!(Dispute::all_of(&[opened("dp_2")])[0].status, "open");
     }
 
     #[test]

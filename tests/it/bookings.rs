@@ -305,3 +305,50 @@ async fn every_booking_filter_has_an_index() {
         assert!(plan.contains(index), "{f:?} uses no {index}*:\n{plan}");
     }
 }
+
+/// Signed `charge.dispute.created` / `closed` webhooks from the Stripe double: the booking shows
+/// `disputed` while the dispute is open, then its outcome and what was lost.
+#[tokio::test]
+async fn a_dispute_through_signed_stripe_webhooks_shows_on_the_booking_then_its_outcome() {
+    let app = spawn_app().await;
+    app.double.configure_webhooks(stripe_double::WebhookTarget {
+        url: format!("{}/webhooks/stripe", app.base),
+        secrets: vec![crate::harness::STRIPE_WEBHOOK_SECRET.into()],
+        ..Default::default()
+    });
+    let mut ids = Vec::new();
+    for (listing, outcome) in [("cabin-won", "won"), ("cabin-lost", "lost")] {
+        let id = app
+            .start_booking(booking_input(listing, "pm_card_visa"))
+            .await;
+        assert_eq!(app.wait_terminal(id).await["status"], "completed");
+        ids.push((id, outcome));
+    }
+    let booking_status = async |id: Uuid, want: &str| {
+        crate::harness::eventually(&format!("booking {id} to be {want}"), || async {
+            let b = app.get_json(&format!("/v1/bookings/{id}")).await;
+            (b["status"] == want).then_some(b)
+        })
+        .await
+    };
+    for (id, outcome) in ids {
+        let pi = app.payment_intents_of(id)[0].id.clone();
+        let dispute = app.double.open_dispute(&pi, "fraudulent").unwrap();
+        let b = booking_status(id, "disputed").await;
+        assert_eq!(b["disputes"].as_array().unwrap().len(), 1, "{b:#}");
+        assert_eq!(b["disputes"][0]["dispute_id"], dispute.as_str());
+        assert_eq!(b["disputes"][0]["status"], "open");
+        assert_eq!(
+            all_ids(&app, "status=disputed").await,
+            [id],
+            "the list filters by it"
+        );
+
+        app.double.close_dispute(&dispute, outcome).unwrap();
+        let b = booking_status(id, &format!("dispute_{outcome}")).await;
+        assert_eq!(b["disputes"][0]["status"], outcome, "{b:#}");
+        let lost = if outcome == "lost" { 45000 } else { 0 };
+        assert_eq!(b["disputes"][0]["amount_lost"], lost, "{b:#}");
+        assert_eq!(b["disputes"][0]["amount"], 45000, "{b:#}");
+    }
+}
