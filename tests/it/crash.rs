@@ -112,7 +112,7 @@ name = "booking"
 version = 1
 [defaults]
 timeout = "2s"
-retry = { max_attempts = 8, base_delay = "20ms", max_delay = "200ms", jitter = 0.2 }
+retry = { max_attempts = 12, base_delay = "20ms", max_delay = "200ms", jitter = 0.2 }
 compensation_retry = { max_attempts = 40, base_delay = "20ms", max_delay = "200ms", jitter = 0.2 }
 [[steps]]
 name = "hold_inventory"
@@ -136,6 +136,9 @@ compensation = "booking.cancel"
 name = "notify"
 action = "notification.send"
 "#;
+
+/// Stripe faults injected but not yet used, at most, per operation.
+const MAX_PENDING_FAULTS: usize = 2;
 
 const STRIPE_WEBHOOK_SECRET: &str = "whsec_crash_run_secret";
 
@@ -327,6 +330,7 @@ async fn run(work: &Path, sagas: usize, kills: usize, pg_restarts: usize) -> any
                 Operation::Refund,
                 Operation::Retrieve,
             ];
+            let mut injected = 0usize;
             while on.load(Ordering::SeqCst) {
                 let (op, kind, flaky) = {
                     let mut rng = rand::rng();
@@ -341,12 +345,24 @@ async fn run(work: &Path, sagas: usize, kills: usize, pg_restarts: usize) -> any
                     1 => Fault::lose_response(op),
                     _ => Fault::latency(op, Duration::from_millis(150)),
                 };
-                double.inject(fault);
+                // At most a few faults wait at a time: left to pile up (faster than the rarer
+                // operations use them), a backlog of 500s would exhaust one step's every retry, and
+                // a clean saga would rightly compensate. Chaos here may delay a saga, not decide it.
+                let waiting = double
+                    .pending_faults()
+                    .iter()
+                    .filter(|f| f.operation == op)
+                    .count();
+                if waiting < MAX_PENDING_FAULTS {
+                    double.inject(fault);
+                    injected += 1;
+                }
                 notify.answer(if flaky { 503 } else { 204 });
                 tokio::time::sleep(Duration::from_millis(40)).await;
             }
             double.clear_faults();
             notify.answer(204);
+            injected
         })
     };
 
@@ -476,7 +492,7 @@ async fn run(work: &Path, sagas: usize, kills: usize, pg_restarts: usize) -> any
     sagad.child.start_kill()?;
     sagad.child.wait().await?;
     chaos_on.store(false, Ordering::SeqCst);
-    chaos.await?;
+    let faults_injected = chaos.await?;
     let sagad = start_sagad(&env).await;
 
     let pool = sagad::store::connect(&db_url, 5).await?;
@@ -509,8 +525,9 @@ async fn run(work: &Path, sagas: usize, kills: usize, pg_restarts: usize) -> any
     );
     let report = check(&pool, &double, &started).await?;
     println!(
-        "{report}\ncrash run: {webhooks}; {inbound}\ncrash run: {cancelled} guest cancellations, \
-         {kills_done} + 1 SIGKILLs, {pg_restarts_done} PostgreSQL restarts under the running sagad"
+        "{report}\ncrash run: {webhooks}; {inbound}\ncrash run: {faults_injected} Stripe faults injected, \
+         {cancelled} guest cancellations, {kills_done} + 1 SIGKILLs, {pg_restarts_done} PostgreSQL \
+         restarts under the running sagad"
     );
     drop(sagad);
     // The daemon's log went to a file: plain text, no terminal colour codes.
