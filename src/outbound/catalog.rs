@@ -41,6 +41,11 @@ pub fn public_type(internal: &str) -> Option<&'static str> {
         .map(|(_, p)| *p)
 }
 
+/// Every published stored type name, in catalog order.
+pub fn published_internal_types() -> Vec<&'static str> {
+    PUBLISHED.iter().map(|(i, _)| *i).collect()
+}
+
 /// Every public type, in catalog order.
 pub fn public_types() -> impl Iterator<Item = &'static str> {
     PUBLISHED.iter().map(|(_, p)| *p)

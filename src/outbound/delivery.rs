@@ -282,7 +282,9 @@ pub fn webhook_id(delivery_id: DeliveryId) -> String {
 }
 
 /// The JSON body: the public type, when it happened, the aggregate and its version (receivers
-/// order by it; delivery order is not guaranteed), and the event's data.
+/// order by it; delivery order is not guaranteed), the version of the aggregate's previous
+/// published event (published versions have gaps: internal events take versions too), and the
+/// event's data.
 pub fn body(d: &ClaimedDelivery) -> Vec<u8> {
     let v = serde_json::json!({
         "type": d.event_type,
@@ -291,6 +293,7 @@ pub fn body(d: &ClaimedDelivery) -> Vec<u8> {
         "aggregate_type": d.aggregate_type,
         "aggregate_id": d.aggregate_id,
         "aggregate_version": d.version,
+        "previous_version": d.previous_version,
         "data": d.payload,
     });
     serde_json::to_vec(&v).unwrap_or_default()

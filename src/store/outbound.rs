@@ -337,6 +337,8 @@ pub struct ClaimedDelivery {
     pub aggregate_type: String,
     pub aggregate_id: Uuid,
     pub version: i32,
+    /// The version of the aggregate's previous published event (of any published type), if any.
+    pub previous_version: Option<i32>,
     pub payload: serde_json::Value,
     pub recorded_at: DateTime<Utc>,
     /// The secrets that sign the attempt: the current one first, then any still in overlap.
@@ -392,6 +394,9 @@ pub async fn claim_due(
          WHERE d.id = chosen.id AND e.id = d.endpoint_id AND ev.event_id = d.event_id
          RETURNING d.id, d.endpoint_id, d.event_id, d.event_type, d.attempts, d.schedule_pos,
                    e.url, e.rate_limit, ev.aggregate_type, ev.aggregate_id, ev.version,
+                   (SELECT max(p.version) FROM events p
+                    WHERE p.aggregate_id = ev.aggregate_id AND p.version < ev.version
+                      AND p.event_type = ANY($5::text[])) AS previous_version,
                    ev.payload, ev.recorded_at,
                    ARRAY(SELECT s.secret FROM webhook_secrets s
                          WHERE s.endpoint_id = e.id AND (s.expires_at IS NULL OR s.expires_at > now())
@@ -401,6 +406,7 @@ pub async fn claim_due(
     .bind(lease)
     .bind(limit)
     .bind(per_endpoint)
+    .bind(catalog::published_internal_types())
     .fetch_all(db)
     .await
 }

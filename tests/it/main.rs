@@ -18,6 +18,7 @@ mod kept;
 mod metrics;
 mod openapi;
 mod operator;
+mod ordering;
 mod outage;
 mod outbound;
 mod queues;
