@@ -9,7 +9,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::harness::{TOKEN, TestApp, spawn_app};
+use crate::harness::{TOKEN, TestApp, eventually, spawn_app};
 
 /// Appends `n` events to a fresh aggregate, each in its own transaction; their ids.
 async fn append_each(pool: &PgPool, n: i32) -> Vec<Uuid> {
@@ -237,6 +237,12 @@ async fn bad_feed_queries_are_400_with_a_message() {
 async fn events_tail_prints_the_feed_and_refuses_a_bad_position() {
     let app = spawn_app().await;
     append_each(&app.pool, 3).await;
+    // Readable once every transaction that began before they committed has ended.
+    eventually("the three events in the feed", || async {
+        let p = page(&app, "").await;
+        (p["events"].as_array().map(Vec::len) == Some(3)).then_some(())
+    })
+    .await;
     let tail = |args: &[&str]| {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_sagad"))
             .args([
