@@ -130,6 +130,20 @@ pub async fn fresh_database() -> (PgPool, String) {
 /// How long the tests' booking saga rides out an outage ([`booking_definition`]).
 pub const TEST_GIVE_UP_AFTER: Duration = Duration::from_millis(400);
 
+/// A fresh, empty database (no migrations applied): its URL.
+pub async fn empty_database() -> String {
+    let c = cluster();
+    let name = format!("e_{}", Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&c.admin_url)
+        .await
+        .expect("admin connection");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create empty database");
+    with_database(&c.admin_url, &name)
+}
+
 /// The booking saga from `sagas/booking.toml`, with retry delays shrunk so tests run fast, and
 /// its steps' give-up deadlines ([`TEST_GIVE_UP_AFTER`]) too.
 pub fn booking_definition() -> SagaDefinition {
