@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::engine::model::StepPhase;
+use crate::engine::operator::{Holdings, Resolution};
 
 /// Schema version of every event payload below; bump an event's version when its shape changes.
 pub const SCHEMA_VERSION: i32 = 1;
@@ -106,6 +107,26 @@ pub enum Event {
         payment_intent_id: String,
         status: String,
     },
+    /// An operator (`actor`: the API token's name) had the step a stuck or waiting saga was at
+    /// run again now, with fresh attempts.
+    SagaRetried {
+        actor: String,
+        reason: String,
+        step: String,
+        phase: StepPhase,
+    },
+    /// An operator closed a stuck saga settled by hand; `still_held` is what it held then.
+    SagaResolved {
+        actor: String,
+        reason: String,
+        outcome: Resolution,
+        still_held: Holdings,
+    },
+    /// An operator cancelled a stuck saga: what is left is compensated.
+    OperatorCancelled {
+        actor: String,
+        reason: String,
+    },
 }
 
 /// Every stored event type name: each [`Event`]'s [`Event::type_name`], and the endpoint events
@@ -156,6 +177,9 @@ impl Event {
             Event::PaymentReceived { .. } => "PaymentReceived",
             Event::DisputeOpened { .. } => "DisputeOpened",
             Event::DisputeClosed { .. } => "DisputeClosed",
+            Event::SagaRetried { .. } => "SagaRetried",
+            Event::SagaResolved { .. } => "SagaResolved",
+            Event::OperatorCancelled { .. } => "OperatorCancelled",
         }
     }
 

@@ -175,8 +175,40 @@ pub enum SagaCommand {
         #[arg(long)]
         cursor: Option<String>,
     },
-    /// Cancel a saga on the guest's behalf: compensate what it did.
-    Cancel { id: String },
+    /// Cancel a saga: compensate what it did (on the guest's behalf; for a stuck saga, as an
+    /// operator, compensating what is left).
+    Cancel {
+        id: String,
+        /// Why (recorded with your token's name when the saga is stuck).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Run the step of a stuck or waiting saga again now, with fresh attempts; or, with --step
+    /// and/or --since instead of an id, every stuck saga of that step or stuck since that time.
+    Retry {
+        /// The saga; leave out with --step / --since.
+        #[arg(required_unless_present_any = ["step", "since"], conflicts_with_all = ["step", "since"])]
+        id: Option<String>,
+        /// Every saga stuck at this step (running it or undoing it), e.g. capture_payment.
+        #[arg(long)]
+        step: Option<String>,
+        /// Every saga stuck since this time (RFC 3339, e.g. 2027-06-01T10:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Why (recorded with your token's name).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Close a stuck saga that was settled by hand, and show what it still holds.
+    Resolve {
+        id: String,
+        /// completed or compensated.
+        #[arg(long)]
+        outcome: String,
+        /// What was done (recorded with your token's name).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -395,11 +427,50 @@ async fn saga_command(api: ApiArgs, command: SagaCommand) -> anyhow::Result<Exit
             }
             (http.get(format!("{base}/v1/sagas")).query(&q), false)
         }
-        SagaCommand::Cancel { id } => (http.post(format!("{base}/v1/sagas/{id}/cancel")), false),
+        SagaCommand::Cancel { id, reason } => {
+            let mut req = http.post(format!("{base}/v1/sagas/{id}/cancel"));
+            if let Some(r) = reason {
+                req = req.json(&serde_json::json!({ "reason": r }));
+            }
+            (req, false)
+        }
+        SagaCommand::Retry {
+            id: Some(id),
+            reason,
+            ..
+        } => (
+            http.post(format!("{base}/v1/sagas/{id}/retry"))
+                .json(&serde_json::json!({ "reason": reason })),
+            false,
+        ),
+        SagaCommand::Retry {
+            id: None,
+            step,
+            since,
+            reason,
+        } => (
+            http.post(format!("{base}/v1/sagas/retry"))
+                .json(&serde_json::json!({ "step": step, "since": since, "reason": reason })),
+            false,
+        ),
+        SagaCommand::Resolve {
+            id,
+            outcome,
+            reason,
+        } => (
+            http.post(format!("{base}/v1/sagas/{id}/resolve"))
+                .json(&serde_json::json!({ "outcome": outcome, "reason": reason })),
+            false,
+        ),
     };
     let body = api_call(req, &api).await?;
     match command {
         SagaCommand::List { .. } => print_list(&body),
+        SagaCommand::Retry { id: None, .. } => print_bulk(&body),
+        SagaCommand::Resolve { .. } => {
+            print_saga(&body["saga"]);
+            print_held(&body["still_held"]);
+        }
         _ => print_saga(&body),
     }
     if show_events && let Some(id) = body.get("id").and_then(|v| v.as_str()) {
@@ -467,17 +538,38 @@ fn print_saga(v: &serde_json::Value) {
 }
 
 fn print_list(v: &serde_json::Value) {
-    println!(
-        "{:<38} {:<10} {:<13} {:<18} FAILURE",
+    let sagas = v["sagas"].as_array().map(Vec::as_slice).unwrap_or_default();
+    // Why each saga waits, when any of them does (`saga list --status waiting`).
+    let waits = sagas.iter().any(|s| s["wait"].is_object());
+    let mut header = format!(
+        "{:<38} {:<10} {:<13} {:<18}",
         "ID", "SAGA", "STATUS", "STEP"
     );
-    for s in v["sagas"].as_array().into_iter().flatten() {
-        println!(
-            "{:<38} {:<10} {:<13} {:<18} {}",
+    if waits {
+        header.push_str(&format!(" {:<24} {:<20}", "WAITING FOR", "UNTIL"));
+    }
+    println!("{header} FAILURE");
+    for s in sagas {
+        let mut line = format!(
+            "{:<38} {:<10} {:<13} {:<18}",
             s["id"].as_str().unwrap_or(""),
             s["saga"].as_str().unwrap_or(""),
             s["status"].as_str().unwrap_or(""),
             s["current_step"].as_str().unwrap_or("-"),
+        );
+        if waits {
+            line.push_str(&format!(
+                " {:<24} {:<20}",
+                s.pointer("/wait/reason")
+                    .and_then(|r| r.as_str())
+                    .unwrap_or("-"),
+                s.pointer("/wait/deadline")
+                    .and_then(|r| r.as_str())
+                    .unwrap_or("-"),
+            ));
+        }
+        println!(
+            "{line} {}",
             s.pointer("/failure/reason")
                 .and_then(|r| r.as_str())
                 .unwrap_or("")
@@ -485,5 +577,62 @@ fn print_list(v: &serde_json::Value) {
     }
     if let Some(c) = v["next_cursor"].as_str() {
         println!("(more: --cursor {c})");
+    }
+}
+
+/// What a resolved saga still holds.
+fn print_held(v: &serde_json::Value) {
+    let mut any = false;
+    if let Some(c) = v.get("claim").filter(|c| c.is_object()) {
+        any = true;
+        println!(
+            "still held: {} of {} {}..{}{}",
+            c["kind"].as_str().unwrap_or(""),
+            c["listing_id"].as_str().unwrap_or(""),
+            c["check_in"].as_str().unwrap_or(""),
+            c["check_out"].as_str().unwrap_or(""),
+            c["expires_at"]
+                .as_str()
+                .map(|e| format!(" (lapses at {e})"))
+                .unwrap_or_default()
+        );
+    }
+    for (key, what) in [
+        ("captured", "money captured, not refunded"),
+        (
+            "authorization",
+            "an authorization, neither captured nor voided",
+        ),
+    ] {
+        if let Some(m) = v.get(key).filter(|m| m.is_object()) {
+            any = true;
+            println!(
+                "still held: {what}: {} {} on {}",
+                m["amount"],
+                m["currency"].as_str().unwrap_or(""),
+                m["payment_intent_id"].as_str().unwrap_or("")
+            );
+        }
+    }
+    if !any {
+        println!("still held: nothing");
+    }
+}
+
+fn print_bulk(v: &serde_json::Value) {
+    let ids = |k: &str| v[k].as_array().cloned().unwrap_or_default();
+    let (retried, skipped) = (ids("retried"), ids("skipped"));
+    println!("retried {} saga(s)", retried.len());
+    for id in &retried {
+        println!("  {}", id.as_str().unwrap_or(""));
+    }
+    if !skipped.is_empty() {
+        println!("skipped {} that moved on meanwhile:", skipped.len());
+        for id in &skipped {
+            println!("  {}", id.as_str().unwrap_or(""));
+        }
+    }
+    if v["more"].as_bool() == Some(true) {
+        println!("(more stuck sagas match: run it again)");
     }
 }

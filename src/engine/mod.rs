@@ -3,6 +3,7 @@
 pub mod actions;
 pub mod definition;
 pub mod model;
+pub mod operator;
 pub mod outcome;
 pub mod plan;
 pub mod record;

@@ -39,6 +39,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// A JSON body that may be left out: an empty body (or `null`) is `None`, any other is read as
+/// [`JsonBody`] reads it, with the same refusals.
+pub struct MaybeJsonBody<T>(pub Option<T>);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for MaybeJsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let body = Bytes::from_request(req, state).await.map_err(|e| match e {
+            BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+                ApiError::PayloadTooLarge(BODY_LIMIT)
+            }
+            other => ApiError::BadRequest(other.body_text()),
+        })?;
+        if body.is_empty() {
+            return Ok(Self(None));
+        }
+        parse::<Option<T>>(&body).map(|b| Self(b.value))
+    }
+}
+
 /// Parses and checks a JSON body (see [`JsonBody`]).
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<JsonBody<T>, ApiError> {
     let raw = strict_from_slice(body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;

@@ -8,6 +8,7 @@ mod health;
 mod inbound_stripe;
 mod metrics;
 mod openapi;
+mod operator;
 mod outbound;
 mod sagas;
 
@@ -76,6 +77,7 @@ pub fn app(state: AppState, api: bool, metrics: bool) -> Router {
         let v1 = sagas::routes()
             .merge(feed::routes())
             .merge(bookings::routes())
+            .merge(operator::routes())
             .merge(outbound::routes())
             .route("/v1", any(no_such_route))
             .route("/v1/{*rest}", any(no_such_route))

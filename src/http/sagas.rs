@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,8 +16,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::storable_time;
-use super::{ApiError, ApiPath, ApiQuery, AppState, ErrorBody, JsonBody};
+use super::extract::{MaybeJsonBody, storable_time};
+use super::operator::{self, CancelSaga};
+use super::{Actor, ApiError, ApiPath, ApiQuery, AppState, ErrorBody, JsonBody};
 use crate::domain::SagaId;
 use crate::domain::{FieldError, RawBookingInput};
 use crate::engine::model::SagaStatus;
@@ -93,8 +94,20 @@ pub struct Failure {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WaitView {
+    /// Why the saga waits: `payment_authentication` (the guest's 3-D Secure, until the
+    /// PaymentIntent changes or the deadline), otherwise what it waits on, e.g. `dependency:stripe`.
+    pub reason: String,
     pub key: Option<String>,
     pub deadline: Option<DateTime<Utc>>,
+}
+
+/// Why a saga parked on `key` waits.
+fn wait_reason(key: Option<&str>) -> String {
+    match key {
+        Some(k) if k.starts_with("stripe:payment_intent:") => "payment_authentication".into(),
+        Some(k) => k.to_owned(),
+        None => "deadline".into(),
+    }
 }
 
 fn view(row: SagaRow, step_names: &[String]) -> SagaView {
@@ -117,7 +130,8 @@ fn view(row: SagaRow, step_names: &[String]) -> SagaView {
             reason,
         }),
         cancel_requested: row.cancel_requested,
-        wait: (status == SagaStatus::Waiting).then_some(WaitView {
+        wait: (status == SagaStatus::Waiting).then(|| WaitView {
+            reason: wait_reason(row.wait_key.as_deref()),
             key: row.wait_key,
             deadline: row.wait_deadline,
         }),
@@ -132,7 +146,7 @@ fn view(row: SagaRow, step_names: &[String]) -> SagaView {
     }
 }
 
-async fn full_view(state: &AppState, id: SagaId) -> Result<Option<SagaView>, ApiError> {
+pub(super) async fn full_view(state: &AppState, id: SagaId) -> Result<Option<SagaView>, ApiError> {
     let mut conn = state.pool.acquire().await?;
     let Some(row) = sagas::get(&mut conn, id).await? else {
         return Ok(None);
@@ -383,7 +397,7 @@ async fn wait_until_finished(state: &AppState, id: SagaId, wait: Duration) -> Re
     }
 }
 
-fn parse_id(raw: &str) -> Result<SagaId, ApiError> {
+pub(super) fn parse_id(raw: &str) -> Result<SagaId, ApiError> {
     raw.parse::<SagaId>()
         .map_err(|_| ApiError::BadRequest(format!("{raw:?} is not a saga id (a UUID)")))
 }
@@ -540,28 +554,44 @@ pub async fn list_sagas(
     }))
 }
 
-/// Guest cancellation: compensate whatever the saga has done (refund, void, release) and cancel the booking.
+/// Cancel a saga: compensate whatever it has done (refund, void, release) and cancel the booking.
+///
+/// A running, waiting or completed saga is cancelled on the guest's behalf. A stuck saga is
+/// cancelled by an operator: what is left is compensated (a stuck compensation runs again with
+/// fresh attempts and the ones before it follow), recorded as `OperatorCancelled` with the actor
+/// (the API token's name) and the reason. The body is optional.
 #[utoipa::path(post, path = "/v1/sagas/{id}/cancel", tag = "sagas", params(("id" = Uuid, Path)),
+    request_body = Option<CancelSaga>,
     responses((status = 202, description = "Cancellation accepted; compensation follows", body = SagaView),
               (status = 404, description = "No such saga", body = ErrorBody),
-              (status = 409, description = "Already compensating, compensated or stuck", body = ErrorBody)),
+              (status = 409, description = "Already compensating or compensated, or a stuck saga that moved on meanwhile; nothing changed", body = ErrorBody),
+              (status = 422, description = "A reason that is empty or over 1024 characters", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn cancel_saga(
     State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
     ApiPath(id): ApiPath,
+    MaybeJsonBody(req): MaybeJsonBody<CancelSaga>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
+    let req = req.unwrap_or_default();
+    operator::check_cancel(&req)?;
     match sagas::request_cancel(&state.pool, id).await? {
-        CancelOutcome::NotFound => Err(ApiError::NotFound("saga")),
-        CancelOutcome::NotCancellable(s) => Err(ApiError::Conflict(format!(
-            "saga is {s}; it cannot be cancelled"
-        ))),
+        CancelOutcome::NotFound => return Err(ApiError::NotFound("saga")),
+        CancelOutcome::NotCancellable(SagaStatus::Stuck) => {
+            operator::cancel_stuck(&state, id, &actor, req.reason.as_deref()).await?;
+        }
+        CancelOutcome::NotCancellable(s) => {
+            return Err(ApiError::Conflict(format!(
+                "saga is {s}; it cannot be cancelled"
+            )));
+        }
         CancelOutcome::Requested(_) => {
             tracing::info!(saga_id = %id, "cancellation requested");
-            let v = full_view(&state, id)
-                .await?
-                .ok_or(ApiError::NotFound("saga"))?;
-            Ok((StatusCode::ACCEPTED, Json(v)).into_response())
         }
     }
+    let v = full_view(&state, id)
+        .await?
+        .ok_or(ApiError::NotFound("saga"))?;
+    Ok((StatusCode::ACCEPTED, Json(v)).into_response())
 }

@@ -9,6 +9,8 @@ use utoipa::ToSchema;
 
 use super::stmt::{Binds, Param, Statement, Text};
 use crate::domain::{CancellationPolicy, SagaId};
+use crate::engine::model::StepPhase;
+use crate::engine::operator::Resolution;
 use crate::events::Event;
 
 /// A booking's status when its saga starts with nothing run ahead.
@@ -193,6 +195,16 @@ impl Change {
             Event::SagaStuck { .. } => self.set("needs_attention"),
             Event::DisputeOpened { .. } => self.set(BookingStatus::Disputed.as_str()),
             Event::DisputeClosed { status, .. } => self.set(dispute_outcome(status).as_str()),
+            // An operator set a stuck compensation going again, or cancelled the saga.
+            Event::SagaRetried {
+                phase: StepPhase::Compensation,
+                ..
+            }
+            | Event::OperatorCancelled { .. } => self.set("cancelling"),
+            Event::SagaResolved {
+                outcome: Resolution::Completed,
+                ..
+            } => self.set("confirmed"),
             // Created with the saga ([`InsertRequested`]); the rest do not show in the projection.
             Event::BookingRequested { .. }
             | Event::NotificationSent { .. }
@@ -201,7 +213,9 @@ impl Change {
             | Event::PaymentVoided { .. }
             | Event::PaymentRefunded { .. }
             | Event::SagaCompleted {}
-            | Event::PaymentReceived { .. } => {}
+            | Event::PaymentReceived { .. }
+            | Event::SagaRetried { .. }
+            | Event::SagaResolved { .. } => {}
         }
     }
 

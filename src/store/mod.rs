@@ -8,6 +8,7 @@ pub mod feed;
 pub mod inventory;
 pub mod kept;
 pub mod listen;
+pub mod operator;
 pub mod outbound;
 pub mod progress;
 pub mod queues;
