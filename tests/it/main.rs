@@ -24,3 +24,4 @@ mod outbound;
 mod queues;
 mod start;
 mod stripe;
+mod upgrade;
