@@ -127,7 +127,32 @@ pub enum Event {
         actor: String,
         reason: String,
     },
+    /// A host blocked a listing's nights `[from, to)` (`POST /v1/listings/{id}/blocks`); the
+    /// block is its own aggregate (`listing_block`).
+    ListingBlocked {
+        block_id: Uuid,
+        listing_id: String,
+        from: NaiveDate,
+        to: NaiveDate,
+        reason: String,
+        /// The API token's name.
+        actor: String,
+    },
+    /// The block was removed: its nights can be booked again.
+    ListingUnblocked {
+        block_id: Uuid,
+        listing_id: String,
+        from: NaiveDate,
+        to: NaiveDate,
+        /// The block's reason.
+        reason: String,
+        /// Who removed it: the API token's name.
+        actor: String,
+    },
 }
+
+/// The aggregate type of a host block's events.
+pub const BLOCK_AGGREGATE: &str = "listing_block";
 
 /// Every stored event type name: each [`Event`]'s [`Event::type_name`], and the endpoint events
 /// outgoing webhooks record ([`crate::outbound::catalog::ENDPOINT_DISABLED_INTERNAL`]).
@@ -151,6 +176,8 @@ pub const TYPES: &[&str] = &[
     "PaymentReceived",
     "DisputeOpened",
     "DisputeClosed",
+    "ListingBlocked",
+    "ListingUnblocked",
     crate::outbound::catalog::ENDPOINT_DISABLED_INTERNAL,
 ];
 
@@ -180,6 +207,8 @@ impl Event {
             Event::SagaRetried { .. } => "SagaRetried",
             Event::SagaResolved { .. } => "SagaResolved",
             Event::OperatorCancelled { .. } => "OperatorCancelled",
+            Event::ListingBlocked { .. } => "ListingBlocked",
+            Event::ListingUnblocked { .. } => "ListingUnblocked",
         }
     }
 

@@ -250,6 +250,20 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiPath {
     }
 }
 
+/// Two path segments (a parent's id and a child's), as text; the handler parses them.
+pub struct ApiPath2(pub String, pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiPath2 {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map(|Path((a, b))| ApiPath2(a, b))
+            .map_err(|e| ApiError::BadRequest(e.body_text()))
+    }
+}
+
 /// Whether PostgreSQL (and RFC 3339) can hold this time: years 1 to 9999.
 pub fn storable_time(t: &DateTime<Utc>) -> bool {
     (1..=9999).contains(&t.year())

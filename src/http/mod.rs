@@ -6,6 +6,7 @@ mod extract;
 mod feed;
 mod health;
 mod inbound_stripe;
+mod listings;
 mod metrics;
 mod openapi;
 mod operator;
@@ -27,7 +28,7 @@ use tokio::sync::broadcast;
 use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, ErrorBody};
-pub use extract::{ApiPath, ApiQuery, JsonBody};
+pub use extract::{ApiPath, ApiPath2, ApiQuery, JsonBody};
 pub use openapi::ApiDoc;
 pub use outbound::{MAX_DESCRIPTION_LEN, MAX_EVENT_TYPES, MAX_URL_LEN};
 
@@ -78,6 +79,7 @@ pub fn app(state: AppState, api: bool, metrics: bool) -> Router {
             .merge(feed::routes())
             .merge(bookings::routes())
             .merge(operator::routes())
+            .merge(listings::routes())
             .merge(outbound::routes())
             .route("/v1", any(no_such_route))
             .route("/v1/{*rest}", any(no_such_route))

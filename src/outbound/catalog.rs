@@ -20,6 +20,8 @@ pub const PUBLISHED: &[(&str, &str)] = &[
     ("PaymentReceived", "payment.received"),
     ("DisputeOpened", "dispute.opened"),
     ("DisputeClosed", "dispute.closed"),
+    ("ListingBlocked", "listing.blocked"),
+    ("ListingUnblocked", "listing.unblocked"),
     ("SagaCompleted", "saga.completed"),
     ("SagaCompensated", "saga.compensated"),
     ("SagaStuck", "saga.stuck"),

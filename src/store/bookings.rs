@@ -216,6 +216,8 @@ impl Change {
             | Event::PaymentReceived { .. }
             | Event::SagaRetried { .. }
             | Event::SagaResolved { .. } => {}
+            // A host block's own aggregate, never a booking's.
+            Event::ListingBlocked { .. } | Event::ListingUnblocked { .. } => {}
         }
     }
 

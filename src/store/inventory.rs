@@ -1,7 +1,10 @@
-//! Inventory claims: holds and bookings, protected by the `inventory_no_overlap` exclusion constraint.
+//! Inventory claims: holds, bookings and host blocks, protected by the `inventory_no_overlap`
+//! exclusion constraint.
 
 use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
+use serde::Serialize;
 use sqlx::{PgConnection, Row};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::stmt::{Binds, Param, Statement, Text};
@@ -232,5 +235,125 @@ pub async fn count_overlapping_active(pool: &sqlx::PgPool) -> Result<i64, sqlx::
          WHERE a.status = 'active' AND b.status = 'active'",
     )
     .fetch_one(pool)
+    .await
+}
+
+/// A host block of a listing's nights `[from, to)`.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct Block {
+    pub id: Uuid,
+    pub listing_id: String,
+    /// First blocked night.
+    pub from: NaiveDate,
+    /// The day after the last blocked night.
+    pub to: NaiveDate,
+    pub reason: String,
+    /// The API token's name that placed it.
+    pub created_by: String,
+    /// `active`, or `released` once removed.
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub released_at: Option<DateTime<Utc>>,
+}
+
+/// A block to place.
+#[derive(Debug, Clone)]
+pub struct NewBlock<'a> {
+    pub id: Uuid,
+    pub listing_id: &'a str,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub reason: &'a str,
+    pub created_by: &'a str,
+}
+
+/// Places a block; `None` when an active hold, booking or block overlaps it (the exclusion
+/// constraint decides, concurrent claims included).
+pub async fn insert_block(
+    conn: &mut PgConnection,
+    b: &NewBlock<'_>,
+) -> Result<Option<Block>, sqlx::Error> {
+    sqlx::query_as(
+        "INSERT INTO inventory_claims (id, saga_id, listing_id, stay, kind, status, reason, created_by)
+         VALUES ($1, NULL, $2, daterange($3, $4, '[)'), 'block', 'active', $5, $6)
+         ON CONFLICT DO NOTHING
+         RETURNING id, listing_id, lower(stay) AS \"from\", upper(stay) AS \"to\", reason, created_by,
+                   status, created_at, released_at",
+    )
+    .bind(b.id)
+    .bind(b.listing_id)
+    .bind(b.from)
+    .bind(b.to)
+    .bind(b.reason)
+    .bind(b.created_by)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Removes the listing's active block `id`; `None` when it has no such active block.
+pub async fn release_block(
+    conn: &mut PgConnection,
+    listing_id: &str,
+    id: Uuid,
+) -> Result<Option<Block>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE inventory_claims SET status = 'released', released_at = now()
+         WHERE id = $1 AND listing_id = $2 AND kind = 'block' AND status = 'active'
+         RETURNING id, listing_id, lower(stay) AS \"from\", upper(stay) AS \"to\", reason, created_by,
+                   status, created_at, released_at",
+    )
+    .bind(id)
+    .bind(listing_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// The listing's block `id`, whatever its status.
+pub async fn get_block(
+    conn: &mut PgConnection,
+    listing_id: &str,
+    id: Uuid,
+) -> Result<Option<Block>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, listing_id, lower(stay) AS \"from\", upper(stay) AS \"to\", reason, created_by,
+                status, created_at, released_at
+         FROM inventory_claims WHERE id = $1 AND listing_id = $2 AND kind = 'block'",
+    )
+    .bind(id)
+    .bind(listing_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// An active claim on a listing's nights `[from, to)`.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ActiveClaim {
+    pub id: Uuid,
+    /// `hold`, `booking` or `block`.
+    pub kind: String,
+    /// The booking's saga (holds and bookings).
+    pub saga_id: Option<SagaId>,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+}
+
+/// The listing's active claims that overlap `[from, to)`, in date order (they never overlap each
+/// other). Served by the exclusion constraint's GiST index.
+pub async fn active_claims(
+    conn: &mut PgConnection,
+    listing_id: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Vec<ActiveClaim>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, kind, saga_id, lower(stay) AS \"from\", upper(stay) AS \"to\"
+         FROM inventory_claims
+         WHERE listing_id = $1 AND status = 'active' AND stay && daterange($2, $3, '[)')
+         ORDER BY lower(stay)",
+    )
+    .bind(listing_id)
+    .bind(from)
+    .bind(to)
+    .fetch_all(conn)
     .await
 }

@@ -3,6 +3,7 @@
 mod harness;
 
 mod api;
+mod blocks;
 mod booking;
 mod bookings;
 mod ceiling;
