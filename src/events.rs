@@ -80,6 +80,17 @@ pub enum Event {
         reason: String,
     },
     SagaCompleted {},
+    /// The saga's next action needs a dependency whose circuit breaker is open: it pauses,
+    /// spending no attempt, until the breaker closes (or the step's give-up deadline passes).
+    SagaPaused {
+        step: String,
+        phase: StepPhase,
+        dependency: String,
+    },
+    /// A paused saga runs again (the breaker closed or its deadline came).
+    SagaResumed {
+        wait_reason: String,
+    },
     SagaCompensated {
         reason: String,
     },
@@ -199,6 +210,8 @@ impl Event {
             Event::PaymentRefunded { .. } => "PaymentRefunded",
             Event::BookingCancelled { .. } => "BookingCancelled",
             Event::SagaCompleted { .. } => "SagaCompleted",
+            Event::SagaPaused { .. } => "SagaPaused",
+            Event::SagaResumed { .. } => "SagaResumed",
             Event::SagaCompensated { .. } => "SagaCompensated",
             Event::SagaStuck { .. } => "SagaStuck",
             Event::PaymentReceived { .. } => "PaymentReceived",

@@ -5,6 +5,7 @@
 //! authorize payment → capture → confirm booking → notify, and compensates the completed steps in
 //! reverse when a step fails for good. See `README.md` for the architecture.
 
+pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -81,10 +81,23 @@ pub async fn run(
         .ok_or(Error::NoStripeKey)?;
     let stripe = StripeClient::new(secret_key, settings.stripe.api_base.as_deref())?;
     let registry = Arc::new(Registry::load(pool.clone(), settings.definitions).await?);
+    let breakers = crate::breaker::Breakers::new(
+        pool.clone(),
+        settings.engine.worker_id.clone(),
+        settings.breakers.clone(),
+    );
+    // A process that runs sagas knows the breakers before it runs any (a restart while one is
+    // open keeps its sagas paused); without the database now, the refresh task catches up.
+    if settings.role != Role::Api
+        && let Err(e) = breakers.refresh().await
+    {
+        warn!(error = %e, "could not read the circuit breakers at start");
+    }
     let deps = Deps {
         stripe: stripe.clone(),
         http: http_client(),
         notify: settings.notify,
+        breakers: breakers.clone(),
     };
     // One LISTEN connection for the whole process (see `store::listen`).
     let mut channels = store::listen::Channels::new(pool.clone());
@@ -120,6 +133,14 @@ pub async fn run(
     } else {
         (None, None, None)
     };
+
+    // The breakers' copy, counts and wake-ups are kept fresh wherever workers run.
+    let breakers_task = (settings.role != Role::Api).then(|| {
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { breakers.run(shutdown).await }
+        })
+    });
 
     // The Stripe inbox workers run beside the engine (same role), and stop with it.
     let inbox_task = (settings.role != Role::Api).then(|| {
@@ -208,6 +229,11 @@ pub async fn run(
         && let Err(e) = t.await
     {
         warn!(error = %e, "maintenance task ended abnormally");
+    }
+    if let Some(t) = breakers_task
+        && let Err(e) = t.await
+    {
+        warn!(error = %e, "circuit breaker task ended abnormally");
     }
     let metrics_served = match metrics_task {
         Some(t) => match t.await {

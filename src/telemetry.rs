@@ -157,3 +157,22 @@ pub fn set_saga_gauges(depth: sagas::QueueDepth, counts: &[(String, SagaStatus, 
         }
     }
 }
+
+/// A dependency's circuit breaker as this process last saw it: 0 closed, 1 half-open, 2 open.
+pub fn dependency_state(
+    dependency: crate::breaker::Dependency,
+    state: crate::breaker::BreakerState,
+) {
+    gauge!("sagad_dependency_state", "dependency" => dependency.as_str()).set(state.gauge());
+}
+
+/// A breaker transition this process made (`opened`, `half_opened`, `reopened`, `closed`).
+pub fn dependency_transition(dependency: crate::breaker::Dependency, transition: &'static str) {
+    counter!("sagad_dependency_transitions_total", "dependency" => dependency.as_str(), "transition" => transition)
+        .increment(1);
+}
+
+/// Sagas paused on a dependency, over every process (read every second by each worker process).
+pub fn dependency_paused(dependency: crate::breaker::Dependency, n: i64) {
+    gauge!("sagad_dependency_paused_sagas", "dependency" => dependency.as_str()).set(n as f64);
+}

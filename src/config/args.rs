@@ -103,6 +103,24 @@ pub struct ServeArgs {
     /// it) rather than go through the database; default 4 per worker.
     #[arg(long, env = "SAGAD_LOCAL_QUEUE", value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub local_queue: Option<u32>,
+    /// A dependency's circuit breaker opens when at least this many calls over the window…
+    #[arg(long, env = "SAGAD_BREAKER_MIN_CALLS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub breaker_min_calls: u32,
+    /// … fail this share of the time (0 to 1; only retryable failures count).
+    #[arg(long, env = "SAGAD_BREAKER_FAILURE_RATIO", default_value_t = 0.5)]
+    pub breaker_failure_ratio: f64,
+    /// The sliding window a breaker counts calls over.
+    #[arg(long, env = "SAGAD_BREAKER_WINDOW", default_value = "30s", value_parser = parse_duration)]
+    pub breaker_window: Duration,
+    /// A breaker also opens after this many connection failures in a row.
+    #[arg(long, env = "SAGAD_BREAKER_CONNECTION_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub breaker_connection_failures: u32,
+    /// How long an open breaker waits before one probe call; doubles with each reopening…
+    #[arg(long, env = "SAGAD_BREAKER_PROBE_AFTER", default_value = "10s", value_parser = parse_duration)]
+    pub breaker_probe_after: Duration,
+    /// … up to this.
+    #[arg(long, env = "SAGAD_BREAKER_PROBE_MAX", default_value = "5m", value_parser = parse_duration)]
+    pub breaker_probe_max: Duration,
     /// How long a worker's claim lasts; must exceed every step's timeout.
     #[arg(long, env = "SAGAD_LEASE", default_value = "60s", value_parser = parse_duration)]
     pub lease: Duration,

@@ -58,6 +58,8 @@ pub struct Settings {
     pub maintenance: MaintenanceConfig,
     /// Where `/metrics` is served, and whether it needs a token.
     pub metrics: MetricsSettings,
+    /// When the dependencies' circuit breakers open and how they probe.
+    pub breakers: crate::breaker::Thresholds,
 }
 
 /// A bearer token `/v1` accepts, and its name: the actor recorded for the operator actions
@@ -100,6 +102,8 @@ pub struct StripeSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("{0}")]
+    BadBreaker(&'static str),
     #[error(
         "no API token configured: set SAGAD_API_TOKENS (comma-separated bearer tokens), or run `sagad serve --dev` for local development"
     )]
@@ -153,6 +157,35 @@ pub fn http_url(raw: &str) -> Option<reqwest::Url> {
         .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
 }
 
+/// The circuit breakers' thresholds.
+fn breakers(args: &ServeArgs) -> Result<crate::breaker::Thresholds, ConfigError> {
+    let ratio = args.breaker_failure_ratio;
+    if !(ratio > 0.0 && ratio <= 1.0) {
+        return Err(ConfigError::BadBreaker(
+            "SAGAD_BREAKER_FAILURE_RATIO must be above 0 and at most 1, e.g. 0.5",
+        ));
+    }
+    if args.breaker_window < Duration::from_secs(1) {
+        return Err(ConfigError::BadBreaker(
+            "SAGAD_BREAKER_WINDOW must be at least 1s, e.g. 30s",
+        ));
+    }
+    if args.breaker_probe_after.is_zero() || args.breaker_probe_after > args.breaker_probe_max {
+        return Err(ConfigError::BadBreaker(
+            "SAGAD_BREAKER_PROBE_AFTER must be above zero and at most SAGAD_BREAKER_PROBE_MAX",
+        ));
+    }
+    Ok(crate::breaker::Thresholds {
+        window: args.breaker_window,
+        min_calls: args.breaker_min_calls,
+        failure_ratio: ratio,
+        connection_failures: args.breaker_connection_failures,
+        probe_after: args.breaker_probe_after,
+        probe_max: args.breaker_probe_max,
+        ..Default::default()
+    })
+}
+
 impl Settings {
     /// Validates `args` and builds the settings of every part of sagad from them.
     pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
@@ -176,6 +209,7 @@ impl Settings {
             return Err(ConfigError::BadWebhookTolerance);
         }
         let metrics = metrics(&args)?;
+        let breakers = breakers(&args)?;
         let definitions = load_definitions(&args.sagas_dir).map_err(ConfigError::Definitions)?;
         // One name for this process in every queue's `locked_by`.
         let worker_id = crate::engine::default_worker_id();
@@ -236,6 +270,7 @@ impl Settings {
                 retention: args.retention,
             },
             metrics,
+            breakers,
             db: args.db,
         })
     }

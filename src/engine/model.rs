@@ -99,6 +99,11 @@ pub struct Transition {
     /// Extend the saga's live inventory hold to at least this time (a step waiting out an outage
     /// must not lose it); `None`: leave it.
     pub hold_until: Option<DateTime<Utc>>,
+    /// Why the saga waits without being `waiting` (`dependency:stripe`); kept until the next
+    /// outcome after it is woken.
+    pub wait_reason: Option<String>,
+    /// The saga pauses now (on the dependency of `wait_reason`), until woken.
+    pub paused: bool,
     /// Events this transition appends; their versions are reserved by the same statement.
     pub events: i32,
 }
@@ -121,6 +126,8 @@ impl Transition {
             failure_reason: None,
             retrying_since: None,
             hold_until: None,
+            wait_reason: None,
+            paused: false,
             events: 0,
         }
     }

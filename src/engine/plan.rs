@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use super::definition::{OnFailure, SagaDefinition};
 use super::model::{SagaStatus, StepOutcome, StepPhase, StepStatus, Transition};
 use super::outcome::Outcome;
+use crate::breaker::Dependency;
 use crate::events::{Event, NewEvent};
 
 /// The reason recorded when a guest cancels.
@@ -232,10 +233,39 @@ fn after_forward(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
                 step: Some(record(StepStatus::Waiting, None)),
             })
         }
+        Outcome::Paused { dependency } => {
+            let since = s.retrying_since.unwrap_or(env.now);
+            let deadline = step.give_up_after.map(|g| at(since, g));
+            if deadline.is_some_and(|d| env.now >= d) {
+                let reason = format!(
+                    "{DEPENDENCY_UNAVAILABLE}: the circuit breaker of {dependency} is open"
+                );
+                // Earlier attempts (before it opened) may have acted; pauses give their attempt
+                // back, so only a call made counts here.
+                let effect_possible = s.attempt > 1;
+                return fail_forward(s, env, context, reason, effect_possible, record);
+            }
+            let mut t = pause(s, SagaStatus::Running, &context, dependency);
+            // The give-up deadline still ends the pause; the hold lives until then.
+            t.next_run_at = deadline;
+            t.retrying_since = Some(since);
+            t.hold_until = deadline.map(|d| at(d, HOLD_SLACK));
+            finish(Plan {
+                transition: t,
+                events: paused_events(step, StepPhase::Forward, dependency, s.attempt),
+                step: Some(record(
+                    StepStatus::Running,
+                    Some(format!(
+                        "paused: the circuit breaker of {dependency} is open"
+                    )),
+                )),
+            })
+        }
         Outcome::Retry {
             error,
             effect_possible,
             min_delay,
+            ..
         } => {
             // With a give-up deadline, an outage is waited out until it passes, however many
             // attempts that takes; the attempt count only paces the backoff.
@@ -290,6 +320,39 @@ fn after_forward(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
             effect_possible,
         } => fail_forward(s, env, context, reason, effect_possible, record),
     }
+}
+
+/// The saga stays at its step, paused on `dependency`: the attempt its claim counted is given
+/// back (none was made), and it is due only when woken.
+fn pause(
+    s: &State<'_>,
+    status: SagaStatus,
+    context: &Map<String, Value>,
+    dependency: Dependency,
+) -> Transition {
+    let mut t = transition(status, s.current_step, (s.attempt - 1).max(0), context);
+    t.wait_reason = Some(crate::store::breakers::wait_reason(dependency));
+    t.paused = true;
+    t
+}
+
+fn paused_events(
+    step: &crate::engine::definition::StepDefinition,
+    phase: StepPhase,
+    dependency: Dependency,
+    attempt: i32,
+) -> Vec<NewEvent> {
+    vec![NewEvent {
+        event: Event::SagaPaused {
+            step: step.name.clone(),
+            phase,
+            dependency: dependency.as_str().to_owned(),
+        },
+        causation_id: None,
+        step: Some(step.name.clone()),
+        attempt: Some(attempt),
+        worker: None,
+    }]
 }
 
 fn fail_forward(
@@ -434,6 +497,20 @@ fn after_compensation(s: &State<'_>, env: &Env, outcome: Outcome) -> Plan {
                     retry_at: Some(retry_at),
                 })],
                 step: Some(record(StepStatus::Running, Some(error))),
+            })
+        }
+        // Compensations pause too, without a deadline: they are never dropped.
+        Outcome::Paused { dependency } => {
+            let t = pause(s, SagaStatus::Compensating, s.context, dependency);
+            finish(Plan {
+                transition: t,
+                events: paused_events(step, StepPhase::Compensation, dependency, s.attempt),
+                step: Some(record(
+                    StepStatus::Running,
+                    Some(format!(
+                        "paused: the circuit breaker of {dependency} is open"
+                    )),
+                )),
             })
         }
         // A compensation cannot park; treat it as a retry.
@@ -727,6 +804,64 @@ mod tests {
         );
         assert_eq!(p.transition.retrying_since, None);
         assert_eq!(p.transition.hold_until, None);
+    }
+
+    #[test]
+    fn a_paused_step_gives_its_attempt_back_and_waits_until_its_deadline_at_most() {
+        let def = booking();
+        let ctx = Map::new();
+        let e = env();
+        let give_up = def.steps[2].give_up_after.unwrap();
+        let stripe = Dependency::Stripe;
+        let p = after(
+            &state(&def, SagaStatus::Running, 2, 3, &ctx),
+            &e,
+            Outcome::Paused { dependency: stripe },
+        );
+        let t = &p.transition;
+        assert_eq!(
+            (t.status, t.current_step, t.attempt),
+            (SagaStatus::Running, 2, 2)
+        );
+        assert!(t.paused);
+        assert_eq!(t.wait_reason.as_deref(), Some("dependency:stripe"));
+        assert_eq!(
+            t.next_run_at,
+            Some(at(e.now, give_up)),
+            "due at its give-up deadline"
+        );
+        assert_eq!(t.hold_until, Some(at(at(e.now, give_up), HOLD_SLACK)));
+        assert_eq!(types(&p), ["SagaPaused"]);
+
+        // A compensation pauses with no deadline at all.
+        let p = after(
+            &state(&def, SagaStatus::Compensating, 1, 1, &ctx),
+            &e,
+            Outcome::Paused { dependency: stripe },
+        );
+        let t = &p.transition;
+        assert_eq!(
+            (t.status, t.attempt, t.next_run_at),
+            (SagaStatus::Compensating, 0, None)
+        );
+        assert!(t.paused);
+
+        // Past the deadline: dependency_unavailable; nothing was called, so the step itself is
+        // not undone (only the hold is released).
+        let mut s = state(&def, SagaStatus::Running, 1, 1, &ctx);
+        s.retrying_since = Some(e.now - chrono::Duration::hours(1));
+        let p = after(&s, &e, Outcome::Paused { dependency: stripe });
+        assert_eq!(
+            (p.transition.status, p.transition.current_step),
+            (SagaStatus::Compensating, 0)
+        );
+        assert!(
+            p.transition
+                .failure_reason
+                .as_deref()
+                .unwrap()
+                .starts_with("dependency_unavailable")
+        );
     }
 
     #[test]

@@ -22,8 +22,10 @@ use super::outcome::Outcome;
 use super::plan::{self, Env, Plan, State};
 use super::record::{self, Outcomes};
 use super::registry::Registry;
+use crate::breaker::{Admission, CallResult};
 use crate::domain::BookingInput;
 use crate::domain::SagaId;
+use crate::events::{Event, NewEvent};
 use crate::store::listen::Heard;
 use crate::store::sagas::{self, SagaRow};
 use crate::store::{self, sqlstate};
@@ -357,16 +359,36 @@ impl Worker {
         let ctx = step_ctx(def, row, &input);
         let step = ctx.step;
         let span = step_span(row, step, action);
-        let outcome = match tokio::time::timeout(step.timeout, action.run_remote(&self.deps, &ctx))
-            .instrument(span.clone())
-            .await
-        {
-            Ok(o) => o,
-            Err(_) => Outcome::fail(
-                format!("step_timeout: no result within {:?}", step.timeout),
-                true,
-            ),
+        let dependency = action.dependency(&self.deps);
+        let breakers = &self.deps.breakers;
+        let admission = match dependency {
+            Some(d) => breakers.admit(d).await,
+            None => Admission::Call,
         };
+        if let (Some(dependency), Admission::Paused) = (dependency, admission) {
+            span.in_scope(|| debug!(%dependency, "circuit breaker open: pausing"));
+            return Ok(Outcome::Paused { dependency });
+        }
+        let (outcome, call) =
+            match tokio::time::timeout(step.timeout, action.run_remote(&self.deps, &ctx))
+                .instrument(span.clone())
+                .await
+            {
+                Ok(o) => {
+                    let call = o.call_result();
+                    (o, call)
+                }
+                Err(_) => (
+                    Outcome::fail(
+                        format!("step_timeout: no result within {:?}", step.timeout),
+                        true,
+                    ),
+                    CallResult::Failed { connection: false },
+                ),
+            };
+        if let Some(d) = dependency {
+            breakers.report(d, admission, call).await;
+        }
         span.in_scope(|| debug!(outcome = ?outcome, "step ran"));
         let kind = outcome_kind(&outcome);
         crate::telemetry::step_finished(
@@ -426,7 +448,20 @@ impl Worker {
             lease: self.lease,
             jitter_unit: rand::rng().random::<f64>(),
         };
-        (fence, make(&state, &env))
+        let mut plan = make(&state, &env);
+        // A paused saga that runs again: say so before what its step came to.
+        if let Some(reason) = row.wait_reason.as_deref()
+            && !plan.transition.paused
+        {
+            plan.events.insert(
+                0,
+                NewEvent::from(Event::SagaResumed {
+                    wait_reason: reason.to_owned(),
+                }),
+            );
+            plan.transition.events = plan.events.len() as i32;
+        }
+        (fence, plan)
     }
 
     /// What this worker holds of `row`: the guard its outcome must still match.
@@ -488,6 +523,8 @@ fn advance(row: &mut SagaRow, t: &Transition) {
     row.attempt = t.attempt;
     row.context = t.context.clone();
     row.retrying_since = t.retrying_since;
+    row.wait_reason = t.wait_reason.clone();
+    row.paused_since = None;
     if t.failure_reason.is_some() {
         row.failure_reason = t.failure_reason.clone();
         row.failure_step = t.failure_step.clone().or(row.failure_step.take());
@@ -576,5 +613,6 @@ fn outcome_kind(o: &Outcome) -> &'static str {
         Outcome::Retry { .. } => "retry",
         Outcome::Fail { .. } => "fail",
         Outcome::Wait { .. } => "wait",
+        Outcome::Paused { .. } => "paused",
     }
 }

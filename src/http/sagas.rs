@@ -71,6 +71,12 @@ pub struct SagaView {
     pub failure: Option<Failure>,
     pub cancel_requested: bool,
     pub wait: Option<WaitView>,
+    /// Why a `running` or `compensating` saga waits: `dependency:stripe` or `dependency:notify`
+    /// while its next action's dependency has an open circuit breaker (it spends no attempt, and
+    /// is woken when the breaker closes, or at its step's give-up deadline).
+    pub wait_reason: Option<String>,
+    /// Since when it is paused; null once woken (the reason stays until its next step ran).
+    pub paused_since: Option<DateTime<Utc>>,
     pub next_run_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -135,6 +141,8 @@ fn view(row: SagaRow, step_names: &[String]) -> SagaView {
             key: row.wait_key,
             deadline: row.wait_deadline,
         }),
+        wait_reason: row.wait_reason,
+        paused_since: row.paused_since,
         next_run_at: row.next_run_at,
         created_at: row.created_at,
         updated_at: row.updated_at,

@@ -213,6 +213,8 @@ impl Change {
             | Event::PaymentVoided { .. }
             | Event::PaymentRefunded { .. }
             | Event::SagaCompleted {}
+            | Event::SagaPaused { .. }
+            | Event::SagaResumed { .. }
             | Event::PaymentReceived { .. }
             | Event::SagaRetried { .. }
             | Event::SagaResolved { .. } => {}

@@ -2,6 +2,7 @@
 //! step's effect, its events and its projection updates in one transaction.
 
 pub mod bookings;
+pub mod breakers;
 pub mod definitions;
 pub mod events;
 pub mod feed;

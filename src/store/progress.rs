@@ -399,6 +399,8 @@ struct UpdateSaga {
     failure_step: Param,
     failure_reason: Param,
     retrying_since: Param,
+    wait_reason: Param,
+    paused: Param,
     events: Param,
 }
 
@@ -421,6 +423,8 @@ impl UpdateSaga {
             failure_step: b.push(&t.failure_step),
             failure_reason: b.push(&t.failure_reason),
             retrying_since: b.push(t.retrying_since),
+            wait_reason: b.push(&t.wait_reason),
+            paused: b.push(t.paused),
             events: b.push(t.events),
         }
     }
@@ -444,6 +448,8 @@ impl UpdateSaga {
             failure_step,
             failure_reason,
             retrying_since,
+            wait_reason,
+            paused,
             events,
         } = self;
         // A guest cancelled while the step ran and the saga would now sit idle (parked or done):
@@ -462,6 +468,8 @@ impl UpdateSaga {
                         wait_deadline = CASE WHEN NOT {requeue} THEN {wait_deadline} END,
                         failure_step = COALESCE({failure_step}, failure_step), failure_reason = COALESCE({failure_reason}, failure_reason),
                         retrying_since = CASE WHEN NOT {requeue} THEN {retrying_since}::timestamptz END,
+                        wait_reason = {wait_reason}::text,
+                        paused_since = CASE WHEN {paused}::bool THEN now() END,
                         finished_at = CASE WHEN NOT {requeue} AND {status} IN ('completed', 'compensated', 'stuck') THEN now() END,
                         event_version = event_version + {events}, updated_at = now()
                  WHERE id = {id} AND (status, current_step, attempt, locked_by) IS NOT DISTINCT FROM ({fence_status}, {fence_step}, {fence_attempt}, {fence_worker})

@@ -30,6 +30,10 @@ pub struct SagaRow {
     pub failure_reason: Option<String>,
     /// When the current step's run of retryable failures began.
     pub retrying_since: Option<DateTime<Utc>>,
+    /// Why the saga waits while `running`/`compensating` (`dependency:stripe`).
+    pub wait_reason: Option<String>,
+    /// Since when it is paused on that dependency; `None` once woken.
+    pub paused_since: Option<DateTime<Utc>>,
     pub cancel_requested: bool,
     pub event_version: i32,
     pub idempotency_key: Option<String>,
@@ -40,7 +44,7 @@ pub struct SagaRow {
 }
 
 pub(super) const COLUMNS: &str = "id, saga_name, saga_version, status, current_step, attempt, input, context, next_run_at, \
-    locked_by, locked_until, wait_key, wait_deadline, failure_step, failure_reason, retrying_since, cancel_requested, \
+    locked_by, locked_until, wait_key, wait_deadline, failure_step, failure_reason, retrying_since, wait_reason, paused_since, cancel_requested, \
     event_version, idempotency_key, request_fingerprint, created_at, updated_at, finished_at";
 
 /// Reserves the next `n` event versions of a saga (row-locked until the transaction ends), returning

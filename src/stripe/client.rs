@@ -30,6 +30,9 @@ pub enum Error {
     /// Safe to retry with the SAME idempotency key.
     #[error("stripe unavailable or outcome unknown: {0}")]
     Transient(String),
+    /// No connection to Stripe (refused, reset, DNS): transient too.
+    #[error("stripe unreachable: {0}")]
+    Unreachable(String),
     /// The card was refused (any `card_error`): definite, no authorization exists.
     /// Retrying with the same key replays the same decline.
     #[error("card declined ({code}{}): {message}", decline_code.as_deref().map(|d| format!("/{d}")).unwrap_or_default())]
@@ -56,7 +59,7 @@ pub enum Error {
 impl Error {
     /// Whether retrying with the same idempotency key may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Transient(_))
+        matches!(self, Error::Transient(_) | Error::Unreachable(_))
     }
 
     /// Stripe's error code (`card_declined`, `payment_intent_unexpected_state`…).
@@ -64,7 +67,7 @@ impl Error {
         match self {
             Error::CardDeclined { code, .. } => Some(code),
             Error::Rejected { code, .. } => code.as_deref(),
-            Error::Transient(_) | Error::Config(_) => None,
+            Error::Transient(_) | Error::Unreachable(_) | Error::Config(_) => None,
         }
     }
 
@@ -116,7 +119,7 @@ fn classify(err: StripeError) -> Error {
         StripeError::JSONDeserialize(msg) => {
             Error::Transient(format!("unreadable response: {msg}"))
         }
-        StripeError::ClientError(msg) => Error::Transient(format!("transport: {msg}")),
+        StripeError::ClientError(msg) => Error::Unreachable(format!("transport: {msg}")),
         StripeError::Timeout => Error::Transient("timed out waiting for stripe".to_owned()),
         StripeError::ConfigError(msg) => Error::Config(msg),
     }
@@ -479,7 +482,7 @@ fn idempotent(key: &str) -> Result<RequestStrategy, Error> {
 fn failed(err: StripeError) -> Error {
     let err = classify(err);
     match &err {
-        Error::Transient(_) | Error::Config(_) => {
+        Error::Transient(_) | Error::Unreachable(_) | Error::Config(_) => {
             tracing::warn!(error = %err, transient = err.is_transient(), "stripe call failed")
         }
         Error::CardDeclined { .. } | Error::Rejected { .. } => {

@@ -177,6 +177,9 @@ async fn start_sagad(env: &Env) -> Sagad {
         .env("SAGAD_SAGAS_DIR", &env.sagas_dir)
         .env("SAGAD_LEASE", "3s")
         .env("SAGAD_POLL_INTERVAL", "200ms")
+        // Circuit breakers probe within a second, so an outage is over within the run's deadlines.
+        .env("SAGAD_BREAKER_PROBE_AFTER", "200ms")
+        .env("SAGAD_BREAKER_PROBE_MAX", "1s")
         .env("SAGAD_WORKERS", "16")
         .env("RUST_LOG", "warn,sagad=info")
         .env("SAGAD_WEBHOOK_ALLOW_HTTP", "true")

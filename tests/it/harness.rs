@@ -217,6 +217,12 @@ pub fn test_settings() -> Settings {
     s.outbound.poll_interval = Duration::from_millis(50);
     s.outbound.shutdown_grace = Duration::from_secs(2);
     s.maintenance.interval = Duration::from_millis(100);
+    // Breakers probe within a second or two, and open only past 50 calls: a test that makes one
+    // saga fail its whole retry policy against the Stripe double (20 compensation attempts) is
+    // about that saga, not an outage.
+    s.breakers.min_calls = 50;
+    s.breakers.probe_after = Duration::from_millis(200);
+    s.breakers.probe_max = Duration::from_secs(1);
     s
 }
 

@@ -9,12 +9,14 @@ mod inventory;
 mod notify;
 mod payment;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgConnection;
 
 use super::definition::{ActionCatalog, SagaDefinition, StepDefinition};
 use super::outcome::Outcome;
+use crate::breaker::{Breakers, Dependency};
 use crate::domain::BookingInput;
 use crate::domain::SagaId;
 use crate::stripe::client::StripeClient;
@@ -82,6 +84,22 @@ impl Action {
             .map(|(_, a)| *a)
     }
 
+    /// The outside dependency a remote action calls (`None`: a local action, or a notification
+    /// with no gateway configured, which calls nothing).
+    pub fn dependency(self, deps: &Deps) -> Option<Dependency> {
+        match self {
+            Action::AuthorizePayment
+            | Action::VoidPayment
+            | Action::CapturePayment
+            | Action::RefundPayment => Some(Dependency::Stripe),
+            Action::SendNotification => deps.notify.as_ref().map(|_| Dependency::Notify),
+            Action::HoldInventory
+            | Action::ReleaseInventory
+            | Action::ConfirmBooking
+            | Action::CancelBooking => None,
+        }
+    }
+
     /// Runs inside the outcome transaction (our own database only).
     pub fn is_local(self) -> bool {
         matches!(
@@ -110,6 +128,8 @@ pub struct Deps {
     pub stripe: StripeClient,
     pub http: reqwest::Client,
     pub notify: Option<NotifyConfig>,
+    /// The circuit breakers every remote action's call goes through.
+    pub breakers: Arc<Breakers>,
 }
 
 /// What an action knows about the saga it runs for.

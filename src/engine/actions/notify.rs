@@ -5,7 +5,7 @@
 use serde_json::json;
 
 use super::{Deps, StepCtx};
-use crate::engine::outcome::Outcome;
+use crate::engine::outcome::{Outcome, RetryCause};
 use crate::events::Event;
 
 #[derive(Clone, Debug)]
@@ -57,7 +57,18 @@ pub async fn send(deps: &Deps, ctx: &StepCtx<'_>) -> Outcome {
             }],
         ),
         Ok(resp) => answered(resp.status().as_u16(), resp.headers()),
-        Err(e) => Outcome::retry(format!("notification service unreachable: {e}"), false),
+        Err(e) => {
+            let cause = if e.is_connect() {
+                RetryCause::Unreachable
+            } else {
+                RetryCause::Unavailable
+            };
+            Outcome::unavailable(
+                format!("notification service unreachable: {e}"),
+                false,
+                cause,
+            )
+        }
     }
 }
 
@@ -72,6 +83,7 @@ fn answered(status: u16, headers: &reqwest::header::HeaderMap) -> Outcome {
             error,
             effect_possible: false,
             min_delay: crate::outbound::retry::retry_after_of(headers),
+            cause: RetryCause::Unavailable,
         };
     }
     Outcome::fail(error, false)

@@ -8,7 +8,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use super::StepCtx;
-use crate::engine::outcome::Outcome;
+use crate::engine::outcome::{Outcome, RetryCause};
 use crate::events::Event;
 use crate::stripe::client::{
     AuthorizeRequest, Error as StripeError, PaymentIntentInfo, PaymentIntentStatus, StripeClient,
@@ -59,7 +59,13 @@ fn hold_expiry(ctx: &StepCtx<'_>) -> Option<chrono::DateTime<Utc>> {
 
 fn transient_or_fail(err: StripeError, what: &str) -> Outcome {
     if err.is_transient() {
-        Outcome::retry(format!("{what}: {err}"), true)
+        let cause = match &err {
+            StripeError::Unreachable(_) => RetryCause::Unreachable,
+            // Another request with the same key is under way: Stripe answered.
+            StripeError::Transient(m) if m.starts_with("HTTP 409") => RetryCause::Other,
+            _ => RetryCause::Unavailable,
+        };
+        Outcome::unavailable(format!("{what}: {err}"), true, cause)
     } else {
         Outcome::fail(format!("{what} refused by Stripe: {err}"), false)
     }

@@ -9,7 +9,7 @@ WITH
                     now() + $8::float8 * interval '1 millisecond', CASE WHEN $7::text IS NULL THEN 0 ELSE 1 END,
                     0, '{}'::jsonb, 1
              ON CONFLICT (idempotency_key) DO NOTHING
-             RETURNING id, saga_name, saga_version, status, current_step, attempt, input, context, next_run_at, locked_by, locked_until, wait_key, wait_deadline, failure_step, failure_reason, retrying_since, cancel_requested, event_version, idempotency_key, request_fingerprint, created_at, updated_at, finished_at),
+             RETURNING id, saga_name, saga_version, status, current_step, attempt, input, context, next_run_at, locked_by, locked_until, wait_key, wait_deadline, failure_step, failure_reason, retrying_since, wait_reason, paused_since, cancel_requested, event_version, idempotency_key, request_fingerprint, created_at, updated_at, finished_at),
          e AS (SELECT * FROM unnest($14::uuid[], $15::text[], $16::jsonb[], $17::jsonb[],
                                     $18::text[])
                    WITH ORDINALITY AS e(id, type, payload, metadata, published, ord)),
