@@ -17,6 +17,7 @@ pub mod http;
 pub mod inbound;
 pub mod maintenance;
 pub mod outbound;
+pub mod projections;
 pub mod queue;
 pub mod server;
 pub mod shutdown;

@@ -1,10 +1,11 @@
-//! The command line: `sagad serve | migrate | healthcheck | demo | sagas check | saga … | bookings … | events tail | stripe events … | stripe-double`.
+//! The command line: `sagad serve | migrate | healthcheck | demo | sagas check | saga … | bookings … | events tail | projections rebuild|verify | stripe events … | stripe-double`.
 
 mod bookings;
 mod demo;
 mod events;
 mod healthcheck;
 mod outbound;
+mod projections;
 mod stripe_inbox;
 
 use std::net::SocketAddr;
@@ -77,6 +78,11 @@ pub enum Command {
         api: ApiArgs,
         #[command(subcommand)]
         command: bookings::BookingsCommand,
+    },
+    /// Rebuild or verify a projection (bookings) from the event store.
+    Projections {
+        #[command(subcommand)]
+        command: projections::ProjectionsCommand,
     },
     /// Stripe webhook events sagad received: list, show, reprocess.
     Stripe {
@@ -229,6 +235,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             | Command::Bookings { .. }
             | Command::Sagas { .. }
             | Command::Events { .. }
+            | Command::Projections { .. }
             | Command::Stripe { .. }
             | Command::Webhooks { .. }
     ) {
@@ -257,6 +264,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stripe { command } => stripe_inbox::run(command).await,
         Command::Webhooks { api, command } => outbound::run(api, command).await,
         Command::Events { api, command } => events::run(api, command).await,
+        Command::Projections { command } => projections::run(command).await,
         Command::StripeDouble { listen } => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await

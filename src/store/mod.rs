@@ -12,6 +12,7 @@ pub mod listen;
 pub mod operator;
 pub mod outbound;
 pub mod progress;
+pub mod projections;
 pub mod queues;
 pub mod sagas;
 mod stmt;

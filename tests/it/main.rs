@@ -22,6 +22,7 @@ mod operator;
 mod ordering;
 mod outage;
 mod outbound;
+mod projections;
 mod queues;
 mod start;
 mod stripe;
