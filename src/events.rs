@@ -189,6 +189,11 @@ pub const TYPES: &[&str] = &[
     "DisputeClosed",
     "ListingBlocked",
     "ListingUnblocked",
+    "SagaRetried",
+    "SagaResolved",
+    "OperatorCancelled",
+    "SagaPaused",
+    "SagaResumed",
     crate::outbound::catalog::ENDPOINT_DISABLED_INTERNAL,
 ];
 
