@@ -137,7 +137,20 @@ fn fixed_test_vector_is_accepted() {
         Ok(1_700_000_000)
     );
     assert_eq!(
+        v.verify(Some(header), body, 1_700_000_300),
+        Ok(1_700_000_000)
+    );
+    assert_eq!(
         v.verify(Some(header), body, 1_700_000_301),
+        Err(SignatureError::TimestampOutsideTolerance)
+    );
+    // A timestamp ahead of our clock: the same tolerance.
+    assert_eq!(
+        v.verify(Some(header), body, 1_700_000_000 - 300),
+        Ok(1_700_000_000)
+    );
+    assert_eq!(
+        v.verify(Some(header), body, 1_700_000_000 - 301),
         Err(SignatureError::TimestampOutsideTolerance)
     );
     let other = Verifier::new(&["whsec_other"], Duration::from_secs(300));
@@ -155,7 +168,12 @@ async fn refused_webhooks_answer_400_and_store_nothing() {
         "payment_intent.succeeded",
         json!({"id": "pi_x"}),
     );
+    // sagad reads its clock when each request arrives, at `t` or a second or more later: a
+    // timestamp 301 s before `t` is outside the tolerance whenever it arrives; one ahead is
+    // refused only if it is still more than 300 s ahead then, so it leads by a minute more than
+    // that. The exact edges on both sides, at a fixed clock: `fixed_test_vector_is_accepted`.
     let t = now();
+    let ahead = t + 301 + 60;
     let good = signature(STRIPE_WEBHOOK_SECRET, t, &body);
     let cases: Vec<(&str, Option<String>, String)> = vec![
         (
@@ -178,11 +196,10 @@ async fn refused_webhooks_answer_400_and_store_nothing() {
             body.clone(),
         ),
         (
-            "301 s ahead",
+            "361 s ahead",
             Some(format!(
-                "t={},v1={}",
-                t + 301,
-                signature(STRIPE_WEBHOOK_SECRET, t + 301, &body)
+                "t={ahead},v1={}",
+                signature(STRIPE_WEBHOOK_SECRET, ahead, &body)
             )),
             body.clone(),
         ),
@@ -629,9 +646,32 @@ async fn an_event_committed_before_a_crash_is_processed_after_restart() {
     );
 }
 
-/// Stripe's `charge.refunded` for a refund whose response sagad lost arrives while the refund's
-/// compensation waits for its retry: the inbox defers it, the retry (same key) records the
-/// refund once, and the event then finds it recorded.
+/// Waits until the inbox has put charge.refunded `evt_id` back for the saga to finish
+/// compensating, in a claim that began after its `next_attempt_at` was `after` (`None`: any).
+/// Returns the row's new `next_attempt_at` and reason.
+async fn deferred_after(
+    app: &TestApp,
+    evt_id: &str,
+    after: Option<chrono::DateTime<chrono::Utc>>,
+) -> (chrono::DateTime<chrono::Utc>, String) {
+    eventually("the inbox to defer charge.refunded", || async {
+        sqlx::query_as(
+            "SELECT next_attempt_at, last_error FROM stripe_events
+             WHERE id = $1 AND status = 'pending' AND last_error LIKE 'the saga is compensating%'
+               AND ($2::timestamptz IS NULL OR next_attempt_at > $2)",
+        )
+        .bind(evt_id)
+        .bind(after)
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap()
+    })
+    .await
+}
+
+/// Stripe's `charge.refunded` for a refund whose response sagad lost arrives while the refund
+/// call is in flight and again while the refund's compensation waits for its retry: the inbox
+/// defers it, the retry (same key) records the refund once, and the event then finds it recorded.
 #[tokio::test]
 async fn our_own_refund_is_not_recorded_twice_when_its_response_was_lost() {
     use stripe_double::{AttemptOutcome, Fault, Operation};
@@ -647,9 +687,12 @@ async fn our_own_refund_is_not_recorded_twice_when_its_response_was_lost() {
     .await;
     app.double.configure_webhooks(webhooks_to(&app));
     // The notification fails for good, so the saga refunds; the first refund's answer is lost
-    // after Stripe refunded.
+    // after Stripe refunded, and comes late: Stripe's webhook is sent when the refund happens,
+    // so it reaches the inbox while the refund call is still in flight (as on a loaded machine).
     app.notify.answer(503);
     app.double.inject(Fault::lose_response(Operation::Refund));
+    app.double
+        .inject(Fault::latency(Operation::Refund, Duration::from_secs(1)));
     let id = app
         .start_booking(booking_input("refund-race", "pm_card_visa"))
         .await;
@@ -665,38 +708,53 @@ async fn our_own_refund_is_not_recorded_twice_when_its_response_was_lost() {
     })
     .await;
     let evt_id = refunded["id"].as_str().unwrap().to_owned();
-    let reason: String = eventually("the inbox to defer charge.refunded", || async {
+
+    // The refund's first attempt has failed and its retry is scheduled, committed together: the
+    // saga is idle until then. Before that commit the step may still be in flight, and the commit
+    // would set the very retry time this test moves below.
+    let refund_attempts: i32 = eventually("the refund's first attempt to fail", || async {
         sqlx::query_scalar(
-            "SELECT last_error FROM stripe_events WHERE id = $1 AND status = 'pending'
-               AND last_error LIKE 'the saga is compensating%'",
+            "SELECT st.attempts FROM sagas s JOIN saga_steps st ON st.saga_id = s.id
+             WHERE s.id = $1 AND s.status = 'compensating' AND s.locked_by IS NULL
+               AND s.next_run_at > now() + interval '1 minute'
+               AND st.phase = 'compensation' AND st.step_name = 'payment.refund'",
         )
-        .bind(&evt_id)
+        .bind(id)
         .fetch_optional(&app.pool)
         .await
         .unwrap()
     })
     .await;
+    assert_eq!(refund_attempts, 1);
+    // The inbox looks at the event while the saga waits for the retry, and defers it: a
+    // deferral seen here may have been decided while the call was in flight (its row update
+    // can land just after the step's commit), so two are awaited, the second claimed after the
+    // first was written.
+    let before: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT next_attempt_at FROM stripe_events WHERE id = $1")
+            .bind(&evt_id)
+            .fetch_optional(&app.pool)
+            .await
+            .unwrap();
+    let (first, _) = deferred_after(&app, &evt_id, before).await;
+    let (_, reason) = deferred_after(&app, &evt_id, Some(first)).await;
     assert!(reason.contains("the refund may be ours"), "{reason}");
     assert!(
         events_of(&app, id, "PaymentRefunded").await.is_empty(),
         "nothing recorded the refund yet"
     );
-    let (status, refund_attempts): (String, i32) = sqlx::query_as(
-        "SELECT s.status, st.attempts FROM sagas s JOIN saga_steps st ON st.saga_id = s.id
-         WHERE s.id = $1 AND st.phase = 'compensation' AND st.step_name = 'payment.refund'",
-    )
-    .bind(id)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    assert_eq!((status.as_str(), refund_attempts), ("compensating", 1));
 
     // Now the retry.
-    sqlx::query("UPDATE sagas SET next_run_at = now() WHERE id = $1")
-        .bind(id)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    let moved = sqlx::query(
+        "UPDATE sagas SET next_run_at = now()
+         WHERE id = $1 AND status = 'compensating' AND locked_by IS NULL",
+    )
+    .bind(id)
+    .execute(&app.pool)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(moved, 1, "the saga waits for its refund's retry");
     let v = app.wait_terminal(id).await;
     assert_eq!(v["status"], "compensated", "{v:#}");
     let row = inbox_final(&app, &evt_id).await;
