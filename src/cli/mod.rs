@@ -17,7 +17,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tracing::info;
 
-use crate::config::{DbArgs, ServeArgs, Settings, StripeSettings};
+use crate::config::{DbArgs, ServeArgs, Settings};
 use crate::engine::actions;
 use crate::telemetry::{self, LogFormat};
 use crate::{db, server, shutdown};
@@ -299,24 +299,47 @@ fn check_definitions(dir: &std::path::Path) -> ExitCode {
     }
 }
 
+/// The address to reach a server listening on `addr` from this machine: a wildcard address
+/// (`0.0.0.0`, `::`) is reached on loopback.
+fn loopback(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    }
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut settings = Settings::from_args(args)?;
     let shutdown = shutdown::on_signal();
 
-    // Development mode: an in-process Stripe test double when no key is configured.
-    let mut double_task = None;
+    // Development mode: an in-process Stripe test double when no key is configured. It sends its
+    // webhooks to this sagad, signed with a secret generated for this run, so that 3-D Secure
+    // completes as it would with Stripe.
+    let mut double = None;
     if settings.runs_stripe_double() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let base = format!("http://{}/", listener.local_addr()?);
-        info!(%base, "--dev: using the built-in Stripe test double (no real payments)");
-        let stop = shutdown.clone();
-        double_task = Some(tokio::spawn(stripe_double::serve(listener, async move {
-            stop.cancelled().await
-        })));
-        settings.stripe = StripeSettings {
-            secret_key: Some("sk_test_sagad_dev".to_owned()),
-            api_base: Some(base),
-        };
+        let listen = settings.stripe.dev_listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen} (SAGAD_DEV_STRIPE_LISTEN)"))?;
+        let started = stripe_double::StripeDouble::start(listener).await?;
+        let base = started.base_url();
+        let secret = crate::outbound::new_secret();
+        settings.inbound_stripe.webhook_secrets.push(secret.clone());
+        let webhooks = format!("http://{}/webhooks/stripe", loopback(settings.listen));
+        started.configure_webhooks(stripe_double::WebhookTarget {
+            url: webhooks.clone(),
+            secrets: vec![secret],
+            ..Default::default()
+        });
+        info!(%base, %webhooks, "--dev: using the built-in Stripe test double (no real payments); it sends its webhooks to this sagad under a generated secret");
+        settings.stripe.secret_key = Some("sk_test_sagad_dev".to_owned());
+        settings.stripe.api_base = Some(base);
+        double = Some(started);
     }
     if settings.notify.is_none() {
         tracing::warn!(
@@ -349,8 +372,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let result = server::run(settings, database.pool.clone(), listeners, shutdown.clone()).await;
     shutdown.cancel();
-    if let Some(t) = double_task {
-        let _ = t.await;
+    if let Some(d) = double {
+        d.stop();
     }
     database.stop().await;
     result?;

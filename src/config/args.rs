@@ -168,6 +168,14 @@ pub struct ServeArgs {
     /// SAGAD_API_TOKENS, accept the token `dev-token`.
     #[arg(long)]
     pub dev: bool,
+    /// With --dev and no STRIPE_SECRET_KEY: where the built-in Stripe test double listens (its
+    /// `/_double/…` controls complete 3-D Secure, inject faults…).
+    #[arg(
+        long,
+        env = "SAGAD_DEV_STRIPE_LISTEN",
+        default_value = "127.0.0.1:12111"
+    )]
+    pub dev_stripe_listen: SocketAddr,
     #[command(flatten)]
     pub outbound: OutboundArgs,
 }

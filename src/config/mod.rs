@@ -98,6 +98,8 @@ pub struct StripeSettings {
     pub secret_key: Option<String>,
     /// Stripe's own API unless set (e.g. the test double).
     pub api_base: Option<String>,
+    /// Where `sagad serve --dev` runs the Stripe test double, when it does.
+    pub dev_listen: SocketAddr,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -394,6 +396,7 @@ fn stripe(args: &ServeArgs) -> Result<StripeSettings, ConfigError> {
     Ok(StripeSettings {
         secret_key: args.stripe_secret_key.clone(),
         api_base: args.stripe_api_base.clone(),
+        dev_listen: args.dev_stripe_listen,
     })
 }
 

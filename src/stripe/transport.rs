@@ -89,6 +89,32 @@ fn api_error(status: u16, body: &[u8]) -> StripeError {
         })
 }
 
+/// The form body with its `metadata[…]` pairs in key order, every other pair where it was.
+/// async-stripe takes metadata as a `HashMap`, whose iteration order differs from one map to
+/// the next: without this, the retry of a request under the same idempotency key could send
+/// Stripe other bytes than the first attempt did.
+fn canonical_form(body: &str) -> String {
+    let is_metadata = |p: &&str| p.starts_with("metadata%5B") || p.starts_with("metadata[");
+    let pairs: Vec<&str> = body.split('&').collect();
+    let mut metadata: Vec<&str> = pairs.iter().copied().filter(is_metadata).collect();
+    if metadata.len() < 2 {
+        return body.to_owned();
+    }
+    metadata.sort_unstable();
+    let mut sorted = metadata.into_iter();
+    pairs
+        .iter()
+        .map(|p| {
+            if is_metadata(p) {
+                sorted.next().unwrap_or(p)
+            } else {
+                p
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 impl stripe_client_core::StripeClient for Transport {
     type Err = StripeError;
 
@@ -102,6 +128,7 @@ impl stripe_client_core::StripeClient for Transport {
             url.push_str(query);
         }
         let key = strategy.get_key();
+        let body = req.body.as_deref().map(canonical_form);
         let mut tries = 0;
         let mut last_status: Option<u16> = None;
         let mut last_retry_hint: Option<bool> = None;
@@ -122,7 +149,7 @@ impl stripe_client_core::StripeClient for Transport {
             if let Some(key) = &key {
                 request = request.header("idempotency-key", key.as_str());
             }
-            if let Some(body) = &req.body {
+            if let Some(body) = &body {
                 request = request
                     .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
                     .body(body.clone());
@@ -160,6 +187,16 @@ impl stripe_client_core::StripeClient for Transport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_pairs_are_put_in_key_order_and_nothing_else_moves() {
+        let a = "amount=5&metadata%5Bz%5D=1&metadata%5Ba%5D=2&metadata%5Bm%5D=3&confirm=true";
+        let b = "amount=5&metadata%5Bm%5D=3&metadata%5Bz%5D=1&metadata%5Ba%5D=2&confirm=true";
+        let want = "amount=5&metadata%5Ba%5D=2&metadata%5Bm%5D=3&metadata%5Bz%5D=1&confirm=true";
+        assert_eq!(canonical_form(a), want);
+        assert_eq!(canonical_form(b), want);
+        assert_eq!(canonical_form("b=1&a=2"), "b=1&a=2");
+    }
 
     #[test]
     fn stripe_error_bodies_become_api_errors() {

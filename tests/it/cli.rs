@@ -505,3 +505,108 @@ async fn the_stripe_events_cli_lists_shows_and_refuses_bad_input() {
         "{out}"
     );
 }
+
+/// `sagad serve --dev` runs the Stripe test double, which sends its webhooks to sagad under a
+/// generated secret: a 3-D Secure payment completed at the double goes on in sagad.
+#[tokio::test]
+async fn serve_dev_receives_the_doubles_webhooks_so_3ds_completes() {
+    let (_pool, db_url) = crate::harness::fresh_database().await;
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (api, stripe) = (free(), free());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sagad"))
+        .args(["serve", "--dev"])
+        .env("DATABASE_URL", &db_url)
+        .env("SAGAD_LISTEN", api.to_string())
+        .env("SAGAD_DEV_STRIPE_LISTEN", stripe.to_string())
+        .env("SAGAD_POLL_INTERVAL", "200ms")
+        .env_remove("SAGAD_API_TOKENS")
+        .env_remove("STRIPE_SECRET_KEY")
+        .env_remove("STRIPE_WEBHOOK_SECRET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let base = format!("http://{api}");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .ok()
+        != Some(200)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sagad --dev did not become ready"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "sagad --dev exited");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let saga: serde_json::Value = http
+        .post(format!("{base}/v1/sagas"))
+        .bearer_auth("dev-token")
+        .json(&serde_json::json!({ "saga": "booking",
+            "input": crate::harness::booking_input("dev-3ds-1", "pm_card_authenticationRequired") }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = saga["id"].as_str().expect("saga id").to_owned();
+    let saga_status = || async {
+        http.get(format!("{base}/v1/sagas/{id}"))
+            .bearer_auth("dev-token")
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    let waiting = loop {
+        let v = saga_status().await;
+        if v["status"] == "waiting" {
+            break v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the saga never waited for 3-D Secure: {v:#}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let pi = waiting["context"]["authorize_payment"]["payment_intent_id"]
+        .as_str()
+        .expect("the PaymentIntent")
+        .to_owned();
+    let resp = http
+        .post(format!(
+            "http://{stripe}/_double/payment_intents/{pi}/authenticate"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{:?}", resp.text().await);
+    // Nothing but the double's webhook wakes the saga before its 10-minute deadline.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let v = saga_status().await;
+        if v["status"] == "completed" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the webhook never woke the saga: {v:#}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let _ = child.kill().await;
+}

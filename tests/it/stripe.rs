@@ -808,7 +808,7 @@ async fn raw_http_speaks_stripes_form_encoding_and_replays_bytes() {
     let http = reqwest::Client::new();
     let url = format!("{}v1/payment_intents", double.base_url());
     let form = "amount=5000&currency=eur&capture_method=manual&confirm=true\
-                &payment_method=pm_card_visa&payment_method_types[]=card\
+                &payment_method=pm_card_visa&allowed_payment_method_types[]=card\
                 &metadata[saga_id]=raw-1&metadata[booking]=b-9";
     let send = || {
         http.post(&url)
@@ -843,4 +843,107 @@ async fn raw_http_speaks_stripes_form_encoding_and_replays_bytes() {
     let body: serde_json::Value = unauthorized.json().await.unwrap();
     assert_eq!(body["error"]["type"], "invalid_request_error");
     assert_eq!(double.counters().payment_intents_created, 1);
+}
+
+/// A retry that reuses an idempotency key sends Stripe the same bytes: async-stripe takes
+/// metadata as a `HashMap`, whose order changes from one map to the next.
+#[tokio::test]
+async fn retries_under_one_idempotency_key_send_identical_bytes() {
+    let double = double().await;
+    let client = client(&double);
+    let mut req = booking("pm_card_visa");
+    req.metadata = (0..8)
+        .map(|i| (format!("key_{i}"), format!("value {i}")))
+        .collect();
+    for _ in 0..3 {
+        client.authorize(&req, "same-key-every-time").await.unwrap();
+    }
+    let bodies: Vec<String> = double
+        .requests()
+        .into_iter()
+        .filter(|r| r.operation == Some(Operation::Create))
+        .map(|r| r.body)
+        .collect();
+    assert_eq!(bodies.len(), 3);
+    assert!(bodies[0].contains("metadata"), "{}", bodies[0]);
+    assert!(
+        bodies.iter().all(|b| *b == bodies[0]),
+        "bodies differ: {bodies:#?}"
+    );
+}
+
+/// `payment_method_types` is gone from the API version sagad pins (`2026-09-30.endive`);
+/// `allowed_payment_method_types` excludes the other ways of choosing payment methods.
+#[tokio::test]
+async fn the_double_refuses_payment_method_types_as_stripe_does() {
+    let double = double().await;
+    let http = reqwest::Client::new();
+    let post = |path: &str, form: String| {
+        http.post(format!("{}v1/{path}", double.base_url()))
+            .bearer_auth(KEY)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+    };
+    let base = "amount=5000&currency=eur&capture_method=manual&payment_method=pm_card_visa";
+    for (extra, code, param) in [
+        (
+            "&payment_method_types[]=card",
+            "payment_method_types_no_longer_supported",
+            "payment_method_types",
+        ),
+        (
+            "&payment_method_types[]=card&allowed_payment_method_types[]=card",
+            "payment_method_types_no_longer_supported",
+            "payment_method_types",
+        ),
+        (
+            "&allowed_payment_method_types[]=card&automatic_payment_methods[enabled]=true",
+            "parameters_exclusive",
+            "automatic_payment_methods",
+        ),
+        (
+            "&allowed_payment_method_types[]=card&excluded_payment_method_types[]=ideal",
+            "parameters_exclusive",
+            "excluded_payment_method_types",
+        ),
+        (
+            "&allowed_payment_method_types[]=card&payment_method_configuration=pmc_1",
+            "parameters_exclusive",
+            "payment_method_configuration",
+        ),
+    ] {
+        let resp = post("payment_intents", format!("{base}{extra}"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{extra}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{extra}: {body}");
+        assert_eq!(body["error"]["param"], param, "{extra}: {body}");
+    }
+    assert_eq!(double.counters().payment_intents_created, 0);
+
+    // Allowed types are filtered to what can be used (the double knows cards).
+    let resp = post(
+        "payment_intents",
+        format!("{base}&allowed_payment_method_types[]=card&allowed_payment_method_types[]=ideal"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let pi: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(pi["payment_method_types"], serde_json::json!(["card"]));
+    let id = pi["id"].as_str().unwrap();
+    let resp = post(
+        &format!("payment_intents/{id}/confirm"),
+        "payment_method_types[]=card".to_owned(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["error"]["code"],
+        "payment_method_types_no_longer_supported"
+    );
 }

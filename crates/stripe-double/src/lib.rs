@@ -64,6 +64,8 @@ pub struct RequestRecord {
     /// The injected faults that applied, if any.
     pub fault: Option<String>,
     pub request_id: String,
+    /// The form body as received (a GET's query string), byte for byte (as UTF-8, lossily).
+    pub body: String,
 }
 
 /// One capture, cancel or refund request for a PaymentIntent, whatever became of it: what a

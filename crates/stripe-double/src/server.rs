@@ -123,6 +123,7 @@ async fn process(shared: Arc<Shared>, op: Operation, id: String, req: Request) -
         replayed: false,
         fault: None,
         request_id: request_id.clone(),
+        body: String::new(),
     };
 
     // The body is read first, so that every request, refused or not, is logged with the
@@ -142,6 +143,7 @@ async fn process(shared: Arc<Shared>, op: Operation, id: String, req: Request) -
             }
         }
     };
+    record.body = String::from_utf8_lossy(&raw).into_owned();
     record.payment_intent = named_payment_intent(&shared, op, &id, &raw);
 
     let api_key = match authenticate_key(&parts.headers) {

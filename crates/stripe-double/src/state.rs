@@ -31,6 +31,20 @@ pub struct Ledger {
 
 pub type OpResult = Result<Value, ApiError>;
 
+/// `payment_method_types` is no longer writable in the API version sagad pins
+/// (`2026-09-30.endive`): Stripe refuses it on creation and confirmation.
+fn refuse_payment_method_types(params: &Params) -> Result<(), ApiError> {
+    if params.get("payment_method_types").is_some() {
+        return Err(ApiError::invalid_param(
+            "payment_method_types_no_longer_supported",
+            "payment_method_types",
+            "The `payment_method_types` parameter is no longer supported in this API version. \
+             Use `allowed_payment_method_types` to limit the payment methods, or dynamic payment methods.",
+        ));
+    }
+    Ok(())
+}
+
 const CREATE_PARAMS: &[&str] = &[
     "amount",
     "currency",
@@ -46,6 +60,9 @@ const CREATE_PARAMS: &[&str] = &[
     "payment_method_options",
     "payment_method_types",
     "allowed_payment_method_types",
+    "excluded_payment_method_types",
+    "automatic_payment_methods",
+    "payment_method_configuration",
     "receipt_email",
     "return_url",
     "setup_future_usage",
@@ -156,6 +173,25 @@ impl Ledger {
 
     pub fn create_payment_intent(&mut self, params: &Params) -> OpResult {
         check_known(params, CREATE_PARAMS)?;
+        refuse_payment_method_types(params)?;
+        // `allowed_payment_method_types` excludes the other ways of choosing payment methods.
+        if params.get("allowed_payment_method_types").is_some() {
+            for other in [
+                "excluded_payment_method_types",
+                "automatic_payment_methods",
+                "payment_method_configuration",
+            ] {
+                if params.get(other).is_some() {
+                    return Err(ApiError::invalid_param(
+                        "parameters_exclusive",
+                        other,
+                        format!(
+                            "You may only specify one of these parameters: allowed_payment_method_types, {other}."
+                        ),
+                    ));
+                }
+            }
+        }
         let amount =
             int_param(params, "amount")?.ok_or_else(|| ApiError::missing_param("amount"))?;
         let currency = params
@@ -197,27 +233,18 @@ impl Ledger {
                 .unwrap_or_else(|| "automatic".to_owned());
         let confirm = bool_param(params, "confirm")?.unwrap_or(false);
         bool_param(params, "error_on_requires_action")?;
-        let payment_method_types = match params
-            .string_list("allowed_payment_method_types")
-            .or_else(|| params.string_list("payment_method_types"))
-        {
-            None => vec!["card".to_owned()],
-            Some(types) => {
-                if let Some(bad) = types.iter().find(|t| t.as_str() != "card") {
-                    return Err(ApiError::invalid_param(
-                        "parameter_invalid_string",
-                        "payment_method_types",
-                        format!(
-                            "The payment method type \"{bad}\" is not supported by the Stripe test double."
-                        ),
-                    ));
-                }
-                if types.is_empty() {
-                    vec!["card".to_owned()]
-                } else {
-                    types
-                }
+        // Unlike the removed `payment_method_types`, `allowed_payment_method_types` filters out
+        // what cannot be used silently; the double knows cards only.
+        let payment_method_types = match params.string_list("allowed_payment_method_types") {
+            Some(types) if !types.iter().any(|t| t == "card") => {
+                return Err(ApiError::invalid_param(
+                    "parameter_invalid_string",
+                    "allowed_payment_method_types",
+                    "None of the allowed payment method types can be used for this PaymentIntent \
+                     (the Stripe test double knows card only).",
+                ));
             }
+            _ => vec!["card".to_owned()],
         };
         let payment_method = match params.str("payment_method") {
             Some(pm) => Some(self.resolve_payment_method(pm)?),
@@ -288,6 +315,7 @@ impl Ledger {
     }
 
     pub fn confirm_payment_intent(&mut self, id: &str, params: &Params) -> OpResult {
+        refuse_payment_method_types(params)?;
         check_known(params, CONFIRM_PARAMS)?;
         let payment_method = match params.str("payment_method") {
             Some(pm) => Some(self.resolve_payment_method(pm)?),
