@@ -9,7 +9,7 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::sagas::{decode_cursor, encode_cursor};
+use super::sagas::{cursor_param, encode_cursor, list_limit};
 use super::{ApiError, ApiPath, ApiQuery, AppState, ErrorBody};
 use crate::domain::{SagaId, valid_id};
 use crate::engine::model::SagaStatus;
@@ -114,17 +114,8 @@ pub async fn list_bookings(
             "from ({f}) must be before to ({t})"
         )));
     }
-    let limit = p.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and 500, got {limit}"
-        )));
-    }
-    let before = p
-        .cursor
-        .as_deref()
-        .map(|c| decode_cursor(c).ok_or_else(|| ApiError::BadRequest("invalid cursor".into())))
-        .transpose()?;
+    let limit = list_limit(p.limit)?;
+    let before = cursor_param(p.cursor.as_deref())?;
     let mut rows = bookings::list(
         &state.pool,
         &BookingFilter {

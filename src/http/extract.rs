@@ -29,14 +29,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let body = Bytes::from_request(req, state).await.map_err(|e| match e {
-            BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-                ApiError::PayloadTooLarge(BODY_LIMIT)
-            }
-            other => ApiError::BadRequest(other.body_text()),
-        })?;
+        let body = buffered(req, state).await?;
         parse(&body)
     }
+}
+
+/// The request's body, buffered: over [`BODY_LIMIT`] → 413, unreadable → 400.
+async fn buffered<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|e| match e {
+        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+            ApiError::PayloadTooLarge(BODY_LIMIT)
+        }
+        other => ApiError::BadRequest(other.body_text()),
+    })
 }
 
 /// A JSON body that may be left out: an empty body (or `null`) is `None`, any other is read as
@@ -47,12 +52,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for MaybeJsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let body = Bytes::from_request(req, state).await.map_err(|e| match e {
-            BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-                ApiError::PayloadTooLarge(BODY_LIMIT)
-            }
-            other => ApiError::BadRequest(other.body_text()),
-        })?;
+        let body = buffered(req, state).await?;
         if body.is_empty() {
             return Ok(Self(None));
         }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::extract::storable_time;
+use super::sagas::list_limit;
 use super::{ApiError, ApiPath, ApiQuery, AppState, JsonBody};
 use crate::domain::{DeliveryId, EndpointId, FieldError};
 use crate::outbound::{catalog, delivery::webhook_id, new_secret};
@@ -436,12 +437,7 @@ pub async fn list_deliveries(
     if store::get_endpoint(&state.pool, id).await?.is_none() {
         return Err(ApiError::NotFound("webhook endpoint"));
     }
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and 500, got {limit}"
-        )));
-    }
+    let limit = list_limit(q.limit)?;
     let rows = store::list_deliveries(&state.pool, id, status, q.before, limit).await?;
     Ok(Json(DeliveryList {
         deliveries: rows

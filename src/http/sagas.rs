@@ -479,6 +479,23 @@ pub(super) fn encode_cursor(at: DateTime<Utc>, id: SagaId) -> String {
     ))
 }
 
+/// A list's page size: 1–500, 50 when left out.
+pub(super) fn list_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and 500, got {limit}"
+        )));
+    }
+    Ok(limit)
+}
+
+/// The keyset cursor a list continues after, when one is given.
+pub(super) fn cursor_param(raw: Option<&str>) -> Result<Option<(DateTime<Utc>, SagaId)>, ApiError> {
+    raw.map(|c| decode_cursor(c).ok_or_else(|| ApiError::BadRequest("invalid cursor".into())))
+        .transpose()
+}
+
 pub(super) fn decode_cursor(raw: &str) -> Option<(DateTime<Utc>, SagaId)> {
     let text = String::from_utf8(URL_SAFE_NO_PAD.decode(raw).ok()?).ok()?;
     let (at, id) = text.split_once('|')?;
@@ -521,17 +538,8 @@ pub async fn list_sagas(
             "saga {name:?} is not a saga name ([a-z][a-z0-9_]*, at most 64 characters)"
         )));
     }
-    let limit = p.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and 500, got {limit}"
-        )));
-    }
-    let before = p
-        .cursor
-        .as_deref()
-        .map(|c| decode_cursor(c).ok_or_else(|| ApiError::BadRequest("invalid cursor".into())))
-        .transpose()?;
+    let limit = list_limit(p.limit)?;
+    let before = cursor_param(p.cursor.as_deref())?;
     let rows = sagas::list(
         &state.pool,
         &ListFilter {
