@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{TestApp, booking_input, count, spawn_app};
+use crate::harness::{TestApp, booking_input, count, eventually, spawn_app};
 
 async fn nothing_stored(app: &TestApp) {
     assert_eq!(count(&app.pool, "SELECT count(*) FROM sagas").await, 0);
@@ -338,8 +338,13 @@ async fn openapi_health_and_metrics_are_served() {
         .start_booking(booking_input("inn-2", "pm_card_visa"))
         .await;
     app.wait_terminal(id).await;
-    let metrics = app.metrics().await;
-    assert!(metrics.contains("sagad_queue_depth"), "{metrics}");
+    // The database's gauges are read by a maintenance round, not at scrape time: the first
+    // scrape after start-up may come before the first round has read them.
+    let metrics = eventually("sagad_queue_depth in /metrics", || async {
+        let metrics = app.metrics().await;
+        metrics.contains("sagad_queue_depth").then_some(metrics)
+    })
+    .await;
     for gauge in [
         "sagad_db_pool_connections",
         "sagad_db_pool_idle_connections",
