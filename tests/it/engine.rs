@@ -392,11 +392,17 @@ async fn cancel_while_authorizing(
 async fn a_cancellation_the_listener_may_have_missed_is_looked_up_before_the_capture() {
     let app = spawn_app().await;
     let id = start_authorizing(&app, "igloo-9", "pm_card_visa", Duration::from_millis(1500)).await;
-    let cut: i64 = count(
-        &app.pool,
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-         WHERE datname = current_database() AND query LIKE 'LISTEN %'",
-    )
+    // Under load the listener may still be connecting (or reconnecting) when the saga starts:
+    // cut it once it is there.
+    let cut: i64 = crate::harness::eventually("the LISTEN connection to be up", || async {
+        let cut = count(
+            &app.pool,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND query LIKE 'LISTEN %'",
+        )
+        .await;
+        (cut > 0).then_some(cut)
+    })
     .await;
     assert_eq!(cut, 1, "one LISTEN connection per process");
     sqlx::query("UPDATE sagas SET cancel_requested = true WHERE id = $1")
