@@ -432,22 +432,7 @@ async fn the_stripe_events_cli_lists_shows_and_refuses_bad_input() {
         "data": { "object": { "id": "pi_cli_nobody", "object": "payment_intent" } }
     })
     .to_string();
-    let t = chrono::Utc::now().timestamp();
-    let header = sagad::inbound::stripe::signature::header_value(
-        &[crate::harness::STRIPE_WEBHOOK_SECRET],
-        t,
-        body.as_bytes(),
-    );
-    let resp = app
-        .http
-        .post(format!("{}/webhooks/stripe", app.base))
-        .header("stripe-signature", header)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(app.post_signed_stripe_event(&body).await.0, 200);
     crate::harness::eventually("the event to be settled as unmatched", || async {
         let status: Option<String> =
             sqlx::query_scalar("SELECT status FROM stripe_events WHERE id = 'evt_cli_unknown_pi'")

@@ -357,6 +357,27 @@ pub fn booking_input(listing: &str, pm: &str) -> Value {
 }
 
 impl TestApp {
+    /// POSTs `body` to `/webhooks/stripe` signed now with the test secret, as Stripe would;
+    /// the answer's status and JSON body (`null` when it has none).
+    pub async fn post_signed_stripe_event(&self, body: &str) -> (u16, serde_json::Value) {
+        let header = sagad::inbound::stripe::signature::header_value(
+            &[STRIPE_WEBHOOK_SECRET],
+            chrono::Utc::now().timestamp(),
+            body.as_bytes(),
+        );
+        let resp = self
+            .http
+            .post(format!("{}/webhooks/stripe", self.base))
+            .header("stripe-signature", header)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
     /// Another sagad process on this one's database and peers (multi-instance tests).
     pub async fn spawn_sibling(&self, opts: AppOptions) -> TestApp {
         spawn_instance(

@@ -449,24 +449,6 @@ async fn a_stripe_signature_flood_is_refused_by_its_size_before_any_hmac() {
     assert_eq!(snapshot(&app.pool).await, before);
 }
 
-async fn post_signed_stripe_event(app: &TestApp, body: &str) -> (u16, Value) {
-    let header = sagad::inbound::stripe::signature::header_value(
-        &[crate::harness::STRIPE_WEBHOOK_SECRET],
-        chrono::Utc::now().timestamp(),
-        body.as_bytes(),
-    );
-    let resp = app
-        .http
-        .post(format!("{}/webhooks/stripe", app.base))
-        .header("stripe-signature", header)
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn a_signed_stripe_event_with_nul_characters_is_kept_losslessly_and_processed() {
     let app = spawn_app().await;
@@ -475,7 +457,7 @@ async fn a_signed_stripe_event_with_nul_characters_is_kept_losslessly_and_proces
         "created": 1700000000, "livemode": false, "api_version": "2026-09-30.endive",
         "data": {"object": {"id": "pi_nul_unknown", "object": "payment_intent",
                             "description": "room\u0000 7", "metadata": {"k\u0000": "v"}}}}"#;
-    let (status, answer) = post_signed_stripe_event(&app, body).await;
+    let (status, answer) = app.post_signed_stripe_event(body).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["duplicate"], false);
 
@@ -510,12 +492,12 @@ async fn a_signed_stripe_event_with_nul_characters_is_kept_losslessly_and_proces
     }
 
     // A redelivery is a duplicate, not a second row; a NUL in the type is kept too.
-    let (status, answer) = post_signed_stripe_event(&app, body).await;
+    let (status, answer) = app.post_signed_stripe_event(body).await;
     assert_eq!((status, answer["duplicate"].as_bool()), (200, Some(true)));
     let odd = body
         .replace("evt_nul_", "evt_nul_type_")
         .replace("payment_intent.succeeded", "custom.\\u0000");
-    let (status, _) = post_signed_stripe_event(&app, &odd).await;
+    let (status, _) = app.post_signed_stripe_event(&odd).await;
     assert_eq!(status, 200);
     let (rows, plain): (i64, i64) = sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE raw_body IS NULL) FROM stripe_events",
@@ -596,8 +578,9 @@ async fn a_signed_refund_that_stripe_does_not_show_records_nothing() {
     let events_before = all_events().await;
 
     // Signed, but Stripe shows no refund at all.
-    let (status, _) =
-        post_signed_stripe_event(&app, &charge_refunded("evt_forged_1", &pi, 45000)).await;
+    let (status, _) = app
+        .post_signed_stripe_event(&charge_refunded("evt_forged_1", &pi, 45000))
+        .await;
     assert_eq!(status, 200);
     let (status, outcome) = settled_stripe_event(&app, "evt_forged_1").await;
     assert_eq!(status, "processed");
@@ -614,8 +597,9 @@ async fn a_signed_refund_that_stripe_does_not_show_records_nothing() {
         .refund_amount(&pi, 10000, "dashboard-partial-1")
         .await
         .unwrap();
-    let (status, _) =
-        post_signed_stripe_event(&app, &charge_refunded("evt_forged_2", &pi, 45000)).await;
+    let (status, _) = app
+        .post_signed_stripe_event(&charge_refunded("evt_forged_2", &pi, 45000))
+        .await;
     assert_eq!(status, 200);
     let (status, outcome) = settled_stripe_event(&app, "evt_forged_2").await;
     assert_eq!(status, "processed", "{outcome}");

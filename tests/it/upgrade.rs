@@ -21,8 +21,7 @@ use tokio::net::TcpListener;
 use uuid::Uuid;
 
 use crate::harness::{
-    AppOptions, STRIPE_WEBHOOK_SECRET, TestApp, booking_input, empty_database, eventually,
-    spawn_app_with, spawn_instance,
+    AppOptions, TestApp, booking_input, empty_database, eventually, spawn_app_with, spawn_instance,
 };
 
 /// Sagas in flight, and how each must end.
@@ -89,21 +88,7 @@ async fn source() -> Source {
         "data": { "object": { "id": "pi_upgrade_nobody", "object": "payment_intent" } }
     })
     .to_string();
-    let header = sagad::inbound::stripe::signature::header_value(
-        &[STRIPE_WEBHOOK_SECRET],
-        chrono::Utc::now().timestamp(),
-        body.as_bytes(),
-    );
-    let resp = app
-        .http
-        .post(format!("{}/webhooks/stripe", app.base))
-        .header("stripe-signature", header)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(app.post_signed_stripe_event(&body).await.0, 200);
     Source {
         app,
         expected,
