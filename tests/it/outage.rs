@@ -108,12 +108,15 @@ fn patient_definition() -> sagad::engine::definition::SagaDefinition {
     def
 }
 
+/// The breaker's state and how often it opened; a dependency with no row yet (its first outcome
+/// not recorded) is closed and never opened.
 async fn breaker_state(pool: &sqlx::PgPool, dependency: &str) -> (String, i32) {
     sqlx::query_as("SELECT state, opens FROM dependency_breakers WHERE dependency = $1")
         .bind(dependency)
-        .fetch_one(pool)
+        .fetch_optional(pool)
         .await
         .unwrap()
+        .unwrap_or_else(|| ("closed".to_owned(), 0))
 }
 
 #[tokio::test]
