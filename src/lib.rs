@@ -7,6 +7,7 @@
 
 pub mod breaker;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod domain;

@@ -80,11 +80,15 @@ pub async fn run(
         .as_deref()
         .ok_or(Error::NoStripeKey)?;
     let stripe = StripeClient::new(secret_key, settings.stripe.api_base.as_deref())?;
+    // The database's clock decides every time sagad writes or compares with a column.
+    let clock = crate::clock::Clock::synced(&pool, settings.clock_skew).await?;
+    let clock_task = tokio::spawn(clock.clone().run(pool.clone(), shutdown.clone()));
     let registry = Arc::new(Registry::load(pool.clone(), settings.definitions).await?);
     let breakers = crate::breaker::Breakers::new(
         pool.clone(),
         settings.engine.worker_id.clone(),
         settings.breakers.clone(),
+        clock.clone(),
     );
     // A process that runs sagas knows the breakers before it runs any (a restart while one is
     // open keeps its sagas paused); without the database now, the refresh task catches up.
@@ -98,6 +102,7 @@ pub async fn run(
         http: http_client(),
         notify: settings.notify,
         breakers: breakers.clone(),
+        clock: clock.clone(),
     };
     // One LISTEN connection for the whole process (see `store::listen`).
     let mut channels = store::listen::Channels::new(pool.clone());
@@ -148,13 +153,18 @@ pub async fn run(
             pool.clone(),
             stripe,
             settings.inbound_stripe.inbox.clone(),
+            clock.clone(),
             channels.wake(crate::store::stripe_inbox::INBOX_CHANNEL),
             shutdown.clone(),
         ))
     });
     // Outgoing webhook delivery runs wherever the engine runs.
     let outbound_task = if settings.role != Role::Api {
-        let dispatcher = crate::outbound::Dispatcher::new(pool.clone(), settings.outbound.clone())?;
+        let dispatcher = crate::outbound::Dispatcher::new(
+            pool.clone(),
+            settings.outbound.clone(),
+            clock.clone(),
+        )?;
         let wake = channels.wake(store::outbound::WEBHOOK_CHANNEL);
         Some(tokio::spawn(dispatcher.run(wake, shutdown.clone())))
     } else {
@@ -186,6 +196,7 @@ pub async fn run(
         booking_rules: settings.booking_rules,
         stripe_signatures: settings.inbound_stripe.verifier().map(Arc::new),
         outbound: Arc::new(settings.outbound),
+        clock,
     };
     let metrics_task = match metrics_listener {
         Some(l) => {
@@ -246,6 +257,7 @@ pub async fn run(
         None => Ok(()),
     };
     listener_task.abort();
+    clock_task.abort();
     // `Kept::run` gave every kept connection back when shutdown began, and keeps none since.
     let _ = kept_task.await;
     served?;

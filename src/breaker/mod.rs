@@ -53,16 +53,24 @@ pub struct Breakers {
     thresholds: Thresholds,
     ramp: Ramp,
     local: Mutex<HashMap<Dependency, Local>>,
+    /// The database's clock ([`crate::clock`]): a breaker's timings are shared by every process.
+    clock: crate::clock::Clock,
 }
 
 impl Breakers {
-    pub fn new(pool: PgPool, worker_id: String, thresholds: Thresholds) -> Arc<Self> {
+    pub fn new(
+        pool: PgPool,
+        worker_id: String,
+        thresholds: Thresholds,
+        clock: crate::clock::Clock,
+    ) -> Arc<Self> {
         Arc::new(Self {
             pool,
             worker_id,
             thresholds,
             ramp: Ramp::default(),
             local: Mutex::new(HashMap::new()),
+            clock,
         })
     }
 
@@ -86,7 +94,7 @@ impl Breakers {
     /// Whether a step may call `dependency` now. Without the database it says [`Admission::Call`]
     /// when the breaker was closed, [`Admission::Paused`] otherwise.
     pub async fn admit(&self, dependency: Dependency) -> Admission {
-        let now = Utc::now();
+        let now = self.clock.db_now();
         let (state, due) = self.with_local(dependency, |l| match &l.row {
             None => (BreakerState::Closed, false),
             Some(r) => (r.state, r.probe_due(now)),
@@ -161,7 +169,7 @@ impl Breakers {
         let mut tx = self.pool.begin().await?;
         let mut b = store::lock(&mut tx, dependency).await?;
         let before = b.clone();
-        let transition = f(&mut b, Utc::now(), &self.thresholds);
+        let transition = f(&mut b, self.clock.db_now(), &self.thresholds);
         let mut woke = 0;
         if b != before {
             store::save(&mut tx, &b).await?;
@@ -185,7 +193,7 @@ impl Breakers {
             self.flush(*dependency).await;
         }
         let counts = store::paused_counts(&self.pool).await?;
-        let now = Utc::now();
+        let now = self.clock.db_now();
         for row in store::get_all(&self.pool).await? {
             let dependency = row.dependency;
             let reason = store::wait_reason(dependency);

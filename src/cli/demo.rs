@@ -42,7 +42,7 @@ struct Scenario {
 /// Nights counted from a day half a year ahead (check-ins in the past are refused).
 fn booking(listing: &str, guest: &str, nights: (u32, u32), pm: &str) -> Value {
     let day = |n: u32| {
-        (chrono::Utc::now().date_naive() + chrono::Days::new(180 + u64::from(n))).to_string()
+        (crate::clock::wall().date_naive() + chrono::Days::new(180 + u64::from(n))).to_string()
     };
     json!({ "saga": "booking", "input": {
         "listing_id": listing, "guest_id": guest,

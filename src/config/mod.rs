@@ -60,6 +60,11 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// When the dependencies' circuit breakers open and how they probe.
     pub breakers: crate::breaker::Thresholds,
+    /// Shifts this process's wall clock ([`crate::clock::Clock::local_now`]) by this much. A test
+    /// and diagnostic knob with no flag or environment variable: zero in every process `sagad`
+    /// starts. Tests set it to show that no time sagad writes or compares with a column comes
+    /// from this machine's clock (the database's clock decides, [`crate::clock`]).
+    pub clock_skew: chrono::TimeDelta,
 }
 
 /// A bearer token `/v1` accepts, and its name: the actor recorded for the operator actions
@@ -273,6 +278,7 @@ impl Settings {
             },
             metrics,
             breakers,
+            clock_skew: chrono::TimeDelta::zero(),
             db: args.db,
         })
     }

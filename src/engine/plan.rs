@@ -580,7 +580,7 @@ mod tests {
 
     fn env() -> Env {
         Env {
-            now: Utc::now(),
+            now: DateTime::from_timestamp(1_800_000_000, 0).expect("a valid time"),
             lease: Duration::from_secs(30),
             jitter_unit: 0.5,
         }

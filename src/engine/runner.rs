@@ -202,7 +202,7 @@ impl Worker {
                 break;
             };
             let input = parse_input(&ahead)?;
-            let ctx = step_ctx(def, &ahead, &input);
+            let ctx = step_ctx(def, &ahead, &input, self.deps.clock.db_now());
             let Some((outcome, effect)) = action.plan_ahead(&ctx) else {
                 return Ok(None);
             };
@@ -333,7 +333,7 @@ impl Worker {
     ) -> Result<(Fence, Plan), Error> {
         let started = std::time::Instant::now();
         let input = parse_input(row)?;
-        let ctx = step_ctx(def, row, &input);
+        let ctx = step_ctx(def, row, &input, self.deps.clock.db_now());
         let step = ctx.step;
         let span = step_span(row, step, action);
         let outcome = action.run_local(tx, &ctx).instrument(span).await?;
@@ -356,7 +356,7 @@ impl Worker {
     ) -> Result<Outcome, Error> {
         let started = std::time::Instant::now();
         let input = parse_input(row)?;
-        let ctx = step_ctx(def, row, &input);
+        let ctx = step_ctx(def, row, &input, self.deps.clock.db_now());
         let step = ctx.step;
         let span = step_span(row, step, action);
         let dependency = action.dependency(&self.deps);
@@ -444,7 +444,7 @@ impl Worker {
             retrying_since: row.retrying_since,
         };
         let env = Env {
-            now: chrono::Utc::now(),
+            now: self.deps.clock.db_now(),
             lease: self.lease,
             jitter_unit: rand::rng().random::<f64>(),
         };
@@ -583,7 +583,13 @@ fn context_of(row: &SagaRow) -> &serde_json::Map<String, serde_json::Value> {
 }
 
 /// What the current step's action reads.
-fn step_ctx<'a>(def: &'a SagaDefinition, row: &'a SagaRow, input: &'a BookingInput) -> StepCtx<'a> {
+/// `now`: the database's time ([`crate::clock::Clock::db_now`]).
+fn step_ctx<'a>(
+    def: &'a SagaDefinition,
+    row: &'a SagaRow,
+    input: &'a BookingInput,
+    now: chrono::DateTime<chrono::Utc>,
+) -> StepCtx<'a> {
     StepCtx {
         saga_id: row.id,
         input,
@@ -592,6 +598,7 @@ fn step_ctx<'a>(def: &'a SagaDefinition, row: &'a SagaRow, input: &'a BookingInp
         step: &def.steps[row.current_step as usize],
         attempt: row.attempt,
         failure_reason: row.failure_reason.as_deref(),
+        now,
     }
 }
 

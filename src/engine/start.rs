@@ -10,7 +10,6 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use serde_json::{Map, Value};
 use sqlx::PgConnection;
 
@@ -36,6 +35,8 @@ pub struct Starting<'a> {
     pub fingerprint: &'a str,
     /// Inserted already leased to this worker (id, lease): this process runs it.
     pub leased_to: Option<(&'a str, Duration)>,
+    /// The database's time ([`crate::clock::Clock::db_now`]): what the hold's expiry counts from.
+    pub now: chrono::DateTime<chrono::Utc>,
 }
 
 /// What [`start`] did.
@@ -68,8 +69,9 @@ fn plan_hold_ahead<'a>(s: &Starting<'a>) -> Option<HoldAhead<'a>> {
         step,
         attempt: 1,
         failure_reason: None,
+        now: s.now,
     };
-    let now = Utc::now();
+    let now = s.now;
     let (hold, outcome) = actions::plan_hold(&ctx, now);
     let state = State {
         def: s.def,

@@ -40,8 +40,11 @@ async fn receive(
                 .map_err(|_| refuse("malformed Stripe-Signature header"))
         })
         .transpose()?;
+    // Stripe signs with its own clock: the tolerance compares it with this machine's wall clock,
+    // the one its own time service keeps near Stripe's (not the database's, which only orders
+    // sagad's own writes).
     let signed = verifier
-        .check_header(header, chrono::Utc::now().timestamp())
+        .check_header(header, state.clock.local_now().timestamp())
         .map_err(|e| refuse(e.to_string()))?;
     let body = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
         .await

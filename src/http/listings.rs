@@ -7,7 +7,7 @@ use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use chrono::{NaiveDate, Utc};
+use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -303,7 +303,7 @@ pub async fn create_block(
 ) -> Result<Response, ApiError> {
     let listing = listing_param(&listing)?;
     let b = req
-        .validate(Utc::now().date_naive())
+        .validate(state.clock.db_now().date_naive())
         .map_err(ApiError::Validation)?;
     let new = NewBlock {
         id: Uuid::now_v7(),

@@ -63,6 +63,8 @@ pub struct AppState {
     pub stripe_signatures: Option<Arc<crate::inbound::stripe::signature::Verifier>>,
     /// Outgoing webhooks: URL policy (SSRF guard, http allowed?) and secret rotation overlap.
     pub outbound: Arc<crate::outbound::OutboundConfig>,
+    /// The database's clock ([`crate::clock`]).
+    pub clock: crate::clock::Clock,
 }
 
 /// The router. `api`: serve `/v1` and `/openapi.json` (a worker-only process serves health and

@@ -236,7 +236,7 @@ pub async fn start_saga(
     })?;
     let input = req
         .input
-        .validate(&state.booking_rules, Utc::now().date_naive())
+        .validate(&state.booking_rules, state.clock.db_now().date_naive())
         .map_err(ApiError::Validation)?;
     let fingerprint = hex::encode(Sha256::digest(raw.to_string().as_bytes()));
     let input_json = serde_json::to_value(&input).map_err(anyhow::Error::from)?;
@@ -277,6 +277,7 @@ pub async fn start_saga(
         leased_to: direct
             .as_ref()
             .map(|(d, _)| (d.worker_id.as_str(), d.lease)),
+        now: state.clock.db_now(),
     };
     let started = start::start(&mut conn, &starting, event, direct.is_none()).await?;
     conn.completed();

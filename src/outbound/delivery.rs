@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +26,7 @@ pub struct Dispatcher {
     config: OutboundConfig,
     client: reqwest::Client,
     guard: Guard,
+    clock: crate::clock::Clock,
 }
 
 /// What one HTTP attempt came to.
@@ -38,7 +38,13 @@ struct Response {
 }
 
 impl Dispatcher {
-    pub fn new(pool: PgPool, config: OutboundConfig) -> Result<Self, Error> {
+    /// `clock`: the database's ([`crate::clock`]), for the attempt's time and the failure
+    /// streak's length.
+    pub fn new(
+        pool: PgPool,
+        config: OutboundConfig,
+        clock: crate::clock::Clock,
+    ) -> Result<Self, Error> {
         let guard = config.guard();
         let client = reqwest::Client::builder()
             // The guard resolves every name dialled; no proxy may dial on our behalf, and no
@@ -56,6 +62,7 @@ impl Dispatcher {
             config,
             client,
             guard,
+            clock,
         })
     }
 
@@ -110,7 +117,7 @@ impl Dispatcher {
         let body = body(&d);
         let msg_id = webhook_id(d.id);
         let secrets: Vec<Vec<u8>> = d.secrets.iter().map(|s| signing::secret_bytes(s)).collect();
-        let attempted_at = Utc::now();
+        let attempted_at = self.clock.db_now();
         let started = Instant::now();
         let resp = self
             .send(&d.url, &msg_id, attempted_at.timestamp(), &secrets, body)
@@ -163,7 +170,7 @@ impl Dispatcher {
             .retry
             .next_delay(made, retry_after, rand::random::<f64>())
         {
-            Some(delay) => (Settle::Retry(Utc::now() + delay), None),
+            Some(delay) => (Settle::Retry(delay), None),
             None => (Settle::Dead, None),
         }
     }
@@ -184,7 +191,7 @@ impl Dispatcher {
         let reason = match (disable, failing_since) {
             (Some(r), _) => Some((r, "the endpoint answered 410 Gone".to_owned())),
             (None, Some(since))
-                if (Utc::now() - since).to_std().unwrap_or_default()
+                if (self.clock.db_now() - since).to_std().unwrap_or_default()
                     >= self.config.disable_after =>
             {
                 Some((
@@ -245,7 +252,7 @@ impl Dispatcher {
             Err(e) => return failed(describe(&e, self.config.timeout)),
         };
         let status = resp.status().as_u16();
-        let retry_after = retry_after_of(resp.headers());
+        let retry_after = retry_after_of(resp.headers(), self.clock.local_now());
         let mut kept = Vec::new();
         let mut error = None;
         loop {

@@ -38,12 +38,16 @@ impl RetrySchedule {
     }
 }
 
-/// The `Retry-After` of a response, if it has one that parses.
-pub fn retry_after_of(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+/// The `Retry-After` of a response, if it has one that parses. `now`: this machine's wall clock
+/// ([`crate::clock::Clock::local_now`]): an HTTP date in it is on the peer's clock.
+pub fn retry_after_of(
+    headers: &reqwest::header::HeaderMap,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<Duration> {
     headers
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, chrono::Utc::now()))
+        .and_then(|v| parse_retry_after(v, now))
 }
 
 /// Parses `Retry-After`: delta-seconds or an HTTP date.

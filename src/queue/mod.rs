@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Postgres};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -250,12 +249,12 @@ impl<T: Table> Workers<T> {
                 if got < free {
                     // Drained: sleep until the next row is due (or the poll interval).
                     backlog = false;
-                    let due = T::spec().next_due_at(&self.pool).await.unwrap_or_else(|e| {
+                    let due = T::spec().next_due_in(&self.pool).await.unwrap_or_else(|e| {
                         debug!(queue = T::name(), error = %e, "next due time unknown");
                         None
                     });
-                    next_check = tokio::time::Instant::now()
-                        + sleep_for(due, Utc::now(), o.poll_interval, T::MIN_SLEEP);
+                    next_check =
+                        tokio::time::Instant::now() + sleep_for(due, o.poll_interval, T::MIN_SLEEP);
                     if !queued.is_empty() {
                         // The workers the table did not need go to the local queue now.
                         continue;
@@ -318,18 +317,11 @@ async fn holding(permit: OwnedSemaphorePermit, work: impl Future<Output = ()>) {
 }
 
 /// How long the loop sleeps when the table has nothing more to claim now: until the next row is
-/// due, at least `floor`, at most `poll` (also when nothing is due, or the time is unknown).
-pub fn sleep_for(
-    next_due: Option<DateTime<Utc>>,
-    now: DateTime<Utc>,
-    poll: Duration,
-    floor: Duration,
-) -> Duration {
-    match next_due {
-        Some(at) => (at - now)
-            .to_std()
-            .unwrap_or(Duration::ZERO)
-            .clamp(floor.min(poll), poll),
+/// due (`due_in`, by the database's clock: [`Spec::next_due_in`]), at least `floor`, at most
+/// `poll` (also when nothing is due, or the time is unknown).
+pub fn sleep_for(due_in: Option<Duration>, poll: Duration, floor: Duration) -> Duration {
+    match due_in {
+        Some(d) => d.clamp(floor.min(poll), poll),
         None => poll,
     }
 }
@@ -340,45 +332,37 @@ mod tests {
 
     const POLL: Duration = Duration::from_secs(1);
 
-    fn at(now: DateTime<Utc>, ms: i64) -> Option<DateTime<Utc>> {
-        Some(now + chrono::Duration::milliseconds(ms))
+    /// Due in `ms` milliseconds (the database says zero for a row already due).
+    fn at(ms: u64) -> Option<Duration> {
+        Some(Duration::from_millis(ms))
     }
 
     #[test]
     fn sleeps_until_the_next_row_is_due() {
-        let now = Utc::now();
         assert_eq!(
-            sleep_for(at(now, 250), now, POLL, Duration::ZERO),
+            sleep_for(at(250), POLL, Duration::ZERO),
             Duration::from_millis(250)
         );
     }
 
     #[test]
     fn never_sleeps_longer_than_the_poll_interval() {
-        let now = Utc::now();
-        assert_eq!(sleep_for(at(now, 60_000), now, POLL, Duration::ZERO), POLL);
-        assert_eq!(sleep_for(None, now, POLL, Duration::ZERO), POLL);
+        assert_eq!(sleep_for(at(60_000), POLL, Duration::ZERO), POLL);
+        assert_eq!(sleep_for(None, POLL, Duration::ZERO), POLL);
     }
 
     #[test]
     fn a_row_already_due_is_claimed_at_once_or_after_the_floor() {
-        let now = Utc::now();
+        assert_eq!(sleep_for(at(0), POLL, Duration::ZERO), Duration::ZERO);
         assert_eq!(
-            sleep_for(at(now, -500), now, POLL, Duration::ZERO),
-            Duration::ZERO
-        );
-        assert_eq!(
-            sleep_for(at(now, -500), now, POLL, Duration::from_millis(5)),
+            sleep_for(at(0), POLL, Duration::from_millis(5)),
             Duration::from_millis(5)
         );
         assert_eq!(
-            sleep_for(at(now, 2), now, POLL, Duration::from_millis(5)),
+            sleep_for(at(2), POLL, Duration::from_millis(5)),
             Duration::from_millis(5)
         );
         // A floor above the poll interval gives way to it.
-        assert_eq!(
-            sleep_for(at(now, -500), now, POLL, Duration::from_secs(5)),
-            POLL
-        );
+        assert_eq!(sleep_for(at(0), POLL, Duration::from_secs(5)), POLL);
     }
 }

@@ -125,8 +125,9 @@ pub async fn hold(conn: &mut PgConnection, new: &NewHold<'_>) -> Result<HoldResu
             expires_at: row.try_get(1)?,
         });
     }
-    let existing: Option<(Uuid, Option<DateTime<Utc>>)> = sqlx::query_as(
-        "SELECT id, expires_at FROM inventory_claims WHERE saga_id = $1 AND status = 'active'",
+    let existing: Option<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT id, COALESCE(expires_at, now()) FROM inventory_claims
+         WHERE saga_id = $1 AND status = 'active'",
     )
     .bind(new.saga_id)
     .fetch_optional(&mut *conn)
@@ -134,7 +135,7 @@ pub async fn hold(conn: &mut PgConnection, new: &NewHold<'_>) -> Result<HoldResu
     Ok(match existing {
         Some((hold_id, expires_at)) => HoldResult::AlreadyHeld {
             hold_id,
-            expires_at: expires_at.unwrap_or_else(Utc::now),
+            expires_at,
         },
         None => HoldResult::Unavailable,
     })

@@ -47,6 +47,13 @@ pub enum Error {
     Url(String),
 }
 
+/// The database's clock ([`crate::clock::Clock`] carries it forward).
+pub async fn db_now(
+    conn: impl sqlx::PgExecutor<'_>,
+) -> Result<chrono::DateTime<chrono::Utc>, sqlx::Error> {
+    sqlx::query_scalar("SELECT now()").fetch_one(conn).await
+}
+
 /// SQLSTATE codes sagad reacts to, matched by code, never by message text.
 pub mod sqlstate {
     pub const FOREIGN_KEY_VIOLATION: &str = "23503";

@@ -473,8 +473,8 @@ pub struct AttemptRow {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Settle {
     Delivered,
-    /// Back to pending, due at the time.
-    Retry(DateTime<Utc>),
+    /// Back to pending, due after the delay by the database's clock.
+    Retry(std::time::Duration),
     /// Dead-lettered: the schedule is exhausted, or the endpoint is gone.
     Dead,
 }
@@ -491,13 +491,13 @@ pub async fn settle(
 ) -> Result<(bool, Option<DateTime<Utc>>), sqlx::Error> {
     let (status, next_at) = match outcome {
         Settle::Delivered => (DeliveryStatus::Delivered, None),
-        Settle::Retry(at) => (DeliveryStatus::Pending, Some(*at)),
+        Settle::Retry(delay) => (DeliveryStatus::Pending, Some(delay.as_millis() as f64)),
         Settle::Dead => (DeliveryStatus::Dead, None),
     };
     let updated = sqlx::query(
         "UPDATE webhook_deliveries
          SET status = $3, schedule_pos = schedule_pos + 1,
-             next_attempt_at = COALESCE($4, next_attempt_at),
+             next_attempt_at = COALESCE(now() + $4::float8 * interval '1 millisecond', next_attempt_at),
              locked_by = NULL, locked_until = NULL,
              last_status = $5, last_error = $6, updated_at = now(),
              delivered_at = CASE WHEN $3 = 'delivered' THEN now() ELSE delivered_at END,

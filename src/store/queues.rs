@@ -8,7 +8,6 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Postgres};
 
@@ -63,7 +62,7 @@ impl Spec {
         self.statements.get_or_init(|| Statements {
             claim: self.claim_sql(),
             next_due: format!(
-                "SELECT min({}) FROM {} WHERE {}",
+                "SELECT date_part('epoch', min({}) - now()) FROM {} WHERE {}",
                 self.due, self.table, self.waiting
             ),
             rescue: self.hand_back_sql(Whose::Expired),
@@ -156,11 +155,14 @@ impl Spec {
             .await
     }
 
-    /// When the earliest waiting row becomes due.
-    pub async fn next_due_at(&self, pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-        sqlx::query_scalar(sqlx::AssertSqlSafe(self.statements().next_due.as_str()))
-            .fetch_one(pool)
-            .await
+    /// How long until the earliest waiting row becomes due, by the database's clock (zero when
+    /// one is due already); `None` when no row waits.
+    pub async fn next_due_in(&self, pool: &PgPool) -> Result<Option<Duration>, sqlx::Error> {
+        let seconds: Option<f64> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(self.statements().next_due.as_str()))
+                .fetch_one(pool)
+                .await?;
+        Ok(seconds.map(|s| Duration::try_from_secs_f64(s).unwrap_or(Duration::ZERO)))
     }
 
     /// Puts back the rows whose lease ran out, due at once, and wakes the workers; returns their
@@ -330,7 +332,7 @@ mod tests {
         );
         assert_eq!(
             squeeze(&s.next_due),
-            "SELECT min(next_run_at) FROM sagas \
+            "SELECT date_part('epoch', min(next_run_at) - now()) FROM sagas \
              WHERE status IN ('running', 'compensating') AND locked_until IS NULL"
         );
     }

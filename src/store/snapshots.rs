@@ -174,6 +174,11 @@ fn record_statements(convert_hold: bool) -> [Statement; 2] {
     ]
 }
 
+/// Times only bound, never in the statements' text.
+fn fixed_time() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("a valid time")
+}
+
 #[test]
 fn statements_match_their_snapshots() {
     let input = json!({"listing_id": "villa-7"});
@@ -185,7 +190,7 @@ fn statements_match_their_snapshots() {
             listing_id: "villa-7".into(),
             check_in: NaiveDate::from_ymd_opt(2027, 6, 1).unwrap(),
             check_out: NaiveDate::from_ymd_opt(2027, 6, 4).unwrap(),
-            expires_at: chrono::Utc::now(),
+            expires_at: fixed_time(),
         }),
     ];
     let saga_id = SagaId::new();
@@ -196,7 +201,7 @@ fn statements_match_their_snapshots() {
             NaiveDate::from_ymd_opt(2027, 6, 1).unwrap(),
             NaiveDate::from_ymd_opt(2027, 6, 4).unwrap(),
         ),
-        chrono::Utc::now(),
+        fixed_time(),
         Duration::from_secs(1800),
     );
     let context = json!({"hold_inventory": {}});

@@ -184,6 +184,8 @@ pub struct AppOptions {
     pub metrics_token: Option<String>,
     /// The longest `?wait=` honoured (`None`: sagad's default).
     pub max_wait: Option<Duration>,
+    /// How far this instance's wall clock is from the database's ([`Settings::clock_skew`]).
+    pub clock_skew: chrono::TimeDelta,
 }
 
 /// The settings every test instance starts from: sagad's defaults, built the way `sagad serve`
@@ -244,6 +246,7 @@ impl Default for AppOptions {
             metrics_listener: false,
             metrics_token: None,
             max_wait: None,
+            clock_skew: chrono::TimeDelta::zero(),
         }
     }
 }
@@ -305,6 +308,7 @@ pub async fn spawn_instance(
         ..opts.outbound
     };
     settings.metrics.token = opts.metrics_token;
+    settings.clock_skew = opts.clock_skew;
     if let Some(max_wait) = opts.max_wait {
         settings.max_wait = max_wait;
     }

@@ -17,7 +17,7 @@ use crate::store::inventory::{self, ConfirmResult, HoldResult, NewHold};
 pub const DEFAULT_HOLD_TTL: Duration = Duration::from_secs(30 * 60);
 
 pub async fn hold(conn: &mut PgConnection, ctx: &StepCtx<'_>) -> Result<Outcome, sqlx::Error> {
-    let new = new_hold(ctx, Utc::now());
+    let new = new_hold(ctx, ctx.now);
     Ok(match inventory::hold(conn, &new).await? {
         HoldResult::Held {
             hold_id,

@@ -130,6 +130,8 @@ pub struct Deps {
     pub notify: Option<NotifyConfig>,
     /// The circuit breakers every remote action's call goes through.
     pub breakers: Arc<Breakers>,
+    /// The database's clock, which every time a step records is on.
+    pub clock: crate::clock::Clock,
 }
 
 /// What an action knows about the saga it runs for.
@@ -144,6 +146,9 @@ pub struct StepCtx<'a> {
     pub attempt: i32,
     /// Why the saga is compensating, when it is.
     pub failure_reason: Option<&'a str>,
+    /// When the step began, by the database's clock ([`crate::clock`]): what its deadlines and
+    /// expiry times count from.
+    pub now: chrono::DateTime<chrono::Utc>,
 }
 
 impl StepCtx<'_> {

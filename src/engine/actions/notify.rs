@@ -40,7 +40,7 @@ pub async fn send(deps: &Deps, ctx: &StepCtx<'_>) -> Outcome {
     });
     let body = body.to_string().into_bytes();
     let msg_id = format!("notify_{}", ctx.saga_id);
-    let timestamp = chrono::Utc::now().timestamp();
+    let timestamp = ctx.now.timestamp();
     let mut req = deps
         .http
         .post(cfg.url.clone())
@@ -56,7 +56,11 @@ pub async fn send(deps: &Deps, ctx: &StepCtx<'_>) -> Outcome {
                 status_code: resp.status().as_u16(),
             }],
         ),
-        Ok(resp) => answered(resp.status().as_u16(), resp.headers()),
+        Ok(resp) => answered(
+            resp.status().as_u16(),
+            resp.headers(),
+            deps.clock.local_now(),
+        ),
         Err(e) => {
             let cause = if e.is_connect() {
                 RetryCause::Unreachable
@@ -76,13 +80,18 @@ pub async fn send(deps: &Deps, ctx: &StepCtx<'_>) -> Outcome {
 /// retried, no sooner than its `Retry-After` (the step's `max_delay` still bounds the wait). Any
 /// other status (400, 401, 404, 422 …, or a redirect, which is not followed) says the request
 /// itself is refused, which retrying cannot change: the step fails for good.
-fn answered(status: u16, headers: &reqwest::header::HeaderMap) -> Outcome {
+/// `now`: this machine's wall clock, for a `Retry-After` date (on the gateway's clock).
+fn answered(
+    status: u16,
+    headers: &reqwest::header::HeaderMap,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Outcome {
     let error = format!("notification service answered HTTP {status}");
     if matches!(status, 408 | 425 | 429 | 500..=599) {
         return Outcome::Retry {
             error,
             effect_possible: false,
-            min_delay: crate::outbound::retry::retry_after_of(headers),
+            min_delay: crate::outbound::retry::retry_after_of(headers, now),
             cause: RetryCause::Unavailable,
         };
     }
@@ -102,12 +111,15 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, HeaderValue::from_static("20"));
         for status in [408, 425, 429, 500, 503] {
-            let Outcome::Retry { min_delay, .. } = answered(status, &headers) else {
+            let Outcome::Retry { min_delay, .. } = answered(status, &headers, crate::clock::wall())
+            else {
                 panic!("HTTP {status} is retried");
             };
             assert_eq!(min_delay, Some(Duration::from_secs(20)), "HTTP {status}");
         }
-        let Outcome::Retry { min_delay, .. } = answered(502, &HeaderMap::new()) else {
+        let Outcome::Retry { min_delay, .. } =
+            answered(502, &HeaderMap::new(), crate::clock::wall())
+        else {
             panic!("HTTP 502 is retried");
         };
         assert_eq!(
@@ -119,7 +131,7 @@ mod tests {
     #[test]
     fn a_refused_request_fails_for_good() {
         for status in [301, 400, 401, 403, 404, 410, 422] {
-            let outcome = answered(status, &HeaderMap::new());
+            let outcome = answered(status, &HeaderMap::new(), crate::clock::wall());
             assert_eq!(
                 outcome,
                 Outcome::fail(

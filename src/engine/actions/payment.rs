@@ -111,7 +111,7 @@ pub async fn authorize(stripe: &StripeClient, ctx: &StepCtx<'_>) -> Outcome {
                 .and_then(|o| o.get("action_deadline"))
                 .and_then(|v| serde_json::from_value(v.clone()).ok());
             let deadline = recorded_deadline.unwrap_or_else(|| {
-                let wanted = Utc::now()
+                let wanted = ctx.now
                     + chrono::Duration::from_std(
                         ctx.duration_param("action_deadline", DEFAULT_ACTION_DEADLINE),
                     )
@@ -119,7 +119,7 @@ pub async fn authorize(stripe: &StripeClient, ctx: &StepCtx<'_>) -> Outcome {
                 // Never wait past the inventory hold: the guest would authenticate for nothing.
                 hold_expiry(ctx).map_or(wanted, |h| wanted.min(h))
             });
-            if Utc::now() >= deadline {
+            if ctx.now >= deadline {
                 // The guest never completed 3-D Secure: the PaymentIntent exists and must be voided.
                 return Outcome::fail("authentication_timeout", true);
             }

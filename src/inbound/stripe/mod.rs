@@ -74,11 +74,12 @@ impl InboundSettings {
 /// Claims and processes inbox events until `shutdown`; in-flight events finish (within the
 /// grace period) and whatever this process still holds is handed back before it returns
 /// ([`Workers::run`]). `wake` fires on `INBOX_CHANNEL` notifications
-/// ([`crate::store::listen::Channels`]).
+/// ([`crate::store::listen::Channels`]). `clock`: the database's, which retry times are on.
 pub async fn run(
     pool: PgPool,
     stripe: StripeClient,
     config: InboxConfig,
+    clock: crate::clock::Clock,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
@@ -100,11 +101,12 @@ pub async fn run(
         .run(wake, shutdown, |event, _| {
             let row = event.row;
             let (pool, stripe, config) = (pool.clone(), stripe.clone(), config.clone());
+            let clock = clock.clone();
             let wake = looked_again.clone();
             let span = tracing::info_span!("stripe_event", event_id = %row.id, event_type = %row.event_type);
             async move {
                 // Put back for later: the loop looks for the next due time again.
-                if handle(&pool, &stripe, &config, row).await {
+                if handle(&pool, &stripe, &config, &clock, row).await {
                     wake.notify_one();
                 }
             }
@@ -118,6 +120,7 @@ async fn handle(
     pool: &PgPool,
     stripe: &StripeClient,
     config: &InboxConfig,
+    clock: &crate::clock::Clock,
     row: StripeEventRow,
 ) -> bool {
     let claim = Claim {
@@ -142,7 +145,7 @@ async fn handle(
         Ok(Decision::Retry(reason)) => ("retry", Some(reason)),
         Ok(Decision::Defer(reason)) => {
             let delay = rand::rng().random_range(200..800);
-            let at = chrono::Utc::now() + chrono::Duration::milliseconds(delay);
+            let at = clock.db_now() + chrono::Duration::milliseconds(delay);
             debug!(reason, "stripe event deferred until the saga catches up");
             if let Err(e) = stripe_inbox::defer(pool, &claim, at, &reason).await {
                 warn!(error = %e, "could not defer the stripe event; its lease will expire");
@@ -155,11 +158,9 @@ async fn handle(
     if let Some(reason) = retry_reason {
         let attempts = row.attempts.max(0) as u32;
         let at = (!config.retry.exhausted(attempts)).then(|| {
-            config.retry.next_attempt_at(
-                chrono::Utc::now(),
-                attempts + 1,
-                rand::rng().random::<f64>(),
-            )
+            config
+                .retry
+                .next_attempt_at(clock.db_now(), attempts + 1, rand::rng().random::<f64>())
         });
         if at.is_none() {
             warn!(attempts, reason, "stripe event dead after its last attempt");
