@@ -346,15 +346,36 @@ pub async fn active_claims(
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<Vec<ActiveClaim>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, kind, saga_id, lower(stay) AS \"from\", upper(stay) AS \"to\"
+    sqlx::query_as(ACTIVE_CLAIMS)
+        .bind(listing_id)
+        .bind(from)
+        .bind(to)
+        .fetch_all(conn)
+        .await
+}
+
+/// The statement of [`active_claims`].
+const ACTIVE_CLAIMS: &str =
+    "SELECT id, kind, saga_id, lower(stay) AS \"from\", upper(stay) AS \"to\"
          FROM inventory_claims
          WHERE listing_id = $1 AND status = 'active' AND stay && daterange($2, $3, '[)')
-         ORDER BY lower(stay)",
-    )
-    .bind(listing_id)
-    .bind(from)
-    .bind(to)
-    .fetch_all(conn)
-    .await
+         ORDER BY lower(stay)";
+
+/// The plan PostgreSQL chooses for [`active_claims`]'s statement (`EXPLAIN`, one line per row), as
+/// the benchmark prints it.
+pub async fn explain_active_claims(
+    conn: &mut PgConnection,
+    listing_id: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<String, sqlx::Error> {
+    static SQL: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("EXPLAIN {ACTIVE_CLAIMS}"));
+    let lines: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(SQL.as_str()))
+        .bind(listing_id)
+        .bind(from)
+        .bind(to)
+        .fetch_all(conn)
+        .await?;
+    Ok(lines.join("\n"))
 }

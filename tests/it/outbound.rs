@@ -660,6 +660,73 @@ async fn events_committed_without_a_worker_are_delivered_after_restart() {
     app.wait_terminal(saga).await;
 }
 
+/// An endpoint subscribed to `listing.*` receives a host block's placing and removal, signed, each
+/// matching its schema in `webhooks/`, and nothing of a booking running meanwhile.
+#[tokio::test]
+async fn a_listing_subscription_receives_blocks_and_unblocks() {
+    let app = spawn_app_with(AppOptions::default()).await;
+    let rx = Receiver::start().await;
+    let (endpoint, secret) = create_endpoint(&app, &rx.url, &["listing.*"]).await;
+    let saga = app
+        .start_booking(booking_input("lst-hosted", "pm_card_visa"))
+        .await;
+    let (from, to) = (
+        crate::harness::future_day(30),
+        crate::harness::future_day(33),
+    );
+    let resp = app
+        .post("/v1/listings/lst-hosted/blocks")
+        .json(&json!({ "from": from, "to": to, "reason": "repainting" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let block: Value = resp.json().await.unwrap();
+    let block_id = block["id"].as_str().unwrap().to_owned();
+    let resp = app
+        .http
+        .delete(format!(
+            "{}/v1/listings/lst-hosted/blocks/{block_id}",
+            app.base
+        ))
+        .bearer_auth(crate::harness::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let mut hits = rx.wait_hits(2).await;
+    hits.sort_by_key(|h| h.json()["aggregate_version"].as_i64());
+    let mut seen = Vec::new();
+    for (hit, (version, previous)) in hits.iter().zip([(1, Value::Null), (2, json!(1))]) {
+        assert!(
+            verify(&secret, &hit.headers, &hit.body),
+            "signed with the endpoint's secret"
+        );
+        let body = hit.json();
+        assert_matches_schema(&body);
+        assert_eq!(body["aggregate_type"], "listing_block", "{body:#}");
+        assert_eq!(body["aggregate_id"], block_id.as_str(), "{body:#}");
+        assert_eq!(body["aggregate_version"], version, "{body:#}");
+        assert_eq!(body["previous_version"], previous, "{body:#}");
+        assert_eq!(body["data"]["block_id"], block_id.as_str(), "{body:#}");
+        assert_eq!(body["data"]["listing_id"], "lst-hosted", "{body:#}");
+        assert_eq!(body["data"]["actor"], "token-1", "{body:#}");
+        seen.push(body["type"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(seen, ["listing.blocked", "listing.unblocked"]);
+    let placed = hits[0].json();
+    assert_eq!(placed["data"]["from"], from.as_str(), "{placed:#}");
+    assert_eq!(placed["data"]["to"], to.as_str(), "{placed:#}");
+    assert_eq!(placed["data"]["reason"], "repainting", "{placed:#}");
+
+    // A delivery is made in its event's own commit: once the booking has ended, every event it
+    // could have routed here has been considered.
+    assert_eq!(app.wait_terminal(saga).await["status"], "completed");
+    let routed = deliveries(&app.pool, endpoint).await;
+    assert_eq!(routed.len(), 2, "only the block's events: {routed:?}");
+}
+
 #[tokio::test]
 async fn no_delivery_exists_for_a_rolled_back_event() {
     let app = spawn_app_with(AppOptions {

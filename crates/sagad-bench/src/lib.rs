@@ -18,6 +18,7 @@ mod ingest;
 mod load;
 mod outgoing;
 pub mod pgbench;
+mod reads;
 pub mod report;
 
 use std::collections::BTreeMap;
@@ -98,6 +99,17 @@ pub struct BenchArgs {
     /// (verified ingestion/s); 0 skips.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub stripe_events: u64,
+    /// Bookings reads: this many bookings are bulk-loaded into a fresh database (not through
+    /// sagas), then `GET /v1/bookings` by guest and by listing and a 90-night availability are
+    /// timed, with the plan of each query; 0 skips.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(0..=50_000_000))]
+    pub read_bookings: u64,
+    /// Requests of each kind in the bookings-reads phase.
+    #[arg(long, default_value_t = reads::DEFAULT_REQUESTS as u64, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
+    pub read_requests: u64,
+    /// Run only the bookings-reads phase (no sagas, pgbench, webhooks or Stripe ingestion).
+    #[arg(long)]
+    pub reads_only: bool,
     /// Print the report as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -129,7 +141,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .chain(report.half_load.iter())
         .any(|s| s.errors > 0)
         || matches!(&report.webhook_deliveries, Section::Measured(w) if w.errors() > 0)
-        || matches!(&report.stripe_ingestion, Section::Measured(i) if i.errors() > 0);
+        || matches!(&report.stripe_ingestion, Section::Measured(i) if i.errors() > 0)
+        || matches!(&report.bookings_reads, Section::Measured(r) if r.errors() > 0);
     Ok(if failed {
         ExitCode::FAILURE
     } else {
@@ -300,7 +313,7 @@ async fn bench(
     notify.count_only();
 
     let run_id = format!("b{:04x}", rand::random::<u16>());
-    let pgbench = if args.pgbench_seconds == 0 {
+    let pgbench = if args.pgbench_seconds == 0 || args.reads_only {
         None
     } else {
         let name = format!("sagad_bench_{run_id}_pgbench");
@@ -343,7 +356,7 @@ async fn bench(
         None => Budget::Sagas(args.sagas as usize),
     };
     let mut settings = Vec::new();
-    for &workers in &args.workers {
+    for &workers in args.workers.iter().filter(|_| !args.reads_only) {
         let workers = workers as usize;
         let clients = workers * args.clients_per_worker as usize;
         settings.push(
@@ -366,17 +379,26 @@ async fn bench(
         }
         _ => None,
     };
+    let skipped = || "skipped (--reads-only)".to_owned();
     let webhook_deliveries = match args.webhook_events {
+        _ if args.reads_only => Section::NotAvailable { reason: skipped() },
         0 => Section::NotAvailable {
             reason: "skipped (--webhook-events 0)".into(),
         },
         n => Section::Measured(ctx.webhook_deliveries(n as usize).await?),
     };
     let stripe_ingestion = match args.stripe_events {
+        _ if args.reads_only => Section::NotAvailable { reason: skipped() },
         0 => Section::NotAvailable {
             reason: "skipped (--stripe-events 0)".into(),
         },
         n => Section::Measured(ctx.stripe_ingestion(n as usize).await?),
+    };
+    let bookings_reads = match args.read_bookings {
+        0 => Section::NotAvailable {
+            reason: "skipped (--read-bookings 0)".into(),
+        },
+        n => Section::Measured(ctx.bookings_reads(n, args.read_requests as usize).await?),
     };
 
     if let Some(name) = pgbench_db {
@@ -399,6 +421,7 @@ async fn bench(
         half_load,
         webhook_deliveries,
         stripe_ingestion,
+        bookings_reads,
         targets: Vec::new(),
     };
     report.evaluate_targets();

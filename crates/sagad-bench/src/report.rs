@@ -445,6 +445,75 @@ impl StripeIngestion {
     }
 }
 
+/// Bookings reads over a bulk-loaded table (`--read-bookings`).
+#[derive(Debug, Clone, Serialize)]
+pub struct BookingReads {
+    /// Bookings in the table (their sagas and inventory claims alike).
+    pub bookings: i64,
+    pub listings: i64,
+    pub guests: i64,
+    /// Seconds the bulk load took, `VACUUM ANALYZE` included.
+    pub load_s: f64,
+    /// `pg_total_relation_size('bookings')`: the table with its indexes.
+    pub bookings_table_mib: f64,
+    pub queries: Vec<ReadQuery>,
+}
+
+/// One kind of read, one request at a time from one client.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadQuery {
+    pub request: String,
+    /// Request sent → JSON body read, for answers that were 2xx and not empty.
+    pub latency_ms: Option<Percentiles>,
+    /// Requests refused, failed or answered with nothing.
+    pub errors: usize,
+    pub first_error: Option<String>,
+    /// The plan reads its table through an index, never a sequential scan.
+    pub uses_index: bool,
+    /// `EXPLAIN` of the query the route runs, for one of the requested values.
+    pub plan: String,
+}
+
+impl BookingReads {
+    /// Anything that makes the figures untrustworthy, or a query without its index.
+    pub fn errors(&self) -> usize {
+        self.queries
+            .iter()
+            .map(|q| q.errors + usize::from(!q.uses_index))
+            .sum()
+    }
+
+    fn write(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "bookings reads over {} bookings ({} listings, {} guests; bookings table and indexes {:.0} MiB; bulk load {:.0} s), one client, one request at a time:",
+            self.bookings, self.listings, self.guests, self.bookings_table_mib, self.load_s
+        );
+        for q in &self.queries {
+            let latency = q.latency_ms.map_or("-".into(), |p| {
+                format!(
+                    "p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms over {}",
+                    p.p50, p.p99, p.max, p.count
+                )
+            });
+            let _ = writeln!(
+                out,
+                "  {:<46} {latency}; {} errors{}; index: {}",
+                q.request,
+                q.errors,
+                q.first_error
+                    .as_deref()
+                    .map(|e| format!(" (first: {e})"))
+                    .unwrap_or_default(),
+                if q.uses_index { "yes" } else { "NO" }
+            );
+            for line in q.plan.lines() {
+                let _ = writeln!(out, "      {line}");
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Target {
     pub name: String,
@@ -467,6 +536,7 @@ pub struct Report {
     pub half_load: Option<Setting>,
     pub webhook_deliveries: Section<WebhookDeliveries>,
     pub stripe_ingestion: Section<StripeIngestion>,
+    pub bookings_reads: Section<BookingReads>,
     pub targets: Vec<Target>,
 }
 
@@ -689,6 +759,12 @@ impl Report {
                 let _ = writeln!(out, "verified Stripe webhook ingestion/s: {reason}");
             }
             Section::Measured(i) => i.write(&mut out),
+        }
+        match &self.bookings_reads {
+            Section::NotAvailable { reason } => {
+                let _ = writeln!(out, "bookings reads: {reason}");
+            }
+            Section::Measured(r) => r.write(&mut out),
         }
         if let Some(statements) = self
             .settings
