@@ -19,6 +19,7 @@ mod feed;
 mod hostile;
 mod inbound_stripe;
 mod kept;
+mod limits;
 mod metrics;
 mod openapi;
 mod operator;
