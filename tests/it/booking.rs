@@ -516,7 +516,9 @@ async fn fifty_concurrent_bookings_of_one_listing_confirm_exactly_one() {
 #[tokio::test]
 async fn an_expired_hold_is_released_with_an_event_on_its_saga() {
     let mut def = crate::harness::booking_definition();
-    def.steps[0].params = json!({ "hold_ttl": "300ms" });
+    // Long enough for the authorization to park the saga first on a loaded machine (it never
+    // waits past the hold: with 300 ms it sometimes timed out before parking).
+    def.steps[0].params = json!({ "hold_ttl": "3s" });
     def.steps[1].params = json!({ "action_deadline": "1m" });
     let app = spawn_app_with(AppOptions {
         definitions: vec![def],
