@@ -316,3 +316,42 @@ async fn webhook_delivery_retries_follow_the_database_clock() {
         app.stop().await;
     }
 }
+
+/// A Stripe event whose processing failed is retried by a skewed sagad after the inbox policy's
+/// delay (at most 300 ms in tests) by the database's clock: neither at once nor 30 s later.
+#[tokio::test]
+async fn stripe_inbox_retries_follow_the_database_clock() {
+    for skew in SKEWS {
+        let app = spawn_app_with(skewed(skew, AppOptions::default())).await;
+        // Stripe cannot be asked about the PaymentIntent: every processing attempt fails.
+        app.double
+            .inject(Fault::server_error(Operation::Retrieve).times(1000));
+        let id = format!("evt_clock_{}", skew.unsigned_abs());
+        let body = json!({
+            "id": id, "object": "event", "type": "payment_intent.succeeded",
+            "created": 1_700_000_000, "livemode": false, "api_version": "2026-09-30.endive",
+            "data": { "object": { "id": "pi_clock_unknown", "object": "payment_intent" } }
+        })
+        .to_string();
+        let (status, answer) = app.post_signed_stripe_event(&body).await;
+        assert_eq!(status, 200, "{answer}");
+        let due_in = eventually("the event to wait for its retry", || async {
+            sqlx::query_scalar::<_, f64>(
+                "SELECT date_part('epoch', next_attempt_at - now()) FROM stripe_events
+                 WHERE id = $1 AND status = 'pending' AND attempts >= 1 AND last_error IS NOT NULL",
+            )
+            .bind(&id)
+            .fetch_optional(&app.pool)
+            .await
+            .unwrap()
+        })
+        .await;
+        assert!(
+            due_in > -MARGIN && due_in <= 0.3 + MARGIN,
+            "sagad's clock {skew:+} s: the event's retry is due in {due_in:.3} s by the \
+             database's clock, expected at most 0.3 s"
+        );
+        app.double.clear_faults();
+        app.stop().await;
+    }
+}
