@@ -121,7 +121,8 @@ pub struct ServeArgs {
     /// … up to this.
     #[arg(long, env = "SAGAD_BREAKER_PROBE_MAX", default_value = "5m", value_parser = parse_duration)]
     pub breaker_probe_max: Duration,
-    /// How long a worker's claim lasts; must exceed every step's timeout.
+    /// How long a worker's claim lasts; must exceed every step's timeout. A circuit breaker's
+    /// probe (one step's call) holds the half-open slot as long.
     #[arg(long, env = "SAGAD_LEASE", default_value = "60s", value_parser = parse_duration)]
     pub lease: Duration,
     /// Fallback polling interval when no NOTIFY arrives.

@@ -189,7 +189,9 @@ fn breakers(args: &ServeArgs) -> Result<crate::breaker::Thresholds, ConfigError>
         connection_failures: args.breaker_connection_failures,
         probe_after: args.breaker_probe_after,
         probe_max: args.breaker_probe_max,
-        ..Default::default()
+        // The probe is one step's call, which the saga's lease outlasts: a prober whose process
+        // dies frees the half-open slot when its saga's lease runs out, not later.
+        probe_lease: args.lease,
     })
 }
 
@@ -448,6 +450,14 @@ mod tests {
         args.api_tokens = vec!["0123456789abcdef".into()];
         args.stripe_secret_key = Some("sk_test_x".into());
         args
+    }
+
+    #[test]
+    fn a_breaker_probe_holds_the_half_open_slot_for_the_lease() {
+        let mut args = valid();
+        args.lease = Duration::from_secs(3);
+        let s = Settings::from_args(args).unwrap();
+        assert_eq!(s.breakers.probe_lease, Duration::from_secs(3));
     }
 
     #[test]

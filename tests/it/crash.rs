@@ -1,8 +1,10 @@
-//! The crash-and-fault run: booking sagas under random Stripe and notification failures while sagad
-//! is killed with SIGKILL and restarted, and PostgreSQL is restarted under the running sagad. When
-//! it settles, each saga's outcome is checked against its scenario, what sagad *tried* at Stripe
-//! against what the saga should have done, and every invariant the design promises; a summary is
-//! printed.
+//! The crash-and-fault run: booking sagas under random Stripe and notification failures, an outage
+//! of the notification gateway and one of Stripe (every call refused, each shorter than the steps'
+//! give-up deadlines), while sagad is killed with SIGKILL and restarted, and PostgreSQL is
+//! restarted under the running sagad. When it settles, each saga's outcome is checked against its
+//! scenario, what sagad *tried* at Stripe against what the saga should have done, and every
+//! invariant the design promises (no saga compensated because of an outage); the bookings
+//! projection is verified against the events by `sagad projections verify`; a summary is printed.
 //!
 //! CI runs a small setting; a larger one runs by hand (see the README's proof section):
 //! `SAGAD_CRASH_SAGAS=500 SAGAD_CRASH_KILLS=15 SAGAD_CRASH_PG_RESTARTS=3 cargo test --test it crash -- --nocapture`
@@ -10,8 +12,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rand::Rng;
@@ -49,7 +51,8 @@ enum Scenario {
     ThreeDsTimeout,
     /// Cancelled by the guest right after the start: compensated, whatever it had done undone.
     GuestCancel,
-    /// The notification gateway refuses the guest: captured, then refunded, compensated.
+    /// The notification gateway refuses the guest (HTTP 422, which retrying cannot change):
+    /// captured, then refunded, compensated.
     UnreachableGuest,
     /// Every fifth saga asks for the same dates of one of three listings: one booking each.
     Contested,
@@ -89,7 +92,8 @@ impl Scenario {
             Scenario::ThreeDsTimeout => Some("authentication_timeout"),
             Scenario::GuestCancel => Some("cancelled_by_guest"),
             Scenario::Contested => Some("dates_unavailable"),
-            Scenario::Clean | Scenario::UnreachableGuest => None,
+            Scenario::UnreachableGuest => Some("HTTP 422"),
+            Scenario::Clean => None,
         }
     }
 
@@ -107,7 +111,10 @@ struct Started {
 }
 
 /// The booking saga with the shipped steps, fast retries and step timeouts under the 3 s lease.
-const DEFINITION: &str = r#"
+/// The steps that call a peer ride out an outage for [`GIVE_UP_AFTER`]; their 3 attempts only
+/// pace the backoff (without the deadline, three failed calls in a row would turn a saga around,
+/// and an outage, or the chaos, would decide the booking).
+pub(crate) const DEFINITION: &str = r#"
 name = "booking"
 version = 1
 [defaults]
@@ -124,10 +131,14 @@ name = "authorize_payment"
 action = "payment.authorize"
 compensation = "payment.void"
 params = { action_deadline = "300ms" }
+give_up_after = "30s"
+retry = { max_attempts = 3, base_delay = "20ms", max_delay = "200ms", jitter = 0.2 }
 [[steps]]
 name = "capture_payment"
 action = "payment.capture"
 compensation = "payment.refund"
+give_up_after = "30s"
+retry = { max_attempts = 3, base_delay = "20ms", max_delay = "200ms", jitter = 0.2 }
 [[steps]]
 name = "confirm_booking"
 action = "booking.confirm"
@@ -135,28 +146,140 @@ compensation = "booking.cancel"
 [[steps]]
 name = "notify"
 action = "notification.send"
+give_up_after = "30s"
+retry = { max_attempts = 3, base_delay = "20ms", max_delay = "200ms", jitter = 0.2 }
 "#;
+
+/// The give-up deadline of the steps that call a peer (`give_up_after` in [`DEFINITION`]).
+const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+
+/// How long each outage lasts: far longer than the remote steps' attempts take, far shorter than
+/// [`GIVE_UP_AFTER`] and than the compensations' retry policy (40 attempts, about 7 s).
+const OUTAGE: Duration = Duration::from_secs(4);
 
 /// Stripe faults injected but not yet used, at most, per operation.
 const MAX_PENDING_FAULTS: usize = 2;
 
 const STRIPE_WEBHOOK_SECRET: &str = "whsec_crash_run_secret";
 
-struct Sagad {
-    child: Child,
-    base: String,
+/// A peer that is down for [`OUTAGE`] in the middle of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dependency {
+    /// The notification gateway answers 503 to everything.
+    Notify,
+    /// Stripe answers 500 to every call.
+    Stripe,
 }
 
-struct Env {
-    db_url: String,
-    stripe_base: String,
-    notify_url: String,
-    sagas_dir: PathBuf,
-    log: PathBuf,
-    port: u16,
+/// Which peers are down. The chaos task and the outages change what the peers answer only while
+/// holding it, so a random fault or a flaky answer never covers an outage up.
+#[derive(Default)]
+struct Down {
+    notify: bool,
+    stripe: bool,
 }
 
-async fn start_sagad(env: &Env) -> Sagad {
+/// The peers and the switch an outage needs.
+#[derive(Clone)]
+struct Peers {
+    double: Arc<StripeDouble>,
+    notify: Receiver,
+    down: Arc<Mutex<Down>>,
+}
+
+impl Peers {
+    fn down(&self) -> MutexGuard<'_, Down> {
+        self.down.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// When an outage was, and how many of the calls it met it refused.
+struct Outage {
+    dependency: Dependency,
+    lasted: Duration,
+    refused: usize,
+}
+
+/// Takes `dependency` down for [`OUTAGE`], and longer if it has not refused a call by then (an
+/// outage that meets no call tests nothing), then up again.
+async fn outage(dependency: Dependency, peers: Peers) -> anyhow::Result<Outage> {
+    let (began, stripe_log) = {
+        let mut down = peers.down();
+        match dependency {
+            Dependency::Notify => {
+                down.notify = true;
+                peers.notify.answer(503);
+            }
+            Dependency::Stripe => {
+                down.stripe = true;
+                peers.double.clear_faults();
+                peers
+                    .double
+                    .inject(Fault::server_error(Operation::Any).times(u32::MAX));
+            }
+        }
+        (std::time::Instant::now(), peers.double.requests().len())
+    };
+    let refused = || match dependency {
+        Dependency::Notify => peers
+            .notify
+            .hits()
+            .iter()
+            .filter(|h| h.at >= began && h.status == 503)
+            .count(),
+        Dependency::Stripe => peers.double.requests()[stripe_log..]
+            .iter()
+            .filter(|r| r.status == 500)
+            .count(),
+    };
+    // The outage's length (what the run does to sagad), not a wait for an outcome.
+    tokio::time::sleep(OUTAGE).await;
+    let deadline = Instant::now() + ANSWER_DEADLINE;
+    while refused() == 0 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the {dependency:?} outage met no call in {:?}",
+            began.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut down = peers.down();
+    match dependency {
+        Dependency::Notify => {
+            down.notify = false;
+            peers.notify.answer(204);
+        }
+        Dependency::Stripe => {
+            down.stripe = false;
+            peers.double.clear_faults();
+        }
+    }
+    Ok(Outage {
+        dependency,
+        lasted: began.elapsed(),
+        refused: refused(),
+    })
+}
+
+/// A `sagad serve` process.
+pub(crate) struct Sagad {
+    pub(crate) child: Child,
+    pub(crate) base: String,
+}
+
+/// Where a [`Sagad`] finds its database, peers and definitions, and where it logs and listens.
+pub(crate) struct Env {
+    pub(crate) db_url: String,
+    pub(crate) stripe_base: String,
+    pub(crate) notify_url: String,
+    pub(crate) sagas_dir: PathBuf,
+    pub(crate) log: PathBuf,
+    pub(crate) port: u16,
+}
+
+/// Starts `sagad serve` as the run configures it (`extra` settings on top) and waits until it
+/// answers.
+pub(crate) async fn start_sagad(env: &Env, extra: &[(&str, &str)]) -> Sagad {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -190,6 +313,7 @@ async fn start_sagad(env: &Env) -> Sagad {
         )
         .env("SAGAD_WEBHOOK_TIMEOUT", "1s")
         .env("STRIPE_WEBHOOK_SECRET", STRIPE_WEBHOOK_SECRET)
+        .envs(extra.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -207,7 +331,7 @@ async fn start_sagad(env: &Env) -> Sagad {
     panic!("sagad did not start; see {}", env.log.display());
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -287,7 +411,7 @@ async fn run(work: &Path, sagas: usize, kills: usize, pg_restarts: usize) -> any
 
     let double = Arc::new(StripeDouble::start(TcpListener::bind("127.0.0.1:0").await?).await?);
     let notify = Receiver::start().await;
-    notify.refuse_containing("-unreachable");
+    notify.refuse_containing("-unreachable", 422);
     let env = Env {
         db_url: db_url.clone(),
         stripe_base: double.base_url(),
@@ -296,7 +420,7 @@ async fn run(work: &Path, sagas: usize, kills: usize, pg_restarts: usize) -> any
         log: work.join("sagad.log"),
         port: free_port(),
     };
-    let mut sagad = start_sagad(&env).await;
+    let mut sagad = start_sagad(&env, &[]).await;
     // Stripe tells sagad what happened, duplicated, delayed and out of order, through the kills.
     double.configure_webhooks(stripe_double::WebhookTarget {
         url: format!("{}/webhooks/stripe", sagad.base),
@@ -321,11 +445,18 @@ async fn run(work: &Path, sagas: usize, kills: usize, pg_restarts: usize) -> any
         created.text().await?
     );
 
-    // Chaos: random Stripe faults and an unreliable notification gateway, until told to stop.
+    // Chaos: random Stripe faults and an unreliable notification gateway, until told to stop;
+    // quiet towards a peer while its outage lasts.
+    let peers = Peers {
+        double: double.clone(),
+        notify: notify.clone(),
+        down: Arc::default(),
+    };
     let chaos_on = Arc::new(AtomicBool::new(true));
     let chaos = {
-        let (double, notify, on) = (double.clone(), notify.clone(), chaos_on.clone());
+        let (peers, on) = (peers.clone(), chaos_on.clone());
         tokio::spawn(async move {
+            let (double, notify) = (&peers.double, &peers.notify);
             let ops = [
                 Operation::Create,
                 Operation::Capture,
@@ -349,18 +480,22 @@ async fn run(work: &Path, sagas: usize, kills: usize, pg_restarts: usize) -> any
                     _ => Fault::latency(op, Duration::from_millis(150)),
                 };
                 // At most a few faults wait at a time: left to pile up (faster than the rarer
-                // operations use them), a backlog of 500s would exhaust one step's every retry, and
-                // a clean saga would rightly compensate. Chaos here may delay a saga, not decide it.
-                let waiting = double
-                    .pending_faults()
-                    .iter()
-                    .filter(|f| f.operation == op)
-                    .count();
-                if waiting < MAX_PENDING_FAULTS {
-                    double.inject(fault);
-                    injected += 1;
+                // operations use them), a backlog of 500s would exhaust a compensation's every
+                // retry, and its saga would rightly be parked. Chaos here may delay a saga, not
+                // decide it.
+                {
+                    let down = peers.down();
+                    let waiting = double
+                        .pending_faults()
+                        .iter()
+                        .filter(|f| f.operation == op)
+                        .count();
+                    if !down.stripe && waiting < MAX_PENDING_FAULTS {
+                        double.inject(fault);
+                        injected += 1;
+                    }
+                    notify.answer(if down.notify || flaky { 503 } else { 204 });
                 }
-                notify.answer(if flaky { 503 } else { 204 });
                 tokio::time::sleep(Duration::from_millis(40)).await;
             }
             double.clear_faults();
@@ -368,6 +503,14 @@ async fn run(work: &Path, sagas: usize, kills: usize, pg_restarts: usize) -> any
             injected
         })
     };
+    // The gateway's outage begins before the first kill, Stripe's before the last; the kills,
+    // the PostgreSQL restarts and the load go on meanwhile.
+    let outage_at: BTreeMap<usize, Dependency> = [
+        (sagas / 5, Dependency::Notify),
+        (sagas * 7 / 10, Dependency::Stripe),
+    ]
+    .into();
+    let mut outages = Vec::new();
 
     // Load: bookings of each scenario (see `Scenario::of`).
     let http = reqwest::Client::builder()
@@ -474,6 +617,9 @@ async fn run(work: &Path, sagas: usize, kills: usize, pg_restarts: usize) -> any
             receiver.answer(200);
         }
 
+        if let Some(dependency) = outage_at.get(&i) {
+            outages.push(tokio::spawn(outage(*dependency, peers.clone())));
+        }
         if restart_at.contains(&i) {
             pg = restart_postgres(pg, work, &mut sagad, &env).await?;
             pg_restarts_done += 1;
@@ -483,8 +629,17 @@ async fn run(work: &Path, sagas: usize, kills: usize, pg_restarts: usize) -> any
             sagad.child.start_kill()?; // SIGKILL
             sagad.child.wait().await?;
             kills_done += 1;
-            sagad = start_sagad(&env).await;
+            sagad = start_sagad(&env, &[]).await;
         }
+    }
+    // Both outages run their full length while sagas are in flight.
+    let mut outage_summary = Vec::new();
+    for o in outages {
+        let o = o.await??;
+        outage_summary.push(format!(
+            "{:?} down {:.1?} ({} calls refused)",
+            o.dependency, o.lasted, o.refused
+        ));
     }
     // A last kill while the tail of the run is in flight, then calm.
     anyhow::ensure!(
@@ -496,7 +651,7 @@ async fn run(work: &Path, sagas: usize, kills: usize, pg_restarts: usize) -> any
     sagad.child.wait().await?;
     chaos_on.store(false, Ordering::SeqCst);
     let faults_injected = chaos.await?;
-    let sagad = start_sagad(&env).await;
+    let sagad = start_sagad(&env, &[]).await;
 
     let pool = sagad::store::connect(&db_url, 5).await?;
     let load_ended = Instant::now();
@@ -509,6 +664,17 @@ async fn run(work: &Path, sagas: usize, kills: usize, pg_restarts: usize) -> any
         .await?;
         if open == 0 {
             break;
+        }
+        if std::env::var("SAGAD_CRASH_DEBUG").is_ok() {
+            let rows: Vec<String> = sqlx::query_scalar(
+                "SELECT format('%s step %s attempt %s %s due in %s leased for %s paused for %s',
+                               status, current_step, attempt, wait_reason, next_run_at - now(),
+                               locked_until - now(), now() - paused_since)
+                   FROM sagas WHERE status NOT IN ('completed', 'compensated', 'stuck')",
+            )
+            .fetch_all(&pool)
+            .await?;
+            eprintln!("{:?} open: {rows:?}", load_ended.elapsed());
         }
         anyhow::ensure!(
             Instant::now() < deadline,
@@ -527,10 +693,12 @@ async fn run(work: &Path, sagas: usize, kills: usize, pg_restarts: usize) -> any
         settle_started.elapsed() - webhooks_took
     );
     let report = check(&pool, &double, &started).await?;
+    let projection = verify_projection(&pool, &env).await?;
     println!(
-        "{report}\ncrash run: {webhooks}; {inbound}\ncrash run: {faults_injected} Stripe faults injected, \
-         {cancelled} guest cancellations, {kills_done} + 1 SIGKILLs, {pg_restarts_done} PostgreSQL \
-         restarts under the running sagad"
+        "{report}\ncrash run: {webhooks}; {inbound}; {projection}\ncrash run: {faults_injected} Stripe \
+         faults injected, outages: {}, {cancelled} guest cancellations, {kills_done} + 1 SIGKILLs, \
+         {pg_restarts_done} PostgreSQL restarts under the running sagad",
+        outage_summary.join(", ")
     );
     drop(sagad);
     // The daemon's log went to a file: plain text, no terminal colour codes.
@@ -548,6 +716,33 @@ async fn run(work: &Path, sagas: usize, kills: usize, pg_restarts: usize) -> any
     pool.close().await;
     pg.stop().await?;
     Ok(())
+}
+
+/// `sagad projections verify bookings` (the real binary) finds every row of the bookings
+/// projection equal to the fold of the events.
+async fn verify_projection(pool: &PgPool, env: &Env) -> anyhow::Result<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_sagad"))
+        .args(["projections", "verify", "bookings"])
+        .env("DATABASE_URL", &env.db_url)
+        .stdin(Stdio::null())
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "sagad projections verify bookings exited with {}:\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM bookings")
+        .fetch_one(pool)
+        .await?;
+    let expected = format!("bookings: {rows} rows match the fold of ");
+    anyhow::ensure!(
+        rows > 0 && stdout.starts_with(&expected),
+        "sagad projections verify bookings should report {expected:?}: {stdout}"
+    );
+    Ok(format!("verify: {}", stdout.trim()))
 }
 
 /// The key sagad must send for `operation` on `saga`'s PaymentIntent (`sagad:{saga}:{effect}`).
@@ -797,6 +992,26 @@ async fn check(
                 "contested listing {listing}: {bookings} confirmed bookings, expected exactly 1"
             ));
         }
+    }
+
+    // No saga compensated because of an outage: every outage of the run is shorter than the
+    // give-up deadline of the step it meets, so a retryable failure never turns a saga around
+    // (neither `dependency_unavailable` nor a retry policy's attempts spent).
+    let turned_by_outage: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT aggregate_id, payload->>'reason' FROM events
+          WHERE event_type = 'CompensationStarted'
+            AND (payload->>'reason' LIKE $1 || '%' OR payload->>'reason' LIKE 'attempts_exhausted%')",
+    )
+    .bind(sagad::engine::plan::DEPENDENCY_UNAVAILABLE)
+    .fetch_all(pool)
+    .await?;
+    let scenario_of: HashMap<Uuid, Scenario> = started.iter().map(|s| (s.id, s.scenario)).collect();
+    for (id, reason) in turned_by_outage {
+        problems.push(format!(
+            "{:?} saga {id} compensated because of an outage shorter than its give-up deadline \
+             ({GIVE_UP_AFTER:?}): {reason}",
+            scenario_of.get(&id)
+        ));
     }
 
     let leftover: i64 = sqlx::query_scalar(

@@ -1,7 +1,8 @@
 //! A capturing HTTP receiver on 127.0.0.1: whoever sagad POSTs to (an integrator's webhook
 //! endpoint, the notification gateway). It records every request — when it arrived, its path,
 //! headers and body, and the status it was answered with — and answers as told: a script of
-//! replies first, then a standing answer; bodies containing a given text are always refused.
+//! replies first, then a standing answer; bodies containing a given text are always refused with a
+//! given status.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -102,7 +103,7 @@ struct Shared {
     hits: Mutex<Vec<Hit>>,
     script: Mutex<VecDeque<Reply>>,
     answer: Mutex<Reply>,
-    refuse: Mutex<Option<String>>,
+    refuse: Mutex<Option<(String, u16)>>,
     keep: AtomicBool,
     /// Requests received so far (kept or not).
     received: watch::Sender<usize>,
@@ -169,10 +170,11 @@ impl Receiver {
         *lock(&self.shared.answer) = reply;
     }
 
-    /// Requests whose body contains `text` always get a 503, whatever the script says (a
-    /// notification to a guest who cannot be reached, say).
-    pub fn refuse_containing(&self, text: impl Into<String>) {
-        *lock(&self.shared.refuse) = Some(text.into());
+    /// Requests whose body contains `text` always get `status`, whatever the script and the
+    /// standing answer say (a notification to a guest who cannot be reached, say: a 4xx that
+    /// retrying cannot change, where a 5xx is an outage to wait out).
+    pub fn refuse_containing(&self, text: impl Into<String>, status: u16) {
+        *lock(&self.shared.refuse) = Some((text.into(), status));
     }
 
     /// From now on, counts requests without keeping them (long benchmark runs).
@@ -229,10 +231,11 @@ async fn receive(
 ) -> Response {
     let at = Instant::now();
     let refused = lock(&shared.refuse)
-        .as_deref()
-        .is_some_and(|text| String::from_utf8_lossy(&body).contains(text));
-    let reply = if refused {
-        Reply::Status(503)
+        .as_ref()
+        .filter(|(text, _)| String::from_utf8_lossy(&body).contains(text.as_str()))
+        .map(|(_, status)| *status);
+    let reply = if let Some(status) = refused {
+        Reply::Status(status)
     } else {
         let scripted = lock(&shared.script).pop_front();
         scripted.unwrap_or_else(|| lock(&shared.answer).clone())
@@ -258,7 +261,7 @@ mod tests {
     async fn records_requests_and_answers_the_script_then_the_standing_answer() {
         let rx = Receiver::start().await;
         rx.script([Reply::RetryAfter(429, 7), Reply::Big(500, 10)]);
-        rx.refuse_containing("unreachable");
+        rx.refuse_containing("unreachable", 422);
         let http = reqwest::Client::new();
         let post = |body: &'static str| http.post(&rx.url).body(body).send();
 
@@ -266,7 +269,7 @@ mod tests {
         assert_eq!(first.status(), 429);
         assert_eq!(first.headers()["retry-after"], "7");
         // A refusal does not use up the script.
-        assert_eq!(post("guest unreachable").await.unwrap().status(), 503);
+        assert_eq!(post("guest unreachable").await.unwrap().status(), 422);
         let big = post("{}").await.unwrap();
         assert_eq!(big.status(), 500);
         assert_eq!(big.text().await.unwrap().len(), 10);
@@ -276,7 +279,7 @@ mod tests {
 
         let hits = rx.wait_hits(5).await;
         let statuses: Vec<u16> = hits.iter().map(|h| h.status).collect();
-        assert_eq!(statuses, [429, 503, 500, 200, 503]);
+        assert_eq!(statuses, [429, 422, 500, 200, 503]);
         assert_eq!(hits[0].json()["n"], 1);
         assert_eq!(hits[0].path, "/hook");
         assert!(hits[3].accepted() && !hits[4].accepted());
