@@ -65,8 +65,9 @@ async fn a_quiet_system_waits_out_a_gateway_outage_longer_than_the_old_retry_pol
 #[tokio::test]
 async fn the_hold_is_kept_alive_while_a_step_waits_out_an_outage() {
     // The hold would expire long before Stripe comes back; capturing keeps failing meanwhile.
+    // 3 s: long enough for the first capture to fail (and extend it) on a loaded machine.
     let mut def = booking_definition();
-    def.steps[0].params = serde_json::json!({ "hold_ttl": "300ms" });
+    def.steps[0].params = serde_json::json!({ "hold_ttl": "3s" });
     def.steps[2].give_up_after = Some(Duration::from_secs(60));
     let app = spawn_app_with(AppOptions {
         definitions: vec![def],
@@ -90,7 +91,7 @@ async fn the_hold_is_kept_alive_while_a_step_waits_out_an_outage() {
             .fetch_one(&app.pool)
             .await
             .expect("the hold is still active");
-        (since.is_some() && chrono::Utc::now() > started + chrono::Duration::seconds(1))
+        (since.is_some() && chrono::Utc::now() > started + chrono::Duration::seconds(4))
             .then_some(expires_at)
     })
     .await;
