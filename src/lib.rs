@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod domain;
 pub mod embedded_pg;

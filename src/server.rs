@@ -197,6 +197,7 @@ pub async fn run(
         stripe_signatures: settings.inbound_stripe.verifier().map(Arc::new),
         outbound: Arc::new(settings.outbound),
         clock,
+        console: Arc::default(),
     };
     let metrics_task = match metrics_listener {
         Some(l) => {

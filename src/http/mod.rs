@@ -9,9 +9,9 @@ mod inbound_stripe;
 mod listings;
 mod metrics;
 mod openapi;
-mod operator;
-mod outbound;
-mod sagas;
+pub(crate) mod operator;
+pub(crate) mod outbound;
+pub(crate) mod sagas;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -28,7 +28,7 @@ use tokio::sync::broadcast;
 use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, ErrorBody};
-pub use extract::{ApiPath, ApiPath2, ApiQuery, JsonBody};
+pub use extract::{ApiPath, ApiPath2, ApiQuery, JsonBody, storable_time};
 pub use openapi::ApiDoc;
 pub use outbound::{MAX_DESCRIPTION_LEN, MAX_EVENT_TYPES, MAX_URL_LEN};
 
@@ -65,6 +65,8 @@ pub struct AppState {
     pub outbound: Arc<crate::outbound::OutboundConfig>,
     /// The database's clock ([`crate::clock`]).
     pub clock: crate::clock::Clock,
+    /// The operator console's in-memory state (`/console`).
+    pub console: Arc<crate::console::Console>,
 }
 
 /// The router. `api`: serve `/v1` and `/openapi.json` (a worker-only process serves health and
@@ -87,7 +89,10 @@ pub fn app(state: AppState, api: bool, metrics: bool) -> Router {
             .route("/v1/{*rest}", any(no_such_route))
             .method_not_allowed_fallback(method_not_allowed)
             .layer(middleware::from_fn_with_state(state.clone(), require_token));
-        router = router.merge(v1).merge(openapi::routes());
+        router = router
+            .merge(v1)
+            .merge(openapi::routes())
+            .merge(crate::console::routes());
         // Outside bearer auth: Stripe signs its requests instead. Reads its body with its own limit.
         if state.stripe_signatures.is_some() {
             router = router.merge(inbound_stripe::routes());
@@ -161,23 +166,29 @@ async fn require_token(State(state): State<AppState>, mut req: Request, next: Ne
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
-    // Every token is compared, so the time taken does not tell which one matched.
-    let matched = presented.and_then(|p| {
-        state.tokens.iter().fold(None, |found, t| {
-            let eq = constant_time_eq(t.token.as_bytes(), p.as_bytes());
-            found.or(eq.then(|| t.name.clone()))
-        })
-    });
+    let matched = presented.and_then(|p| matching_token(&state.tokens, p));
     match matched {
-        Some(name) => {
-            req.extensions_mut().insert(Actor(name));
+        Some(token) => {
+            req.extensions_mut().insert(Actor(token.name.clone()));
             next.run(req).await
         }
         None => ApiError::Unauthorized.into_response(),
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// The configured token equal to `presented`. Every token is compared, so the time taken does not
+/// tell which one matched.
+pub(crate) fn matching_token<'a>(
+    tokens: &'a [crate::config::ApiToken],
+    presented: &str,
+) -> Option<&'a crate::config::ApiToken> {
+    tokens.iter().fold(None, |found, t| {
+        let eq = constant_time_eq(t.token.as_bytes(), presented.as_bytes());
+        found.or(eq.then_some(t))
+    })
+}
+
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -96,13 +96,13 @@ pub struct CancelSaga {
 
 /// What an operator does to one saga.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Action {
+pub(crate) enum Action {
     Retry,
     Resolve(Resolution),
     Cancel,
 }
 
-fn check_reason(reason: &str) -> Result<(), FieldError> {
+pub(crate) fn check_reason(reason: &str) -> Result<(), FieldError> {
     let n = reason.trim().chars().count();
     if n == 0 || n > MAX_REASON_LEN {
         return Err(FieldError {
@@ -161,7 +161,7 @@ async fn act_on(
 }
 
 /// [`act_on`] the saga `id`.
-pub(super) async fn act(
+pub(crate) async fn act(
     state: &AppState,
     id: SagaId,
     action: Action,

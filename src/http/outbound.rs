@@ -473,19 +473,23 @@ pub async fn redeliver(
     ApiPath(id): ApiPath,
 ) -> Result<Response, ApiError> {
     let id: DeliveryId = parse_id(&id, "webhook delivery")?;
+    queue_again(&state, id).await?;
+    let d = store::get_delivery(&state.pool, id)
+        .await?
+        .ok_or(ApiError::NotFound("webhook delivery"))?;
+    Ok((StatusCode::ACCEPTED, Json(DeliveryView::new(d, None))).into_response())
+}
+
+/// Queues a delivered or dead delivery for a fresh retry schedule (or hurries a pending one),
+/// and wakes the delivery workers.
+pub(crate) async fn queue_again(state: &AppState, id: DeliveryId) -> Result<(), ApiError> {
     match store::redeliver(&state.pool, id).await? {
         Redeliver::NotFound => Err(ApiError::NotFound("webhook delivery")),
         Redeliver::InFlight => Err(ApiError::Conflict(
             "the delivery is being attempted right now; try again when the attempt is recorded"
                 .into(),
         )),
-        Redeliver::Queued => {
-            store::notify(&state.pool).await?;
-            let d = store::get_delivery(&state.pool, id)
-                .await?
-                .ok_or(ApiError::NotFound("webhook delivery"))?;
-            Ok((StatusCode::ACCEPTED, Json(DeliveryView::new(d, None))).into_response())
-        }
+        Redeliver::Queued => Ok(store::notify(&state.pool).await?),
     }
 }
 

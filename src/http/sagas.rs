@@ -593,22 +593,33 @@ pub async fn cancel_saga(
     let id = parse_id(&id)?;
     let req = req.unwrap_or_default();
     operator::check_cancel(&req)?;
-    match sagas::request_cancel(&state.pool, id).await? {
-        CancelOutcome::NotFound => return Err(ApiError::NotFound("saga")),
-        CancelOutcome::NotCancellable(SagaStatus::Stuck) => {
-            operator::cancel_stuck(&state, id, &actor, req.reason.as_deref()).await?;
-        }
-        CancelOutcome::NotCancellable(s) => {
-            return Err(ApiError::Conflict(format!(
-                "saga is {s}; it cannot be cancelled"
-            )));
-        }
-        CancelOutcome::Requested(_) => {
-            tracing::info!(saga_id = %id, "cancellation requested");
-        }
-    }
+    cancel(&state, id, &actor, req.reason.as_deref()).await?;
     let v = full_view(&state, id)
         .await?
         .ok_or(ApiError::NotFound("saga"))?;
     Ok((StatusCode::ACCEPTED, Json(v)).into_response())
+}
+
+/// Cancels the saga: on the guest's behalf when it is running, waiting or completed; as an
+/// operator's cancellation (compensating what is left, recorded with `actor` and `reason`) when
+/// it is stuck.
+pub(crate) async fn cancel(
+    state: &AppState,
+    id: SagaId,
+    actor: &str,
+    reason: Option<&str>,
+) -> Result<(), ApiError> {
+    match sagas::request_cancel(&state.pool, id).await? {
+        CancelOutcome::NotFound => Err(ApiError::NotFound("saga")),
+        CancelOutcome::NotCancellable(SagaStatus::Stuck) => {
+            operator::cancel_stuck(state, id, actor, reason).await
+        }
+        CancelOutcome::NotCancellable(s) => Err(ApiError::Conflict(format!(
+            "saga is {s}; it cannot be cancelled"
+        ))),
+        CancelOutcome::Requested(_) => {
+            tracing::info!(saga_id = %id, "cancellation requested");
+            Ok(())
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod bookings;
 pub mod breakers;
+pub mod console;
 pub mod definitions;
 pub mod events;
 pub mod feed;

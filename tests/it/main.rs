@@ -11,6 +11,7 @@ mod bookings;
 mod ceiling;
 mod cli;
 mod clock;
+mod console;
 mod constraints;
 mod crash;
 mod embedded_pg;

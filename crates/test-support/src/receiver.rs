@@ -32,13 +32,15 @@ pub enum Reply {
     Hang,
     /// This status with a body of `n` bytes.
     Big(u16, usize),
+    /// This status with this body.
+    Body(u16, String),
 }
 
 impl Reply {
     /// The status the request is (eventually) answered with.
     fn status(&self) -> u16 {
         match self {
-            Reply::Status(c) | Reply::RetryAfter(c, _) | Reply::Big(c, _) => *c,
+            Reply::Status(c) | Reply::RetryAfter(c, _) | Reply::Big(c, _) | Reply::Body(c, _) => *c,
             Reply::Hang => 200,
         }
     }
@@ -55,6 +57,7 @@ impl Reply {
                 StatusCode::OK.into_response()
             }
             Reply::Big(c, n) => (code(c), "x".repeat(n)).into_response(),
+            Reply::Body(c, body) => (code(c), body).into_response(),
         }
     }
 }

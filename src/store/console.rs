@@ -1,0 +1,338 @@
+//! What the operator console (`/console`) reads and writes beyond the API's own queries: its
+//! sign-in sessions, the saga search, the overview's aggregates, and the rows one saga's page
+//! gathers (the deliveries its events caused, the Stripe events about its PaymentIntent).
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+use super::outbound::{AttemptRow, DeliveryRow};
+use super::stripe_inbox::StripeEventRow;
+use crate::domain::{DeliveryId, SagaId};
+use crate::engine::model::SagaStatus;
+
+// ---------------------------------------------------------------------------------------------
+// Sessions
+
+/// A signed-in browser, as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Session {
+    pub token_name: String,
+    pub token_hash: Vec<u8>,
+    pub csrf: String,
+}
+
+/// Stores a session that ends `ttl` from now (the database's clock), and drops the sessions
+/// that already ended.
+pub async fn insert_session(
+    pool: &PgPool,
+    id_hash: &[u8],
+    s: &Session,
+    ttl: chrono::Duration,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH gone AS (DELETE FROM console_sessions WHERE expires_at < now())
+         INSERT INTO console_sessions (id_hash, token_name, token_hash, csrf, expires_at)
+         VALUES ($1, $2, $3, $4, now() + $5::float8 * interval '1 second')",
+    )
+    .bind(id_hash)
+    .bind(&s.token_name)
+    .bind(&s.token_hash)
+    .bind(&s.csrf)
+    .bind(ttl.num_seconds() as f64)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The live session whose id hashes to `id_hash`.
+pub async fn get_session(pool: &PgPool, id_hash: &[u8]) -> Result<Option<Session>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT token_name, token_hash, csrf FROM console_sessions
+         WHERE id_hash = $1 AND expires_at > now()",
+    )
+    .bind(id_hash)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn delete_session(pool: &PgPool, id_hash: &[u8]) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM console_sessions WHERE id_hash = $1")
+        .bind(id_hash)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Saga search
+
+/// What the sagas page filters on; every field is optional.
+#[derive(Debug, Default, Clone)]
+pub struct SagaSearch {
+    pub status: Option<SagaStatus>,
+    pub saga_name: Option<String>,
+    /// (saga name, step index) pairs: the sagas whose current step is one of them.
+    pub at_steps: Option<Vec<(String, i32)>>,
+    pub created_from: Option<DateTime<Utc>>,
+    pub created_to: Option<DateTime<Utc>>,
+    pub term: Option<SearchTerm>,
+    /// Keyset cursor: sagas strictly older than (created_at, id).
+    pub before: Option<(DateTime<Utc>, SagaId)>,
+    pub limit: i64,
+}
+
+/// What the search box holds, told apart by its shape.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SearchTerm {
+    /// A saga id (a booking's id is its saga's).
+    Id(Uuid),
+    /// A Stripe PaymentIntent id (`pi_…`).
+    PaymentIntent(String),
+    /// A confirmation code, a listing id or a guest id.
+    Text(String),
+}
+
+impl SearchTerm {
+    pub fn parse(raw: &str) -> Option<Self> {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return None;
+        }
+        Some(if let Ok(id) = raw.parse() {
+            SearchTerm::Id(id)
+        } else if raw.starts_with("pi_") {
+            SearchTerm::PaymentIntent(raw.to_owned())
+        } else {
+            SearchTerm::Text(raw.to_owned())
+        })
+    }
+}
+
+/// One line of the sagas page: the saga and its booking's identifying fields.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SagaLine {
+    pub id: SagaId,
+    pub saga_name: String,
+    pub saga_version: i32,
+    pub status: SagaStatus,
+    pub current_step: i32,
+    pub attempt: i32,
+    pub failure_step: Option<String>,
+    pub failure_reason: Option<String>,
+    pub wait_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub listing_id: Option<String>,
+    pub guest_id: Option<String>,
+    pub confirmation_code: Option<String>,
+    pub booking_status: Option<String>,
+}
+
+/// Newest first, keyset-paginated. A text term matches a confirmation code, a listing or a guest
+/// (each through its own index on `bookings`).
+pub async fn search_sagas(pool: &PgPool, f: &SagaSearch) -> Result<Vec<SagaLine>, sqlx::Error> {
+    let mut q = sqlx::QueryBuilder::new(
+        "SELECT s.id, s.saga_name, s.saga_version, s.status, s.current_step, s.attempt,
+                s.failure_step, s.failure_reason, s.wait_reason, s.created_at, s.updated_at,
+                b.listing_id, b.guest_id, b.confirmation_code, b.status AS booking_status
+         FROM sagas s LEFT JOIN bookings b ON b.saga_id = s.id WHERE true",
+    );
+    // Only the filters given are in the statement: each combination gets a plan that uses its
+    // index (connections use generic plans, see `store::connect`).
+    match &f.term {
+        None => {}
+        Some(SearchTerm::Id(id)) => {
+            q.push(" AND s.id = ").push_bind(*id);
+        }
+        Some(SearchTerm::PaymentIntent(pi)) => {
+            q.push(" AND s.id IN (SELECT saga_id FROM bookings WHERE payment_intent_id = ")
+                .push_bind(pi)
+                .push(")");
+        }
+        Some(SearchTerm::Text(t)) => {
+            q.push(" AND s.id IN (SELECT saga_id FROM bookings WHERE confirmation_code = ")
+                .push_bind(t)
+                .push(" UNION ALL SELECT saga_id FROM bookings WHERE listing_id = ")
+                .push_bind(t)
+                .push(" UNION ALL SELECT saga_id FROM bookings WHERE guest_id = ")
+                .push_bind(t)
+                .push(")");
+        }
+    }
+    if let Some(status) = f.status {
+        q.push(" AND s.status = ").push_bind(status);
+    }
+    if let Some(name) = &f.saga_name {
+        q.push(" AND s.saga_name = ").push_bind(name);
+    }
+    if let Some(steps) = &f.at_steps {
+        let (names, indexes): (Vec<String>, Vec<i32>) = steps.iter().cloned().unzip();
+        q.push(" AND (s.saga_name, s.current_step) IN (SELECT * FROM unnest(")
+            .push_bind(names)
+            .push("::text[], ")
+            .push_bind(indexes)
+            .push("::int[]))");
+    }
+    if let Some(from) = f.created_from {
+        q.push(" AND s.created_at >= ").push_bind(from);
+    }
+    if let Some(to) = f.created_to {
+        q.push(" AND s.created_at < ").push_bind(to);
+    }
+    if let Some((at, id)) = f.before {
+        q.push(" AND (s.created_at, s.id) < (")
+            .push_bind(at)
+            .push(", ")
+            .push_bind(id)
+            .push(")");
+    }
+    q.push(" ORDER BY s.created_at DESC, s.id DESC LIMIT ")
+        .push_bind(f.limit);
+    q.build_query_as().fetch_all(pool).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Overview
+
+/// Sagas started and completed in each of the last 60 minutes (index 59: the current minute).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PerMinute {
+    pub started: Vec<i64>,
+    pub completed: Vec<i64>,
+}
+
+pub async fn per_minute(pool: &PgPool) -> Result<PerMinute, sqlx::Error> {
+    // Minutes counted back from now: 0 is the current one.
+    let rows: Vec<(i32, i64, i64)> = sqlx::query_as(
+        "WITH t AS (SELECT date_trunc('minute', now()) AS m),
+              s AS (SELECT ((extract(epoch FROM (SELECT m FROM t) - date_trunc('minute', created_at)) / 60))::int AS ago,
+                           count(*) AS n
+                    FROM sagas WHERE created_at >= (SELECT m FROM t) - interval '59 minutes' GROUP BY 1),
+              c AS (SELECT ((extract(epoch FROM (SELECT m FROM t) - date_trunc('minute', finished_at)) / 60))::int AS ago,
+                           count(*) AS n
+                    FROM sagas WHERE finished_at >= (SELECT m FROM t) - interval '59 minutes'
+                                 AND status = 'completed' GROUP BY 1)
+         SELECT ago, COALESCE(s.n, 0), COALESCE(c.n, 0) FROM s FULL JOIN c USING (ago)",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut out = PerMinute {
+        started: vec![0; 60],
+        completed: vec![0; 60],
+    };
+    for (ago, s, c) in rows {
+        if (0..60).contains(&ago) {
+            let i = 59 - ago as usize;
+            out.started[i] = s;
+            out.completed[i] = c;
+        }
+    }
+    Ok(out)
+}
+
+/// An endpoint that fails or was disabled, for the overview.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FailingEndpoint {
+    pub id: Uuid,
+    pub url: String,
+    pub enabled: bool,
+    pub failing_since: Option<DateTime<Utc>>,
+    pub disabled_reason: Option<String>,
+    pub dead: i64,
+}
+
+pub async fn failing_endpoints(pool: &PgPool) -> Result<Vec<FailingEndpoint>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT e.id, e.url, e.enabled, e.failing_since, e.disabled_reason,
+                (SELECT count(*) FROM webhook_deliveries d WHERE d.endpoint_id = e.id AND d.status = 'dead') AS dead
+         FROM webhook_endpoints e
+         WHERE e.failing_since IS NOT NULL OR NOT e.enabled
+         ORDER BY e.failing_since NULLS LAST, e.id LIMIT 50",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// The Stripe inbox's backlog: events due or being processed, and dead ones.
+#[derive(Debug, Clone, Copy, PartialEq, sqlx::FromRow)]
+pub struct InboxBacklog {
+    pub pending: i64,
+    pub processing: i64,
+    pub dead: i64,
+    pub oldest_pending: Option<DateTime<Utc>>,
+}
+
+pub async fn inbox_backlog(pool: &PgPool) -> Result<InboxBacklog, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM stripe_events WHERE status = 'pending') AS pending,
+                (SELECT count(*) FROM stripe_events WHERE status = 'processing') AS processing,
+                (SELECT count(*) FROM stripe_events WHERE status = 'dead') AS dead,
+                (SELECT min(next_attempt_at) FROM stripe_events WHERE status = 'pending') AS oldest_pending",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// One saga's page
+
+/// A delivery that one of the saga's events caused, with its endpoint's URL.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CausedDelivery {
+    #[sqlx(flatten)]
+    pub delivery: DeliveryRow,
+    pub url: String,
+}
+
+pub async fn deliveries_of_events(
+    db: impl PgExecutor<'_>,
+    event_ids: &[Uuid],
+) -> Result<Vec<CausedDelivery>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT d.id, d.endpoint_id, d.event_id, d.event_type, d.status, d.attempts AS attempt_count,
+                CASE WHEN d.status = 'pending' THEN d.next_attempt_at END AS next_attempt_at,
+                d.last_status, d.last_error, d.created_at, d.delivered_at, d.dead_at, e.url
+         FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+         WHERE d.event_id = ANY($1)
+         ORDER BY d.created_at, d.id",
+    )
+    .bind(event_ids)
+    .fetch_all(db)
+    .await
+}
+
+/// An attempt of one of several deliveries.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeliveryAttempt {
+    pub delivery_id: DeliveryId,
+    #[sqlx(flatten)]
+    pub attempt: AttemptRow,
+}
+
+pub async fn attempts_of_deliveries(
+    db: impl PgExecutor<'_>,
+    ids: &[DeliveryId],
+) -> Result<Vec<DeliveryAttempt>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT delivery_id, attempt, attempted_at, status_code, latency_ms, response_body, error
+         FROM webhook_attempts WHERE delivery_id = ANY($1) ORDER BY delivery_id, attempt",
+    )
+    .bind(ids)
+    .fetch_all(db)
+    .await
+}
+
+/// The Stripe events about a PaymentIntent, or matched to the saga, oldest first.
+pub async fn stripe_events_of(
+    pool: &PgPool,
+    payment_intent_id: &str,
+) -> Result<Vec<StripeEventRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {} FROM stripe_events WHERE payment_intent_id = $1 ORDER BY received_at, id LIMIT 200",
+        super::stripe_inbox::COLUMNS
+    )))
+    .bind(payment_intent_id)
+    .fetch_all(pool)
+    .await
+}
