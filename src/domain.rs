@@ -170,6 +170,50 @@ pub struct BookingInput {
     /// Absent from sagas started before policies existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancellation_policy: Option<CancellationPolicy>,
+    /// Present in a date/price change saga's input (`sagas/booking_change.toml`): the booking it
+    /// changes and what that booking had. The fields above are then the booking as changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<ChangeOf>,
+}
+
+/// The booking a change saga changes, as it was when the change was requested.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ChangeOf {
+    pub booking_id: SagaId,
+    pub previous_check_in: NaiveDate,
+    pub previous_check_out: NaiveDate,
+    pub previous_amount: i64,
+    /// The booking's PaymentIntent, which a lower price is refunded from …
+    pub payment_intent_id: Option<String>,
+    /// … up to what it had left to refund (captured minus refunded) when the change was requested.
+    pub refundable: i64,
+}
+
+impl BookingInput {
+    /// The booking the saga's inventory claims are for: its own, or the one a change saga changes.
+    pub fn booking_id(&self, saga_id: SagaId) -> SagaId {
+        self.change.as_ref().map_or(saga_id, |c| c.booking_id)
+    }
+
+    /// What the saga authorizes and captures: a booking's price, or what a change adds to it (0
+    /// when the price does not rise).
+    pub fn to_charge(&self) -> i64 {
+        match &self.change {
+            None => self.amount,
+            Some(c) => (self.amount - c.previous_amount).max(0),
+        }
+    }
+
+    /// What a change gives back from the booking's PaymentIntent when the price falls: the
+    /// difference, never more than that PaymentIntent had left to refund.
+    pub fn to_refund(&self) -> i64 {
+        match &self.change {
+            None => 0,
+            Some(c) => (c.previous_amount - self.amount)
+                .max(0)
+                .min(c.refundable.max(0)),
+        }
+    }
 }
 
 /// The earliest check-in accepted on `today` (UTC): yesterday, the date it still is somewhere
@@ -369,6 +413,7 @@ impl RawBookingInput {
                     currency: c.to_ascii_lowercase(),
                     payment_method: pm,
                     cancellation_policy: Some(policy),
+                    change: None,
                 })
             }
             _ => Err(errors),

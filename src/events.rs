@@ -160,6 +160,31 @@ pub enum Event {
         /// Who removed it: the API token's name.
         actor: String,
     },
+    /// A change of a booking's dates and price was requested (`POST /v1/bookings/{id}/change`):
+    /// the first event of the change saga, on its own aggregate (`booking_change`).
+    BookingChangeRequested {
+        booking_id: Uuid,
+        check_in: NaiveDate,
+        check_out: NaiveDate,
+        amount: i64,
+        previous_check_in: NaiveDate,
+        previous_check_out: NaiveDate,
+        previous_amount: i64,
+        /// The API token's name.
+        actor: String,
+    },
+    /// The booking now has its new dates and price: the change saga swapped its claim, in the
+    /// transaction that recorded this event on the booking's own aggregate.
+    BookingChanged {
+        /// The change saga.
+        change_id: Uuid,
+        check_in: NaiveDate,
+        check_out: NaiveDate,
+        amount: i64,
+        previous_check_in: NaiveDate,
+        previous_check_out: NaiveDate,
+        previous_amount: i64,
+    },
 }
 
 /// The aggregate type of a host block's events.
@@ -194,6 +219,8 @@ pub const TYPES: &[&str] = &[
     "OperatorCancelled",
     "SagaPaused",
     "SagaResumed",
+    "BookingChangeRequested",
+    "BookingChanged",
     crate::outbound::catalog::ENDPOINT_DISABLED_INTERNAL,
 ];
 
@@ -227,6 +254,8 @@ impl Event {
             Event::OperatorCancelled { .. } => "OperatorCancelled",
             Event::ListingBlocked { .. } => "ListingBlocked",
             Event::ListingUnblocked { .. } => "ListingUnblocked",
+            Event::BookingChangeRequested { .. } => "BookingChangeRequested",
+            Event::BookingChanged { .. } => "BookingChanged",
         }
     }
 

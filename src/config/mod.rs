@@ -25,6 +25,8 @@ use crate::outbound::{OutboundConfig, RetrySchedule};
 
 /// The booking saga shipped inside the binary, used when no `sagas/` directory is present.
 pub const BUILTIN_BOOKING: &str = include_str!("../../sagas/booking.toml");
+/// The date/price change saga, used beside the booking saga when there is no `./sagas` directory.
+pub const BUILTIN_BOOKING_CHANGE: &str = include_str!("../../sagas/booking_change.toml");
 
 /// The bearer token `--dev` accepts when no `SAGAD_API_TOKENS` are set.
 pub const DEV_TOKEN: &str = "dev-token";
@@ -430,13 +432,23 @@ fn notify(args: &ServeArgs) -> Result<Option<NotifyConfig>, ConfigError> {
 /// saga.
 pub fn load_definitions(dir: &Path) -> Result<Vec<SagaDefinition>, Vec<DefinitionError>> {
     if !dir.exists() && dir == Path::new("sagas") {
-        tracing::info!("no ./sagas directory: using the built-in booking saga");
-        return definition::parse(
-            BUILTIN_BOOKING,
-            "<built-in>/booking.toml",
-            &actions::catalog(),
-        )
-        .map(|d| vec![d]);
+        tracing::info!("no ./sagas directory: using the built-in booking and booking_change sagas");
+        let mut errors = Vec::new();
+        let mut defs = Vec::new();
+        for (src, path) in [
+            (BUILTIN_BOOKING, "<built-in>/booking.toml"),
+            (BUILTIN_BOOKING_CHANGE, "<built-in>/booking_change.toml"),
+        ] {
+            match definition::parse(src, path, &actions::catalog()) {
+                Ok(d) => defs.push(d),
+                Err(e) => errors.extend(e),
+            }
+        }
+        return if errors.is_empty() {
+            Ok(defs)
+        } else {
+            Err(errors)
+        };
     }
     definition::load_dir(dir, &actions::catalog())
 }

@@ -1,6 +1,7 @@
 //! The HTTP API: `app(state)` builds the router; one file per resource.
 
 mod bookings;
+mod changes;
 mod error;
 mod extract;
 mod feed;
@@ -82,6 +83,7 @@ pub fn app(state: AppState, api: bool, metrics: bool) -> Router {
         let v1 = sagas::routes()
             .merge(feed::routes())
             .merge(bookings::routes())
+            .merge(changes::routes())
             .merge(operator::routes())
             .merge(listings::routes())
             .merge(outbound::routes())

@@ -22,6 +22,7 @@ pub const PUBLISHED: &[(&str, &str)] = &[
     ("DisputeClosed", "dispute.closed"),
     ("ListingBlocked", "listing.blocked"),
     ("ListingUnblocked", "listing.unblocked"),
+    ("BookingChanged", "booking.changed"),
     ("SagaCompleted", "saga.completed"),
     ("SagaCompensated", "saga.compensated"),
     ("SagaStuck", "saga.stuck"),

@@ -63,9 +63,9 @@ pub struct Booking {
     pub updated_at: DateTime<Utc>,
 }
 
-/// The `INSERT … SELECT` of the row a `BookingRequested` event creates (anything else binds NULLs,
-/// which the table refuses); every later event only updates the row ([`UpdateBooking`]). A
-/// statement part.
+/// The `INSERT … SELECT` of the row a `BookingRequested` event creates (anything else, such as a
+/// change saga's `BookingChangeRequested`, binds NULLs and inserts nothing); every later event
+/// only updates the row ([`UpdateBooking`]). A statement part.
 pub(crate) struct InsertRequested {
     listing: Param,
     guest: Param,
@@ -119,7 +119,7 @@ impl InsertRequested {
         format!(
             "INSERT INTO bookings (saga_id, listing_id, guest_id, check_in, check_out, amount, currency, status)
          SELECT {id}, {listing}::text, {guest}::text, {check_in}::date, {check_out}::date, {amount}::int8,
-                {currency}::text, {status} FROM {from}"
+                {currency}::text, {status} FROM {from} WHERE {listing}::text IS NOT NULL"
         )
     }
 }
@@ -138,6 +138,9 @@ pub struct Change {
     pub cancel_reason: Option<String>,
     /// Becomes the cancel reason when the row has none.
     pub default_cancel_reason: Option<String>,
+    /// New stay and price (`BookingChanged`).
+    pub stay: Option<(NaiveDate, NaiveDate)>,
+    pub amount: Option<i64>,
 }
 
 impl Change {
@@ -193,6 +196,16 @@ impl Change {
                 }
             }
             Event::SagaStuck { .. } => self.set("needs_attention"),
+            // Dates and price only: the booking stays as it was (confirmed).
+            Event::BookingChanged {
+                check_in,
+                check_out,
+                amount,
+                ..
+            } => {
+                self.stay = Some((*check_in, *check_out));
+                self.amount = Some(*amount);
+            }
             Event::DisputeOpened { .. } => self.set(BookingStatus::Disputed.as_str()),
             Event::DisputeClosed { status, .. } => self.set(dispute_outcome(status).as_str()),
             // An operator set a stuck compensation going again, or cancelled the saga.
@@ -218,8 +231,10 @@ impl Change {
             | Event::PaymentReceived { .. }
             | Event::SagaRetried { .. }
             | Event::SagaResolved { .. } => {}
-            // A host block's own aggregate, never a booking's.
-            Event::ListingBlocked { .. } | Event::ListingUnblocked { .. } => {}
+            // A host block's own aggregate, never a booking's; a change saga's, which has no row.
+            Event::ListingBlocked { .. }
+            | Event::ListingUnblocked { .. }
+            | Event::BookingChangeRequested { .. } => {}
         }
     }
 
@@ -251,6 +266,13 @@ impl Change {
             .clone()
             .or(row.cancel_reason.take())
             .or(self.default_cancel_reason.clone());
+        if let Some((check_in, check_out)) = self.stay {
+            row.check_in = check_in;
+            row.check_out = check_out;
+        }
+        if let Some(amount) = self.amount {
+            row.amount = amount;
+        }
         row.updated_at = at;
     }
 }
@@ -376,6 +398,9 @@ pub(crate) struct UpdateBooking {
     confirmation_code: Param,
     cancel_reason: Param,
     default_cancel_reason: Param,
+    check_in: Param,
+    check_out: Param,
+    amount: Param,
 }
 
 impl UpdateBooking {
@@ -387,6 +412,9 @@ impl UpdateBooking {
             confirmation_code: b.push(change.confirmation_code.as_deref()),
             cancel_reason: b.push(change.cancel_reason.as_deref()),
             default_cancel_reason: b.push(change.default_cancel_reason.as_deref()),
+            check_in: b.push(change.stay.map(|s| s.0)),
+            check_out: b.push(change.stay.map(|s| s.1)),
+            amount: b.push(change.amount),
         }
     }
 
@@ -399,6 +427,9 @@ impl UpdateBooking {
             confirmation_code,
             cancel_reason,
             default_cancel_reason,
+            check_in,
+            check_out,
+            amount,
         } = self;
         format!(
             "UPDATE bookings SET
@@ -408,6 +439,9 @@ impl UpdateBooking {
         payment_intent_id = COALESCE({payment_intent_id}::text, payment_intent_id),
         confirmation_code = COALESCE({confirmation_code}::text, confirmation_code),
         cancel_reason = COALESCE({cancel_reason}::text, cancel_reason, {default_cancel_reason}::text),
+        check_in = COALESCE({check_in}::date, check_in),
+        check_out = COALESCE({check_out}::date, check_out),
+        amount = COALESCE({amount}::int8, amount),
         updated_at = now()
     WHERE saga_id = {id}"
         )

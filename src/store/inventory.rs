@@ -32,6 +32,9 @@ pub enum HoldResult {
 pub struct NewHold<'a> {
     pub id: Uuid,
     pub saga_id: SagaId,
+    /// The booking the hold is for: the saga's own, or the booking a change saga changes (whose
+    /// claims it may overlap).
+    pub booking_id: SagaId,
     pub listing_id: &'a str,
     pub check_in: NaiveDate,
     pub check_out: NaiveDate,
@@ -54,10 +57,19 @@ impl<'a> NewHold<'a> {
         Self {
             id: Uuid::now_v7(),
             saga_id,
+            booking_id: saga_id,
             listing_id,
             check_in,
             check_out,
             expires_at: expires_at.trunc_subsecs(6),
+        }
+    }
+
+    /// The same hold, for `booking` (a change saga's hold of a booking's new nights).
+    pub fn for_booking(self, booking: SagaId) -> Self {
+        Self {
+            booking_id: booking,
+            ..self
         }
     }
 }
@@ -67,6 +79,7 @@ impl<'a> NewHold<'a> {
 /// insert nothing: the database decides, concurrent holds included.
 pub(crate) struct PlaceHold {
     id: Param,
+    booking: Param,
     listing: Param,
     check_in: Param,
     check_out: Param,
@@ -77,6 +90,7 @@ impl PlaceHold {
     pub(crate) fn new(b: &mut Binds, hold: &NewHold<'_>) -> Self {
         Self {
             id: b.push(hold.id),
+            booking: b.push(hold.booking_id),
             listing: b.push(hold.listing_id),
             check_in: b.push(hold.check_in),
             check_out: b.push(hold.check_out),
@@ -89,14 +103,15 @@ impl PlaceHold {
     pub(crate) fn sql(&self, saga_id: Param, filter: &str) -> String {
         let Self {
             id,
+            booking,
             listing,
             check_in,
             check_out,
             expires_at,
         } = self;
         format!(
-            "INSERT INTO inventory_claims (id, saga_id, listing_id, stay, kind, status, expires_at)
-         SELECT {id}::uuid, {saga_id}, {listing}::text, daterange({check_in}::date, {check_out}::date, '[)'),
+            "INSERT INTO inventory_claims (id, saga_id, booking_id, listing_id, stay, kind, status, expires_at)
+         SELECT {id}::uuid, {saga_id}, {booking}::uuid, {listing}::text, daterange({check_in}::date, {check_out}::date, '[)'),
                 'hold', 'active', {expires_at}::timestamptz {filter}
          ON CONFLICT DO NOTHING
          RETURNING id, expires_at"
@@ -275,8 +290,8 @@ pub async fn insert_block(
     b: &NewBlock<'_>,
 ) -> Result<Option<Block>, sqlx::Error> {
     sqlx::query_as(
-        "INSERT INTO inventory_claims (id, saga_id, listing_id, stay, kind, status, reason, created_by)
-         VALUES ($1, NULL, $2, daterange($3, $4, '[)'), 'block', 'active', $5, $6)
+        "INSERT INTO inventory_claims (id, saga_id, booking_id, listing_id, stay, kind, status, reason, created_by)
+         VALUES ($1, NULL, $1, $2, daterange($3, $4, '[)'), 'block', 'active', $5, $6)
          ON CONFLICT DO NOTHING
          RETURNING id, listing_id, lower(stay) AS \"from\", upper(stay) AS \"to\", reason, created_by,
                    status, created_at, released_at",
@@ -378,4 +393,79 @@ pub async fn explain_active_claims(
         .fetch_all(conn)
         .await?;
     Ok(lines.join("\n"))
+}
+
+/// What [`swap_claim`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SwapResult {
+    /// The booking's claim is on the new nights; the change's hold is released. `booking_saga`:
+    /// the booking's saga name (its events' aggregate type).
+    Swapped { booking_saga: String },
+    /// The change's hold lapsed (or was released): the new nights were not kept.
+    HoldLost,
+    /// The booking is no longer confirmed with its claim, the stay and the price the change
+    /// started from.
+    BookingChanged,
+}
+
+/// Swaps booking `booking`'s claim for the hold of change saga `change`, in the caller's
+/// transaction: the hold is released and the booking's own claim takes its nights, so the old
+/// nights stay the booking's until this commits, and the new ones never were anyone else's (the
+/// hold kept them; the exclusion constraint lets one booking's claims overlap). Checks first,
+/// locking the rows it then writes; writes nothing unless both hold.
+pub async fn swap_claim(
+    conn: &mut PgConnection,
+    change: SagaId,
+    booking: SagaId,
+    previous: (NaiveDate, NaiveDate),
+    previous_amount: i64,
+    new: (NaiveDate, NaiveDate),
+) -> Result<SwapResult, sqlx::Error> {
+    let found: Option<(Uuid, String)> = sqlx::query_as(
+        "SELECT c.id, s.saga_name
+         FROM bookings b
+         JOIN sagas s ON s.id = b.saga_id
+         JOIN inventory_claims c ON c.saga_id = b.saga_id AND c.status = 'active' AND c.kind = 'booking'
+         WHERE b.saga_id = $1 AND b.status = 'confirmed' AND b.check_in = $2 AND b.check_out = $3
+           AND b.amount = $4
+           AND c.stay = daterange($2, $3, '[)')
+         FOR UPDATE OF b, c",
+    )
+    .bind(booking)
+    .bind(previous.0)
+    .bind(previous.1)
+    .bind(previous_amount)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((claim, booking_saga)) = found else {
+        return Ok(SwapResult::BookingChanged);
+    };
+    let hold: Option<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM inventory_claims
+         WHERE saga_id = $1 AND booking_id = $2 AND status = 'active' AND kind = 'hold'
+           AND expires_at > now() AND stay = daterange($3, $4, '[)')
+         FOR UPDATE",
+    )
+    .bind(change)
+    .bind(booking)
+    .bind(new.0)
+    .bind(new.1)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(hold) = hold else {
+        return Ok(SwapResult::HoldLost);
+    };
+    sqlx::query(
+        "UPDATE inventory_claims SET status = 'released', released_at = now() WHERE id = $1",
+    )
+    .bind(hold)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE inventory_claims SET stay = daterange($2, $3, '[)') WHERE id = $1")
+        .bind(claim)
+        .bind(new.0)
+        .bind(new.1)
+        .execute(&mut *conn)
+        .await?;
+    Ok(SwapResult::Swapped { booking_saga })
 }

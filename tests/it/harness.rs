@@ -147,13 +147,23 @@ pub async fn empty_database() -> String {
 /// The booking saga from `sagas/booking.toml`, with retry delays shrunk so tests run fast, and
 /// its steps' give-up deadlines ([`TEST_GIVE_UP_AFTER`]) too.
 pub fn booking_definition() -> SagaDefinition {
-    let src = include_str!("../../sagas/booking.toml");
-    let mut def = sagad::engine::definition::parse(
-        src,
+    fast_definition(
+        include_str!("../../sagas/booking.toml"),
         "sagas/booking.toml",
-        &sagad::engine::actions::catalog(),
     )
-    .expect("booking.toml parses");
+}
+
+/// The date/price change saga from `sagas/booking_change.toml`, shrunk like [`booking_definition`].
+pub fn change_definition() -> SagaDefinition {
+    fast_definition(
+        include_str!("../../sagas/booking_change.toml"),
+        "sagas/booking_change.toml",
+    )
+}
+
+fn fast_definition(src: &str, path: &str) -> SagaDefinition {
+    let mut def = sagad::engine::definition::parse(src, path, &sagad::engine::actions::catalog())
+        .unwrap_or_else(|e| panic!("{path} parses: {e:?}"));
     let fast = |p: &mut sagad::engine::retry::RetryPolicy| {
         p.base_delay = Duration::from_millis(5);
         p.max_delay = Duration::from_millis(40);
@@ -204,7 +214,7 @@ pub fn test_settings() -> Settings {
     args.outbound.webhook_retry_schedule = vec![Duration::from_millis(30); 3];
     args.outbound.webhook_retry_jitter = 0.0;
     let mut s = Settings::from_args(args).expect("test settings");
-    s.definitions = vec![booking_definition()];
+    s.definitions = vec![booking_definition(), change_definition()];
     s.engine.poll_interval = Duration::from_millis(200);
     s.engine.shutdown_grace = Duration::from_secs(5);
     let inbox = &mut s.inbound_stripe.inbox;
@@ -240,7 +250,7 @@ impl Default for AppOptions {
             workers: 8,
             local_queue: None,
             lease: Duration::from_secs(30),
-            definitions: vec![booking_definition()],
+            definitions: vec![booking_definition(), change_definition()],
             stripe_webhook_secrets: vec![STRIPE_WEBHOOK_SECRET.into()],
             outbound: test_outbound_config(),
             metrics_listener: false,

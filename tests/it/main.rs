@@ -7,6 +7,7 @@ mod harness;
 mod api;
 mod blocks;
 mod booking;
+mod booking_change;
 mod bookings;
 mod ceiling;
 mod cli;

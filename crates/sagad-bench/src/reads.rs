@@ -105,9 +105,9 @@ async fn bulk_load(db: &PgPool, total: i64) -> anyhow::Result<()> {
         .await
         .context("bulk load: bookings")?;
         sqlx::query(
-            "INSERT INTO inventory_claims (id, saga_id, listing_id, stay, kind, status, created_at,
-                                           released_at)
-             SELECT md5('claim-' || g)::uuid, b.saga_id, b.listing_id,
+            "INSERT INTO inventory_claims (id, saga_id, booking_id, listing_id, stay, kind, status,
+                                           created_at, released_at)
+             SELECT md5('claim-' || g)::uuid, b.saga_id, b.saga_id, b.listing_id,
                     daterange(b.check_in, b.check_out, '[)'), 'booking',
                     CASE WHEN b.status = 'cancelled' THEN 'released' ELSE 'active' END,
                     b.created_at, CASE WHEN b.status = 'cancelled' THEN b.updated_at END

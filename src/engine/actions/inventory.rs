@@ -42,6 +42,7 @@ fn new_hold<'a>(ctx: &StepCtx<'a>, now: DateTime<Utc>) -> NewHold<'a> {
         now,
         ttl,
     )
+    .for_booking(b.booking_id(ctx.saga_id))
 }
 
 /// The hold step's outcome once the hold is in place; `placed`: by this attempt (an earlier one's

@@ -5,6 +5,7 @@
 //! outside service: they run outside any transaction, with an idempotency key stable across retries,
 //! and their outcome commits afterwards.
 
+mod change;
 mod inventory;
 mod notify;
 mod payment;
@@ -36,14 +37,18 @@ pub enum Action {
     ConfirmBooking,
     CancelBooking,
     SendNotification,
+    SwapBooking,
+    RefundDifference,
 }
 
-const FORWARD: [(&str, Action); 5] = [
+const FORWARD: [(&str, Action); 7] = [
     ("inventory.hold", Action::HoldInventory),
     ("payment.authorize", Action::AuthorizePayment),
     ("payment.capture", Action::CapturePayment),
     ("booking.confirm", Action::ConfirmBooking),
     ("notification.send", Action::SendNotification),
+    ("booking.swap", Action::SwapBooking),
+    ("payment.refund_difference", Action::RefundDifference),
 ];
 
 const COMPENSATIONS: [(&str, Action); 4] = [
@@ -53,12 +58,14 @@ const COMPENSATIONS: [(&str, Action); 4] = [
     ("booking.cancel", Action::CancelBooking),
 ];
 
-const FORWARD_NAMES: [&str; 5] = [
+const FORWARD_NAMES: [&str; 7] = [
     FORWARD[0].0,
     FORWARD[1].0,
     FORWARD[2].0,
     FORWARD[3].0,
     FORWARD[4].0,
+    FORWARD[5].0,
+    FORWARD[6].0,
 ];
 const COMPENSATION_NAMES: [&str; 4] = [
     COMPENSATIONS[0].0,
@@ -91,12 +98,14 @@ impl Action {
             Action::AuthorizePayment
             | Action::VoidPayment
             | Action::CapturePayment
-            | Action::RefundPayment => Some(Dependency::Stripe),
+            | Action::RefundPayment
+            | Action::RefundDifference => Some(Dependency::Stripe),
             Action::SendNotification => deps.notify.as_ref().map(|_| Dependency::Notify),
             Action::HoldInventory
             | Action::ReleaseInventory
             | Action::ConfirmBooking
-            | Action::CancelBooking => None,
+            | Action::CancelBooking
+            | Action::SwapBooking => None,
         }
     }
 
@@ -108,6 +117,7 @@ impl Action {
                 | Action::ReleaseInventory
                 | Action::ConfirmBooking
                 | Action::CancelBooking
+                | Action::SwapBooking
         )
     }
 }
@@ -191,10 +201,12 @@ impl Action {
             Action::CapturePayment => payment::capture(&deps.stripe, ctx).await,
             Action::RefundPayment => payment::refund(&deps.stripe, ctx).await,
             Action::SendNotification => notify::send(deps, ctx).await,
+            Action::RefundDifference => change::refund_difference(&deps.stripe, ctx).await,
             Action::HoldInventory
             | Action::ReleaseInventory
             | Action::ConfirmBooking
-            | Action::CancelBooking => Outcome::fail("local action run as remote (bug)", false),
+            | Action::CancelBooking
+            | Action::SwapBooking => Outcome::fail("local action run as remote (bug)", false),
         }
     }
 
@@ -216,7 +228,9 @@ impl Action {
             | Action::VoidPayment
             | Action::CapturePayment
             | Action::RefundPayment
-            | Action::SendNotification => None,
+            | Action::SendNotification
+            | Action::SwapBooking
+            | Action::RefundDifference => None,
         }
     }
 
@@ -231,11 +245,13 @@ impl Action {
             Action::ReleaseInventory => inventory::release(conn, ctx).await,
             Action::ConfirmBooking => inventory::confirm(conn, ctx).await,
             Action::CancelBooking => inventory::cancel(conn, ctx).await,
+            Action::SwapBooking => change::swap(conn, ctx).await,
             Action::AuthorizePayment
             | Action::VoidPayment
             | Action::CapturePayment
             | Action::RefundPayment
-            | Action::SendNotification => {
+            | Action::SendNotification
+            | Action::RefundDifference => {
                 Ok(Outcome::fail("remote action run as local (bug)", false))
             }
         }

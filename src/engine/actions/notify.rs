@@ -28,8 +28,15 @@ pub async fn send(deps: &Deps, ctx: &StepCtx<'_>) -> Outcome {
         .and_then(|o| o.get("confirmation_code"))
         .cloned()
         .unwrap_or(serde_json::Value::Null);
+    // A change saga's notification says so (`params = { message_type = "booking.changed" }`).
+    let message_type = ctx
+        .step
+        .params
+        .get("message_type")
+        .and_then(|v| v.as_str())
+        .unwrap_or("booking.confirmed");
     let body = json!({
-        "type": "booking.confirmed",
+        "type": message_type,
         "saga_id": ctx.saga_id,
         "booking": {
             "listing_id": b.listing_id, "guest_id": b.guest_id,

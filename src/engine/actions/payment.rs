@@ -27,7 +27,7 @@ pub fn wait_key(payment_intent: &str) -> String {
 fn authorize_request(ctx: &StepCtx<'_>) -> AuthorizeRequest {
     let b = ctx.input;
     AuthorizeRequest {
-        amount: b.amount,
+        amount: b.to_charge(),
         currency: b.currency.clone(),
         payment_method: b.payment_method.clone(),
         metadata: vec![
@@ -57,7 +57,7 @@ fn hold_expiry(ctx: &StepCtx<'_>) -> Option<chrono::DateTime<Utc>> {
         .and_then(|v| serde_json::from_value(v.clone()).ok())
 }
 
-fn transient_or_fail(err: StripeError, what: &str) -> Outcome {
+pub(super) fn transient_or_fail(err: StripeError, what: &str) -> Outcome {
     if err.is_transient() {
         let cause = match &err {
             StripeError::Unreachable(_) => RetryCause::Unreachable,
@@ -71,7 +71,15 @@ fn transient_or_fail(err: StripeError, what: &str) -> Outcome {
     }
 }
 
+/// Nothing to charge (a change that does not raise the price): the payment steps do nothing.
+fn nothing_to_charge(ctx: &StepCtx<'_>) -> Option<Outcome> {
+    (ctx.input.to_charge() == 0).then(|| Outcome::done(json!({ "charged": false }), vec![]))
+}
+
 pub async fn authorize(stripe: &StripeClient, ctx: &StepCtx<'_>) -> Outcome {
+    if let Some(nothing) = nothing_to_charge(ctx) {
+        return nothing;
+    }
     let own = ctx.output_of(&ctx.step.name);
     let existing = own
         .and_then(|o| o.get("payment_intent_id"))
@@ -158,6 +166,9 @@ pub async fn authorize(stripe: &StripeClient, ctx: &StepCtx<'_>) -> Outcome {
 }
 
 pub async fn void(stripe: &StripeClient, ctx: &StepCtx<'_>) -> Outcome {
+    if let Some(nothing) = nothing_to_charge(ctx) {
+        return nothing;
+    }
     let pi_id = match payment_intent_id(ctx) {
         Some(id) => id,
         // The authorization may have happened without us seeing the answer: replaying the very same
@@ -203,6 +214,9 @@ fn settle_unvoidable(pi: PaymentIntentInfo) -> Outcome {
 }
 
 pub async fn capture(stripe: &StripeClient, ctx: &StepCtx<'_>) -> Outcome {
+    if let Some(nothing) = nothing_to_charge(ctx) {
+        return nothing;
+    }
     let Some(pi_id) = payment_intent_id(ctx) else {
         return Outcome::fail("no authorized payment to capture", false);
     };

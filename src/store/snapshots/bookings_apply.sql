@@ -1,5 +1,5 @@
 -- bookings::apply: the projection update of a run of events
--- parameters: 7
+-- parameters: 10
 UPDATE bookings SET
         status = CASE WHEN $3::bool THEN
                       CASE WHEN cancel_reason IS NOT NULL THEN 'cancelled' ELSE 'failed' END
@@ -7,5 +7,8 @@ UPDATE bookings SET
         payment_intent_id = COALESCE($4::text, payment_intent_id),
         confirmation_code = COALESCE($5::text, confirmation_code),
         cancel_reason = COALESCE($6::text, cancel_reason, $7::text),
+        check_in = COALESCE($8::date, check_in),
+        check_out = COALESCE($9::date, check_out),
+        amount = COALESCE($10::int8, amount),
         updated_at = now()
     WHERE saga_id = $1

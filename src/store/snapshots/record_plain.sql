@@ -1,12 +1,12 @@
 -- progress::record: step outcomes under a fence
--- parameters: 45
+-- parameters: 48
 WITH t AS (
                  UPDATE sagas SET status = CASE WHEN (cancel_requested AND $6 IN ('waiting', 'completed')) THEN 'running' ELSE $6 END,
                         current_step = $7, attempt = $8, context = $9,
                         next_run_at = CASE WHEN (cancel_requested AND $6 IN ('waiting', 'completed')) THEN now() WHEN $11::float8 IS NOT NULL THEN next_run_at ELSE $10 END,
                         locked_by = CASE WHEN (cancel_requested AND $6 IN ('waiting', 'completed')) OR $11::float8 IS NULL THEN NULL ELSE locked_by END,
                         locked_until = CASE WHEN (cancel_requested AND $6 IN ('waiting', 'completed')) OR $11::float8 IS NULL THEN NULL
-                                            WHEN locked_until >= now() + $44::float8 * interval '1 millisecond' THEN locked_until
+                                            WHEN locked_until >= now() + $47::float8 * interval '1 millisecond' THEN locked_until
                                             ELSE now() + $11::float8 * interval '1 millisecond' END,
                         wait_key = CASE WHEN NOT (cancel_requested AND $6 IN ('waiting', 'completed')) THEN $12 END,
                         wait_deadline = CASE WHEN NOT (cancel_requested AND $6 IN ('waiting', 'completed')) THEN $13 END,
@@ -44,30 +44,33 @@ WITH t AS (
         payment_intent_id = COALESCE($29::text, payment_intent_id),
         confirmation_code = COALESCE($30::text, confirmation_code),
         cancel_reason = COALESCE($31::text, cancel_reason, $32::text),
+        check_in = COALESCE($33::date, check_in),
+        check_out = COALESCE($34::date, check_out),
+        amount = COALESCE($35::int8, amount),
         updated_at = now()
-    WHERE saga_id = $1 AND $33::bool AND EXISTS (SELECT 1 FROM t) RETURNING 1),
+    WHERE saga_id = $1 AND $36::bool AND EXISTS (SELECT 1 FROM t) RETURNING 1),
              step AS (
              INSERT INTO saga_steps (saga_id, step_index, phase, step_name, status, attempts, last_error, finished_at)
              SELECT $1, x.i, x.phase, x.name, x.status, x.attempts, x.error,
                     CASE WHEN x.status IN ('succeeded', 'failed', 'skipped') THEN now() END
-             FROM t, unnest($34::int[], $35::text[], $36::text[], $37::text[],
-                                 $38::int[], $39::text[])
+             FROM t, unnest($37::int[], $38::text[], $39::text[], $40::text[],
+                                 $41::int[], $42::text[])
                      AS x(i, phase, name, status, attempts, error)
              ON CONFLICT (saga_id, step_index, phase) DO UPDATE
              SET status = EXCLUDED.status, attempts = EXCLUDED.attempts,
                  last_error = COALESCE(EXCLUDED.last_error, saga_steps.last_error),
                  finished_at = EXCLUDED.finished_at
              RETURNING 1),
-             held AS (UPDATE inventory_claims SET expires_at = $45::timestamptz
+             held AS (UPDATE inventory_claims SET expires_at = $48::timestamptz
          FROM t
-         WHERE $45::timestamptz IS NOT NULL AND saga_id = $1 AND status = 'active'
-           AND kind = 'hold' AND expires_at > now() AND expires_at < $45::timestamptz
+         WHERE $48::timestamptz IS NOT NULL AND saga_id = $1 AND status = 'active'
+           AND kind = 'hold' AND expires_at > now() AND expires_at < $48::timestamptz
          RETURNING 1)
              SELECT t.first_version, t.cancel_requested,
                     t.requeued,
                     (SELECT count(*) FROM (
-                         SELECT pg_notify(CASE WHEN t.requeued THEN $43 ELSE $40::text END,
-                                          CASE WHEN t.requeued THEN '' ELSE $41::text END)
-                         WHERE t.requeued OR $40::text IS NOT NULL) n) AS notified,
-                    (SELECT count(*) FROM (SELECT pg_notify($42, '') FROM (SELECT 1 FROM deliveries LIMIT 1) AS any_inserted) w) AS woke_deliveries
+                         SELECT pg_notify(CASE WHEN t.requeued THEN $46 ELSE $43::text END,
+                                          CASE WHEN t.requeued THEN '' ELSE $44::text END)
+                         WHERE t.requeued OR $43::text IS NOT NULL) n) AS notified,
+                    (SELECT count(*) FROM (SELECT pg_notify($45, '') FROM (SELECT 1 FROM deliveries LIMIT 1) AS any_inserted) w) AS woke_deliveries
              FROM t

@@ -1,8 +1,8 @@
 -- progress::start: a new saga, the hold it places and the steps it runs ahead
--- parameters: 39
-WITH claim AS (INSERT INTO inventory_claims (id, saga_id, listing_id, stay, kind, status, expires_at)
-         SELECT $29::uuid, $1, $30::text, daterange($31::date, $32::date, '[)'),
-                'hold', 'active', $33::timestamptz WHERE NOT EXISTS (SELECT 1 FROM sagas WHERE idempotency_key = $5)
+-- parameters: 40
+WITH claim AS (INSERT INTO inventory_claims (id, saga_id, booking_id, listing_id, stay, kind, status, expires_at)
+         SELECT $29::uuid, $1, $30::uuid, $31::text, daterange($32::date, $33::date, '[)'),
+                'hold', 'active', $34::timestamptz WHERE NOT EXISTS (SELECT 1 FROM sagas WHERE idempotency_key = $5)
          ON CONFLICT DO NOTHING
          RETURNING id, expires_at),
          s AS (
@@ -35,12 +35,12 @@ WITH claim AS (INSERT INTO inventory_claims (id, saga_id, listing_id, stay, kind
              RETURNING 1),
          booking AS (INSERT INTO bookings (saga_id, listing_id, guest_id, check_in, check_out, amount, currency, status)
          SELECT $1, $19::text, $20::text, $21::date, $22::date, $23::int8,
-                $24::text, CASE WHEN EXISTS (SELECT 1 FROM claim) THEN $28::text ELSE 'requested' END FROM s RETURNING 1), step AS (
+                $24::text, CASE WHEN EXISTS (SELECT 1 FROM claim) THEN $28::text ELSE 'requested' END FROM s WHERE $19::text IS NOT NULL RETURNING 1), step AS (
              INSERT INTO saga_steps (saga_id, step_index, phase, step_name, status, attempts, last_error, finished_at)
              SELECT $1, x.i, x.phase, x.name, x.status, x.attempts, x.error,
                     CASE WHEN x.status IN ('succeeded', 'failed', 'skipped') THEN now() END
-             FROM (SELECT 1 FROM s WHERE EXISTS (SELECT 1 FROM claim)) AS ran, unnest($34::int[], $35::text[], $36::text[], $37::text[],
-                                 $38::int[], $39::text[])
+             FROM (SELECT 1 FROM s WHERE EXISTS (SELECT 1 FROM claim)) AS ran, unnest($35::int[], $36::text[], $37::text[], $38::text[],
+                                 $39::int[], $40::text[])
                      AS x(i, phase, name, status, attempts, error)
              ON CONFLICT (saga_id, step_index, phase) DO UPDATE
              SET status = EXCLUDED.status, attempts = EXCLUDED.attempts,

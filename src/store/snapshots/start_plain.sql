@@ -31,7 +31,7 @@ WITH
              RETURNING 1),
          booking AS (INSERT INTO bookings (saga_id, listing_id, guest_id, check_in, check_out, amount, currency, status)
          SELECT $1, $19::text, $20::text, $21::date, $22::date, $23::int8,
-                $24::text, 'requested' FROM s RETURNING 1)
+                $24::text, 'requested' FROM s WHERE $19::text IS NOT NULL RETURNING 1)
          SELECT s.*,
                 (SELECT count(*) FROM (SELECT pg_notify($9, '') WHERE $10::bool) n) AS notified,
                 (SELECT count(*) FROM (SELECT pg_notify($11, '') FROM (SELECT 1 FROM deliveries LIMIT 1) AS any_inserted) w) AS woke_deliveries
