@@ -21,6 +21,7 @@ pub mod maintenance;
 pub mod outbound;
 pub mod projections;
 pub mod queue;
+pub mod relay;
 pub mod server;
 pub mod shutdown;
 pub mod signing;

@@ -32,6 +32,8 @@ pub enum Error {
     Outbound(#[from] crate::outbound::Error),
     #[error(transparent)]
     Stripe(#[from] crate::stripe::Error),
+    #[error(transparent)]
+    Relay(#[from] crate::relay::Error),
     #[error(
         "no Stripe secret key: the settings name none (only `sagad serve --dev` runs without one, with the test double)"
     )]
@@ -74,6 +76,8 @@ pub async fn run(
         api: listener,
         metrics: metrics_listener,
     } = listeners.into();
+    // The recorder first: the background tasks report from their first moment.
+    let metrics = crate::telemetry::metrics_handle();
     let secret_key = settings
         .stripe
         .secret_key
@@ -83,6 +87,18 @@ pub async fn run(
     // The database's clock decides every time sagad writes or compares with a column.
     let clock = crate::clock::Clock::synced(&pool, settings.clock_skew).await?;
     let clock_task = tokio::spawn(clock.clone().run(pool.clone(), shutdown.clone()));
+    // The relay runs wherever workers run; NATS must be reachable at start (a wrong URL is found
+    // now, not at the first event).
+    let relay = match settings.relay.clone() {
+        Some(config) if settings.role != Role::Api => {
+            Some(crate::relay::Relay::connect(config).await?)
+        }
+        _ => None,
+    };
+    let relay_max_lag = relay
+        .as_ref()
+        .and(settings.relay.as_ref())
+        .map(|c| c.max_lag);
     let registry = Arc::new(Registry::load(pool.clone(), settings.definitions).await?);
     let breakers = crate::breaker::Breakers::new(
         pool.clone(),
@@ -180,6 +196,9 @@ pub async fn run(
         ))
     });
 
+    // The event relay to NATS JetStream, in one process at a time.
+    let relay_task = relay.map(|r| tokio::spawn(r.run(pool.clone(), shutdown.clone())));
+
     let listener_task = tokio::spawn(channels.run(shutdown.clone()));
 
     let state = AppState {
@@ -190,7 +209,7 @@ pub async fn run(
         finished,
         engine_running,
         dispatch,
-        metrics: crate::telemetry::metrics_handle(),
+        metrics,
         metrics_token: settings.metrics.token.as_deref().map(Arc::from),
         max_wait: settings.max_wait,
         booking_rules: settings.booking_rules,
@@ -198,6 +217,7 @@ pub async fn run(
         outbound: Arc::new(settings.outbound),
         clock,
         console: Arc::default(),
+        relay_max_lag,
     };
     let metrics_task = match metrics_listener {
         Some(l) => {
@@ -241,6 +261,11 @@ pub async fn run(
         && let Err(e) = t.await
     {
         warn!(error = %e, "maintenance task ended abnormally");
+    }
+    if let Some(t) = relay_task
+        && let Err(e) = t.await
+    {
+        warn!(error = %e, "NATS relay task ended abnormally");
     }
     if let Some(t) = breakers_task
         && let Err(e) = t.await

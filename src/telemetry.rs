@@ -176,3 +176,35 @@ pub fn dependency_transition(dependency: crate::breaker::Dependency, transition:
 pub fn dependency_paused(dependency: crate::breaker::Dependency, n: i64) {
     gauge!("sagad_dependency_paused_sagas", "dependency" => dependency.as_str()).set(n as f64);
 }
+
+/// Whether this process is the one relaying events to NATS: `sagad_relay_active` 1 or 0.
+pub fn relay_active(active: bool) {
+    gauge!("sagad_relay_active").set(if active { 1.0 } else { 0.0 });
+}
+
+/// The relay's acknowledged feed position: `sagad_relay_position_tx` and `…_seq`.
+pub fn relay_position(position: crate::store::feed::Position) {
+    gauge!("sagad_relay_position_tx").set(position.tx as f64);
+    gauge!("sagad_relay_position_seq").set(position.seq as f64);
+}
+
+/// How far the relay is behind the feed: `sagad_relay_lag_events` (events not yet acknowledged
+/// by JetStream) and `sagad_relay_lag_seconds` (the age of the oldest of them).
+pub fn relay_lag(events: i64, seconds: f64) {
+    gauge!("sagad_relay_lag_events").set(events as f64);
+    gauge!("sagad_relay_lag_seconds").set(seconds);
+}
+
+/// One event acknowledged by JetStream: `sagad_relay_published_total` (by `duplicate`: whether
+/// JetStream had it already), and `sagad_relay_publish_lag_seconds`, from the event's recording
+/// to its acknowledgement.
+pub fn relay_published(duplicate: bool, since_recorded: Duration) {
+    counter!("sagad_relay_published_total", "duplicate" => if duplicate { "true" } else { "false" })
+        .increment(1);
+    histogram!("sagad_relay_publish_lag_seconds").record(since_recorded.as_secs_f64());
+}
+
+/// A relay round that failed to publish: `sagad_relay_publish_errors_total`.
+pub fn relay_publish_error() {
+    counter!("sagad_relay_publish_errors_total").increment(1);
+}

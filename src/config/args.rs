@@ -179,6 +179,8 @@ pub struct ServeArgs {
     pub dev_stripe_listen: SocketAddr,
     #[command(flatten)]
     pub outbound: OutboundArgs,
+    #[command(flatten)]
+    pub relay: RelayArgs,
 }
 
 impl ServeArgs {
@@ -260,6 +262,43 @@ pub struct OutboundArgs {
     /// Deliveries in flight to one endpoint at once (across all processes).
     #[arg(long, env = "SAGAD_WEBHOOK_ENDPOINT_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub webhook_endpoint_concurrency: u32,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The event relay to NATS JetStream
+
+/// The event relay to NATS JetStream (off unless SAGAD_NATS_URL is set).
+#[derive(clap::Args, Debug, Clone)]
+pub struct RelayArgs {
+    /// NATS server to relay every event to through JetStream, e.g. nats://127.0.0.1:4222
+    /// (comma-separated: servers of one cluster). Unset: no relay.
+    #[arg(
+        long,
+        env = "SAGAD_NATS_URL",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub nats_url: Vec<String>,
+    /// The JetStream stream events are published to (created at start when missing).
+    #[arg(long, env = "SAGAD_NATS_STREAM", default_value = "SAGAD")]
+    pub nats_stream: String,
+    /// Each event is published to `<prefix>.<aggregate>.<type>`.
+    #[arg(
+        long,
+        env = "SAGAD_NATS_SUBJECT_PREFIX",
+        default_value = "sagad.events"
+    )]
+    pub nats_subject_prefix: String,
+    /// The duplicate window of the stream when the relay creates it: a republished event is
+    /// dropped by JetStream within it.
+    #[arg(long, env = "SAGAD_NATS_DUPLICATE_WINDOW", default_value = "2m", value_parser = parse_duration)]
+    pub nats_duplicate_window: Duration,
+    /// `/readyz` reports not ready while the oldest event not yet relayed is older than this.
+    #[arg(long, env = "SAGAD_NATS_MAX_LAG", default_value = "60s", value_parser = parse_duration)]
+    pub nats_max_lag: Duration,
+    /// How often the relay looks for new events once it has caught up.
+    #[arg(long, env = "SAGAD_NATS_POLL_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
+    pub nats_poll_interval: Duration,
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub(crate) use args::parse_duration;
-pub use args::{DEFAULT_LISTEN, DbArgs, OutboundArgs, Role, ServeArgs};
+pub use args::{DEFAULT_LISTEN, DbArgs, OutboundArgs, RelayArgs, Role, ServeArgs};
 
 use crate::domain::BookingRules;
 use crate::engine::EngineConfig;
@@ -22,6 +22,7 @@ use crate::engine::definition::{self, DefinitionError, SagaDefinition};
 use crate::inbound::stripe::{InboundSettings, InboxConfig};
 use crate::maintenance::MaintenanceConfig;
 use crate::outbound::{OutboundConfig, RetrySchedule};
+use crate::relay::RelayConfig;
 
 /// The booking saga shipped inside the binary, used when no `sagas/` directory is present.
 pub const BUILTIN_BOOKING: &str = include_str!("../../sagas/booking.toml");
@@ -67,6 +68,8 @@ pub struct Settings {
     /// starts. Tests set it to show that no time sagad writes or compares with a column comes
     /// from this machine's clock (the database's clock decides, [`crate::clock`]).
     pub clock_skew: chrono::TimeDelta,
+    /// The event relay to NATS JetStream; `None` (no SAGAD_NATS_URL): no relay.
+    pub relay: Option<RelayConfig>,
 }
 
 /// A bearer token `/v1` accepts, and its name: the actor recorded for the operator actions
@@ -155,6 +158,20 @@ pub enum ConfigError {
         "SAGAD_METRICS_LISTEN is SAGAD_LISTEN's address ({0}): give metrics another port, or unset it to serve them with the API"
     )]
     MetricsListenClash(SocketAddr),
+    #[error(
+        "SAGAD_NATS_URL {0:?} is not a NATS server URL ({1}); use e.g. nats://127.0.0.1:4222 or tls://nats.example:4222"
+    )]
+    BadNatsUrl(String, String),
+    #[error(
+        "SAGAD_NATS_STREAM {0:?} is not a JetStream stream name: 1-255 characters, none of `.`, `*`, `>`, `/`, `\\` or whitespace"
+    )]
+    BadNatsStream(String),
+    #[error(
+        "SAGAD_NATS_SUBJECT_PREFIX {0:?} is not a subject prefix: dot-separated non-empty tokens without `*`, `>` or whitespace, e.g. sagad.events"
+    )]
+    BadNatsSubjectPrefix(String),
+    #[error("{0}")]
+    BadNatsSetting(&'static str),
     #[error("saga definitions are invalid:\n{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
     Definitions(Vec<DefinitionError>),
 }
@@ -221,9 +238,10 @@ impl Settings {
         }
         let metrics = metrics(&args)?;
         let breakers = breakers(&args)?;
-        let definitions = load_definitions(&args.sagas_dir).map_err(ConfigError::Definitions)?;
         // One name for this process in every queue's `locked_by`.
         let worker_id = crate::engine::default_worker_id();
+        let relay = relay(&args.relay, &worker_id)?;
+        let definitions = load_definitions(&args.sagas_dir).map_err(ConfigError::Definitions)?;
         let o = &args.outbound;
         Ok(Self {
             role: args.role,
@@ -283,6 +301,7 @@ impl Settings {
             metrics,
             breakers,
             clock_skew: chrono::TimeDelta::zero(),
+            relay,
             db: args.db,
         })
     }
@@ -368,6 +387,85 @@ fn api_tokens(args: &ServeArgs) -> Result<Vec<ApiToken>, ConfigError> {
         });
     }
     Ok(tokens)
+}
+
+/// The relay's settings, when SAGAD_NATS_URL names a server.
+fn relay(args: &RelayArgs, worker_id: &str) -> Result<Option<RelayConfig>, ConfigError> {
+    let urls: Vec<&str> = args
+        .nats_url
+        .iter()
+        .map(|u| u.trim())
+        .filter(|u| !u.is_empty())
+        .collect();
+    if urls.is_empty() {
+        return Ok(None);
+    }
+    let mut servers = Vec::with_capacity(urls.len());
+    for raw in urls {
+        // The message shows the URL without its password.
+        let shown = |raw: &str| match reqwest::Url::parse(raw) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("***"));
+                u.to_string()
+            }
+            _ => raw.to_owned(),
+        };
+        let addr: async_nats::ServerAddr = raw
+            .parse()
+            .map_err(|e: std::io::Error| ConfigError::BadNatsUrl(shown(raw), e.to_string()))?;
+        if !matches!(addr.clone().into_inner().scheme(), "nats" | "tls") {
+            return Err(ConfigError::BadNatsUrl(
+                shown(raw),
+                "the scheme must be nats:// or tls://".into(),
+            ));
+        }
+        if addr
+            .clone()
+            .into_inner()
+            .host_str()
+            .is_none_or(str::is_empty)
+        {
+            return Err(ConfigError::BadNatsUrl(
+                shown(raw),
+                "it names no host".into(),
+            ));
+        }
+        servers.push(addr);
+    }
+    if !crate::relay::valid_stream_name(&args.nats_stream) {
+        return Err(ConfigError::BadNatsStream(args.nats_stream.clone()));
+    }
+    if !crate::relay::valid_subject_prefix(&args.nats_subject_prefix) {
+        return Err(ConfigError::BadNatsSubjectPrefix(
+            args.nats_subject_prefix.clone(),
+        ));
+    }
+    if args.nats_duplicate_window < Duration::from_secs(1) {
+        return Err(ConfigError::BadNatsSetting(
+            "SAGAD_NATS_DUPLICATE_WINDOW must be at least 1s, e.g. 2m",
+        ));
+    }
+    if args.nats_max_lag < Duration::from_secs(1) {
+        return Err(ConfigError::BadNatsSetting(
+            "SAGAD_NATS_MAX_LAG must be at least 1s, e.g. 60s",
+        ));
+    }
+    if args.nats_poll_interval < Duration::from_millis(10)
+        || args.nats_poll_interval > Duration::from_secs(3600)
+    {
+        return Err(ConfigError::BadNatsSetting(
+            "SAGAD_NATS_POLL_INTERVAL must be between 10ms and 1h",
+        ));
+    }
+    Ok(Some(RelayConfig {
+        servers,
+        stream: args.nats_stream.clone(),
+        subject_prefix: args.nats_subject_prefix.clone(),
+        duplicate_window: args.nats_duplicate_window,
+        max_lag: args.nats_max_lag,
+        poll_interval: args.nats_poll_interval,
+        worker_id: worker_id.to_owned(),
+    }))
 }
 
 fn metrics(args: &ServeArgs) -> Result<MetricsSettings, ConfigError> {
@@ -492,6 +590,31 @@ mod tests {
             }]
         );
         assert!(!s.runs_stripe_double());
+        assert!(s.relay.is_none(), "the relay is off by default");
+    }
+
+    #[test]
+    fn the_relay_is_on_with_a_nats_url_and_keeps_its_password_out_of_errors() {
+        let mut args = valid();
+        args.relay.nats_url = vec!["nats://127.0.0.1:4222, 127.0.0.1:4223".into()];
+        args.relay.nats_url = args.relay.nats_url[0]
+            .split(',')
+            .map(str::to_owned)
+            .collect();
+        let relay = Settings::from_args(args).unwrap().relay.expect("relay on");
+        assert_eq!(relay.servers.len(), 2);
+        assert_eq!(
+            (relay.stream.as_str(), relay.subject_prefix.as_str()),
+            ("SAGAD", "sagad.events")
+        );
+        assert_eq!(relay.duplicate_window, Duration::from_secs(120));
+        let mut args = valid();
+        args.relay.nats_url = vec!["ftp://relay:s3cret@nats.example".into()];
+        let err = Settings::from_args(args)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("nats://") && !err.contains("s3cret"), "{err}");
     }
 
     #[test]
@@ -571,6 +694,35 @@ mod tests {
             (
                 Box::new(|a| a.sagas_dir = "/nonexistent/sagas".into()),
                 "saga definitions",
+            ),
+            (
+                Box::new(|a| a.relay.nats_url = vec!["http://127.0.0.1:4222".into()]),
+                "SAGAD_NATS_URL \"http://127.0.0.1:4222\"",
+            ),
+            (
+                Box::new(|a| a.relay.nats_url = vec!["nats://u:secret@[::1".into()]),
+                "SAGAD_NATS_URL",
+            ),
+            (
+                Box::new(|a| {
+                    a.relay.nats_url = vec!["nats://127.0.0.1:4222".into()];
+                    a.relay.nats_stream = "sagad.events".into();
+                }),
+                "SAGAD_NATS_STREAM",
+            ),
+            (
+                Box::new(|a| {
+                    a.relay.nats_url = vec!["nats://127.0.0.1:4222".into()];
+                    a.relay.nats_subject_prefix = "sagad.>".into();
+                }),
+                "SAGAD_NATS_SUBJECT_PREFIX",
+            ),
+            (
+                Box::new(|a| {
+                    a.relay.nats_url = vec!["nats://127.0.0.1:4222".into()];
+                    a.relay.nats_poll_interval = Duration::ZERO;
+                }),
+                "SAGAD_NATS_POLL_INTERVAL",
             ),
         ];
         for (change, says) in cases {

@@ -25,7 +25,7 @@ pub async fn healthz() -> impl IntoResponse {
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
-    (status = 200, description = "Database reachable, migrations current, workers running"),
+    (status = 200, description = "Database reachable, migrations current, workers running, and where the NATS relay runs, its lag within SAGAD_NATS_MAX_LAG (the body's `relay` says its position, lag and last error)"),
     (status = 503, description = "Not ready; the body says which check failed")))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let database = sqlx::query("SELECT 1").execute(&state.pool).await.is_ok();
@@ -37,7 +37,14 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         .engine_running
         .as_ref()
         .map(|r| r.load(Ordering::SeqCst));
-    let ready = database && migrations && workers.unwrap_or(true);
+    // The relay's lag, over every process (the database records the relay's position).
+    let relay = match state.relay_max_lag {
+        Some(max_lag) if database => relay_status(&state, max_lag).await,
+        Some(_) => Some((false, serde_json::Value::Null)),
+        None => None,
+    };
+    let relay_ok = relay.as_ref().map(|(ok, _)| *ok);
+    let ready = database && migrations && workers.unwrap_or(true) && relay_ok.unwrap_or(true);
     let status = if ready {
         StatusCode::OK
     } else {
@@ -47,7 +54,38 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         status,
         Json(json!({
             "status": if ready { "ready" } else { "not_ready" },
-            "checks": { "database": database, "migrations": migrations, "workers": workers },
+            "checks": { "database": database, "migrations": migrations, "workers": workers,
+                        "relay": relay_ok },
+            "relay": relay.map(|(_, body)| body),
         })),
     )
+}
+
+/// Whether the relay lags less than `max_lag`, and what the database records of it.
+async fn relay_status(
+    state: &AppState,
+    max_lag: std::time::Duration,
+) -> Option<(bool, serde_json::Value)> {
+    let mut conn = match state.pool.acquire().await {
+        Ok(c) => c,
+        Err(_) => return Some((false, serde_json::Value::Null)),
+    };
+    match store::relay::status(&mut conn).await {
+        Ok(s) => Some((
+            crate::relay::within(&s.lag, max_lag),
+            json!({
+                "holder": s.holder,
+                "position": s.position,
+                "lag_events": s.lag.events,
+                "lag_seconds": s.lag.seconds,
+                "max_lag_seconds": max_lag.as_secs_f64(),
+                "last_error": s.last_error,
+                "last_error_at": s.last_error_at,
+            }),
+        )),
+        Err(e) => {
+            tracing::warn!(error = %e, "/readyz cannot read the relay's position");
+            Some((false, serde_json::Value::Null))
+        }
+    }
 }

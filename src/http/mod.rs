@@ -68,6 +68,8 @@ pub struct AppState {
     pub clock: crate::clock::Clock,
     /// The operator console's in-memory state (`/console`).
     pub console: Arc<crate::console::Console>,
+    /// The relay lag `/readyz` tolerates, where the NATS relay runs (`None`: no relay here).
+    pub relay_max_lag: Option<Duration>,
 }
 
 /// The router. `api`: serve `/v1` and `/openapi.json` (a worker-only process serves health and

@@ -15,6 +15,7 @@ pub mod outbound;
 pub mod progress;
 pub mod projections;
 pub mod queues;
+pub mod relay;
 pub mod sagas;
 mod stmt;
 pub mod stripe_inbox;

@@ -196,6 +196,8 @@ pub struct AppOptions {
     pub max_wait: Option<Duration>,
     /// How far this instance's wall clock is from the database's ([`Settings::clock_skew`]).
     pub clock_skew: chrono::TimeDelta,
+    /// The NATS relay (`None`: off, as by default).
+    pub relay: Option<sagad::relay::RelayConfig>,
 }
 
 /// The settings every test instance starts from: sagad's defaults, built the way `sagad serve`
@@ -257,6 +259,7 @@ impl Default for AppOptions {
             metrics_token: None,
             max_wait: None,
             clock_skew: chrono::TimeDelta::zero(),
+            relay: None,
         }
     }
 }
@@ -322,6 +325,10 @@ pub async fn spawn_instance(
     if let Some(max_wait) = opts.max_wait {
         settings.max_wait = max_wait;
     }
+    settings.relay = opts.relay.map(|r| sagad::relay::RelayConfig {
+        worker_id: settings.engine.worker_id.clone(),
+        ..r
+    });
     let metrics_listener = if opts.metrics_listener {
         Some(
             TcpListener::bind("127.0.0.1:0")

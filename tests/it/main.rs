@@ -30,6 +30,7 @@ mod outage;
 mod outbound;
 mod projections;
 mod queues;
+mod relay;
 mod start;
 mod stripe;
 mod upgrade;
