@@ -84,9 +84,6 @@ pub async fn run(
         .as_deref()
         .ok_or(Error::NoStripeKey)?;
     let stripe = StripeClient::new(secret_key, settings.stripe.api_base.as_deref())?;
-    // The database's clock decides every time sagad writes or compares with a column.
-    let clock = crate::clock::Clock::synced(&pool, settings.clock_skew).await?;
-    let clock_task = tokio::spawn(clock.clone().run(pool.clone(), shutdown.clone()));
     // The relay runs wherever workers run; NATS must be reachable at start (a wrong URL is found
     // now, not at the first event).
     let relay = match settings.relay.clone() {
@@ -99,6 +96,9 @@ pub async fn run(
         .as_ref()
         .and(settings.relay.as_ref())
         .map(|c| c.max_lag);
+    // The database's clock decides every time sagad writes or compares with a column.
+    let clock = crate::clock::Clock::synced(&pool, settings.clock_skew).await?;
+    let clock_task = tokio::spawn(clock.clone().run(pool.clone(), shutdown.clone()));
     let registry = Arc::new(Registry::load(pool.clone(), settings.definitions).await?);
     let breakers = crate::breaker::Breakers::new(
         pool.clone(),
@@ -197,7 +197,8 @@ pub async fn run(
     });
 
     // The event relay to NATS JetStream, in one process at a time.
-    let relay_task = relay.map(|r| tokio::spawn(r.run(pool.clone(), shutdown.clone())));
+    let relay_task =
+        relay.map(|r| tokio::spawn(r.run(pool.clone(), clock.clone(), shutdown.clone())));
 
     let listener_task = tokio::spawn(channels.run(shutdown.clone()));
 

@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::clock::Clock;
 use crate::store;
 use crate::store::feed::FeedEvent;
 
@@ -137,7 +138,7 @@ impl Relay {
 
     /// Relays until `shutdown` whenever this process holds the relay's lock; waits for it
     /// otherwise.
-    pub async fn run(self, pool: PgPool, shutdown: CancellationToken) {
+    pub async fn run(self, pool: PgPool, clock: Clock, shutdown: CancellationToken) {
         crate::telemetry::relay_active(false);
         let options = pool.connect_options();
         // The connection that asks for the lock, and holds it once taken.
@@ -156,7 +157,7 @@ impl Relay {
                     let Some(c) = conn.as_mut() else { continue };
                     crate::telemetry::relay_active(true);
                     info!("relaying events to NATS JetStream");
-                    let result = self.relay(c, &shutdown).await;
+                    let result = self.relay(c, &clock, &shutdown).await;
                     crate::telemetry::relay_active(false);
                     // Closing the connection releases the lock.
                     if let Some(c) = conn.take() {
@@ -188,6 +189,7 @@ impl Relay {
     async fn relay(
         &self,
         conn: &mut PgConnection,
+        clock: &Clock,
         shutdown: &CancellationToken,
     ) -> Result<(), sqlx::Error> {
         let mut position = store::relay::take_over(conn, &self.config.worker_id).await?;
@@ -197,7 +199,7 @@ impl Relay {
         while !shutdown.is_cancelled() {
             let page = store::feed::read(conn, position, BATCH, None).await?;
             let caught_up = (page.events.len() as i64) < BATCH;
-            match self.publish(&page.events).await {
+            match self.publish(&page.events, clock).await {
                 Ok(()) => {
                     failures = 0;
                     if page.next > position {
@@ -241,7 +243,7 @@ impl Relay {
 
     /// Publishes `events` in waves of distinct aggregates, each wave acknowledged in full before
     /// the next starts. On a failure, says how many events from the start were acknowledged.
-    async fn publish(&self, events: &[FeedEvent]) -> Result<(), Failed> {
+    async fn publish(&self, events: &[FeedEvent], clock: &Clock) -> Result<(), Failed> {
         let mut start = 0;
         while start < events.len() {
             let end = wave_end(events, start);
@@ -272,7 +274,7 @@ impl Relay {
                         let e = &events[index];
                         crate::telemetry::relay_published(
                             ack.duplicate,
-                            (chrono::Utc::now() - e.event.recorded_at)
+                            (clock.db_now() - e.event.recorded_at)
                                 .to_std()
                                 .unwrap_or_default(),
                         );
@@ -475,7 +477,7 @@ mod tests {
                 schema_version: 1,
                 payload: serde_json::json!({}),
                 metadata: serde_json::json!({}),
-                recorded_at: chrono::Utc::now(),
+                recorded_at: crate::clock::wall(),
             },
         }
     }
@@ -491,8 +493,11 @@ mod tests {
             event(b, 5),
         ];
         assert_eq!(wave_end(&events, 0), 2);
-        assert_eq!(wave_end(&events, 2), 4);
+        assert_eq!(wave_end(&events, 2), 5);
         assert_eq!(wave_end(&events, 4), 5);
+        let same = [event(a, 1), event(a, 2), event(a, 3)];
+        assert_eq!(wave_end(&same, 0), 1);
+        assert_eq!(wave_end(&same, 1), 2);
         assert_eq!(wave_end(&events[..0], 0), 0);
     }
 
