@@ -15,6 +15,8 @@ use crate::events::Event;
 
 /// A booking's status when its saga starts with nothing run ahead.
 pub const REQUESTED: &str = "requested";
+/// A booking whose saga is parked as `stuck`.
+const NEEDS_ATTENTION: &str = "needs_attention";
 
 crate::text_enum::text_enum! {
     /// Every status the projection gives a booking (the fold below and the start statement).
@@ -141,6 +143,9 @@ pub struct Change {
     /// New stay and price (`BookingChanged`).
     pub stay: Option<(NaiveDate, NaiveDate)>,
     pub amount: Option<i64>,
+    /// `SagaCompleted` with no status after it: a booking at `needs_attention` (a step parked as
+    /// stuck, which an operator's retry then completed) is `confirmed`; any other status stays.
+    pub completed: bool,
 }
 
 impl Change {
@@ -156,6 +161,7 @@ impl Change {
     fn set(&mut self, status: &'static str) {
         self.status = Some(status);
         self.compensated = false;
+        self.completed = false;
     }
 
     fn fold(&mut self, event: &Event) {
@@ -195,7 +201,8 @@ impl Change {
                         .get_or_insert_with(|| reason.clone());
                 }
             }
-            Event::SagaStuck { .. } => self.set("needs_attention"),
+            Event::SagaStuck { .. } => self.set(NEEDS_ATTENTION),
+            Event::SagaCompleted {} => self.completed = true,
             // Dates and price only: the booking stays as it was (confirmed).
             Event::BookingChanged {
                 check_in,
@@ -225,7 +232,6 @@ impl Change {
             | Event::InventoryReleased { .. }
             | Event::PaymentVoided { .. }
             | Event::PaymentRefunded { .. }
-            | Event::SagaCompleted {}
             | Event::SagaPaused { .. }
             | Event::SagaResumed { .. }
             | Event::PaymentReceived { .. }
@@ -242,9 +248,21 @@ impl Change {
         *self == Self::default()
     }
 
+    /// A completion and nothing else: it writes only a booking at `needs_attention`.
+    fn only_completed(&self) -> bool {
+        *self
+            == Self {
+                completed: true,
+                ..Self::default()
+            }
+    }
+
     /// This change applied to `row` at `at`: what [`UpdateBooking`] does in SQL, for replay. Every
     /// right-hand side reads the row as it was, as `UPDATE … SET` does.
     pub fn apply_to(&self, row: &mut Booking, at: DateTime<Utc>) {
+        if self.only_completed() && row.status != NEEDS_ATTENTION {
+            return;
+        }
         let status = if self.compensated {
             if row.cancel_reason.is_some() {
                 "cancelled"
@@ -252,7 +270,10 @@ impl Change {
                 "failed"
             }
         } else {
-            self.status.unwrap_or(&row.status)
+            match self.status.unwrap_or(&row.status) {
+                NEEDS_ATTENTION if self.completed => "confirmed",
+                status => status,
+            }
         };
         row.status = status.to_owned();
         if let Some(p) = &self.payment_intent_id {
@@ -401,6 +422,8 @@ pub(crate) struct UpdateBooking {
     check_in: Param,
     check_out: Param,
     amount: Param,
+    completed: Param,
+    only_completed: Param,
 }
 
 impl UpdateBooking {
@@ -415,6 +438,8 @@ impl UpdateBooking {
             check_in: b.push(change.stay.map(|s| s.0)),
             check_out: b.push(change.stay.map(|s| s.1)),
             amount: b.push(change.amount),
+            completed: b.push(change.completed),
+            only_completed: b.push(change.only_completed()),
         }
     }
 
@@ -430,11 +455,15 @@ impl UpdateBooking {
             check_in,
             check_out,
             amount,
+            completed,
+            only_completed,
         } = self;
+        // A completion alone changes only a booking at needs_attention: others are not written.
         format!(
             "UPDATE bookings SET
         status = CASE WHEN {compensated}::bool THEN
                       CASE WHEN cancel_reason IS NOT NULL THEN 'cancelled' ELSE 'failed' END
+                      WHEN {completed}::bool AND COALESCE({status}::text, status) = '{NEEDS_ATTENTION}' THEN 'confirmed'
                  ELSE COALESCE({status}::text, status) END,
         payment_intent_id = COALESCE({payment_intent_id}::text, payment_intent_id),
         confirmation_code = COALESCE({confirmation_code}::text, confirmation_code),
@@ -443,7 +472,7 @@ impl UpdateBooking {
         check_out = COALESCE({check_out}::date, check_out),
         amount = COALESCE({amount}::int8, amount),
         updated_at = now()
-    WHERE saga_id = {id}"
+    WHERE saga_id = {id} AND (NOT {only_completed}::bool OR status = '{NEEDS_ATTENTION}')"
         )
     }
 }
@@ -674,11 +703,37 @@ mod tests {
 
     #[test]
     fn events_that_do_not_show_change_nothing() {
-        let c = Change::of(&[
-            Event::SagaCompleted {},
-            Event::NotificationSent { status_code: 204 },
-        ]);
+        let c = Change::of(&[Event::NotificationSent { status_code: 204 }]);
         assert!(c.is_empty());
+    }
+
+    fn booking_at(status: &str) -> Booking {
+        let mut row = replay(
+            SagaId(uuid::Uuid::nil()),
+            [(&requested(), DateTime::<Utc>::UNIX_EPOCH)],
+        )
+        .unwrap();
+        row.status = status.to_owned();
+        row
+    }
+
+    #[test]
+    fn a_completion_confirms_a_booking_that_needed_attention_and_leaves_others_alone() {
+        let c = Change::of(&[
+            Event::NotificationSent { status_code: 204 },
+            Event::SagaCompleted {},
+        ]);
+        assert!(c.completed && c.status.is_none());
+        let later = DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::seconds(5);
+        let mut row = booking_at("needs_attention");
+        c.apply_to(&mut row, later);
+        assert_eq!((row.status.as_str(), row.updated_at), ("confirmed", later));
+        for status in ["confirmed", "disputed"] {
+            let mut row = booking_at(status);
+            let before = row.clone();
+            c.apply_to(&mut row, later);
+            assert_eq!(row, before, "a completion leaves {status} alone, unwritten");
+        }
     }
 
     #[test]
@@ -783,7 +838,21 @@ mod tests {
                 compensated.clone(),
                 stuck.clone(),
             ],
-            vec![held, compensated, stuck, cancelled],
+            vec![held.clone(), compensated, stuck.clone(), cancelled],
+            // Stuck at its last step, retried by an operator, completed.
+            vec![
+                held,
+                authorized("pi_3"),
+                stuck,
+                Event::SagaRetried {
+                    actor: "ops".into(),
+                    reason: "r".into(),
+                    step: "notify".into(),
+                    phase: StepPhase::Forward,
+                },
+                Event::NotificationSent { status_code: 204 },
+                Event::SagaCompleted {},
+            ],
         ]
     }
 

@@ -1,12 +1,12 @@
 -- progress::record: step outcomes under a fence
--- parameters: 48
+-- parameters: 50
 WITH t AS (
                  UPDATE sagas SET status = CASE WHEN (cancel_requested AND $6 IN ('waiting', 'completed')) THEN 'running' ELSE $6 END,
                         current_step = $7, attempt = $8, context = $9,
                         next_run_at = CASE WHEN (cancel_requested AND $6 IN ('waiting', 'completed')) THEN now() WHEN $11::float8 IS NOT NULL THEN next_run_at ELSE $10 END,
                         locked_by = CASE WHEN (cancel_requested AND $6 IN ('waiting', 'completed')) OR $11::float8 IS NULL THEN NULL ELSE locked_by END,
                         locked_until = CASE WHEN (cancel_requested AND $6 IN ('waiting', 'completed')) OR $11::float8 IS NULL THEN NULL
-                                            WHEN locked_until >= now() + $47::float8 * interval '1 millisecond' THEN locked_until
+                                            WHEN locked_until >= now() + $49::float8 * interval '1 millisecond' THEN locked_until
                                             ELSE now() + $11::float8 * interval '1 millisecond' END,
                         wait_key = CASE WHEN NOT (cancel_requested AND $6 IN ('waiting', 'completed')) THEN $12 END,
                         wait_deadline = CASE WHEN NOT (cancel_requested AND $6 IN ('waiting', 'completed')) THEN $13 END,
@@ -40,6 +40,7 @@ WITH t AS (
              booking AS (UPDATE bookings SET
         status = CASE WHEN $28::bool THEN
                       CASE WHEN cancel_reason IS NOT NULL THEN 'cancelled' ELSE 'failed' END
+                      WHEN $36::bool AND COALESCE($27::text, status) = 'needs_attention' THEN 'confirmed'
                  ELSE COALESCE($27::text, status) END,
         payment_intent_id = COALESCE($29::text, payment_intent_id),
         confirmation_code = COALESCE($30::text, confirmation_code),
@@ -48,29 +49,29 @@ WITH t AS (
         check_out = COALESCE($34::date, check_out),
         amount = COALESCE($35::int8, amount),
         updated_at = now()
-    WHERE saga_id = $1 AND $36::bool AND EXISTS (SELECT 1 FROM t) RETURNING 1),
+    WHERE saga_id = $1 AND (NOT $37::bool OR status = 'needs_attention') AND $38::bool AND EXISTS (SELECT 1 FROM t) RETURNING 1),
              step AS (
              INSERT INTO saga_steps (saga_id, step_index, phase, step_name, status, attempts, last_error, finished_at)
              SELECT $1, x.i, x.phase, x.name, x.status, x.attempts, x.error,
                     CASE WHEN x.status IN ('succeeded', 'failed', 'skipped') THEN now() END
-             FROM t, unnest($37::int[], $38::text[], $39::text[], $40::text[],
-                                 $41::int[], $42::text[])
+             FROM t, unnest($39::int[], $40::text[], $41::text[], $42::text[],
+                                 $43::int[], $44::text[])
                      AS x(i, phase, name, status, attempts, error)
              ON CONFLICT (saga_id, step_index, phase) DO UPDATE
              SET status = EXCLUDED.status, attempts = EXCLUDED.attempts,
                  last_error = COALESCE(EXCLUDED.last_error, saga_steps.last_error),
                  finished_at = EXCLUDED.finished_at
              RETURNING 1),
-             held AS (UPDATE inventory_claims SET expires_at = $48::timestamptz
+             held AS (UPDATE inventory_claims SET expires_at = $50::timestamptz
          FROM t
-         WHERE $48::timestamptz IS NOT NULL AND saga_id = $1 AND status = 'active'
-           AND kind = 'hold' AND expires_at > now() AND expires_at < $48::timestamptz
+         WHERE $50::timestamptz IS NOT NULL AND saga_id = $1 AND status = 'active'
+           AND kind = 'hold' AND expires_at > now() AND expires_at < $50::timestamptz
          RETURNING 1)
              SELECT t.first_version, t.cancel_requested,
                     t.requeued,
                     (SELECT count(*) FROM (
-                         SELECT pg_notify(CASE WHEN t.requeued THEN $46 ELSE $43::text END,
-                                          CASE WHEN t.requeued THEN '' ELSE $44::text END)
-                         WHERE t.requeued OR $43::text IS NOT NULL) n) AS notified,
-                    (SELECT count(*) FROM (SELECT pg_notify($45, '') FROM (SELECT 1 FROM deliveries LIMIT 1) AS any_inserted) w) AS woke_deliveries
+                         SELECT pg_notify(CASE WHEN t.requeued THEN $48 ELSE $45::text END,
+                                          CASE WHEN t.requeued THEN '' ELSE $46::text END)
+                         WHERE t.requeued OR $45::text IS NOT NULL) n) AS notified,
+                    (SELECT count(*) FROM (SELECT pg_notify($47, '') FROM (SELECT 1 FROM deliveries LIMIT 1) AS any_inserted) w) AS woke_deliveries
              FROM t
