@@ -185,10 +185,54 @@ pub enum Event {
         previous_check_out: NaiveDate,
         previous_amount: i64,
     },
+    /// A dependency's circuit breaker opened: its calls are not made, and sagas whose next
+    /// action needs it pause. On the dependency's own aggregate (`dependency`).
+    DependencyCircuitOpened {
+        /// `stripe` or `notify`.
+        dependency: String,
+        /// `system`: sagad opened it on its own.
+        actor: String,
+        /// Which threshold was crossed: `failure_rate` or `connection_failures`.
+        cause: String,
+        /// What was counted, in words.
+        reason: String,
+        /// Calls and retryable failures over the sliding window (rounded: the previous bucket
+        /// counts in part).
+        calls: i64,
+        failures: i64,
+        /// Connection failures in a row, over every process.
+        connection_failures: i64,
+        /// When one probe call goes through.
+        probe_at: DateTime<Utc>,
+    },
+    /// The probe of an open breaker failed (a retryable failure): it stays open, and the next
+    /// probe waits twice as long (up to the maximum). Not published.
+    DependencyProbeFailed {
+        dependency: String,
+        actor: String,
+        reason: String,
+        /// Failed probes since the breaker opened.
+        failed_probes: i64,
+        probe_at: DateTime<Utc>,
+    },
+    /// The probe got an answer: the breaker closed, and the sagas paused on it were woken.
+    DependencyCircuitClosed {
+        dependency: String,
+        actor: String,
+        reason: String,
+        /// When it opened (kept through failed probes).
+        opened_at: DateTime<Utc>,
+        failed_probes: i64,
+        /// Paused sagas woken in the transaction that closed it (oldest first, due at a ramped
+        /// rate).
+        woken_sagas: i64,
+    },
 }
 
 /// The aggregate type of a host block's events.
 pub const BLOCK_AGGREGATE: &str = "listing_block";
+/// The aggregate type of a dependency's breaker events (its id: `dependency_breakers.aggregate_id`).
+pub const DEPENDENCY_AGGREGATE: &str = "dependency";
 
 /// Every stored event type name: each [`Event`]'s [`Event::type_name`], and the endpoint events
 /// outgoing webhooks record ([`crate::outbound::catalog::ENDPOINT_DISABLED_INTERNAL`]).
@@ -221,6 +265,9 @@ pub const TYPES: &[&str] = &[
     "SagaResumed",
     "BookingChangeRequested",
     "BookingChanged",
+    "DependencyCircuitOpened",
+    "DependencyProbeFailed",
+    "DependencyCircuitClosed",
     crate::outbound::catalog::ENDPOINT_DISABLED_INTERNAL,
 ];
 
@@ -256,6 +303,9 @@ impl Event {
             Event::ListingUnblocked { .. } => "ListingUnblocked",
             Event::BookingChangeRequested { .. } => "BookingChangeRequested",
             Event::BookingChanged { .. } => "BookingChanged",
+            Event::DependencyCircuitOpened { .. } => "DependencyCircuitOpened",
+            Event::DependencyProbeFailed { .. } => "DependencyProbeFailed",
+            Event::DependencyCircuitClosed { .. } => "DependencyCircuitClosed",
         }
     }
 

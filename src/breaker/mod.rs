@@ -24,6 +24,7 @@ use tracing::{info, warn};
 use model::{Breaker, Tally, Transition};
 pub use model::{BreakerState, CallResult, Dependency, Thresholds};
 
+use crate::events::NewEvent;
 use crate::store::breakers::{self as store, Ramp};
 
 /// Whether a step may call its dependency now.
@@ -160,7 +161,8 @@ impl Breakers {
     }
 
     /// Locks the breaker's row, applies `f`, writes it back; a transition to closed wakes the
-    /// sagas paused on it in the same transaction.
+    /// sagas paused on it, and a transition records its operator event (published as
+    /// `dependency.circuit_opened` / `dependency.circuit_closed`), in the same transaction.
     async fn change(
         &self,
         dependency: Dependency,
@@ -169,12 +171,22 @@ impl Breakers {
         let mut tx = self.pool.begin().await?;
         let mut b = store::lock(&mut tx, dependency).await?;
         let before = b.clone();
-        let transition = f(&mut b, self.clock.db_now(), &self.thresholds);
+        let now = self.clock.db_now();
+        let transition = f(&mut b, now, &self.thresholds);
         let mut woke = 0;
         if b != before {
             store::save(&mut tx, &b).await?;
             if transition == Some(Transition::Closed) {
                 woke = store::wake_paused(&mut tx, dependency, self.ramp, false).await?;
+            }
+            if let Some(event) =
+                transition.and_then(|t| b.operator_event(&before, t, now, &self.thresholds, woke))
+            {
+                let event = NewEvent {
+                    worker: Some(self.worker_id.clone()),
+                    ..NewEvent::from(event)
+                };
+                store::record_event(&mut tx, dependency, event).await?;
             }
         }
         tx.commit().await?;
@@ -194,14 +206,20 @@ impl Breakers {
         }
         let counts = store::paused_counts(&self.pool).await?;
         let now = self.clock.db_now();
-        for row in store::get_all(&self.pool).await? {
-            let dependency = row.dependency;
+        let mut rows = store::get_all(&self.pool).await?;
+        for dependency in Dependency::ALL.iter().copied() {
             let reason = store::wait_reason(dependency);
             let paused = counts
                 .iter()
                 .find(|(r, _)| *r == reason)
                 .map_or(0, |(_, n)| *n);
             crate::telemetry::dependency_paused(dependency, paused);
+            let Some(at) = rows.iter().position(|r| r.dependency == dependency) else {
+                // No call counted yet: closed.
+                crate::telemetry::dependency_state(dependency, BreakerState::Closed);
+                continue;
+            };
+            let row = rows.swap_remove(at);
             let (closed, probe_due) = (row.state == BreakerState::Closed, row.probe_due(now));
             self.remember(row);
             if paused == 0 {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use utoipa::ToSchema;
 
+use crate::events::Event;
 use crate::text_enum::text_enum;
 
 text_enum! {
@@ -155,6 +156,27 @@ pub enum Transition {
     Closed,
 }
 
+/// Which threshold opened a breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenCause {
+    /// At least the failure ratio of at least `min_calls` calls over the window failed.
+    FailureRate,
+    /// `connection_failures` connection failures in a row.
+    ConnectionFailures,
+}
+
+impl OpenCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpenCause::FailureRate => "failure_rate",
+            OpenCause::ConnectionFailures => "connection_failures",
+        }
+    }
+}
+
+/// The actor of the operator events sagad records on its own (breaker transitions).
+pub const SYSTEM_ACTOR: &str = "system";
+
 impl Transition {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -223,9 +245,12 @@ impl Breaker {
     }
 
     fn open(&mut self, now: DateTime<Utc>, th: &Thresholds) {
+        if self.state == BreakerState::Closed {
+            // Kept through reopenings: when the outage, as the breaker saw it, began.
+            self.opened_at = Some(now);
+        }
         self.state = BreakerState::Open;
         self.opens = self.opens.saturating_add(1);
-        self.opened_at = Some(now);
         let doublings = (self.opens - 1).clamp(0, 30) as u32;
         let delay = th
             .probe_after
@@ -257,17 +282,98 @@ impl Breaker {
         if self.state != BreakerState::Closed {
             return None;
         }
+        self.crossed(now, th)?;
+        self.open(now, th);
+        Some(Transition::Opened)
+    }
+
+    /// Which threshold the counts over the window cross, if any (the failure share first).
+    pub fn crossed(&self, now: DateTime<Utc>, th: &Thresholds) -> Option<OpenCause> {
         let (calls, failures) = self.windowed(now, th.window);
-        let ratio_crossed = calls >= f64::from(th.min_calls)
+        if calls >= f64::from(th.min_calls)
             && failures >= th.failure_ratio * calls
-            && failures > 0.0;
-        let unreachable =
-            self.connection_failures >= i32::try_from(th.connection_failures).unwrap_or(i32::MAX);
-        if ratio_crossed || unreachable {
-            self.open(now, th);
-            return Some(Transition::Opened);
+            && failures > 0.0
+        {
+            return Some(OpenCause::FailureRate);
+        }
+        if self.connection_failures >= i32::try_from(th.connection_failures).unwrap_or(i32::MAX) {
+            return Some(OpenCause::ConnectionFailures);
         }
         None
+    }
+
+    /// The operator event a transition of this breaker records (`before`: the breaker as it was;
+    /// `self`: as the transition left it; `woken`: the paused sagas a closing woke), or `None`
+    /// for one that records nothing (a probe taken: its result says how it went).
+    pub fn operator_event(
+        &self,
+        before: &Breaker,
+        transition: Transition,
+        now: DateTime<Utc>,
+        th: &Thresholds,
+        woken: u64,
+    ) -> Option<Event> {
+        let dependency = self.dependency.as_str().to_owned();
+        let actor = SYSTEM_ACTOR.to_owned();
+        let probe_at = self.probe_at.unwrap_or(now);
+        let wait = |at: DateTime<Utc>| (at - now).num_milliseconds().max(0) as f64 / 1000.0;
+        match transition {
+            Transition::Opened => {
+                let (calls, failures) = self.windowed(now, th.window);
+                let share = 100.0 * failures / calls.max(1.0);
+                let (calls, failures) = (calls.round() as i64, failures.round() as i64);
+                let cause = self.crossed(now, th).unwrap_or(OpenCause::FailureRate);
+                let window = th.window.as_secs_f64();
+                let why = match cause {
+                    OpenCause::FailureRate => format!(
+                        "{failures} of {calls} calls failed over the last {window} s ({share:.0} %; \
+                         it opens at {:.0} % of at least {})",
+                        100.0 * th.failure_ratio,
+                        th.min_calls
+                    ),
+                    OpenCause::ConnectionFailures => format!(
+                        "{} connection failures in a row (it opens at {})",
+                        self.connection_failures, th.connection_failures
+                    ),
+                };
+                Some(Event::DependencyCircuitOpened {
+                    dependency,
+                    actor,
+                    cause: cause.as_str().to_owned(),
+                    reason: format!("{why}; first probe in {} s", wait(probe_at)),
+                    calls,
+                    failures,
+                    connection_failures: i64::from(self.connection_failures),
+                    probe_at,
+                })
+            }
+            Transition::Reopened => Some(Event::DependencyProbeFailed {
+                dependency,
+                actor,
+                reason: format!(
+                    "the probe failed (a retryable failure); next probe in {} s",
+                    wait(probe_at)
+                ),
+                failed_probes: i64::from(self.opens - 1),
+                probe_at,
+            }),
+            Transition::Closed => {
+                let opened_at = before.opened_at.unwrap_or(before.changed_at);
+                let failed_probes = i64::from((before.opens - 1).max(0));
+                Some(Event::DependencyCircuitClosed {
+                    dependency,
+                    actor,
+                    reason: format!(
+                        "the probe got an answer after {} s open and {failed_probes} failed probe(s)",
+                        (now - opened_at).num_seconds().max(0)
+                    ),
+                    opened_at,
+                    failed_probes,
+                    woken_sagas: i64::try_from(woken).unwrap_or(i64::MAX),
+                })
+            }
+            Transition::ProbeTaken => None,
+        }
     }
 
     /// Whether a probe may start now (open and its time has come, or a probe's slot ran out).
@@ -474,5 +580,86 @@ mod tests {
             Some(Transition::Closed)
         );
         assert_eq!(b.state, BreakerState::Closed);
+    }
+    #[test]
+    fn transitions_record_operator_events_that_say_why() {
+        let th = Thresholds::default();
+        let mut b = Breaker::new(Dependency::Stripe, t0());
+        let mut before = b.clone();
+        let t = b.count(tally(&[FAIL; 20]), t0(), &th).unwrap();
+        let Some(Event::DependencyCircuitOpened {
+            dependency,
+            actor,
+            cause,
+            reason,
+            calls,
+            failures,
+            connection_failures,
+            probe_at,
+        }) = b.operator_event(&before, t, t0(), &th, 0)
+        else {
+            panic!("no opened event")
+        };
+        assert_eq!(
+            (dependency.as_str(), actor.as_str(), cause.as_str()),
+            ("stripe", "system", "failure_rate")
+        );
+        assert_eq!(
+            reason,
+            "20 of 20 calls failed over the last 30 s (100 %; it opens at 50 % of at least 20); \
+             first probe in 10 s"
+        );
+        assert_eq!((calls, failures, connection_failures), (20, 20, 0));
+        assert_eq!(probe_at, t0() + secs(10));
+
+        // The probe: taking it records nothing; failing it records the failed probe.
+        before = b.clone();
+        let t = b.take_probe("a", t0() + secs(10), &th).unwrap();
+        assert_eq!(b.operator_event(&before, t, t0() + secs(10), &th, 0), None);
+        before = b.clone();
+        let t = b.probe_result("a", FAIL, t0() + secs(11), &th).unwrap();
+        assert_eq!(
+            b.operator_event(&before, t, t0() + secs(11), &th, 0),
+            Some(Event::DependencyProbeFailed {
+                dependency: "stripe".into(),
+                actor: "system".into(),
+                reason: "the probe failed (a retryable failure); next probe in 20 s".into(),
+                failed_probes: 1,
+                probe_at: t0() + secs(31),
+            })
+        );
+        // Closed by the next probe's answer: open since the first opening, 45 s before.
+        b.take_probe("a", t0() + secs(31), &th);
+        before = b.clone();
+        let t = b.probe_result("a", OK, t0() + secs(45), &th).unwrap();
+        assert_eq!(
+            b.operator_event(&before, t, t0() + secs(45), &th, 7),
+            Some(Event::DependencyCircuitClosed {
+                dependency: "stripe".into(),
+                actor: "system".into(),
+                reason: "the probe got an answer after 45 s open and 1 failed probe(s)".into(),
+                opened_at: t0(),
+                failed_probes: 1,
+                woken_sagas: 7,
+            })
+        );
+    }
+
+    #[test]
+    fn a_breaker_opened_by_connection_failures_says_so() {
+        let th = Thresholds::default();
+        let mut b = Breaker::new(Dependency::Notify, t0());
+        let before = b.clone();
+        let t = b.count(tally(&[DOWN; 5]), t0(), &th).unwrap();
+        let Some(Event::DependencyCircuitOpened { cause, reason, .. }) =
+            b.operator_event(&before, t, t0(), &th, 0)
+        else {
+            panic!("no opened event")
+        };
+        assert_eq!(cause, "connection_failures");
+        assert_eq!(
+            reason,
+            "5 connection failures in a row (it opens at 5); first probe in 10 s"
+        );
     }
 }

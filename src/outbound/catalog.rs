@@ -3,8 +3,9 @@
 //!
 //! Matching is on the stored type name (`events.event_type`), so a new internal event only needs
 //! an entry here to be published. Internal bookkeeping events (`StepFailed`,
-//! `CompensationStarted`, `NotificationSent`, `PaymentActionRequired`) are not published: they
-//! describe how sagad works, not what happened to a booking, and their shape may change freely.
+//! `CompensationStarted`, `NotificationSent`, `PaymentActionRequired`, `DependencyProbeFailed`)
+//! are not published: they describe how sagad works, not what happened to a booking or a
+//! dependency, and their shape may change freely.
 
 /// (stored type name, public type name).
 pub const PUBLISHED: &[(&str, &str)] = &[
@@ -26,6 +27,8 @@ pub const PUBLISHED: &[(&str, &str)] = &[
     ("SagaCompleted", "saga.completed"),
     ("SagaCompensated", "saga.compensated"),
     ("SagaStuck", "saga.stuck"),
+    ("DependencyCircuitOpened", "dependency.circuit_opened"),
+    ("DependencyCircuitClosed", "dependency.circuit_closed"),
     (ENDPOINT_DISABLED_INTERNAL, ENDPOINT_DISABLED),
 ];
 

@@ -241,6 +241,10 @@ impl Change {
             Event::ListingBlocked { .. }
             | Event::ListingUnblocked { .. }
             | Event::BookingChangeRequested { .. } => {}
+            // A dependency's own aggregate.
+            Event::DependencyCircuitOpened { .. }
+            | Event::DependencyProbeFailed { .. }
+            | Event::DependencyCircuitClosed { .. } => {}
         }
     }
 

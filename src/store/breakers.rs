@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
 
-use super::WORK_CHANNEL;
+use super::{WORK_CHANNEL, events};
 use crate::breaker::model::{Breaker, Dependency};
+use crate::events::{DEPENDENCY_AGGREGATE, NewEvent};
 
 const COLUMNS: &str = "dependency, state, window_start, calls, failures, prev_calls, prev_failures, \
     connection_failures, opens, opened_at, probe_at, probe_by, probe_until, changed_at";
@@ -59,6 +60,25 @@ pub async fn save(conn: &mut PgConnection, b: &Breaker) -> Result<(), sqlx::Erro
     .bind(b.changed_at)
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// Appends `event` to the events of `dependency` (after [`lock`], in the same transaction, so
+/// the breaker's change and its event commit together), fanned out to the webhook endpoints
+/// subscribed to it.
+pub async fn record_event(
+    conn: &mut PgConnection,
+    dependency: Dependency,
+    event: NewEvent,
+) -> Result<(), sqlx::Error> {
+    let (aggregate_id, version): (uuid::Uuid, i32) = sqlx::query_as(
+        "UPDATE dependency_breakers SET event_version = event_version + 1 WHERE dependency = $1
+         RETURNING aggregate_id, event_version",
+    )
+    .bind(dependency.as_str())
+    .fetch_one(&mut *conn)
+    .await?;
+    events::append(conn, DEPENDENCY_AGGREGATE, aggregate_id, version, &[event]).await?;
     Ok(())
 }
 

@@ -15,6 +15,7 @@ mod clock;
 mod console;
 mod constraints;
 mod crash;
+mod dependency_events;
 mod embedded_pg;
 mod engine;
 mod feed;

@@ -56,7 +56,7 @@ where
     }
 }
 
-async fn create_endpoint(app: &TestApp, url: &str, types: &[&str]) -> (Uuid, String) {
+pub(crate) async fn create_endpoint(app: &TestApp, url: &str, types: &[&str]) -> (Uuid, String) {
     let resp = app
         .post("/v1/webhook-endpoints")
         .json(&json!({ "url": url, "event_types": types, "description": "test receiver" }))
@@ -117,7 +117,7 @@ async fn wait_delivery_status(app: &TestApp, endpoint: Uuid, status: &str) -> Uu
 
 /// An independent Standard Webhooks verifier (not sagad's signing module): every `v1,` signature
 /// in the header is checked against `secret`; true if one matches and the timestamp is fresh.
-fn verify(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
+pub(crate) fn verify(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
     let get = |n: &str| {
         headers
             .get(n)
@@ -168,7 +168,7 @@ fn schema_validator(event_type: &str) -> jsonschema::Validator {
 }
 
 /// Asserts a payload sagad sent matches its type's schema in `webhooks/schemas`.
-fn assert_matches_schema(body: &Value) {
+pub(crate) fn assert_matches_schema(body: &Value) {
     let t = body["type"].as_str().expect("payload has a type");
     let v = schema_validator(t);
     let errors: Vec<String> = v.iter_errors(body).map(|e| e.to_string()).collect();
