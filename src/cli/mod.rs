@@ -170,7 +170,8 @@ pub enum SagaCommand {
     Show { id: String },
     /// List sagas, newest first.
     List {
-        /// running, compensating, waiting, completed, compensated or stuck.
+        /// running, compensating, waiting, completed, compensated or stuck (`waiting` also
+        /// lists the sagas paused on a dependency; each shows why it waits and until when).
         #[arg(long)]
         status: Option<String>,
         #[arg(long)]

@@ -98,12 +98,18 @@ pub struct Failure {
     pub reason: String,
 }
 
+/// Why a saga waits: a `waiting` saga, or a `running` or `compensating` one paused on a
+/// dependency (`paused_since` set).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WaitView {
     /// Why the saga waits: `payment_authentication` (the guest's 3-D Secure, until the
-    /// PaymentIntent changes or the deadline), otherwise what it waits on, e.g. `dependency:stripe`.
+    /// PaymentIntent changes or the deadline), `dependency:stripe` or `dependency:notify` (paused
+    /// while that dependency's circuit breaker is open), otherwise what it waits on.
     pub reason: String,
+    /// What a `waiting` saga waits for (null for a paused one).
     pub key: Option<String>,
+    /// When the wait ends at the latest: the 3-D Secure deadline; for a paused forward step its
+    /// give-up deadline (then it fails `dependency_unavailable`), null for a paused compensation.
     pub deadline: Option<DateTime<Utc>>,
 }
 
@@ -136,11 +142,22 @@ fn view(row: SagaRow, step_names: &[String]) -> SagaView {
             reason,
         }),
         cancel_requested: row.cancel_requested,
-        wait: (status == SagaStatus::Waiting).then(|| WaitView {
-            reason: wait_reason(row.wait_key.as_deref()),
-            key: row.wait_key,
-            deadline: row.wait_deadline,
-        }),
+        wait: if status == SagaStatus::Waiting {
+            Some(WaitView {
+                reason: wait_reason(row.wait_key.as_deref()),
+                key: row.wait_key,
+                deadline: row.wait_deadline,
+            })
+        } else {
+            // Paused on a dependency: until the breaker closes, or its step's give-up deadline.
+            row.paused_since
+                .and(row.wait_reason.clone())
+                .map(|reason| WaitView {
+                    reason,
+                    key: None,
+                    deadline: row.next_run_at,
+                })
+        },
         wait_reason: row.wait_reason,
         paused_since: row.paused_since,
         next_run_at: row.next_run_at,
@@ -452,7 +469,8 @@ pub async fn saga_events(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
-    /// running, compensating, waiting, completed, compensated or stuck.
+    /// running, compensating, waiting, completed, compensated or stuck. `waiting` also lists the
+    /// sagas paused on a dependency (status `running` or `compensating`, with `wait`).
     #[param(inline, value_type = Option<SagaStatus>)]
     pub status: Option<String>,
     /// Saga name, e.g. `booking`.

@@ -194,8 +194,15 @@ pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<SagaRow>, sqlx::E
     // Only the filters given are in the statement: each combination gets a plan that uses its
     // index (connections use generic plans, see `store::connect`).
     let mut q = sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM sagas WHERE true"));
-    if let Some(status) = f.status {
-        q.push(" AND status = ").push_bind(status);
+    match f.status {
+        // Waiting for an outside event, or paused on a dependency.
+        Some(SagaStatus::Waiting) => {
+            q.push(" AND (status = 'waiting' OR paused_since IS NOT NULL)");
+        }
+        Some(status) => {
+            q.push(" AND status = ").push_bind(status);
+        }
+        None => {}
     }
     if let Some(name) = &f.saga_name {
         q.push(" AND saga_name = ").push_bind(name);

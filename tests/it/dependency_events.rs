@@ -1,5 +1,6 @@
 //! A dependency's circuit breaker, seen from outside: its transitions as operator events,
-//! published as `dependency.circuit_opened` / `dependency.circuit_closed`, and its metrics.
+//! published as `dependency.circuit_opened` / `dependency.circuit_closed`, its metrics, and the
+//! sagas paused on it listed as waiting.
 
 use std::time::Duration;
 
@@ -156,6 +157,59 @@ async fn a_gateway_outage_publishes_opened_then_closed_and_a_decline_publishes_n
         (paused as usize == SAGAS).then_some(())
     })
     .await;
+
+    // Listed as waiting, with why and until when: through the API and `sagad saga list` (a saga
+    // making the breaker's probe is running meanwhile, so each waits for a listing of all five).
+    let listed = eventually("the paused sagas listed as waiting", || async {
+        let page = app.get_json("/v1/sagas?status=waiting").await;
+        let listed = page["sagas"].as_array().cloned().unwrap_or_default();
+        (listed.len() == SAGAS).then_some(listed)
+    })
+    .await;
+    for v in &listed {
+        assert_eq!(v["status"], "running", "{v:#}");
+        assert_eq!(v["wait"]["reason"], "dependency:notify", "{v:#}");
+        assert!(
+            v["wait"]["deadline"].is_string(),
+            "its give-up deadline: {v:#}"
+        );
+    }
+    let list = eventually(
+        "sagad saga list --status waiting to list all five",
+        || async {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sagad"))
+                .args([
+                    "saga",
+                    "list",
+                    "--status",
+                    "waiting",
+                    "--api-url",
+                    &app.base,
+                ])
+                .env("SAGAD_API_TOKEN", crate::harness::OPS_TOKEN)
+                .output()
+                .await
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let list = String::from_utf8_lossy(&out.stdout).into_owned();
+            ids.iter()
+                .all(|id| list.contains(&id.to_string()))
+                .then_some(list)
+        },
+    )
+    .await;
+    assert!(list.contains("WAITING FOR"), "{list}");
+    for id in &ids {
+        let line = list
+            .lines()
+            .find(|l| l.starts_with(&id.to_string()))
+            .unwrap_or_else(|| panic!("{id} not listed: {list}"));
+        assert!(line.contains("dependency:notify"), "{line}");
+    }
 
     app.notify.answer(200);
     eventually("dependency.circuit_closed at the endpoint", || async {
