@@ -16,6 +16,7 @@ mod child;
 mod cpu;
 mod ingest;
 mod load;
+mod outage;
 mod outgoing;
 pub mod pgbench;
 mod reads;
@@ -110,6 +111,19 @@ pub struct BenchArgs {
     /// Run only the bookings-reads phase (no sagas, pgbench, webhooks or Stripe ingestion).
     #[arg(long)]
     pub reads_only: bool,
+    /// Outage recovery: `--outage-sagas` booking sagas started as the Stripe double begins
+    /// answering 500 to every call for this many seconds (the breaker opens, they pause), then
+    /// the time from recovery until every saga finished, and the calls Stripe got during the
+    /// outage; 0 skips. Runs on the largest `--workers`.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub outage_seconds: u64,
+    /// Sagas of the outage-recovery run.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub outage_sagas: u64,
+    /// Run only the outage-recovery phase (no sagas, pgbench, webhooks, Stripe ingestion or
+    /// bookings reads); needs `--outage-seconds`.
+    #[arg(long, requires = "outage_seconds", conflicts_with = "reads_only")]
+    pub outage_only: bool,
     /// Print the report as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -142,7 +156,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .any(|s| s.errors > 0)
         || matches!(&report.webhook_deliveries, Section::Measured(w) if w.errors() > 0)
         || matches!(&report.stripe_ingestion, Section::Measured(i) if i.errors() > 0)
-        || matches!(&report.bookings_reads, Section::Measured(r) if r.errors() > 0);
+        || matches!(&report.bookings_reads, Section::Measured(r) if r.errors() > 0)
+        || matches!(&report.outage_recovery, Section::Measured(o) if o.errors() > 0);
     Ok(if failed {
         ExitCode::FAILURE
     } else {
@@ -313,7 +328,15 @@ async fn bench(
     notify.count_only();
 
     let run_id = format!("b{:04x}", rand::random::<u16>());
-    let pgbench = if args.pgbench_seconds == 0 || args.reads_only {
+    // The one phase run alone, if any.
+    let only = if args.reads_only {
+        Some("--reads-only")
+    } else if args.outage_only {
+        Some("--outage-only")
+    } else {
+        None
+    };
+    let pgbench = if args.pgbench_seconds == 0 || only.is_some() {
         None
     } else {
         let name = format!("sagad_bench_{run_id}_pgbench");
@@ -356,7 +379,7 @@ async fn bench(
         None => Budget::Sagas(args.sagas as usize),
     };
     let mut settings = Vec::new();
-    for &workers in args.workers.iter().filter(|_| !args.reads_only) {
+    for &workers in args.workers.iter().filter(|_| only.is_none()) {
         let workers = workers as usize;
         let clients = workers * args.clients_per_worker as usize;
         settings.push(
@@ -379,26 +402,42 @@ async fn bench(
         }
         _ => None,
     };
-    let skipped = || "skipped (--reads-only)".to_owned();
+    let skipped = || format!("skipped ({})", only.unwrap_or_default());
     let webhook_deliveries = match args.webhook_events {
-        _ if args.reads_only => Section::NotAvailable { reason: skipped() },
+        _ if only.is_some() => Section::NotAvailable { reason: skipped() },
         0 => Section::NotAvailable {
             reason: "skipped (--webhook-events 0)".into(),
         },
         n => Section::Measured(ctx.webhook_deliveries(n as usize).await?),
     };
     let stripe_ingestion = match args.stripe_events {
-        _ if args.reads_only => Section::NotAvailable { reason: skipped() },
+        _ if only.is_some() => Section::NotAvailable { reason: skipped() },
         0 => Section::NotAvailable {
             reason: "skipped (--stripe-events 0)".into(),
         },
         n => Section::Measured(ctx.stripe_ingestion(n as usize).await?),
     };
     let bookings_reads = match args.read_bookings {
+        _ if args.outage_only => Section::NotAvailable { reason: skipped() },
         0 => Section::NotAvailable {
             reason: "skipped (--read-bookings 0)".into(),
         },
         n => Section::Measured(ctx.bookings_reads(n, args.read_requests as usize).await?),
+    };
+    let outage_recovery = match args.outage_seconds {
+        _ if args.reads_only => Section::NotAvailable { reason: skipped() },
+        0 => Section::NotAvailable {
+            reason: "skipped (--outage-seconds 0)".into(),
+        },
+        seconds => Section::Measured(
+            ctx.outage_recovery(
+                &double,
+                args.outage_sagas as usize,
+                Duration::from_secs(seconds),
+                args.workers.iter().copied().max().unwrap_or(16) as usize,
+            )
+            .await?,
+        ),
     };
 
     if let Some(name) = pgbench_db {
@@ -422,6 +461,7 @@ async fn bench(
         webhook_deliveries,
         stripe_ingestion,
         bookings_reads,
+        outage_recovery,
         targets: Vec::new(),
     };
     report.evaluate_targets();

@@ -72,7 +72,7 @@ impl Api {
     }
 
     /// `POST /v1/sagas`; returns the new saga's id.
-    async fn start(&self, body: &Value) -> anyhow::Result<Uuid> {
+    pub(crate) async fn start(&self, body: &Value) -> anyhow::Result<Uuid> {
         let req = self
             .post("/v1/sagas")
             .header("Idempotency-Key", Uuid::new_v4().to_string())
@@ -87,7 +87,7 @@ impl Api {
 
 /// A distinct listing per saga, so the inventory exclusion constraint never serialises the run;
 /// the stay half a year ahead (check-ins in the past are refused).
-fn booking(run: &str, n: usize) -> Value {
+pub(crate) fn booking(run: &str, n: usize) -> Value {
     let day = |n: u64| (chrono::Utc::now().date_naive() + chrono::Days::new(180 + n)).to_string();
     json!({ "saga": "booking", "input": {
         "listing_id": format!("{run}-listing-{n}"), "guest_id": format!("{run}-guest-{n}"),

@@ -514,6 +514,89 @@ impl BookingReads {
     }
 }
 
+/// Outage recovery: booking sagas started while Stripe answered 500 to every call.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutageRecovery {
+    pub sagas: usize,
+    pub workers: usize,
+    /// Stripe answered 500 to every call for this long, from before the first start request.
+    pub outage_s: f64,
+    /// How long starting every saga took (within the outage).
+    pub started_in_s: f64,
+    pub start_errors: usize,
+    pub first_error: Option<String>,
+    /// Requests the Stripe double received during the outage: the calls that opened the breaker
+    /// (and those already in flight), then its probes.
+    pub stripe_calls_during_outage: usize,
+    /// Sagas that paused on the breaker (recorded `SagaPaused`), and those paused as Stripe
+    /// recovered.
+    pub sagas_paused: i64,
+    pub paused_at_recovery: i64,
+    /// The Stripe breaker's operator events: openings, failed probes.
+    pub breaker_opened: i64,
+    pub failed_probes: i64,
+    /// Recovery → the breaker closed (the next probe got an answer): `None` without the event.
+    pub recovery_to_closed_s: Option<f64>,
+    /// Recovery → the bench saw every saga finished (polling every 50 ms); `None` when not
+    /// within the deadline.
+    pub recovery_to_all_finished_s: Option<f64>,
+    /// Recovery → the last saga's `finished_at`.
+    pub recovery_to_last_finished_at_s: Option<f64>,
+    /// Requests the Stripe double received from recovery until every saga finished.
+    pub stripe_calls_after_recovery: usize,
+    /// Sagas by status at the end.
+    pub outcomes: BTreeMap<String, i64>,
+    pub db_pool_size: u32,
+    /// WARN/ERROR lines the child logged during the run (each failed call logs one).
+    pub log_warnings: usize,
+    pub peak_rss_mib: Option<f64>,
+}
+
+impl OutageRecovery {
+    /// Anything that makes the figures untrustworthy: failed starts, sagas that did not complete.
+    pub fn errors(&self) -> usize {
+        let completed = self.outcomes.get("completed").copied().unwrap_or(0) as usize;
+        self.start_errors + self.sagas.saturating_sub(completed)
+    }
+
+    fn write(&self, out: &mut String) {
+        let secs = |s: Option<f64>| s.map_or("-".into(), |s| format!("{s:.1} s"));
+        let _ = writeln!(
+            out,
+            "outage recovery: {} sagas, Stripe down {:.0} s: recovery → all finished {} \
+             (last finished_at {}), → breaker closed {}; Stripe calls during the outage {}",
+            self.sagas,
+            self.outage_s,
+            secs(self.recovery_to_all_finished_s),
+            secs(self.recovery_to_last_finished_at_s),
+            secs(self.recovery_to_closed_s),
+            self.stripe_calls_during_outage,
+        );
+        let _ = writeln!(
+            out,
+            "  {} workers, pool {}; started in {:.1} s ({} start errors{}); paused {} (at recovery {}); \
+             breaker opened {}, failed probes {}; Stripe calls after recovery {}; sagas {:?}; \
+             log warnings {}, peak RSS {}",
+            self.workers,
+            self.db_pool_size,
+            self.started_in_s,
+            self.start_errors,
+            self.first_error
+                .as_deref()
+                .map(|e| format!(", first: {e}"))
+                .unwrap_or_default(),
+            self.sagas_paused,
+            self.paused_at_recovery,
+            self.breaker_opened,
+            self.failed_probes,
+            self.stripe_calls_after_recovery,
+            self.outcomes,
+            self.log_warnings,
+            mib_or_dash(self.peak_rss_mib)
+        );
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Target {
     pub name: String,
@@ -537,6 +620,7 @@ pub struct Report {
     pub webhook_deliveries: Section<WebhookDeliveries>,
     pub stripe_ingestion: Section<StripeIngestion>,
     pub bookings_reads: Section<BookingReads>,
+    pub outage_recovery: Section<OutageRecovery>,
     pub targets: Vec<Target>,
 }
 
@@ -765,6 +849,12 @@ impl Report {
                 let _ = writeln!(out, "bookings reads: {reason}");
             }
             Section::Measured(r) => r.write(&mut out),
+        }
+        match &self.outage_recovery {
+            Section::NotAvailable { reason } => {
+                let _ = writeln!(out, "outage recovery: {reason}");
+            }
+            Section::Measured(o) => o.write(&mut out),
         }
         if let Some(statements) = self
             .settings

@@ -254,6 +254,11 @@ impl StripeDouble {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// How many requests the double has answered (what [`Self::requests`] would list).
+    pub fn request_count(&self) -> usize {
+        self.shared.lock().requests.len()
+    }
+
     /// Every request answered, in completion order.
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.shared.lock().requests.clone()
