@@ -31,7 +31,13 @@ pub enum BookingsCommand {
         cursor: Option<String>,
     },
     /// Show one booking: its sagas, payments and history.
-    Show { id: String },
+    Show {
+        id: String,
+        /// Show the booking as its events left it then: an RFC 3339 timestamp
+        /// (2026-12-03T10:15:00Z) or an event version (4).
+        #[arg(long)]
+        as_of: Option<String>,
+    },
 }
 
 pub async fn run(api: ApiArgs, command: BookingsCommand) -> anyhow::Result<ExitCode> {
@@ -65,8 +71,12 @@ pub async fn run(api: ApiArgs, command: BookingsCommand) -> anyhow::Result<ExitC
             let body = api_call(http.get(format!("{base}/v1/bookings")).query(&q), &api).await?;
             print_list(&body);
         }
-        BookingsCommand::Show { id } => {
-            let body = api_call(http.get(format!("{base}/v1/bookings/{id}")), &api).await?;
+        BookingsCommand::Show { id, as_of } => {
+            let mut req = http.get(format!("{base}/v1/bookings/{id}"));
+            if let Some(t) = &as_of {
+                req = req.query(&[("as_of", t)]);
+            }
+            let body = api_call(req, &api).await?;
             print_booking(&body);
         }
     }
@@ -101,6 +111,9 @@ fn print_list(v: &serde_json::Value) {
 
 fn print_booking(b: &serde_json::Value) {
     println!("booking   {}", text(b, "saga_id"));
+    if let Some(p) = b.get("as_of").filter(|p| !p.is_null()) {
+        println!("as of     v{} {}", p["version"], text(p, "recorded_at"));
+    }
     println!("status    {}", text(b, "status"));
     println!(
         "stay      {} {}..{} for {}",

@@ -167,7 +167,13 @@ pub enum SagaCommand {
         wait: String,
     },
     /// Show one saga: status, steps, attempts, errors, and its events.
-    Show { id: String },
+    Show {
+        id: String,
+        /// Show the saga as its events left it then: an RFC 3339 timestamp
+        /// (2026-12-03T10:15:00Z) or an event version (4).
+        #[arg(long)]
+        as_of: Option<String>,
+    },
     /// List sagas, newest first.
     List {
         /// running, compensating, waiting, completed, compensated or stuck (`waiting` also
@@ -440,7 +446,13 @@ async fn saga_command(api: ApiArgs, command: SagaCommand) -> anyhow::Result<Exit
             }
             (req, false)
         }
-        SagaCommand::Show { id } => (http.get(format!("{base}/v1/sagas/{id}")), true),
+        SagaCommand::Show { id, as_of } => {
+            let mut req = http.get(format!("{base}/v1/sagas/{id}"));
+            if let Some(t) = as_of {
+                req = req.query(&[("as_of", t)]);
+            }
+            (req, as_of.is_none())
+        }
         SagaCommand::List {
             status,
             saga,
@@ -529,6 +541,13 @@ fn print_saga(v: &serde_json::Value) {
             .to_owned()
     };
     println!("saga      {} ({} v{})", s("/id"), s("/saga"), v["version"]);
+    if let Some(p) = v.get("as_of").filter(|p| !p.is_null()) {
+        println!(
+            "as of     event v{} {}",
+            p["version"],
+            s("/as_of/recorded_at")
+        );
+    }
     println!("status    {}", s("/status"));
     if let Some(step) = v["current_step"].as_str() {
         println!("step      {step} (attempt {})", v["attempt"]);

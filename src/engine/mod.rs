@@ -2,6 +2,7 @@
 
 pub mod actions;
 pub mod definition;
+pub mod history;
 pub mod model;
 pub mod operator;
 pub mod outcome;

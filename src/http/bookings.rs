@@ -9,6 +9,7 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::as_of::{AsOf, AsOfParam, AsOfPoint, booking_at, saga_at};
 use super::sagas::{cursor_param, encode_cursor, list_limit};
 use super::{ApiError, ApiPath, ApiQuery, AppState, ErrorBody};
 use crate::domain::{SagaId, valid_id};
@@ -164,6 +165,9 @@ pub struct BookingDetail {
     /// Chargebacks on the booking's payment, oldest first: open, or their outcome.
     pub disputes: Vec<Dispute>,
     pub history: Vec<EventRecord>,
+    /// With `?as_of=`: the last event folded (everything above is as of then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<AsOfPoint>,
 }
 
 /// The history's events as the domain knows them (an event this build cannot read is skipped
@@ -177,29 +181,51 @@ fn domain_events(history: &[EventRecord]) -> Vec<Event> {
 
 /// A booking: status, dates, amount, confirmation code, policy, its sagas, what was authorized,
 /// captured and refunded, and its history.
+///
+/// With `as_of`, the booking as its events left it then: the row the projection's fold made of
+/// the events up to that time or version, its sagas' status then, the money and disputes folded
+/// from those events, and the history up to there (`as_of` says which event was last).
 #[utoipa::path(get, path = "/v1/bookings/{id}", tag = "bookings",
-    params(("id" = Uuid, Path, description = "The booking's id (the id of the saga that made it)")),
+    params(("id" = Uuid, Path, description = "The booking's id (the id of the saga that made it)"), AsOfParam),
     responses((status = 200, description = "The booking", body = BookingDetail),
-              (status = 400, description = "The id is not a UUID", body = ErrorBody),
-              (status = 404, description = "No such booking", body = ErrorBody)),
+              (status = 400, description = "The id is not a UUID, or `as_of` is neither a version nor an RFC 3339 timestamp", body = ErrorBody),
+              (status = 404, description = "No such booking, or `as_of` is before its first event or past its last version", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_booking(
     State(state): State<AppState>,
     ApiPath(id): ApiPath,
+    ApiQuery(q): ApiQuery<AsOfParam>,
 ) -> Result<Json<BookingDetail>, ApiError> {
     let id = parse_booking_id(&id)?;
+    let as_of = AsOf::from_param(q.as_of.as_deref())?;
     let mut conn = state.pool.acquire().await?;
     let booking = bookings::get(&mut conn, id)
         .await?
         .ok_or(ApiError::NotFound("booking"))?;
     let saga = sagas::get(&mut conn, id).await?;
-    let history = events::for_aggregate(&mut conn, id.0).await?;
+    let mut history = events::for_aggregate(&mut conn, id.0).await?;
+    let (booking, point, saga_status) = match as_of {
+        None => (booking, None, saga.as_ref().map(|s| s.status)),
+        Some(as_of) => {
+            history = as_of.cut(history, "booking")?;
+            let then = booking_at(id, &history, booking.cancellation_policy)
+                .ok_or(ApiError::NotFound("booking"))?;
+            let status = match &saga {
+                Some(row) => saga_at(&state, &mut conn, row, &history)
+                    .await?
+                    .map(|(at, _)| at.status),
+                None => None,
+            };
+            (then, AsOfPoint::of(&history), status)
+        }
+    };
     let domain = domain_events(&history);
     let payments = Payments::of(&domain);
     let disputes = Dispute::all_of(&domain);
     Ok(Json(BookingDetail {
         url: format!("/v1/bookings/{id}"),
         booking,
+        as_of: point,
         sagas: saga
             .into_iter()
             .map(|s| BookingSaga {
@@ -207,7 +233,7 @@ pub async fn get_booking(
                 id: s.id,
                 saga: s.saga_name,
                 version: s.saga_version,
-                status: s.status,
+                status: saga_status.unwrap_or(s.status),
             })
             .collect(),
         payments,

@@ -27,6 +27,9 @@ pub enum ApiError {
     IdempotencyMismatch,
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// Not found, and why (a point-in-time read before the aggregate existed).
+    #[error("{0}")]
+    NotFoundBecause(String),
     #[error("method not allowed on this route")]
     MethodNotAllowed,
     #[error("{0}")]
@@ -68,7 +71,7 @@ impl ApiError {
             ApiError::Validation(_) | ApiError::IdempotencyMismatch => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::NotFoundBecause(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -84,7 +87,7 @@ impl ApiError {
             ApiError::MalformedJson(_) => "malformed_json",
             ApiError::Validation(_) => "validation_failed",
             ApiError::IdempotencyMismatch => "idempotency_key_reused",
-            ApiError::NotFound(_) => "not_found",
+            ApiError::NotFound(_) | ApiError::NotFoundBecause(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::Internal(_) => "internal_error",

@@ -1,5 +1,6 @@
 //! The HTTP API: `app(state)` builds the router; one file per resource.
 
+mod as_of;
 mod bookings;
 mod changes;
 mod error;

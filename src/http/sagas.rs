@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
 
+use super::as_of::{self, AsOf, AsOfParam};
 use super::extract::{MaybeJsonBody, storable_time};
 use super::operator::{self, CancelSaga};
 use super::{Actor, ApiError, ApiPath, ApiQuery, AppState, ErrorBody, JsonBody};
@@ -114,7 +115,7 @@ pub struct WaitView {
 }
 
 /// Why a saga parked on `key` waits.
-fn wait_reason(key: Option<&str>) -> String {
+pub(super) fn wait_reason(key: Option<&str>) -> String {
     match key {
         Some(k) if k.starts_with("stripe:payment_intent:") => "payment_authentication".into(),
         Some(k) => k.to_owned(),
@@ -429,18 +430,27 @@ pub(super) fn parse_id(raw: &str) -> Result<SagaId, ApiError> {
 }
 
 /// A saga: status, current step, each step's attempts and errors, timestamps, the booking.
-#[utoipa::path(get, path = "/v1/sagas/{id}", tag = "sagas", params(("id" = Uuid, Path)),
-    responses((status = 200, description = "The saga", body = SagaView),
-              (status = 404, description = "No such saga", body = ErrorBody)),
+///
+/// With `as_of`, the saga as its events left it then (a `SagaAsOf`: status, current step,
+/// attempt, failure, wait, what each step's events recorded, and the booking then), folded from
+/// its events up to that time or version.
+#[utoipa::path(get, path = "/v1/sagas/{id}", tag = "sagas", params(("id" = Uuid, Path), AsOfParam),
+    responses((status = 200, description = "The saga (a `SagaAsOf` with `as_of`)", body = SagaView),
+              (status = 400, description = "The id is not a UUID, or `as_of` is neither a version nor an RFC 3339 timestamp", body = ErrorBody),
+              (status = 404, description = "No such saga, or `as_of` is before its first event or past its last version", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_saga(
     State(state): State<AppState>,
     ApiPath(id): ApiPath,
-) -> Result<Json<SagaView>, ApiError> {
+    ApiQuery(q): ApiQuery<AsOfParam>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
+    if let Some(as_of) = AsOf::from_param(q.as_of.as_deref())? {
+        return Ok(Json(as_of::saga_as_of(&state, id, as_of).await?).into_response());
+    }
     full_view(&state, id)
         .await?
-        .map(Json)
+        .map(|v| Json(v).into_response())
         .ok_or(ApiError::NotFound("saga"))
 }
 

@@ -5,6 +5,7 @@
 mod harness;
 
 mod api;
+mod as_of;
 mod blocks;
 mod booking;
 mod booking_change;
