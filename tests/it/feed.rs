@@ -210,6 +210,9 @@ async fn bad_feed_queries_are_400_with_a_message() {
         ("after=12", "is not a feed position"),
         ("after=abc.1", "is not a feed position"),
         ("after=-1.2", "is not a feed position"),
+        ("after=1.2.3", "is not a feed position"),
+        ("after=123456789012345678901.1", "is not a feed position"),
+        ("limit=-5", "limit must be between 1 and 1000"),
         ("limit=0", "limit must be between 1 and 1000"),
         ("limit=1001", "limit must be between 1 and 1000"),
         ("limit=ten", "limit"),
@@ -285,6 +288,13 @@ async fn events_tail_prints_the_feed_and_refuses_a_bad_position() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("HTTP 400") && err.contains("is not a feed position"),
+        "{err}"
+    );
+    let out = tail(&["--types", "BookingCanceled"]).await.expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("HTTP 400") && err.contains("unknown event type \"BookingCanceled\""),
         "{err}"
     );
     app.stop().await;

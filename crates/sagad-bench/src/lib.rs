@@ -14,6 +14,7 @@
 
 mod child;
 mod cpu;
+mod events;
 mod ingest;
 mod load;
 mod outage;
@@ -127,10 +128,46 @@ pub struct BenchArgs {
     /// Print the report as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
+    /// Event store: bulk-load at least this many events of realistic booking sagas, rebuild the
+    /// bookings projection from them (events/s) and verify it. Any of the event-store options
+    /// runs only the event-store figures it selects.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
+    pub rebuild_events: u64,
+    /// Event store: page through this many bulk-loaded events with `GET /v1/events` (events/s).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
+    pub feed_events: u64,
+    /// Event store: append this many events, one per transaction every 10 ms, while a reader
+    /// long-polls the feed: the lag from commit to visibility (p50/p99).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub feed_lag_events: u64,
+    /// Event store: the cost of folding one aggregate (the largest real booking saga and synthetic
+    /// long ones), and of reading it back when events are loaded.
+    #[arg(long)]
+    pub fold: bool,
+}
+
+impl BenchArgs {
+    /// An event-store figure was asked for: only those run.
+    fn event_store(&self) -> bool {
+        self.fold || self.rebuild_events > 0 || self.feed_events > 0 || self.feed_lag_events > 0
+    }
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let sagad = sagad_binary(args.sagad.as_deref())?;
+    if args.event_store() {
+        let dir = std::env::temp_dir().join(format!("sagad-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let stop = sagad::shutdown::on_signal();
+        let outcome = tokio::select! {
+            r = run_events(&args, &sagad, &dir) => r,
+            _ = stop.cancelled() => Err(anyhow::anyhow!("interrupted")),
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        outcome?;
+        return Ok(ExitCode::SUCCESS);
+    }
     progress(format_args!("measuring {}", sagad.display()));
     let dir = std::env::temp_dir().join(format!("sagad-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -182,6 +219,27 @@ fn sagad_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     }
     // The child runs in the bench's own directory: a relative path must not depend on it.
     std::fs::canonicalize(&path).with_context(|| format!("cannot resolve {}", path.display()))
+}
+
+/// The event-store figures, on the same kind of PostgreSQL as the rest.
+async fn run_events(args: &BenchArgs, sagad: &Path, dir: &Path) -> anyhow::Result<()> {
+    let Some(url) = &args.database_url else {
+        let pg_dir = dir.join("postgres");
+        progress(format_args!(
+            "starting a temporary durable PostgreSQL in {} …",
+            pg_dir.display()
+        ));
+        let pg = EmbeddedPostgres::start(EmbeddedOptions {
+            max_connections: 300,
+            ..EmbeddedOptions::persistent(&pg_dir)
+        })
+        .await?;
+        preallocate_wal(&pg.url("postgres")).await?;
+        let result = events::run(args, sagad, &pg.url("postgres"), dir).await;
+        pg.stop().await?;
+        return result;
+    };
+    events::run(args, sagad, url, dir).await
 }
 
 async fn run_in(args: &BenchArgs, sagad: &Path, dir: &Path) -> anyhow::Result<Report> {
