@@ -27,10 +27,12 @@ RUN apt-get update \
 WORKDIR /app
 COPY --from=build /src/target/release/sagad /usr/local/bin/sagad
 COPY --from=build /src/sagas /app/sagas
+COPY --from=build /src/policies /app/policies
 COPY --from=build /src/webhooks /app/webhooks
 USER sagad:sagad
 ENV SAGAD_LISTEN=0.0.0.0:8080 \
     SAGAD_SAGAS_DIR=/app/sagas \
+    SAGAD_CANCELLATION_POLICIES=/app/policies/cancellation.toml \
     SAGAD_LOG_FORMAT=json
 # Probes: GET /healthz (liveness) and GET /readyz (readiness). Docker's own health check asks
 # sagad itself (`sagad healthcheck` probes /readyz on SAGAD_LISTEN): no curl in the image.

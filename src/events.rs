@@ -5,10 +5,13 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::domain::CancellationPolicy;
 use crate::engine::model::StepPhase;
 use crate::engine::operator::{Holdings, Resolution};
 
-/// Schema version of every event payload below; bump an event's version when its shape changes.
+/// The schema version of every event type that never changed shape. A type whose shape changed
+/// has its own current version in [`crate::upcast::current_version`], with an upcaster from each
+/// older one.
 pub const SCHEMA_VERSION: i32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,8 +79,19 @@ pub enum Event {
         refund_id: String,
         amount: i64,
     },
+    /// The booking is cancelled (schema version 2; [`crate::upcast`] reads version 1 as 2).
     BookingCancelled {
+        /// Why: the reason given with the cancellation, or sagad's own (`cancelled_by_guest`
+        /// when none was given, the failure that made sagad undo the booking).
         reason: String,
+        /// Who cancelled: `guest`, `host`, `operator`, or `sagad` (it undid a failed booking).
+        by: CancelledBy,
+        /// Who exactly: the API token's name for an operator, `guest` or `host` as the request
+        /// said, `sagad` for sagad.
+        actor: String,
+        /// What the guest gets back and the rule that decided it; `null` in events recorded
+        /// before refunds were (schema version 1).
+        refund: Option<Refund>,
     },
     SagaCompleted {},
     /// The saga's next action needs a dependency whose circuit breaker is open: it pauses,
@@ -229,6 +243,40 @@ pub enum Event {
     },
 }
 
+crate::text_enum::text_enum! {
+    /// Who cancelled a booking.
+    #[derive(utoipa::ToSchema)]
+    pub enum CancelledBy {
+        /// The guest: the listing's cancellation policy sets the refund.
+        Guest = "guest",
+        /// The host: a full refund.
+        Host = "host",
+        /// An operator (the API token's name is the actor): a full refund.
+        Operator = "operator",
+        /// sagad itself, undoing a booking that failed: a full refund.
+        Sagad = "sagad",
+    }
+}
+
+/// A cancellation's refund: how much, and the rule that decided it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Refund {
+    /// What is refunded, in the currency's minor units: `percent` of the price, rounded down,
+    /// and never more than was captured (an authorization not yet captured is voided instead, and
+    /// this is 0).
+    pub amount: i64,
+    /// The share of the price the rule grants, 0-100.
+    pub percent: u8,
+    /// The listing's cancellation policy, when it decided (a guest cancellation); `null` for a
+    /// full refund that does not depend on it.
+    pub policy: Option<CancellationPolicy>,
+    /// Check-in minus the database's current date (UTC) when the cancellation was requested;
+    /// `null` when sagad undid a failed booking.
+    pub days_before_check_in: Option<i64>,
+    /// The rule in words, e.g. `moderate: 5 or more days before check-in: 100%`.
+    pub rule: String,
+}
+
 /// The aggregate type of a host block's events.
 pub const BLOCK_AGGREGATE: &str = "listing_block";
 /// The aggregate type of a dependency's breaker events (its id: `dependency_breakers.aggregate_id`).
@@ -361,11 +409,14 @@ mod tests {
     fn payload_is_the_variant_fields() {
         let e = Event::BookingCancelled {
             reason: "cancelled_by_guest".into(),
+            by: CancelledBy::Guest,
+            actor: "guest".into(),
+            refund: None,
         };
         assert_eq!(e.type_name(), "BookingCancelled");
         assert_eq!(
             e.payload(),
-            serde_json::json!({"reason": "cancelled_by_guest"})
+            serde_json::json!({"reason": "cancelled_by_guest", "by": "guest", "actor": "guest", "refund": null})
         );
         assert_eq!(Event::SagaCompleted {}.payload(), serde_json::json!({}));
         assert_eq!(Event::from_stored(e.type_name(), &e.payload()).unwrap(), e);

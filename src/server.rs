@@ -214,6 +214,7 @@ pub async fn run(
         metrics_token: settings.metrics.token.as_deref().map(Arc::from),
         max_wait: settings.max_wait,
         booking_rules: settings.booking_rules,
+        policies: settings.policies.clone(),
         stripe_signatures: settings.inbound_stripe.verifier().map(Arc::new),
         outbound: Arc::new(settings.outbound),
         clock,

@@ -128,6 +128,14 @@ fn print_booking(b: &serde_json::Value) {
     if let Some(r) = b["cancel_reason"].as_str() {
         println!("cancelled {r}");
     }
+    let c = &b["cancellation"];
+    if c.is_object() {
+        println!("by        {} ({})", text(c, "by"), text(c, "actor"));
+        let r = &c["refund"];
+        if r.is_object() {
+            println!("refund    {} ({})", r["amount"], text(r, "rule"));
+        }
+    }
     let p = &b["payments"];
     println!(
         "payments  {} authorized {}, captured {}, refunded {}{}",

@@ -188,11 +188,15 @@ pub enum SagaCommand {
         #[arg(long)]
         cursor: Option<String>,
     },
-    /// Cancel a saga: compensate what it did (on the guest's behalf; for a stuck saga, as an
-    /// operator, compensating what is left).
+    /// Cancel a saga: compensate what it did (on the guest's behalf unless --by says otherwise;
+    /// for a stuck saga, as an operator, compensating what is left).
     Cancel {
         id: String,
-        /// Why (recorded with your token's name when the saga is stuck).
+        /// Who cancels: guest (the booking's policy sets the refund), host or operator (a full
+        /// refund; your token's name is recorded). Default: the guest.
+        #[arg(long)]
+        by: Option<String>,
+        /// Why (recorded on the cancellation's events).
         #[arg(long)]
         reason: Option<String>,
     },
@@ -471,10 +475,17 @@ async fn saga_command(api: ApiArgs, command: SagaCommand) -> anyhow::Result<Exit
             }
             (http.get(format!("{base}/v1/sagas")).query(&q), false)
         }
-        SagaCommand::Cancel { id, reason } => {
+        SagaCommand::Cancel { id, by, reason } => {
             let mut req = http.post(format!("{base}/v1/sagas/{id}/cancel"));
-            if let Some(r) = reason {
-                req = req.json(&serde_json::json!({ "reason": r }));
+            if by.is_some() || reason.is_some() {
+                let mut body = serde_json::Map::new();
+                if let Some(b) = by {
+                    body.insert("by".into(), b.as_str().into());
+                }
+                if let Some(r) = reason {
+                    body.insert("reason".into(), r.as_str().into());
+                }
+                req = req.json(&body);
             }
             (req, false)
         }

@@ -147,6 +147,9 @@ pub struct ServeArgs {
     /// The cancellation policy of a booking whose request names none: flexible, moderate or strict.
     #[arg(long, env = "SAGAD_CANCELLATION_POLICY", default_value = "moderate", value_parser = parse_policy)]
     pub cancellation_policy: CancellationPolicy,
+    /// The cancellation policies' refund tiers (a TOML file).
+    #[arg(long, env = "SAGAD_CANCELLATION_POLICIES", default_value = crate::policies::DEFAULT_PATH)]
+    pub cancellation_policies: PathBuf,
     /// Longest `?wait=` the start-saga RPC honours.
     #[arg(long, env = "SAGAD_MAX_WAIT", default_value = "30s", value_parser = parse_duration)]
     pub max_wait: Duration,

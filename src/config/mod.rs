@@ -47,6 +47,8 @@ pub struct Settings {
     pub notify: Option<NotifyConfig>,
     /// The saga definitions, loaded and checked.
     pub definitions: Vec<SagaDefinition>,
+    /// The cancellation policies' refund tiers, loaded and checked.
+    pub policies: std::sync::Arc<crate::policies::Policies>,
     /// Longest `?wait=` the start-saga RPC honours.
     pub max_wait: Duration,
     /// What a booking request must satisfy beyond its own fields.
@@ -174,6 +176,8 @@ pub enum ConfigError {
     BadNatsSetting(&'static str),
     #[error("saga definitions are invalid:\n{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
     Definitions(Vec<DefinitionError>),
+    #[error("cancellation policies are invalid:\n{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Policies(Vec<DefinitionError>),
 }
 
 /// Checks an http(s) URL.
@@ -238,6 +242,8 @@ impl Settings {
         }
         let metrics = metrics(&args)?;
         let breakers = breakers(&args)?;
+        let policies = crate::policies::Policies::load(&args.cancellation_policies)
+            .map_err(ConfigError::Policies)?;
         // One name for this process in every queue's `locked_by`.
         let worker_id = crate::engine::default_worker_id();
         let relay = relay(&args.relay, &worker_id)?;
@@ -250,6 +256,7 @@ impl Settings {
             stripe,
             notify,
             definitions,
+            policies: std::sync::Arc::new(policies),
             max_wait: args.max_wait,
             booking_rules: BookingRules {
                 max_nights: args.max_nights,
@@ -723,6 +730,14 @@ mod tests {
                     a.relay.nats_poll_interval = Duration::ZERO;
                 }),
                 "SAGAD_NATS_POLL_INTERVAL",
+            ),
+            (
+                Box::new(|a| a.cancellation_policies = "/nonexistent/policies.toml".into()),
+                "cancellation policies are invalid:\n/nonexistent/policies.toml: cannot read",
+            ),
+            (
+                Box::new(|a| a.cancellation_policies = "Cargo.toml".into()),
+                "Cargo.toml:1:2: unknown policy `package`",
             ),
         ];
         for (change, says) in cases {

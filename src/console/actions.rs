@@ -134,7 +134,12 @@ async fn cancel(
     signed.authorize(&headers, &form)?;
     let id = saga_id(&id)?;
     let reason = reason(&form)?;
-    crate::http::sagas::cancel(&state, id, &signed.actor, Some(&reason)).await?;
+    // An operator's cancellation: a full refund, recorded with the token's name.
+    let req = crate::http::operator::CancelSaga {
+        by: Some("operator".into()),
+        reason: Some(reason),
+    };
+    crate::http::sagas::cancel(&state, &signed.actor, id, Some(req), "saga").await?;
     Ok(done(id, "cancel"))
 }
 

@@ -12,6 +12,7 @@ use super::actions::Action;
 use super::definition::SagaDefinition;
 use super::model::{SagaStatus, StepPhase};
 use crate::events::{Event, NewEvent};
+use crate::policies::Cancellation;
 use crate::text_enum::text_enum;
 
 /// The reason recorded when an operator cancels a stuck saga.
@@ -40,6 +41,9 @@ pub struct Parked<'a> {
     pub phase: StepPhase,
     pub failure_step: Option<&'a str>,
     pub failure_reason: Option<&'a str>,
+    /// The booking's price and what its capture step recorded as captured.
+    pub price: i64,
+    pub captured: i64,
 }
 
 /// The state an action moves the saga to.
@@ -53,6 +57,9 @@ pub struct Target {
     pub run_now: bool,
     pub failure_step: Option<String>,
     pub failure_reason: Option<String>,
+    /// The cancellation to record with the saga (an operator's cancel), read by the
+    /// compensations that record it and refund the payment.
+    pub cancellation: Option<Cancellation>,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +192,7 @@ pub fn retry(p: &Parked<'_>, actor: &str, reason: &str) -> Result<OperatorPlan, 
         failure_reason: compensating
             .then(|| p.failure_reason.map(str::to_owned))
             .flatten(),
+        cancellation: None,
     };
     let events = vec![event(
         Event::SagaRetried {
@@ -244,6 +252,7 @@ pub fn resolve(
             run_now: false,
             failure_step: p.failure_step.map(str::to_owned),
             failure_reason,
+            cancellation: None,
         },
         events,
     })
@@ -264,9 +273,11 @@ pub fn cancel_stuck(p: &Parked<'_>, actor: &str, reason: &str) -> Result<Operato
         },
         Some(&step.name),
     )];
+    let cancellation = Cancellation::by_operator(actor, reason);
     if p.phase == StepPhase::Compensation {
         let mut plan = retry(p, actor, reason)?;
         plan.events = events;
+        plan.target.cancellation = Some(cancellation);
         return Ok(plan);
     }
     // Attempts of a remote step were made: its effect may have happened.
@@ -290,12 +301,7 @@ pub fn cancel_stuck(p: &Parked<'_>, actor: &str, reason: &str) -> Result<Operato
             .any(|s| s.compensation.as_deref() == Some("booking.cancel"))
     });
     if !booking_cancel_runs {
-        events.push(event(
-            Event::BookingCancelled {
-                reason: OPERATOR_CANCEL.to_owned(),
-            },
-            None,
-        ));
+        events.push(event(cancellation.event(p.price, p.captured), None));
     }
     let target = match first {
         Some(first) => Target {
@@ -305,6 +311,7 @@ pub fn cancel_stuck(p: &Parked<'_>, actor: &str, reason: &str) -> Result<Operato
             run_now: true,
             failure_step: Some(step.name.clone()),
             failure_reason: Some(OPERATOR_CANCEL.to_owned()),
+            cancellation: Some(cancellation.clone()),
         },
         None => {
             events.push(event(
@@ -320,6 +327,7 @@ pub fn cancel_stuck(p: &Parked<'_>, actor: &str, reason: &str) -> Result<Operato
                 run_now: false,
                 failure_step: Some(step.name.clone()),
                 failure_reason: Some(OPERATOR_CANCEL.to_owned()),
+                cancellation: Some(cancellation),
             }
         }
     };
@@ -353,6 +361,8 @@ mod tests {
             phase,
             failure_step: Some("notify"),
             failure_reason: Some("attempts_exhausted: 500"),
+            price: 45000,
+            captured: 45000,
         }
     }
 

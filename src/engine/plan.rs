@@ -12,8 +12,13 @@ use super::outcome::Outcome;
 use crate::breaker::Dependency;
 use crate::events::{Event, NewEvent};
 
-/// The reason recorded when a guest cancels.
+/// The reason recorded when a guest cancels (and no reason is given).
 pub const GUEST_CANCEL: &str = "cancelled_by_guest";
+
+/// The saga's failure reason when it is cancelled by `by` (`cancelled_by_guest`…).
+pub fn cancel_reason(by: crate::events::CancelledBy) -> String {
+    format!("cancelled_by_{by}")
+}
 
 /// The failure reason (before the last error) of a step whose retryable failures outlasted its
 /// `give_up_after`.
@@ -144,8 +149,17 @@ fn compensate(
     })
 }
 
-/// A guest cancellation found by the worker before it runs the saga's next step.
-pub fn cancel(s: &State<'_>, env: &Env, step_is_local: bool) -> Plan {
+/// A cancellation (by a guest, a host or an operator) found by the worker before it runs the
+/// saga's next step: the saga compensates with `reason` (`cancelled_by_guest`…) as its failure
+/// reason, and `cancelled` (the `BookingCancelled` event) is recorded here unless the confirm
+/// step's compensation, which records it, is among those that run.
+pub fn cancel(
+    s: &State<'_>,
+    env: &Env,
+    step_is_local: bool,
+    reason: &str,
+    cancelled: Event,
+) -> Plan {
     let n = s.def.steps.len();
     let (start, failed_step) = if s.current_step >= n {
         (n as isize - 1, None)
@@ -165,9 +179,7 @@ pub fn cancel(s: &State<'_>, env: &Env, step_is_local: bool) -> Plan {
             .iter()
             .any(|st| st.compensation.as_deref() == Some("booking.cancel"));
     if !booking_cancel_runs {
-        then.push(NewEvent::from(Event::BookingCancelled {
-            reason: GUEST_CANCEL.to_owned(),
-        }));
+        then.push(NewEvent::from(cancelled));
     }
     compensate(
         s,
@@ -175,7 +187,7 @@ pub fn cancel(s: &State<'_>, env: &Env, step_is_local: bool) -> Plan {
         s.context,
         start,
         failed_step,
-        GUEST_CANCEL,
+        reason,
         Vec::new(),
         then,
     )
@@ -958,6 +970,10 @@ mod tests {
     fn guest_cancellation_starts_where_effects_may_exist() {
         let def = booking();
         let mut ctx = Map::new();
+        let cancelled = || crate::policies::Cancellation::by_sagad("r").event(100, 0);
+        let cancel = |s: &State<'_>, env: &Env, local: bool| {
+            cancel(s, env, local, GUEST_CANCEL, cancelled())
+        };
         // Completed saga: everything is undone, confirm's compensation cancels the booking.
         let p = cancel(&state(&def, SagaStatus::Running, 5, 1, &ctx), &env(), false);
         assert_eq!(p.transition.current_step, 3);

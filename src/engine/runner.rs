@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
 use super::Leased;
-use super::actions::{Action, AheadEffect, Deps, StepCtx};
+use super::actions::{self, Action, AheadEffect, Deps, StepCtx};
 use super::definition::{SagaDefinition, StepDefinition};
 use super::model::{Fence, SagaStatus, StepPhase, Transition};
 use super::outcome::Outcome;
@@ -26,6 +26,7 @@ use crate::breaker::{Admission, CallResult};
 use crate::domain::BookingInput;
 use crate::domain::SagaId;
 use crate::events::{Event, NewEvent};
+use crate::policies::Cancellation;
 use crate::store::listen::Heard;
 use crate::store::sagas::{self, SagaRow};
 use crate::store::{self, sqlstate};
@@ -107,12 +108,26 @@ impl Worker {
                 .get(row.current_step.max(0) as usize)
                 .and_then(|s| Action::parse(&s.action))
                 .is_some_and(Action::is_local);
-            info!("guest cancellation: compensating");
-            // One statement, atomic on its own.
+            // The row may have been read before the cancellation was written: read it now.
             let mut conn = self.pool.acquire().await?;
+            row.cancellation = sagas::cancellation(&mut conn, row.id).await?;
+            // Requested before cancellations were recorded with the saga: a guest's, in full.
+            let c = row.cancellation.as_ref().map_or_else(
+                || Cancellation::by_guest_in_full(plan::GUEST_CANCEL),
+                |c| c.0.clone(),
+            );
+            let price = row
+                .input
+                .get("amount")
+                .and_then(serde_json::Value::as_i64)
+                .unwrap_or(0);
+            let cancelled = c.event(price, actions::captured(&def, context_of(row)));
+            let by = c.by;
+            info!(by = %by, "cancellation: compensating");
+            // One statement, atomic on its own.
             let next = self
                 .record_with(&mut conn, &def, row, |state, env| {
-                    plan::cancel(state, env, local)
+                    plan::cancel(state, env, local, &plan::cancel_reason(by), cancelled)
                 })
                 .await?;
             return Ok(next.unwrap_or(Next::Stop));
@@ -599,6 +614,7 @@ fn step_ctx<'a>(
         attempt: row.attempt,
         failure_reason: row.failure_reason.as_deref(),
         now,
+        cancellation: row.cancellation.as_ref().map(|c| &c.0),
     }
 }
 

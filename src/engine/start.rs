@@ -70,6 +70,7 @@ fn plan_hold_ahead<'a>(s: &Starting<'a>) -> Option<HoldAhead<'a>> {
         attempt: 1,
         failure_reason: None,
         now: s.now,
+        cancellation: None,
     };
     let now = s.now;
     let (hold, outcome) = actions::plan_hold(&ctx, now);

@@ -24,7 +24,7 @@ use crate::store::bookings::{self, Booking};
 use crate::store::events::EventRecord;
 use crate::store::sagas::{self, SagaRow};
 
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AsOfParam {
     /// Read the state as of then, folded from the events: an RFC 3339 timestamp

@@ -3,15 +3,20 @@
 
 use axum::Json;
 use axum::Router;
+use axum::extract::Extension;
 use axum::extract::State;
-use axum::routing::get;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::as_of::{AsOf, AsOfParam, AsOfPoint, booking_at, saga_at};
+use super::extract::MaybeJsonBody;
+use super::operator::CancelSaga;
 use super::sagas::{cursor_param, encode_cursor, list_limit};
-use super::{ApiError, ApiPath, ApiQuery, AppState, ErrorBody};
+use super::{Actor, ApiError, ApiPath, ApiQuery, AppState, ErrorBody};
 use crate::domain::{SagaId, valid_id};
 use crate::engine::model::SagaStatus;
 use crate::events::Event;
@@ -23,6 +28,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/bookings", get(list_bookings))
         .route("/v1/bookings/{id}", get(get_booking))
+        .route("/v1/bookings/{id}/cancel", post(cancel_booking))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -240,6 +246,38 @@ pub async fn get_booking(
         disputes,
         history,
     }))
+}
+
+/// Cancel a booking: its saga is cancelled as `POST /v1/sagas/{id}/cancel` does (same body, same
+/// rules: a guest gets what the policy allows, a host or an operator refunds in full). Answers
+/// with the booking; its `cancellation` (who, the refund and its rule) shows once the saga has
+/// recorded it.
+#[utoipa::path(post, path = "/v1/bookings/{id}/cancel", tag = "bookings",
+    params(("id" = Uuid, Path, description = "The booking's id (the id of the saga that made it)")),
+    request_body = Option<CancelSaga>,
+    responses((status = 202, description = "Cancellation accepted; compensation follows", body = BookingDetail),
+              (status = 400, description = "The id is not a UUID, or the body is not JSON", body = ErrorBody),
+              (status = 404, description = "No such booking", body = ErrorBody),
+              (status = 409, description = "Already cancelled or being cancelled, or not cancellable in its state; nothing changed", body = ErrorBody),
+              (status = 422, description = "An unknown `by`, or a reason that is empty or over 1024 characters; nothing changed", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn cancel_booking(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    ApiPath(raw): ApiPath,
+    MaybeJsonBody(req): MaybeJsonBody<CancelSaga>,
+) -> Result<Response, ApiError> {
+    let id = parse_booking_id(&raw)?;
+    {
+        let mut conn = state.pool.acquire().await?;
+        if bookings::get(&mut conn, id).await?.is_none() {
+            return Err(ApiError::NotFound("booking"));
+        }
+    }
+    super::sagas::cancel(&state, &actor, id, req, "booking").await?;
+    let Json(detail) =
+        get_booking(State(state), ApiPath(raw), ApiQuery(AsOfParam::default())).await?;
+    Ok((StatusCode::ACCEPTED, Json(detail)).into_response())
 }
 
 pub(super) fn parse_booking_id(raw: &str) -> Result<SagaId, ApiError> {

@@ -61,6 +61,8 @@ pub struct AppState {
     pub max_wait: Duration,
     /// What a booking request must satisfy beyond its own fields.
     pub booking_rules: crate::domain::BookingRules,
+    /// The cancellation policies' refund tiers.
+    pub policies: Arc<crate::policies::Policies>,
     /// Verifies `POST /webhooks/stripe`; `None` when no STRIPE_WEBHOOK_SECRET is configured.
     pub stripe_signatures: Option<Arc<crate::inbound::stripe::signature::Verifier>>,
     /// Outgoing webhooks: URL policy (SSRF guard, http allowed?) and secret rotation overlap.

@@ -17,8 +17,10 @@ use super::sagas::{SagaView, full_view, parse_id};
 use super::{Actor, ApiError, ApiPath, AppState, ErrorBody, JsonBody};
 use crate::domain::{FieldError, SagaId};
 use crate::engine::operator::{self, Holdings, MAX_REASON_LEN, Parked, Resolution};
+use crate::events::CancelledBy;
 use crate::store::operator as store;
 use crate::store::sagas::{self, SagaRow};
+use crate::text_enum::text_enum;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -85,13 +87,39 @@ pub struct BulkRetried {
     pub more: bool,
 }
 
-/// Body of `POST /v1/sagas/{id}/cancel` (optional).
+/// Body of `POST /v1/sagas/{id}/cancel` and `POST /v1/bookings/{id}/cancel`. Optional: no body
+/// (or one without `by`) is a guest's cancellation, as the API's cancel always was.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelSaga {
-    /// Why, recorded with the actor when an operator cancels a stuck saga.
+    /// Who cancels: `guest` (the default; the listing's cancellation policy sets the refund),
+    /// `host` or `operator` (a full refund; the API token's name is recorded as the actor). A
+    /// stuck saga is cancelled by an operator only.
+    #[schema(value_type = Option<CancelRequester>)]
+    pub by: Option<serde_json::Value>,
+    /// Why, recorded on the cancellation's events (default `cancelled_by_<by>`).
     #[schema(min_length = 1, max_length = 1024)]
     pub reason: Option<String>,
+}
+
+text_enum! {
+    /// Who asks for a cancellation.
+    #[derive(ToSchema)]
+    pub enum CancelRequester {
+        Guest = "guest",
+        Host = "host",
+        Operator = "operator",
+    }
+}
+
+impl From<CancelRequester> for CancelledBy {
+    fn from(r: CancelRequester) -> Self {
+        match r {
+            CancelRequester::Guest => CancelledBy::Guest,
+            CancelRequester::Host => CancelledBy::Host,
+            CancelRequester::Operator => CancelledBy::Operator,
+        }
+    }
 }
 
 /// What an operator does to one saga.
@@ -137,6 +165,15 @@ async fn act_on(
         phase,
         failure_step: row.failure_step.as_deref(),
         failure_reason: row.failure_reason.as_deref(),
+        price: row
+            .input
+            .get("amount")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(0),
+        captured: crate::engine::actions::captured(
+            &def,
+            row.context.as_object().unwrap_or(&serde_json::Map::new()),
+        ),
     };
     let reason = reason.trim();
     let (plan, held) = match action {
@@ -333,10 +370,33 @@ pub(super) async fn cancel_stuck(
     Ok(())
 }
 
-/// Checks the optional reason of a cancellation.
-pub(super) fn check_cancel(req: &CancelSaga) -> Result<(), ApiError> {
-    match &req.reason {
-        Some(r) => check_reason(r).map_err(|e| ApiError::Validation(vec![e])),
-        None => Ok(()),
+/// Checks a cancellation's body, reporting every problem: who asks (`None`: not said), and the
+/// reason, trimmed.
+pub(super) fn check_cancel(
+    req: &CancelSaga,
+) -> Result<(Option<CancelRequester>, Option<String>), ApiError> {
+    let mut errors = Vec::new();
+    let by = match &req.by {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) if CancelRequester::parse(s).is_some() => {
+            CancelRequester::parse(s)
+        }
+        Some(other) => {
+            errors.push(FieldError {
+                field: "by".into(),
+                message: format!("must be one of guest, host, operator, got {other}"),
+            });
+            None
+        }
+    };
+    if let Some(r) = &req.reason
+        && let Err(e) = check_reason(r)
+    {
+        errors.push(e);
+    }
+    if errors.is_empty() {
+        Ok((by, req.reason.as_deref().map(|r| r.trim().to_owned())))
+    } else {
+        Err(ApiError::Validation(errors))
     }
 }

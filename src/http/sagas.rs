@@ -18,13 +18,14 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::as_of::{self, AsOf, AsOfParam};
 use super::extract::{MaybeJsonBody, storable_time};
-use super::operator::{self, CancelSaga};
+use super::operator::{self, CancelRequester, CancelSaga};
 use super::{Actor, ApiError, ApiPath, ApiQuery, AppState, ErrorBody, JsonBody};
 use crate::domain::SagaId;
-use crate::domain::{FieldError, RawBookingInput};
+use crate::domain::{BookingInput, FieldError, RawBookingInput};
 use crate::engine::model::SagaStatus;
+use crate::engine::plan;
 use crate::engine::start::{self, Starting};
-use crate::events::{Event, NewEvent};
+use crate::events::{CancelledBy, Event, NewEvent};
 use crate::store::bookings::{self, Booking};
 use crate::store::events::{self, EventRecord};
 use crate::store::progress::InsertOutcome;
@@ -347,6 +348,7 @@ pub async fn start_saga(
                 confirmation_code: None,
                 cancel_reason: None,
                 cancellation_policy: input.cancellation_policy,
+                cancellation: None,
                 created_at: row.created_at,
                 updated_at: row.created_at,
             });
@@ -601,16 +603,22 @@ pub async fn list_sagas(
 
 /// Cancel a saga: compensate whatever it has done (refund, void, release) and cancel the booking.
 ///
-/// A running, waiting or completed saga is cancelled on the guest's behalf. A stuck saga is
-/// cancelled by an operator: what is left is compensated (a stuck compensation runs again with
-/// fresh attempts and the ones before it follow), recorded as `OperatorCancelled` with the actor
-/// (the API token's name) and the reason. The body is optional.
+/// A running, waiting or completed saga is cancelled by whoever `by` names (a guest when the body
+/// is empty or has no `by`). A guest gets what the booking's cancellation policy allows at the
+/// database's current date (UTC) against check-in; a host or an operator cancellation refunds in
+/// full; never more than was captured. Who, why and the refund with its rule are recorded on the
+/// `BookingCancelled` event and shown on the booking. The first cancellation of a saga stands:
+/// concurrent ones get 409, and there is one refund. A stuck saga is cancelled by an operator:
+/// what is left is compensated (a stuck compensation runs again with fresh attempts and the ones
+/// before it follow), recorded as `OperatorCancelled` with the actor (the API token's name) and
+/// the reason.
 #[utoipa::path(post, path = "/v1/sagas/{id}/cancel", tag = "sagas", params(("id" = Uuid, Path)),
     request_body = Option<CancelSaga>,
     responses((status = 202, description = "Cancellation accepted; compensation follows", body = SagaView),
+              (status = 400, description = "The id is not a UUID, or the body is not JSON", body = ErrorBody),
               (status = 404, description = "No such saga", body = ErrorBody),
-              (status = 409, description = "Already compensating or compensated, or a stuck saga that moved on meanwhile; nothing changed", body = ErrorBody),
-              (status = 422, description = "A reason that is empty or over 1024 characters", body = ErrorBody)),
+              (status = 409, description = "Already cancelled or being cancelled, compensating or compensated, a stuck saga cancelled by other than an operator, or one that moved on meanwhile; nothing changed", body = ErrorBody),
+              (status = 422, description = "An unknown `by`, or a reason that is empty or over 1024 characters; nothing changed", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn cancel_saga(
     State(state): State<AppState>,
@@ -619,35 +627,62 @@ pub async fn cancel_saga(
     MaybeJsonBody(req): MaybeJsonBody<CancelSaga>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let req = req.unwrap_or_default();
-    operator::check_cancel(&req)?;
-    cancel(&state, id, &actor, req.reason.as_deref()).await?;
+    cancel(&state, &actor, id, req, "saga").await?;
     let v = full_view(&state, id)
         .await?
         .ok_or(ApiError::NotFound("saga"))?;
     Ok((StatusCode::ACCEPTED, Json(v)).into_response())
 }
 
-/// Cancels the saga: on the guest's behalf when it is running, waiting or completed; as an
-/// operator's cancellation (compensating what is left, recorded with `actor` and `reason`) when
-/// it is stuck.
+/// Requests the cancellation of saga `id` (see [`cancel_saga`]); `token` is the API token's name,
+/// `what` names the saga in a 404 (`saga`, `booking`).
 pub(crate) async fn cancel(
     state: &AppState,
+    token: &str,
     id: SagaId,
-    actor: &str,
-    reason: Option<&str>,
+    req: Option<CancelSaga>,
+    what: &'static str,
 ) -> Result<(), ApiError> {
-    match sagas::request_cancel(&state.pool, id).await? {
-        CancelOutcome::NotFound => Err(ApiError::NotFound("saga")),
+    let req = req.unwrap_or_default();
+    let (requested_by, reason) = operator::check_cancel(&req)?;
+    let by = CancelledBy::from(requested_by.unwrap_or(CancelRequester::Guest));
+    let actor = match by {
+        CancelledBy::Operator => token.to_owned(),
+        other => other.to_string(),
+    };
+    let why = reason.clone().unwrap_or_else(|| plan::cancel_reason(by));
+    let policies = state.policies.clone();
+    let outcome = sagas::request_cancel(&state.pool, id, |basis| {
+        // A booking saga's input; the days count from the database's date.
+        let input = BookingInput::deserialize(basis.input).ok();
+        let policy = input.as_ref().and_then(|i| i.cancellation_policy);
+        let days = input.map_or(0, |i| (i.check_in - basis.today).num_days());
+        policies.decide(by, &actor, &why, policy, days)
+    })
+    .await?;
+    match outcome {
+        CancelOutcome::NotFound => return Err(ApiError::NotFound(what)),
         CancelOutcome::NotCancellable(SagaStatus::Stuck) => {
-            operator::cancel_stuck(state, id, actor, reason).await
+            if requested_by.is_some_and(|b| b != CancelRequester::Operator) {
+                return Err(ApiError::Conflict(format!(
+                    "saga is stuck; only an operator cancels a stuck saga (\"by\": \"operator\"), not the {by}"
+                )));
+            }
+            operator::cancel_stuck(state, id, token, reason.as_deref()).await?;
         }
-        CancelOutcome::NotCancellable(s) => Err(ApiError::Conflict(format!(
-            "saga is {s}; it cannot be cancelled"
-        ))),
+        CancelOutcome::NotCancellable(s) => {
+            return Err(ApiError::Conflict(format!(
+                "saga is {s}; it cannot be cancelled"
+            )));
+        }
+        CancelOutcome::AlreadyRequested(s) => {
+            return Err(ApiError::Conflict(format!(
+                "a cancellation was already requested (the saga is {s}); it stands"
+            )));
+        }
         CancelOutcome::Requested(_) => {
-            tracing::info!(saga_id = %id, "cancellation requested");
-            Ok(())
+            tracing::info!(saga_id = %id, by = %by, "cancellation requested");
         }
     }
+    Ok(())
 }

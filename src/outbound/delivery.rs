@@ -291,17 +291,21 @@ pub fn webhook_id(delivery_id: DeliveryId) -> String {
 /// The JSON body: the public type, when it happened, the aggregate and its version (receivers
 /// order by it; delivery order is not guaranteed), the version of the aggregate's previous
 /// published event (published versions have gaps: internal events take versions too), and the
-/// event's data.
+/// event's data at its type's current schema version (`schema_version`; a payload stored at an
+/// older version is upcast, on every attempt and redelivery).
 pub fn body(d: &ClaimedDelivery) -> Vec<u8> {
+    let (schema_version, data) =
+        crate::upcast::to_current(&d.stored_type, d.schema_version, d.payload.clone());
     let v = serde_json::json!({
         "type": d.event_type,
+        "schema_version": schema_version,
         "timestamp": d.recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         "event_id": d.event_id,
         "aggregate_type": d.aggregate_type,
         "aggregate_id": d.aggregate_id,
         "aggregate_version": d.version,
         "previous_version": d.previous_version,
-        "data": d.payload,
+        "data": data,
     });
     serde_json::to_vec(&v).unwrap_or_default()
 }

@@ -3,15 +3,16 @@
 use std::fmt;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
+use sqlx::types::Json;
 use utoipa::ToSchema;
 
 use super::stmt::{Binds, Param, Statement, Text};
 use crate::domain::{CancellationPolicy, SagaId};
 use crate::engine::model::StepPhase;
 use crate::engine::operator::Resolution;
-use crate::events::Event;
+use crate::events::{CancelledBy, Event, Refund};
 
 /// A booking's status when its saga starts with nothing run ahead.
 pub const REQUESTED: &str = "requested";
@@ -61,8 +62,22 @@ pub struct Booking {
     /// The policy a guest cancellation's refund follows (null for bookings made before policies).
     #[sqlx(default)]
     pub cancellation_policy: Option<CancellationPolicy>,
+    /// Who cancelled it and what was refunded by which rule, once cancelled.
+    #[schema(value_type = Option<BookingCancellation>)]
+    pub cancellation: Option<Json<BookingCancellation>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// Who cancelled a booking and its refund, from its `BookingCancelled` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BookingCancellation {
+    pub by: CancelledBy,
+    /// The API token's name for an operator, `guest`/`host` as the request said, `sagad`.
+    pub actor: String,
+    /// The refund and the rule that decided it (`null` for a cancellation recorded before
+    /// refunds were: schema version 1).
+    pub refund: Option<Refund>,
 }
 
 /// The `INSERT … SELECT` of the row a `BookingRequested` event creates (anything else, such as a
@@ -146,6 +161,8 @@ pub struct Change {
     /// `SagaCompleted` with no status after it: a booking at `needs_attention` (a step parked as
     /// stuck, which an operator's retry then completed) is `confirmed`; any other status stays.
     pub completed: bool,
+    /// Replaces the row's cancellation.
+    pub cancellation: Option<BookingCancellation>,
 }
 
 impl Change {
@@ -187,9 +204,19 @@ impl Change {
                 self.confirmation_code = Some(confirmation_code.clone());
             }
             Event::CompensationStarted { .. } => self.set("cancelling"),
-            Event::BookingCancelled { reason } => {
+            Event::BookingCancelled {
+                reason,
+                by,
+                actor,
+                refund,
+            } => {
                 self.set("cancelled");
                 self.cancel_reason = Some(reason.clone());
+                self.cancellation = Some(BookingCancellation {
+                    by: *by,
+                    actor: actor.clone(),
+                    refund: refund.clone(),
+                });
             }
             Event::SagaCompensated { reason } => {
                 if self.cancel_reason.is_some() {
@@ -298,6 +325,9 @@ impl Change {
         if let Some(amount) = self.amount {
             row.amount = amount;
         }
+        if let Some(c) = &self.cancellation {
+            row.cancellation = Some(Json(c.clone()));
+        }
         row.updated_at = at;
     }
 }
@@ -338,6 +368,7 @@ pub fn replay<'a>(
         cancel_reason: None,
         // Not a column: read from the saga's input with the row.
         cancellation_policy: None,
+        cancellation: None,
         created_at: at,
         updated_at: at,
     };
@@ -428,6 +459,7 @@ pub(crate) struct UpdateBooking {
     amount: Param,
     completed: Param,
     only_completed: Param,
+    cancellation: Param,
 }
 
 impl UpdateBooking {
@@ -444,6 +476,7 @@ impl UpdateBooking {
             amount: b.push(change.amount),
             completed: b.push(change.completed),
             only_completed: b.push(change.only_completed()),
+            cancellation: b.push(change.cancellation.clone().map(Json)),
         }
     }
 
@@ -461,6 +494,7 @@ impl UpdateBooking {
             amount,
             completed,
             only_completed,
+            cancellation,
         } = self;
         // A completion alone changes only a booking at needs_attention: others are not written.
         format!(
@@ -475,6 +509,7 @@ impl UpdateBooking {
         check_in = COALESCE({check_in}::date, check_in),
         check_out = COALESCE({check_out}::date, check_out),
         amount = COALESCE({amount}::int8, amount),
+        cancellation = COALESCE({cancellation}::jsonb, cancellation),
         updated_at = now()
     WHERE saga_id = {id} AND (NOT {only_completed}::bool OR status = '{NEEDS_ATTENTION}')"
         )
@@ -512,7 +547,7 @@ pub async fn apply(
 const COLUMNS: &str =
     "b.saga_id, b.listing_id, b.guest_id, b.check_in, b.check_out, b.amount, b.currency,
         b.status, b.payment_intent_id, b.confirmation_code, b.cancel_reason,
-        s.input->>'cancellation_policy' AS cancellation_policy, b.created_at, b.updated_at
+        s.input->>'cancellation_policy' AS cancellation_policy, b.cancellation, b.created_at, b.updated_at
     FROM bookings b JOIN sagas s ON s.id = b.saga_id";
 
 pub async fn get(conn: &mut PgConnection, saga_id: SagaId) -> Result<Option<Booking>, sqlx::Error> {
@@ -778,6 +813,9 @@ mod tests {
         let c = Change::of(&[
             Event::BookingCancelled {
                 reason: "guest_cancelled".into(),
+                by: CancelledBy::Guest,
+                actor: "guest".into(),
+                refund: None,
             },
             Event::SagaCompensated {
                 reason: "guest_cancelled".into(),
@@ -815,9 +853,15 @@ mod tests {
         let compensated = Event::SagaCompensated {
             reason: "card_declined".into(),
         };
-        let cancelled = Event::BookingCancelled {
-            reason: "guest".into(),
-        };
+        let cancelled = crate::policies::Policies::builtin()
+            .decide(
+                CancelledBy::Guest,
+                "guest",
+                "guest",
+                Some(CancellationPolicy::Moderate),
+                1,
+            )
+            .event(100, 100);
         let stuck = Event::SagaStuck {
             step: "s".into(),
             error: "e".into(),

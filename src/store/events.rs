@@ -10,10 +10,11 @@ use uuid::Uuid;
 
 use super::outbound::{self, FAN_OUT_CTE, WakeDeliveries};
 use super::stmt::{Binds, Param, Statement, Text};
-use crate::events::{NewEvent, SCHEMA_VERSION};
+use crate::events::NewEvent;
 
-/// An event as stored.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+/// An event as stored, its payload brought to its type's current schema version
+/// ([`crate::upcast::to_current`], applied when the row is decoded).
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct EventRecord {
     /// Global, increasing sequence number (not gapless: a rolled-back append burns numbers).
     pub seq: i64,
@@ -23,6 +24,7 @@ pub struct EventRecord {
     /// Per-aggregate version: 1, 2, 3 … without gaps.
     pub version: i32,
     pub event_type: String,
+    /// The payload's schema version: its type's current one, unless a newer sagad wrote it.
     pub schema_version: i32,
     pub payload: serde_json::Value,
     /// `correlation_id`, `causation_id`, and the step and attempt that produced the event.
@@ -30,10 +32,36 @@ pub struct EventRecord {
     pub recorded_at: DateTime<Utc>,
 }
 
+impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for EventRecord {
+    fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        let event_type: String = row.try_get("event_type")?;
+        let (schema_version, payload) = crate::upcast::to_current(
+            &event_type,
+            row.try_get("schema_version")?,
+            row.try_get("payload")?,
+        );
+        Ok(Self {
+            seq: row.try_get("seq")?,
+            event_id: row.try_get("event_id")?,
+            aggregate_type: row.try_get("aggregate_type")?,
+            aggregate_id: row.try_get("aggregate_id")?,
+            version: row.try_get("version")?,
+            event_type,
+            schema_version,
+            payload,
+            metadata: row.try_get("metadata")?,
+            recorded_at: row.try_get("recorded_at")?,
+        })
+    }
+}
+
 /// The events of one append, as the arrays the append statement takes.
 pub(crate) struct EventColumns {
     pub ids: Vec<Uuid>,
     types: Vec<String>,
+    /// Each event's schema version: its type's current one.
+    versions: Vec<i32>,
     payloads: Vec<serde_json::Value>,
     metadata: Vec<serde_json::Value>,
 }
@@ -43,6 +71,7 @@ impl EventColumns {
         let mut b = EventColumns {
             ids: Vec::with_capacity(events.len()),
             types: Vec::with_capacity(events.len()),
+            versions: Vec::with_capacity(events.len()),
             payloads: Vec::with_capacity(events.len()),
             metadata: Vec::with_capacity(events.len()),
         };
@@ -55,6 +84,8 @@ impl EventColumns {
                 .or_else(|| previous.map(|p| p.to_string()));
             b.ids.push(id);
             b.types.push(e.event.type_name().to_owned());
+            b.versions
+                .push(crate::upcast::current_version(e.event.type_name()));
             b.payloads.push(e.event.payload());
             b.metadata.push(serde_json::json!({
                 "correlation_id": aggregate_id,
@@ -73,7 +104,7 @@ impl EventColumns {
 /// `appended`, `pub_events` and `deliveries`. A statement part.
 pub(crate) struct AppendEvents {
     aggregate_type: Param,
-    schema_version: Param,
+    schema_versions: Param,
     ids: Param,
     types: Param,
     payloads: Param,
@@ -85,7 +116,7 @@ impl AppendEvents {
     pub(crate) fn new(b: &mut Binds, batch: &EventColumns, aggregate_type: &str) -> Self {
         Self {
             aggregate_type: b.push(aggregate_type),
-            schema_version: b.push(SCHEMA_VERSION),
+            schema_versions: b.push(&batch.versions),
             ids: b.push(&batch.ids),
             types: b.push(&batch.types),
             payloads: b.push(&batch.payloads),
@@ -111,7 +142,7 @@ impl AppendEvents {
         };
         let Self {
             aggregate_type,
-            schema_version,
+            schema_versions,
             ids,
             types,
             payloads,
@@ -120,13 +151,13 @@ impl AppendEvents {
         } = self;
         format!(
             "e AS (SELECT * FROM unnest({ids}::uuid[], {types}::text[], {payloads}::jsonb[], {metadata}::jsonb[],
-                                    {published}::text[])
-                   WITH ORDINALITY AS e(id, type, payload, metadata, published, ord)),
+                                    {published}::text[], {schema_versions}::int4[])
+                   WITH ORDINALITY AS e(id, type, payload, metadata, published, schema_version, ord)),
          appended AS (
              INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type,
                                  schema_version, payload, metadata)
              SELECT e.id, {aggregate_type}, {aggregate_id}, ({first_version}) + e.ord::int - 1, e.type,
-                    {schema_version}, e.payload, e.metadata
+                    e.schema_version, e.payload, e.metadata
              FROM e{gate}),
          pub_events AS (SELECT e.id, e.published AS type FROM e{gate}),
          {FAN_OUT_CTE}"

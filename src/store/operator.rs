@@ -115,7 +115,8 @@ pub async fn apply(
                 wait_key = NULL, wait_deadline = NULL, retrying_since = NULL,
                 failure_step = $9, failure_reason = $10,
                 finished_at = CASE WHEN $5 IN ('completed', 'compensated', 'stuck') THEN now() END,
-                event_version = event_version + $11, updated_at = now()
+                event_version = event_version + $11, updated_at = now(),
+                cancellation = COALESCE(cancellation, $12)
          WHERE id = $1 AND status = $2 AND current_step = $3 AND attempt = $4 AND locked_by IS NULL
          RETURNING event_version",
     )
@@ -130,6 +131,7 @@ pub async fn apply(
     .bind(t.failure_step.as_deref())
     .bind(t.failure_reason.as_deref())
     .bind(n)
+    .bind(t.cancellation.clone().map(sqlx::types::Json))
     .fetch_optional(&mut *tx)
     .await?;
     let Some(last) = last else {

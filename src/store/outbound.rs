@@ -339,6 +339,9 @@ pub struct ClaimedDelivery {
     pub version: i32,
     /// The version of the aggregate's previous published event (of any published type), if any.
     pub previous_version: Option<i32>,
+    /// The event's stored type name and the schema version its payload was stored at.
+    pub stored_type: String,
+    pub schema_version: i32,
     pub payload: serde_json::Value,
     pub recorded_at: DateTime<Utc>,
     /// The secrets that sign the attempt: the current one first, then any still in overlap.
@@ -397,7 +400,7 @@ pub async fn claim_due(
                    (SELECT max(p.version) FROM events p
                     WHERE p.aggregate_id = ev.aggregate_id AND p.version < ev.version
                       AND p.event_type = ANY($5::text[])) AS previous_version,
-                   ev.payload, ev.recorded_at,
+                   ev.event_type AS stored_type, ev.schema_version, ev.payload, ev.recorded_at,
                    ARRAY(SELECT s.secret FROM webhook_secrets s
                          WHERE s.endpoint_id = e.id AND (s.expires_at IS NULL OR s.expires_at > now())
                          ORDER BY s.expires_at IS NOT NULL, s.created_at DESC) AS secrets",

@@ -150,10 +150,11 @@ pub async fn upsert_shadow_bookings(
     let updated: Vec<DateTime<Utc>> = rows.iter().map(|r| r.updated_at).collect();
     sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO {BOOKINGS_SHADOW} (saga_id, listing_id, guest_id, check_in, check_out, amount,
-             currency, status, payment_intent_id, confirmation_code, cancel_reason, created_at, updated_at)
+             currency, status, payment_intent_id, confirmation_code, cancel_reason, created_at, updated_at,
+             cancellation)
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::date[], $5::date[], $6::int8[],
              $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[],
-             $13::timestamptz[])
+             $13::timestamptz[], $14::jsonb[])
          ON CONFLICT (saga_id) DO UPDATE SET
              listing_id = EXCLUDED.listing_id, guest_id = EXCLUDED.guest_id,
              check_in = EXCLUDED.check_in, check_out = EXCLUDED.check_out, amount = EXCLUDED.amount,
@@ -161,7 +162,7 @@ pub async fn upsert_shadow_bookings(
              payment_intent_id = EXCLUDED.payment_intent_id,
              confirmation_code = EXCLUDED.confirmation_code,
              cancel_reason = EXCLUDED.cancel_reason, created_at = EXCLUDED.created_at,
-             updated_at = EXCLUDED.updated_at"
+             updated_at = EXCLUDED.updated_at, cancellation = EXCLUDED.cancellation"
     )))
     .bind(ids)
     .bind(col(|r| r.listing_id.clone()))
@@ -176,6 +177,11 @@ pub async fn upsert_shadow_bookings(
     .bind(opt(|r| r.cancel_reason.clone()))
     .bind(created)
     .bind(updated)
+    .bind(
+        rows.iter()
+            .map(|r| r.cancellation.clone())
+            .collect::<Vec<_>>(),
+    )
     .execute(conn)
     .await?;
     Ok(())

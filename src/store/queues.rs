@@ -327,7 +327,7 @@ mod tests {
                 "s.id, s.saga_name, s.saga_version, s.status, s.current_step, s.attempt, s.input, s.context, \
                  s.next_run_at, s.locked_by, s.locked_until, s.wait_key, s.wait_deadline, s.failure_step, \
                  s.failure_reason, s.retrying_since, s.wait_reason, s.paused_since, s.cancel_requested, s.event_version, s.idempotency_key, \
-                 s.request_fingerprint, s.created_at, s.updated_at, s.finished_at"
+                 s.request_fingerprint, s.created_at, s.updated_at, s.finished_at, s.cancellation"
             ))
         );
         assert_eq!(

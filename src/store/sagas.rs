@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use super::{CANCEL_CHANNEL, WORK_CHANNEL};
 use crate::domain::SagaId;
 use crate::engine::model::{SagaStatus, StepPhase, StepStatus};
+use crate::policies::Cancellation;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SagaRow {
@@ -41,11 +42,13 @@ pub struct SagaRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The cancellation requested, once one is (who, why, the refund's share).
+    pub cancellation: Option<sqlx::types::Json<Cancellation>>,
 }
 
 pub(super) const COLUMNS: &str = "id, saga_name, saga_version, status, current_step, attempt, input, context, next_run_at, \
     locked_by, locked_until, wait_key, wait_deadline, failure_step, failure_reason, retrying_since, wait_reason, paused_since, cancel_requested, \
-    event_version, idempotency_key, request_fingerprint, created_at, updated_at, finished_at";
+    event_version, idempotency_key, request_fingerprint, created_at, updated_at, finished_at, cancellation";
 
 /// Reserves the next `n` event versions of a saga (row-locked until the transaction ends), returning
 /// the first one.
@@ -142,42 +145,92 @@ pub async fn wake(conn: &mut PgConnection, wait_key: &str) -> Result<Option<Saga
     .await
 }
 
+/// The cancellation requested of a saga, if any.
+pub async fn cancellation(
+    conn: &mut PgConnection,
+    id: SagaId,
+) -> Result<Option<sqlx::types::Json<Cancellation>>, sqlx::Error> {
+    let c: Option<Option<sqlx::types::Json<Cancellation>>> =
+        sqlx::query_scalar("SELECT cancellation FROM sagas WHERE id = $1")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(c.flatten())
+}
+
 pub enum CancelOutcome {
     Requested(SagaStatus),
     NotFound,
     /// Already compensating, compensated or stuck.
     NotCancellable(SagaStatus),
+    /// A cancellation was requested before: it stands (the saga is then `running` while it
+    /// compensates, or `compensated`).
+    AlreadyRequested(SagaStatus),
 }
 
-/// Records a guest's cancellation. A worker turns it into compensation: at once if the saga is idle,
-/// after the step in flight otherwise. A completed saga is re-opened to be compensated. The
-/// commit also notifies `CANCEL_CHANNEL` with the saga id: a worker in the middle of a run of
-/// remote steps learns of it before the next one (a capture, say).
-pub async fn request_cancel(pool: &PgPool, id: SagaId) -> Result<CancelOutcome, sqlx::Error> {
-    let row: Option<(SagaStatus, bool)> = sqlx::query_as(
-        "WITH cur AS (SELECT id, status FROM sagas WHERE id = $1 FOR UPDATE),
-              upd AS (UPDATE sagas s SET cancel_requested = true,
+/// What a cancellation is decided from: the saga's input (the booking's check-in, price and
+/// policy) and the database's current date (UTC).
+pub struct CancelBasis<'a> {
+    pub input: &'a serde_json::Value,
+    pub today: chrono::NaiveDate,
+}
+
+/// Records a cancellation, decided by `decide` (who, why, the refund's share) from the saga as it
+/// is when locked. A worker turns it into compensation: at once if the saga is idle, after the
+/// step in flight otherwise. A completed saga is re-opened to be compensated. The saga's row lock
+/// makes concurrent requests one cancellation: the first records it, the others find it
+/// recorded. The commit also notifies `CANCEL_CHANNEL` with the saga id: a worker in the middle
+/// of a run of remote steps learns of it before the next one (a capture, say).
+pub async fn request_cancel(
+    pool: &PgPool,
+    id: SagaId,
+    decide: impl FnOnce(&CancelBasis<'_>) -> Cancellation,
+) -> Result<CancelOutcome, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let cur: Option<(SagaStatus, bool, serde_json::Value, chrono::NaiveDate)> = sqlx::query_as(
+        "SELECT status, cancel_requested, input, (now() AT TIME ZONE 'UTC')::date
+         FROM sagas WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((status, requested, input, today)) = cur else {
+        return Ok(CancelOutcome::NotFound);
+    };
+    if requested {
+        return Ok(CancelOutcome::AlreadyRequested(status));
+    }
+    if !matches!(
+        status,
+        SagaStatus::Running | SagaStatus::Waiting | SagaStatus::Completed
+    ) {
+        return Ok(CancelOutcome::NotCancellable(status));
+    }
+    let cancellation = decide(&CancelBasis {
+        input: &input,
+        today,
+    });
+    sqlx::query(
+        "WITH upd AS (UPDATE sagas s SET cancel_requested = true, cancellation = $4,
                              status = CASE WHEN s.status IN ('waiting', 'completed') THEN 'running' ELSE s.status END,
                              wait_key = NULL, wait_deadline = NULL, finished_at = NULL,
                              attempt = CASE WHEN s.status = 'running' THEN s.attempt ELSE 0 END,
                              next_run_at = CASE WHEN s.locked_by IS NULL THEN now() ELSE s.next_run_at END,
                              updated_at = now()
-                      FROM cur WHERE s.id = cur.id AND cur.status IN ('running', 'waiting', 'completed')
+                      WHERE s.id = $1
                       RETURNING s.id),
               n AS (SELECT pg_notify($2, '') FROM upd),
               c AS (SELECT pg_notify($3, upd.id::text) FROM upd)
-         SELECT cur.status, EXISTS (SELECT 1 FROM upd) FROM cur LEFT JOIN n ON true LEFT JOIN c ON true",
+         SELECT 1 FROM upd LEFT JOIN n ON true LEFT JOIN c ON true",
     )
     .bind(id)
     .bind(WORK_CHANNEL)
     .bind(CANCEL_CHANNEL)
-    .fetch_optional(pool)
+    .bind(sqlx::types::Json(&cancellation))
+    .execute(&mut *tx)
     .await?;
-    Ok(match row {
-        None => CancelOutcome::NotFound,
-        Some((status, true)) => CancelOutcome::Requested(status),
-        Some((status, false)) => CancelOutcome::NotCancellable(status),
-    })
+    tx.commit().await?;
+    Ok(CancelOutcome::Requested(status))
 }
 
 #[derive(Debug, Default, Clone)]

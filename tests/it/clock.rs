@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use chrono::TimeDelta;
-use sagad::events::{Event, NewEvent};
+use sagad::events::NewEvent;
 use sagad::store;
 use sagad_test_support::Receiver;
 use serde_json::{Value, json};
@@ -278,9 +278,8 @@ async fn webhook_delivery_retries_follow_the_database_clock() {
             .unwrap();
         let endpoint: Uuid = endpoint["id"].as_str().unwrap().parse().unwrap();
         let mut tx = app.pool.begin().await.unwrap();
-        let event = NewEvent::from(Event::BookingCancelled {
-            reason: "clock".into(),
-        });
+        let event =
+            NewEvent::from(sagad::policies::Cancellation::by_sagad("clock").event(45000, 45000));
         store::events::append(&mut tx, "booking", Uuid::now_v7(), 1, &[event])
             .await
             .unwrap();

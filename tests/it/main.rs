@@ -10,6 +10,7 @@ mod blocks;
 mod booking;
 mod booking_change;
 mod bookings;
+mod cancellation;
 mod ceiling;
 mod cli;
 mod clock;

@@ -414,6 +414,8 @@ async fn an_action_planned_on_a_saga_that_moved_on_writes_nothing() {
         phase: StepPhase::Compensation,
         failure_step: row.failure_step.as_deref(),
         failure_reason: row.failure_reason.as_deref(),
+        price: 45000,
+        captured: 45000,
     };
     let plan = operator::retry(&parked, "ops", "racing").unwrap();
     // Meanwhile a worker took the saga (an operator's retry elsewhere, then a claim).

@@ -85,9 +85,7 @@ async fn emit(pool: &PgPool, events: Vec<Event>) -> Uuid {
 }
 
 fn cancelled(reason: &str) -> Event {
-    Event::BookingCancelled {
-        reason: reason.into(),
-    }
+    sagad::policies::Cancellation::by_sagad(reason).event(45000, 45000)
 }
 
 async fn deliveries(pool: &PgPool, endpoint: Uuid) -> Vec<(Uuid, String)> {

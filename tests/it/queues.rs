@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use sagad::config::Role;
-use sagad::events::{Event, NewEvent};
+use sagad::events::NewEvent;
 use sagad::maintenance::{Progress, cleaner};
 use sagad::store;
 use sqlx::PgPool;
@@ -42,9 +42,9 @@ async fn pending_deliveries(pool: &PgPool, url: &str, n: usize) -> (Uuid, Vec<Uu
     .0;
     let events: Vec<NewEvent> = (0..n)
         .map(|i| {
-            NewEvent::from(Event::BookingCancelled {
-                reason: format!("reason {i}"),
-            })
+            NewEvent::from(
+                sagad::policies::Cancellation::by_sagad(&format!("reason {i}")).event(100, 100),
+            )
         })
         .collect();
     store::events::append(&mut conn, "booking", Uuid::now_v7(), 1, &events)

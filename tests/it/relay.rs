@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use futures_util::StreamExt;
-use sagad::events::{Event, NewEvent};
+use sagad::events::{CancelledBy, Event, NewEvent};
 use sagad::relay::RelayConfig;
 use sagad::store;
 use serde_json::Value;
@@ -258,6 +258,9 @@ async fn append_backlog(pool: &PgPool, aggregates: usize, per: usize) {
         .map(|i| {
             NewEvent::from(Event::BookingCancelled {
                 reason: format!("backlog {i}"),
+                by: CancelledBy::Sagad,
+                actor: "sagad".into(),
+                refund: None,
             })
         })
         .collect();

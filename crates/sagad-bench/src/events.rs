@@ -15,10 +15,11 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
+use sagad::domain::CancellationPolicy;
 use sagad::engine::definition::SagaDefinition;
 use sagad::engine::history::{self, Tag};
 use sagad::engine::model::StepPhase;
-use sagad::events::{Event, NewEvent};
+use sagad::events::{CancelledBy, Event, NewEvent, Refund};
 use sagad::projections::{self, Projection};
 use sagad::store::{self, bookings};
 use sagad_test_support::Receiver;
@@ -210,6 +211,15 @@ fn history(n: u64, retries: i32) -> (Vec<Stored>, &'static str) {
                 1,
                 Event::BookingCancelled {
                     reason: reason.into(),
+                    by: CancelledBy::Guest,
+                    actor: "guest".into(),
+                    refund: Some(Refund {
+                        amount: 45_000,
+                        percent: 100,
+                        policy: Some(CancellationPolicy::Flexible),
+                        days_before_check_in: Some(30),
+                        rule: "flexible: 1 or more days before check-in: 100%".into(),
+                    }),
                 },
             ));
             h.push(at(

@@ -119,12 +119,7 @@ pub async fn cancel(_conn: &mut PgConnection, ctx: &StepCtx<'_>) -> Result<Outco
 
 /// The cancel step's outcome: it changes nothing in the database but the events it records.
 pub fn cancelled(ctx: &StepCtx<'_>) -> Outcome {
-    Outcome::done(
-        json!({}),
-        vec![Event::BookingCancelled {
-            reason: ctx.failure_reason.unwrap_or("compensation").to_owned(),
-        }],
-    )
+    Outcome::done(json!({}), vec![ctx.cancelled_event()])
 }
 
 /// `BK-` and eight characters without look-alikes (no 0/O, 1/I/L); unique in the bookings table.

@@ -20,9 +20,22 @@ use super::outcome::Outcome;
 use crate::breaker::{Breakers, Dependency};
 use crate::domain::BookingInput;
 use crate::domain::SagaId;
+use crate::policies::Cancellation;
 use crate::stripe::client::StripeClient;
 
 pub use inventory::plan_hold;
+
+/// What a saga's capture step recorded as captured (0 when it recorded no capture).
+pub fn captured(def: &SagaDefinition, context: &serde_json::Map<String, serde_json::Value>) -> i64 {
+    def.steps
+        .iter()
+        .find(|s| s.action == "payment.capture")
+        .and_then(|s| context.get(&s.name))
+        .filter(|o| o.get("captured").and_then(|c| c.as_bool()) == Some(true))
+        .and_then(|o| o.get("amount"))
+        .and_then(|a| a.as_i64())
+        .unwrap_or(0)
+}
 pub use notify::NotifyConfig;
 pub use payment::wait_key as payment_wait_key;
 
@@ -159,6 +172,8 @@ pub struct StepCtx<'a> {
     /// When the step began, by the database's clock ([`crate::clock`]): what its deadlines and
     /// expiry times count from.
     pub now: chrono::DateTime<chrono::Utc>,
+    /// The cancellation requested, when one was (who, why, the refund's share).
+    pub cancellation: Option<&'a Cancellation>,
 }
 
 impl StepCtx<'_> {
@@ -174,6 +189,21 @@ impl StepCtx<'_> {
             .iter()
             .find(|s| s.action == action)
             .and_then(|s| self.context.get(&s.name))
+    }
+
+    /// What was captured, as the capture step recorded it (0 when it recorded no capture).
+    pub fn captured(&self) -> i64 {
+        captured(self.definition, self.context)
+    }
+
+    /// The `BookingCancelled` event of this saga's cancellation: the one requested, or, when sagad
+    /// undoes a failed booking on its own, a full refund with the failure as the reason.
+    pub fn cancelled_event(&self) -> crate::events::Event {
+        match self.cancellation {
+            Some(c) => c.event(self.input.amount, self.captured()),
+            None => Cancellation::by_sagad(self.failure_reason.unwrap_or("compensation"))
+                .event(self.input.amount, self.captured()),
+        }
     }
 
     /// Stable idempotency key for an effect of this saga: the same on every retry and every process.

@@ -258,21 +258,35 @@ pub async fn refund(stripe: &StripeClient, ctx: &StepCtx<'_>) -> Outcome {
     let Some(pi_id) = payment_intent_id(ctx) else {
         return Outcome::done(json!({}), vec![]);
     };
-    let captured = ctx
-        .output_of_action("payment.capture")
-        .and_then(|o| o.get("captured"))
-        .is_some();
-    if !captured {
+    let mut captured = ctx.captured();
+    if captured == 0 {
         // The capture's answer was lost: only a captured payment has money to give back.
         match stripe.retrieve(&pi_id).await {
             Ok(pi) if pi.status != PaymentIntentStatus::Succeeded => {
                 return Outcome::done(json!({ "refunded": false }), vec![]);
             }
-            Ok(_) => {}
+            Ok(pi) => captured = pi.amount_received,
             Err(e) => return transient_or_fail(e, "retrieve the payment to refund"),
         }
     }
-    match stripe.refund(&pi_id, &ctx.idempotency_key("refund")).await {
+    // A cancellation refunds its share of the price, never more than was captured; sagad undoing
+    // a failed booking refunds everything.
+    let due = ctx
+        .cancellation
+        .map_or(captured, |c| c.refund_due(ctx.input.amount, captured));
+    if due == 0 {
+        return Outcome::done(
+            json!({ "refunded": false, "amount": 0, "rule": ctx.cancellation.map(|c| &c.rule) }),
+            vec![],
+        );
+    }
+    let key = ctx.idempotency_key("refund");
+    let result = if due >= captured {
+        stripe.refund(&pi_id, &key).await
+    } else {
+        stripe.refund_amount(&pi_id, due, &key).await
+    };
+    match result {
         Ok(r) => Outcome::done(
             json!({ "refund_id": r.id, "amount": r.amount, "refunded": true }),
             vec![Event::PaymentRefunded {

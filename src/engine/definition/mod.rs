@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use self::error::DefinitionError;
+pub(crate) use self::error::SourceMap;
 use crate::engine::retry::RetryPolicy;
 
 /// Timeout of a step when neither the step nor `[defaults]` set one.

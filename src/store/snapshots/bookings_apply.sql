@@ -1,5 +1,5 @@
 -- bookings::apply: the projection update of a run of events
--- parameters: 12
+-- parameters: 13
 UPDATE bookings SET
         status = CASE WHEN $3::bool THEN
                       CASE WHEN cancel_reason IS NOT NULL THEN 'cancelled' ELSE 'failed' END
@@ -11,5 +11,6 @@ UPDATE bookings SET
         check_in = COALESCE($8::date, check_in),
         check_out = COALESCE($9::date, check_out),
         amount = COALESCE($10::int8, amount),
+        cancellation = COALESCE($13::jsonb, cancellation),
         updated_at = now()
     WHERE saga_id = $1 AND (NOT $12::bool OR status = 'needs_attention')

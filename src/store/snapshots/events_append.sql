@@ -1,13 +1,13 @@
 -- events::append: events and their webhook deliveries
 -- parameters: 10
 WITH e AS (SELECT * FROM unnest($6::uuid[], $7::text[], $8::jsonb[], $9::jsonb[],
-                                    $10::text[])
-                   WITH ORDINALITY AS e(id, type, payload, metadata, published, ord)),
+                                    $10::text[], $5::int4[])
+                   WITH ORDINALITY AS e(id, type, payload, metadata, published, schema_version, ord)),
          appended AS (
              INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type,
                                  schema_version, payload, metadata)
              SELECT e.id, $4, $1, ($2::int) + e.ord::int - 1, e.type,
-                    $5, e.payload, e.metadata
+                    e.schema_version, e.payload, e.metadata
              FROM e),
          pub_events AS (SELECT e.id, e.published AS type FROM e),
          deliveries AS (

@@ -1,12 +1,12 @@
 -- progress::record: step outcomes under a fence, turning the hold into a booking
--- parameters: 50
+-- parameters: 51
 WITH t AS (
                  UPDATE sagas SET status = CASE WHEN (cancel_requested AND $6 IN ('waiting', 'completed')) THEN 'running' ELSE $6 END,
                         current_step = $7, attempt = $8, context = $9,
                         next_run_at = CASE WHEN (cancel_requested AND $6 IN ('waiting', 'completed')) THEN now() WHEN $11::float8 IS NOT NULL THEN next_run_at ELSE $10 END,
                         locked_by = CASE WHEN (cancel_requested AND $6 IN ('waiting', 'completed')) OR $11::float8 IS NULL THEN NULL ELSE locked_by END,
                         locked_until = CASE WHEN (cancel_requested AND $6 IN ('waiting', 'completed')) OR $11::float8 IS NULL THEN NULL
-                                            WHEN locked_until >= now() + $49::float8 * interval '1 millisecond' THEN locked_until
+                                            WHEN locked_until >= now() + $50::float8 * interval '1 millisecond' THEN locked_until
                                             ELSE now() + $11::float8 * interval '1 millisecond' END,
                         wait_key = CASE WHEN NOT (cancel_requested AND $6 IN ('waiting', 'completed')) THEN $12 END,
                         wait_deadline = CASE WHEN NOT (cancel_requested AND $6 IN ('waiting', 'completed')) THEN $13 END,
@@ -19,13 +19,13 @@ WITH t AS (
                  WHERE id = $1 AND (status, current_step, attempt, locked_by) IS NOT DISTINCT FROM ($2, $3, $4, $5)
                  RETURNING event_version - $19 + 1 AS first_version, cancel_requested, (cancel_requested AND $6 IN ('waiting', 'completed')) AS requeued),
              e AS (SELECT * FROM unnest($22::uuid[], $23::text[], $24::jsonb[], $25::jsonb[],
-                                    $26::text[])
-                   WITH ORDINALITY AS e(id, type, payload, metadata, published, ord)),
+                                    $26::text[], $21::int4[])
+                   WITH ORDINALITY AS e(id, type, payload, metadata, published, schema_version, ord)),
          appended AS (
              INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type,
                                  schema_version, payload, metadata)
              SELECT e.id, $20, $1, (t.first_version) + e.ord::int - 1, e.type,
-                    $21, e.payload, e.metadata
+                    e.schema_version, e.payload, e.metadata
              FROM e, t),
          pub_events AS (SELECT e.id, e.published AS type FROM e, t),
          deliveries AS (
@@ -48,14 +48,15 @@ WITH t AS (
         check_in = COALESCE($33::date, check_in),
         check_out = COALESCE($34::date, check_out),
         amount = COALESCE($35::int8, amount),
+        cancellation = COALESCE($38::jsonb, cancellation),
         updated_at = now()
-    WHERE saga_id = $1 AND (NOT $37::bool OR status = 'needs_attention') AND $38::bool AND EXISTS (SELECT 1 FROM t) RETURNING 1),
+    WHERE saga_id = $1 AND (NOT $37::bool OR status = 'needs_attention') AND $39::bool AND EXISTS (SELECT 1 FROM t) RETURNING 1),
              step AS (
              INSERT INTO saga_steps (saga_id, step_index, phase, step_name, status, attempts, last_error, finished_at)
              SELECT $1, x.i, x.phase, x.name, x.status, x.attempts, x.error,
                     CASE WHEN x.status IN ('succeeded', 'failed', 'skipped') THEN now() END
-             FROM t, unnest($39::int[], $40::text[], $41::text[], $42::text[],
-                                 $43::int[], $44::text[])
+             FROM t, unnest($40::int[], $41::text[], $42::text[], $43::text[],
+                                 $44::int[], $45::text[])
                      AS x(i, phase, name, status, attempts, error)
              ON CONFLICT (saga_id, step_index, phase) DO UPDATE
              SET status = EXCLUDED.status, attempts = EXCLUDED.attempts,
@@ -64,18 +65,18 @@ WITH t AS (
              RETURNING 1), converted AS (UPDATE inventory_claims SET kind = 'booking', expires_at = NULL
          WHERE saga_id = $1 AND status = 'active' AND (kind = 'booking' OR expires_at > now()) AND EXISTS (SELECT 1 FROM t)
          RETURNING id),
-             held AS (UPDATE inventory_claims SET expires_at = $50::timestamptz
+             held AS (UPDATE inventory_claims SET expires_at = $51::timestamptz
          FROM t
-         WHERE $50::timestamptz IS NOT NULL AND saga_id = $1 AND status = 'active'
-           AND kind = 'hold' AND expires_at > now() AND expires_at < $50::timestamptz
+         WHERE $51::timestamptz IS NOT NULL AND saga_id = $1 AND status = 'active'
+           AND kind = 'hold' AND expires_at > now() AND expires_at < $51::timestamptz
          RETURNING 1)
              SELECT t.first_version, t.cancel_requested,
                     t.requeued,
                     (SELECT count(*) FROM (
-                         SELECT pg_notify(CASE WHEN t.requeued THEN $48 ELSE $45::text END,
-                                          CASE WHEN t.requeued THEN '' ELSE $46::text END)
-                         WHERE t.requeued OR $45::text IS NOT NULL) n) AS notified,
-                    (SELECT count(*) FROM (SELECT pg_notify($47, '') FROM (SELECT 1 FROM deliveries LIMIT 1) AS any_inserted) w) AS woke_deliveries,
+                         SELECT pg_notify(CASE WHEN t.requeued THEN $49 ELSE $46::text END,
+                                          CASE WHEN t.requeued THEN '' ELSE $47::text END)
+                         WHERE t.requeued OR $46::text IS NOT NULL) n) AS notified,
+                    (SELECT count(*) FROM (SELECT pg_notify($48, '') FROM (SELECT 1 FROM deliveries LIMIT 1) AS any_inserted) w) AS woke_deliveries,
  sagad_require(EXISTS (SELECT 1 FROM converted), 'SG001',
                                     'hold_lost: the hold expired or was released before the booking was confirmed') AS hold_converted
              FROM t

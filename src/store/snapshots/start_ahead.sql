@@ -13,15 +13,15 @@ WITH claim AS (INSERT INTO inventory_claims (id, saga_id, booking_id, listing_id
                     now() + $8::float8 * interval '1 millisecond', CASE WHEN $7::text IS NULL THEN 0 ELSE 1 END,
                     CASE WHEN EXISTS (SELECT 1 FROM claim) THEN $25::int ELSE 0 END, CASE WHEN EXISTS (SELECT 1 FROM claim) THEN $26::jsonb ELSE '{}'::jsonb END, CASE WHEN EXISTS (SELECT 1 FROM claim) THEN $27::int ELSE 1 END
              ON CONFLICT (idempotency_key) DO NOTHING
-             RETURNING id, saga_name, saga_version, status, current_step, attempt, input, context, next_run_at, locked_by, locked_until, wait_key, wait_deadline, failure_step, failure_reason, retrying_since, wait_reason, paused_since, cancel_requested, event_version, idempotency_key, request_fingerprint, created_at, updated_at, finished_at),
+             RETURNING id, saga_name, saga_version, status, current_step, attempt, input, context, next_run_at, locked_by, locked_until, wait_key, wait_deadline, failure_step, failure_reason, retrying_since, wait_reason, paused_since, cancel_requested, event_version, idempotency_key, request_fingerprint, created_at, updated_at, finished_at, cancellation),
          e AS (SELECT * FROM unnest($14::uuid[], $15::text[], $16::jsonb[], $17::jsonb[],
-                                    $18::text[])
-                   WITH ORDINALITY AS e(id, type, payload, metadata, published, ord)),
+                                    $18::text[], $13::int4[])
+                   WITH ORDINALITY AS e(id, type, payload, metadata, published, schema_version, ord)),
          appended AS (
              INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type,
                                  schema_version, payload, metadata)
              SELECT e.id, $12, $1, (1) + e.ord::int - 1, e.type,
-                    $13, e.payload, e.metadata
+                    e.schema_version, e.payload, e.metadata
              FROM e, s WHERE e.ord <= s.event_version),
          pub_events AS (SELECT e.id, e.published AS type FROM e, s WHERE e.ord <= s.event_version),
          deliveries AS (
