@@ -479,3 +479,65 @@ async fn booking_cancelled_v1_events_read_as_v2_in_the_api_the_feed_a_rebuild_an
     assert!(!schema("booking.cancelled").is_valid(&v1));
     assert!(!schema("booking.cancelled.v1").is_valid(&msg));
 }
+
+#[tokio::test]
+async fn a_stuck_saga_is_cancelled_by_an_operator_only_and_refunds_in_full() {
+    let app = spawn_app().await;
+    // The notification fails for good, the saga compensates, and the refund keeps failing.
+    app.notify.answer(500);
+    app.double
+        .inject(stripe_double::Fault::server_error(stripe_double::Operation::Refund).times(1000));
+    let input = stay(
+        "stuck-cancel",
+        db_today(&app).await + chrono::Days::new(1),
+        "strict",
+    );
+    let id = app.start_booking(input).await;
+    assert_eq!(app.wait_terminal(id).await["status"], "stuck");
+    let before = events_of(&app, id).await;
+    for by in ["guest", "host"] {
+        let (status, body) = cancel(
+            &app,
+            &format!("/v1/sagas/{id}/cancel"),
+            json!({ "by": by, "reason": "stuck" }),
+        )
+        .await;
+        assert_eq!(status, 409, "{by}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("only an operator"),
+            "{body}"
+        );
+    }
+    assert_eq!(events_of(&app, id).await, before);
+
+    app.double.clear_faults();
+    let resp = app
+        .http
+        .post(format!("{}/v1/sagas/{id}/cancel", app.base))
+        .bearer_auth(OPS_TOKEN)
+        .json(&json!({ "by": "operator", "reason": "refund by hand failed, retrying" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    assert_eq!(app.wait_terminal(id).await["status"], "compensated");
+    // Strict, one day before check-in, but an operator's cancellation: everything back.
+    assert_eq!(refunded_at_the_double(&app, id), (PRICE, 1));
+    let (cancellation,): (Value,) = sqlx::query_as("SELECT cancellation FROM sagas WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            &cancellation["by"],
+            &cancellation["actor"],
+            &cancellation["percent"]
+        ),
+        (&json!("operator"), &json!("ops"), &json!(100)),
+        "{cancellation:#}"
+    );
+}
