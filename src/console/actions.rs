@@ -156,8 +156,15 @@ async fn redeliver(
     })?;
     crate::http::outbound::queue_again(&state, id).await?;
     tracing::info!(delivery_id = %id, actor = %signed.actor, "console redelivery");
-    let back = match form.get("saga").map(str::parse::<SagaId>) {
-        Some(Ok(saga)) => format!("/console/sagas/{saga}?redelivered={id}"),
+    let back = match (
+        form.get("saga").map(str::parse::<SagaId>),
+        form.get("endpoint")
+            .map(str::parse::<crate::domain::EndpointId>),
+    ) {
+        (Some(Ok(saga)), _) => format!("/console/sagas/{saga}?redelivered={id}"),
+        (_, Some(Ok(endpoint))) => {
+            format!("/console/webhooks/{endpoint}?notice=Delivery+{id}+queued+for+delivery+again.")
+        }
         _ => "/console".to_owned(),
     };
     Ok(Redirect::to(&back))

@@ -8,11 +8,15 @@
 //! (no inline script, no inline style); maud escapes every value it renders.
 
 mod actions;
+mod bookings;
 mod chart;
 mod overview;
 mod saga;
 mod sagas;
 mod session;
+mod stripe;
+mod stuck;
+mod webhooks;
 
 use axum::Router;
 use axum::extract::Request;
@@ -49,6 +53,10 @@ pub fn routes() -> Router<AppState> {
         .merge(session::routes())
         .merge(sagas::routes())
         .merge(saga::routes())
+        .merge(stuck::routes())
+        .merge(bookings::routes())
+        .merge(webhooks::routes())
+        .merge(stripe::routes())
         .route("/console/assets/console.css", get(css))
         .route("/console/assets/console.js", get(js))
         .route("/console/{*rest}", axum::routing::any(not_found))
@@ -109,6 +117,10 @@ async fn security_headers(req: Request, next: Next) -> Response {
 pub(crate) enum Nav {
     Overview,
     Sagas,
+    Stuck,
+    Bookings,
+    Webhooks,
+    Stripe,
     None,
 }
 
@@ -136,6 +148,10 @@ pub(crate) fn page(title: &str, nav: Nav, signed: Option<&Signed>, body: Markup)
                         nav {
                             (item(Nav::Overview, "/console", "Overview"))
                             (item(Nav::Sagas, "/console/sagas", "Sagas"))
+                            (item(Nav::Stuck, "/console/stuck", "Stuck and paused"))
+                            (item(Nav::Bookings, "/console/bookings", "Bookings"))
+                            (item(Nav::Webhooks, "/console/webhooks", "Webhooks"))
+                            (item(Nav::Stripe, "/console/stripe", "Stripe inbox"))
                         }
                         form.signout method="post" action="/console/sign-out" {
                             (s.csrf_field())
@@ -233,4 +249,27 @@ pub(crate) fn badge(status: &str) -> Markup {
 pub(crate) fn json_block(v: &serde_json::Value) -> Markup {
     let text = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
     html! { pre.json { (text) } }
+}
+
+/// The names of sagas' steps by (saga, version), read from the registry once per page.
+#[derive(Default)]
+pub(crate) struct StepNames(std::collections::HashMap<(String, i32), Vec<String>>);
+
+impl StepNames {
+    /// The name of step `index` of the saga's definition version (`#index` if unknown).
+    pub async fn name(&mut self, state: &AppState, saga: &str, version: i32, index: i32) -> String {
+        let key = (saga.to_owned(), version);
+        if !self.0.contains_key(&key) {
+            let names = match state.registry.get(saga, version).await {
+                Ok(def) => def.steps.iter().map(|s| s.name.clone()).collect(),
+                Err(_) => Vec::new(),
+            };
+            self.0.insert(key.clone(), names);
+        }
+        self.0
+            .get(&key)
+            .and_then(|n| n.get(index.max(0) as usize))
+            .cloned()
+            .unwrap_or_else(|| format!("#{index}"))
+    }
 }

@@ -144,9 +144,9 @@ fn live_body(s: &Snapshot) -> Markup {
     html! {
         p.asof { "As of " (time(Some(s.read_at))) " UTC" }
         div.cards {
-            section.card {
+            section.card.wide {
                 h2 { "Sagas by status" }
-                table.counts {
+                div.scroll { table.counts {
                     thead { tr { th { "saga" } @for st in SagaStatus::ALL { th { (badge(st.as_str())) } } } }
                     tbody {
                         @for name in &names {
@@ -160,7 +160,7 @@ fn live_body(s: &Snapshot) -> Markup {
                         }
                         tr.total { td { "all" } @for st in SagaStatus::ALL { td.num { a href={ "/console/sagas?status=" (st.as_str()) } { (total(*st)) } } } }
                     }
-                }
+                } }
             }
             section.card.wide {
                 h2 { "Started and completed per minute, last hour" }

@@ -20,7 +20,7 @@ use crate::http::{ApiError, AppState};
 use crate::store::bookings::{self, Booking};
 use crate::store::console::{self as store, CausedDelivery, DeliveryAttempt};
 use crate::store::events::{self, EventRecord};
-use crate::store::outbound::DeliveryStatus;
+use crate::store::outbound::{DeliveryRow, DeliveryStatus};
 use crate::store::sagas::{self, SagaRow, StepRecord};
 use crate::store::stripe_inbox::StripeEventRow;
 
@@ -195,7 +195,7 @@ async fn saga_page(
         section #deliveries {
             h2 { "Webhook deliveries its events caused (" (story.deliveries.len()) ")" }
             @if story.deliveries.is_empty() { p { "None." } }
-            @for d in &story.deliveries { (delivery(&signed, r.id, d, story.attempts.get(&d.delivery.id).map_or(&[][..], |v| v))) }
+            @for d in &story.deliveries { (delivery(&signed, &Back::Saga(r.id), &d.delivery, &d.url, story.attempts.get(&d.delivery.id).map_or(&[][..], |v| v))) }
         }
         section #stripe-events {
             h2 { "Stripe events about it (" (story.stripe.len()) ")" }
@@ -246,25 +246,34 @@ fn notice_box(story: &Story, n: &Notice) -> Markup {
     }
 }
 
+/// The page a redelivery returns to.
+pub(super) enum Back {
+    Saga(SagaId),
+    Endpoint(crate::domain::EndpointId),
+}
+
 /// One delivery, its attempts, and a redeliver button when it is dead (or delivered).
-fn delivery(
+pub(super) fn delivery(
     signed: &Signed,
-    saga: SagaId,
-    c: &CausedDelivery,
+    back: &Back,
+    d: &DeliveryRow,
+    url: &str,
     attempts: &[DeliveryAttempt],
 ) -> Markup {
-    let d = &c.delivery;
     html! {
         div.delivery data-id=(d.id) data-status=(d.status.as_str()) {
             p {
-                (badge(d.status.as_str())) " " strong { (d.event_type) } " → " span.url { (c.url) }
+                (badge(d.status.as_str())) " " strong { (d.event_type) } " → " span.url { (url) }
                 " · " (d.attempt_count) " attempt(s)"
                 @if let Some(s) = d.last_status { " · last HTTP " (s) }
             }
             @if matches!(d.status, DeliveryStatus::Dead | DeliveryStatus::Delivered) {
                 form.inline method="post" action={ "/console/deliveries/" (d.id) "/redeliver" } {
                     (signed.csrf_field())
-                    input type="hidden" name="saga" value=(saga);
+                    @match back {
+                        Back::Saga(id) => input type="hidden" name="saga" value=(id);,
+                        Back::Endpoint(id) => input type="hidden" name="endpoint" value=(id);,
+                    }
                     button type="submit" name="redeliver" { "Redeliver" }
                 }
             }

@@ -2,8 +2,6 @@
 //! booking's id), confirmation code, listing, guest or PaymentIntent; newest first, keyset
 //! pagination.
 
-use std::collections::HashMap;
-
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -14,7 +12,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::session::Signed;
-use super::{ConsoleError, Nav, badge, page, render, time};
+use super::{ConsoleError, Nav, StepNames, badge, page, render, time};
 use crate::domain::SagaId;
 use crate::engine::model::SagaStatus;
 use crate::http::AppState;
@@ -159,25 +157,17 @@ async fn sagas_page(
         Err(problems) => (Vec::new(), problems),
     };
     // The name of each line's current step, from its own definition version.
-    let mut steps: HashMap<(String, i32), Vec<String>> = HashMap::new();
+    let mut names = StepNames::default();
+    let mut steps = Vec::with_capacity(lines.len());
     for l in &lines {
-        let key = (l.saga_name.clone(), l.saga_version);
-        if !steps.contains_key(&key)
-            && let Ok(def) = state.registry.get(&l.saga_name, l.saga_version).await
-        {
-            steps.insert(key, def.steps.iter().map(|s| s.name.clone()).collect());
-        }
+        steps.push(if l.status.is_terminal() {
+            String::new()
+        } else {
+            names
+                .name(&state, &l.saga_name, l.saga_version, l.current_step)
+                .await
+        });
     }
-    let step_of = |l: &SagaLine| -> String {
-        if l.status.is_terminal() {
-            return String::new();
-        }
-        steps
-            .get(&(l.saga_name.clone(), l.saga_version))
-            .and_then(|s| s.get(l.current_step.max(0) as usize))
-            .cloned()
-            .unwrap_or_else(|| format!("#{}", l.current_step))
-    };
     let next = (lines.len() as i64 == PAGE).then(|| {
         let last = lines.last().map(cursor).unwrap_or_default();
         let qs: String = form_urlencoded::Serializer::new(String::new())
@@ -201,7 +191,8 @@ async fn sagas_page(
             .filter_map(|n| state.registry.latest(n))
             .flat_map(|d| d.steps.iter().map(|s| s.name.clone()).collect::<Vec<_>>())
             .collect();
-        v.dedup();
+        let mut seen = std::collections::HashSet::new();
+        v.retain(|s| seen.insert(s.clone()));
         v
     };
     let body = html! {
@@ -214,12 +205,12 @@ async fn sagas_page(
                 table.list #sagas {
                     thead { tr { th { "created" } th { "saga" } th { "status" } th { "step" } th { "booking" } th { "why" } } }
                     tbody {
-                        @for l in &lines {
+                        @for (l, step) in lines.iter().zip(&steps) {
                             tr {
                                 td { (time(Some(l.created_at))) }
                                 td { a.id href={ "/console/sagas/" (l.id) } { (l.id) } br; span.muted { (l.saga_name) " v" (l.saga_version) } }
                                 td { (badge(l.status.as_str())) }
-                                td { (step_of(l)) @if l.attempt > 0 && !l.status.is_terminal() { span.muted { " attempt " (l.attempt) } } }
+                                td { (step) @if l.attempt > 0 && !l.status.is_terminal() { span.muted { " attempt " (l.attempt) } } }
                                 td {
                                     @if let Some(c) = &l.confirmation_code { span.code { (c) } br; }
                                     @if let Some(li) = &l.listing_id { "listing " (li) }

@@ -30,7 +30,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/listings/{id}/blocks/{block_id}", delete(remove_block))
 }
 
-fn listing_param(raw: &str) -> Result<String, ApiError> {
+pub(crate) fn listing_param(raw: &str) -> Result<String, ApiError> {
     if valid_id(raw) {
         Ok(raw.to_owned())
     } else {

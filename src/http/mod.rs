@@ -8,7 +8,7 @@ mod extract;
 mod feed;
 mod health;
 mod inbound_stripe;
-mod listings;
+pub(crate) mod listings;
 mod metrics;
 mod openapi;
 pub(crate) mod operator;

@@ -306,6 +306,15 @@ pub async fn retry_stuck(
     Extension(Actor(actor)): Extension<Actor>,
     JsonBody { value: req, .. }: JsonBody<BulkRetry>,
 ) -> Result<Json<BulkRetried>, ApiError> {
+    bulk_retry(&state, &actor, &req).await.map(Json)
+}
+
+/// Retries every stuck saga `req` selects, at most [`BULK_LIMIT`], as `actor`.
+pub(crate) async fn bulk_retry(
+    state: &AppState,
+    actor: &str,
+    req: &BulkRetry,
+) -> Result<BulkRetried, ApiError> {
     let mut problems = Vec::new();
     if req.step.is_none() && req.since.is_none() {
         problems.push(FieldError {
@@ -345,17 +354,17 @@ pub async fn retry_stuck(
     let more = rows.len() as i64 > BULK_LIMIT;
     let (mut retried, mut skipped) = (Vec::new(), Vec::new());
     for row in rows.iter().take(BULK_LIMIT as usize) {
-        match act_on(&state, row, Action::Retry, &actor, &req.reason).await {
+        match act_on(state, row, Action::Retry, actor, &req.reason).await {
             Ok(_) => retried.push(row.id),
             Err(ApiError::Conflict(_)) => skipped.push(row.id),
             Err(e) => return Err(e),
         }
     }
-    Ok(Json(BulkRetried {
+    Ok(BulkRetried {
         retried,
         skipped,
         more,
-    }))
+    })
 }
 
 /// An operator's cancellation of a stuck saga (see `sagas::cancel_saga`).

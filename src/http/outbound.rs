@@ -357,16 +357,21 @@ pub async fn rotate_secret(
     ApiPath(id): ApiPath,
 ) -> Result<Json<RotatedSecret>, ApiError> {
     let id: EndpointId = parse_id(&id, "webhook endpoint")?;
+    rotate(&state, id).await.map(Json)
+}
+
+/// Gives the endpoint a new signing secret; the previous one signs too until it expires.
+pub(crate) async fn rotate(state: &AppState, id: EndpointId) -> Result<RotatedSecret, ApiError> {
     let secret = new_secret();
     let mut tx = state.pool.begin().await?;
     let expires = store::rotate_secret(&mut tx, id, &secret, state.outbound.secret_overlap)
         .await?
         .ok_or(ApiError::NotFound("webhook endpoint"))?;
     tx.commit().await?;
-    Ok(Json(RotatedSecret {
+    Ok(RotatedSecret {
         secret,
         previous_secret_expires_at: expires,
-    }))
+    })
 }
 
 /// A delivery as the API shows it: with its `webhook-id` and, singly, its attempts.

@@ -7,6 +7,7 @@ use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 use super::outbound::{AttemptRow, DeliveryRow};
+use super::sagas::SagaRow;
 use super::stripe_inbox::StripeEventRow;
 use crate::domain::{DeliveryId, SagaId};
 use crate::engine::model::SagaStatus;
@@ -190,6 +191,31 @@ pub async fn search_sagas(pool: &PgPool, f: &SagaSearch) -> Result<Vec<SagaLine>
     q.push(" ORDER BY s.created_at DESC, s.id DESC LIMIT ")
         .push_bind(f.limit);
     q.build_query_as().fetch_all(pool).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stuck and paused
+
+/// Sagas paused on a dependency's open breaker, by dependency then age (index `sagas_paused`).
+pub async fn paused_sagas(pool: &PgPool, limit: i64) -> Result<Vec<SagaRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {} FROM sagas WHERE paused_since IS NOT NULL ORDER BY wait_reason, created_at LIMIT $1",
+        super::sagas::COLUMNS
+    )))
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Sagas waiting on an outside event, soonest deadline first (index `sagas_waiting`).
+pub async fn waiting_sagas(pool: &PgPool, limit: i64) -> Result<Vec<SagaRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {} FROM sagas WHERE status = 'waiting' ORDER BY wait_deadline LIMIT $1",
+        super::sagas::COLUMNS
+    )))
+    .bind(limit)
+    .fetch_all(pool)
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -355,6 +355,174 @@ async fn retry_a_stuck_saga_and_redeliver_a_dead_letter_with_hostile_bodies_show
     b.quit().await;
 }
 
+/// Waits for an element matching `css` whose text contains `text` (the page an action led to).
+async fn wait_text(b: &Browser, css: &str, text: &str) {
+    eventually(&format!("{css} to read {text:?}"), || async {
+        for e in b.find_all(css).await {
+            if e.text().await.contains(text) {
+                return Some(());
+            }
+        }
+        None
+    })
+    .await
+}
+
+/// The status and processing time of a Stripe inbox event.
+async fn inbox_row(app: &TestApp, id: &str) -> (String, Option<chrono::DateTime<chrono::Utc>>) {
+    sqlx::query_as("SELECT status, processed_at FROM stripe_events WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn bulk_retry_a_listings_calendar_a_stripe_reprocess_and_an_endpoints_actions() {
+    let app = spawn_app().await;
+    let booked = app
+        .start_booking(booking_input("console-cal-1", "pm_card_visa"))
+        .await;
+    let v = app.wait_terminal(booked).await;
+    assert_eq!(v["status"], "completed", "{v:#}");
+    let check_in = v["booking"]["check_in"].as_str().unwrap().to_owned();
+    app.notify.answer(500);
+    app.double
+        .inject(Fault::server_error(Operation::Refund).times(1000));
+    let stuck = app
+        .start_booking(booking_input("console-stuck-2", "pm_card_visa"))
+        .await;
+    assert_eq!(app.wait_terminal(stuck).await["status"], "stuck");
+    let evt = "evt_console_unknown_pi";
+    let body = json!({
+        "id": evt, "object": "event", "type": "payment_intent.succeeded",
+        "created": chrono::Utc::now().timestamp(), "livemode": false,
+        "api_version": "2026-09-30.endive",
+        "data": { "object": { "id": "pi_console_nobody", "object": "payment_intent",
+                              "description": HOSTILE } }
+    })
+    .to_string();
+    assert_eq!(app.post_signed_stripe_event(&body).await.0, 200);
+    let (_, first) = eventually("the event to be settled as unmatched", || async {
+        let row = inbox_row(&app, evt).await;
+        (row.0 == "unmatched").then_some(row)
+    })
+    .await;
+    let rx = Receiver::start().await;
+    let r = app
+        .post("/v1/webhook-endpoints")
+        .json(&json!({ "url": rx.url, "event_types": ["listing.*"], "description": HOSTILE }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let endpoint = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let b = browser().await;
+    sign_in(&app, &b, OPS_TOKEN).await;
+
+    // The listing's calendar: the booking's three nights, linked to its saga.
+    b.goto(&format!(
+        "{}/console/bookings?listing=console-cal-1&from={check_in}",
+        app.base
+    ))
+    .await;
+    b.wait_for("#calendar").await;
+    let booked_nights = b.find_all("#calendar td.c-booked").await;
+    assert_eq!(booked_nights.len(), 3);
+    assert_eq!(
+        booked_nights[0].attr("data-date").await.as_deref(),
+        Some(check_in.as_str())
+    );
+    assert_eq!(
+        b.find_all(&format!(
+            "#calendar td.c-booked a[href='/console/sagas/{booked}']"
+        ))
+        .await
+        .len(),
+        3
+    );
+
+    // Stuck and paused: the stuck saga is listed; a bulk retry of its step completes it.
+    b.goto(&format!("{}/console/stuck", app.base)).await;
+    let listed = b.wait_for("#stuck a.id").await.text().await;
+    assert_eq!(listed, stuck.to_string());
+    app.double.clear_faults();
+    b.wait_for("#bulk-step option[value=capture_payment]")
+        .await
+        .click()
+        .await;
+    b.wait_for("#bulk-reason")
+        .await
+        .send_keys("refunds work again")
+        .await;
+    b.wait_for("button[name=retry-all]").await.click().await;
+    assert_eq!(
+        b.wait_for("#retried a.id").await.text().await,
+        stuck.to_string()
+    );
+    let notice = b.wait_for("div.notice").await.text().await;
+    assert!(
+        notice.contains("SagaRetried on 1 saga(s) as ops"),
+        "{notice}"
+    );
+    assert_eq!(app.wait_terminal(stuck).await["status"], "compensated");
+
+    // The Stripe inbox: the unmatched event (its hostile description shown as text), reprocessed.
+    b.goto(&format!("{}/console/stripe?status=unmatched", app.base))
+        .await;
+    let row = format!("details.stripe-event[data-id='{evt}']");
+    b.wait_for(&format!("{row} summary")).await.click().await;
+    let shown = b.wait_for(&row).await.text().await;
+    assert!(shown.contains("<script>document.title='pwned'"), "{shown}");
+    assert_eq!(b.title().await, "Stripe inbox · sagad console");
+    assert!(b.find_all("img").await.is_empty());
+    b.wait_for(&format!("{row} button[name=reprocess]"))
+        .await
+        .click()
+        .await;
+    let notice = b.wait_for("p.notice").await.text().await;
+    assert!(notice.contains(evt), "{notice}");
+    eventually("the reprocessed event to be settled again", || async {
+        let (status, at) = inbox_row(&app, evt).await;
+        (status == "unmatched" && at > first).then_some(())
+    })
+    .await;
+
+    // The endpoint: disabled, enabled, its secret rotated.
+    b.goto(&format!("{}/console/webhooks", app.base)).await;
+    b.wait_for(&format!(
+        "#endpoints a[href='/console/webhooks/{endpoint}']"
+    ))
+    .await
+    .click()
+    .await;
+    b.wait_for("button[name=toggle]").await.click().await;
+    wait_text(&b, "p.notice", "Disabled.").await;
+    let enabled = |app: &TestApp| {
+        let pool = app.pool.clone();
+        let id: Uuid = endpoint.parse().unwrap();
+        async move {
+            sqlx::query_scalar::<_, bool>("SELECT enabled FROM webhook_endpoints WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(!enabled(&app).await);
+    b.wait_for("button[name=toggle]").await.click().await;
+    wait_text(&b, "p.notice", "Enabled.").await;
+    assert!(enabled(&app).await);
+    b.wait_for("button[name=rotate]").await.click().await;
+    let secret = b.wait_for("#new-secret").await.text().await;
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    b.quit().await;
+}
+
 /// Refreshes the screenshots in docs/ (the overview and a saga's timeline, at a laptop's width
 /// and the overview at a phone's): `cargo test --test it -- console::screenshots --ignored`.
 #[tokio::test]
