@@ -47,9 +47,14 @@ async fn calendar_page(
     let today = state.clock.db_now().date_naive();
     let from = match p.from.trim() {
         "" => today,
-        raw => NaiveDate::parse_from_str(raw, "%Y-%m-%d").map_err(|_| {
-            ApiError::BadRequest(format!("from: {raw:?} is not a date (use 2026-12-03)"))
-        })?,
+        raw => NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+            .ok()
+            .filter(|d| (1..=9999).contains(&d.year()))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "from: {raw:?} is not a date of years 1 to 9999 (use 2026-12-03)"
+                ))
+            })?,
     };
     // Whole weeks, Monday first.
     let start = from - Days::new(u64::from(from.weekday().num_days_from_monday()));

@@ -60,6 +60,7 @@ pub fn routes() -> Router<AppState> {
         .route("/console/assets/console.css", get(css))
         .route("/console/assets/console.js", get(js))
         .route("/console/{*rest}", axum::routing::any(not_found))
+        .layer(middleware::from_fn(refuse_nul))
         .layer(middleware::from_fn(security_headers))
 }
 
@@ -85,6 +86,40 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 async fn not_found(signed: Signed) -> ConsoleError {
     let _ = signed;
     ConsoleError(ApiError::NotFound("page"))
+}
+
+/// Refuses (400, before any handler) a request whose path or query string holds the NUL
+/// character, which PostgreSQL cannot store or compare: one check for every page's query and
+/// every id in a path. Form fields are checked by [`session::Form`].
+async fn refuse_nul(req: Request, next: Next) -> Response {
+    if let Err(e) = check_uri(req.uri()) {
+        return e.into_response();
+    }
+    next.run(req).await
+}
+
+fn check_uri(uri: &axum::http::Uri) -> Result<(), ConsoleError> {
+    // A URI cannot hold a raw NUL; `%00` is the only way to spell one in a segment.
+    if uri.path().contains("%00") {
+        return Err(nul_refused("the path"));
+    }
+    let query = uri.query().unwrap_or_default();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if key.contains('\0') || value.contains('\0') {
+            return Err(nul_refused(&format!(
+                "query parameter `{}`",
+                key.escape_debug()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// 400: `what` holds the NUL character.
+pub(crate) fn nul_refused(what: &str) -> ConsoleError {
+    ConsoleError(ApiError::BadRequest(format!(
+        "{what} must not contain the NUL character (%00)"
+    )))
 }
 
 /// Headers on every console response: the CSP, no sniffing, no referrer to other sites (and an

@@ -45,9 +45,13 @@ pub struct Params {
 }
 
 /// A time typed in the form: `2026-12-03`, `2026-12-03T04:30` (a browser's datetime-local,
-/// read as UTC) or RFC 3339.
+/// read as UTC) or RFC 3339; `None` if it is none of these or PostgreSQL cannot hold it (years 1
+/// to 9999 only).
 pub fn parse_time(raw: &str) -> Option<DateTime<Utc>> {
-    let raw = raw.trim();
+    parse_any_time(raw.trim()).filter(crate::http::storable_time)
+}
+
+fn parse_any_time(raw: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
         return Some(t.with_timezone(&Utc));
     }
@@ -73,10 +77,9 @@ fn cursor(line: &SagaLine) -> String {
 
 fn parse_cursor(raw: &str) -> Option<(DateTime<Utc>, SagaId)> {
     let (at, id) = raw.split_once(',')?;
-    Some((
-        DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc),
-        id.parse().ok()?,
-    ))
+    let at = DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc);
+    crate::http::storable_time(&at).then_some(())?;
+    Some((at, id.parse().ok()?))
 }
 
 /// The search the params ask for, or what is wrong with them.
@@ -126,7 +129,7 @@ fn search(state: &AppState, p: &Params) -> Result<SagaSearch, Vec<String>> {
         (&p.to, &mut f.created_to, "to"),
     ] {
         if !raw.trim().is_empty() {
-            match parse_time(raw).filter(crate::http::storable_time) {
+            match parse_time(raw) {
                 Some(t) => *slot = Some(t),
                 None => problems.push(format!(
                     "{what}: {raw:?} is not a time (use 2026-12-03 or 2026-12-03T04:30, UTC)"

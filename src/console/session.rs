@@ -175,7 +175,7 @@ impl FromRequestParts<AppState> for Signed {
     }
 }
 
-/// A URL-encoded form body.
+/// A URL-encoded form body. A field or name holding the NUL character is refused (400).
 #[derive(Debug, Default)]
 pub struct Form(Vec<(String, String)>);
 
@@ -203,11 +203,17 @@ impl<S: Send + Sync> FromRequest<S> for Form {
         if bytes.len() > FORM_LIMIT {
             return Err(ConsoleError(ApiError::PayloadTooLarge(FORM_LIMIT)));
         }
-        Ok(Form(
-            form_urlencoded::parse(&bytes)
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect(),
-        ))
+        let mut fields = Vec::new();
+        for (k, v) in form_urlencoded::parse(&bytes) {
+            if k.contains('\0') || v.contains('\0') {
+                return Err(super::nul_refused(&format!(
+                    "form field `{}`",
+                    k.escape_debug()
+                )));
+            }
+            fields.push((k.into_owned(), v.into_owned()));
+        }
+        Ok(Form(fields))
     }
 }
 

@@ -104,8 +104,10 @@ async fn endpoint_page(
         "" => None,
         b => Some(
             DateTime::parse_from_rfc3339(b)
-                .map_err(|_| ApiError::BadRequest("the page cursor is malformed".into()))?
-                .with_timezone(&Utc),
+                .map(|t| t.with_timezone(&Utc))
+                .ok()
+                .filter(crate::http::storable_time)
+                .ok_or_else(|| ApiError::BadRequest("the page cursor is malformed".into()))?,
         ),
     };
     let deliveries = store::list_deliveries(&state.pool, id, status, before, PAGE).await?;
@@ -263,13 +265,11 @@ async fn redrive(
     signed.authorize(&headers, &form)?;
     let id = endpoint_id(&id)?;
     let raw = form.text("since").unwrap_or("");
-    let since = super::sagas::parse_time(raw)
-        .filter(crate::http::storable_time)
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "since: {raw:?} is not a time (use 2026-12-03T04:30, UTC)"
-            ))
-        })?;
+    let since = super::sagas::parse_time(raw).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "since: {raw:?} is not a time (use 2026-12-03T04:30, UTC)"
+        ))
+    })?;
     if store::get_endpoint(&state.pool, id).await?.is_none() {
         return Err(ApiError::NotFound("webhook endpoint").into());
     }

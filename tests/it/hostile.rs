@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::harness::{TOKEN, TestApp, booking_input, spawn_app};
+use crate::harness::{OPS_TOKEN, TOKEN, TestApp, booking_input, spawn_app};
 
 /// Every table sagad writes to.
 const TABLES: &[&str] = &[
@@ -648,4 +648,245 @@ async fn special_purpose_and_embedded_ipv4_addresses_are_refused_at_registration
         assert_eq!(fields(&body), ["url"], "{url}");
     }
     assert_eq!(snapshot(&app.pool).await, before);
+}
+
+/// A console session over plain HTTP: the session cookie and the CSRF token its forms carry.
+async fn console_session(app: &TestApp, http: &reqwest::Client) -> (String, String) {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([("token", OPS_TOKEN), ("next", "/console")])
+        .finish();
+    let r = http
+        .post(format!("{}/console/sign-in", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "sign-in");
+    let set = r.headers()["set-cookie"].to_str().unwrap();
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let page = http
+        .get(format!("{}/console/stuck", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or_else(|| panic!("no CSRF field in {page}"))
+        .to_owned();
+    (cookie, csrf)
+}
+
+/// Every console route: its method, its path (`{id}` stands for the id below), the query
+/// parameters or form fields it reads, and an id that exists.
+struct ConsoleRoute {
+    post: bool,
+    path: &'static str,
+    fields: &'static [&'static str],
+}
+
+const fn get(path: &'static str, fields: &'static [&'static str]) -> ConsoleRoute {
+    ConsoleRoute {
+        post: false,
+        path,
+        fields,
+    }
+}
+
+const fn post(path: &'static str, fields: &'static [&'static str]) -> ConsoleRoute {
+    ConsoleRoute {
+        post: true,
+        path,
+        fields,
+    }
+}
+
+const CONSOLE_ROUTES: &[ConsoleRoute] = &[
+    get("/console", &[]),
+    get("/console/live", &[]),
+    get(
+        "/console/sagas",
+        &["q", "status", "saga", "step", "from", "to", "before"],
+    ),
+    get("/console/sagas/{saga}", &["done", "redelivered"]),
+    post("/console/sagas/{saga}/retry", &["csrf", "reason"]),
+    post(
+        "/console/sagas/{saga}/resolve",
+        &["csrf", "outcome", "reason"],
+    ),
+    post("/console/sagas/{saga}/cancel", &["csrf", "reason"]),
+    post(
+        "/console/deliveries/{delivery}/redeliver",
+        &["csrf", "saga", "endpoint"],
+    ),
+    get("/console/stuck", &[]),
+    post("/console/stuck/retry", &["csrf", "step", "since", "reason"]),
+    get("/console/bookings", &["listing", "from"]),
+    get("/console/webhooks", &[]),
+    get(
+        "/console/webhooks/{endpoint}",
+        &["status", "before", "notice"],
+    ),
+    post("/console/webhooks/{endpoint}/enabled", &["csrf", "enabled"]),
+    post("/console/webhooks/{endpoint}/rotate-secret", &["csrf"]),
+    post("/console/webhooks/{endpoint}/redrive", &["csrf", "since"]),
+    get("/console/stripe", &["status", "type", "reprocessed"]),
+    post("/console/stripe/{event}/reprocess", &["csrf"]),
+    get("/console/no-such-page", &[]),
+    // Last: a probe these let through would sign in, or end the session the others use.
+    get("/console/sign-in", &["next"]),
+    post("/console/sign-in", &["token", "next"]),
+    post("/console/sign-out", &["csrf"]),
+];
+
+/// One request of the probe: its route, what is probed, the request's path and its fields.
+type Probe<'r> = (&'r ConsoleRoute, String, String, Vec<(String, String)>);
+
+/// The value a field has when another one is probed: what a form would send.
+fn usual(field: &str, csrf: &str, listing: &str) -> String {
+    match field {
+        "csrf" => csrf.to_owned(),
+        "token" => OPS_TOKEN.to_owned(),
+        "next" => "/console".to_owned(),
+        "reason" => "probing".to_owned(),
+        "outcome" => "compensated".to_owned(),
+        "enabled" => "false".to_owned(),
+        "listing" => listing.to_owned(),
+        _ => String::new(),
+    }
+}
+
+#[tokio::test]
+async fn nul_and_out_of_range_times_anywhere_in_the_console_are_a_400_page_that_writes_nothing() {
+    let app = spawn_app().await;
+    let saga = app
+        .start_booking(booking_input("console-nul", "pm_card_visa"))
+        .await;
+    app.wait_terminal(saga).await;
+    let endpoint = create_endpoint(&app).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let (cookie, csrf) = console_session(&app, &http).await;
+    let before = snapshot(&app.pool).await;
+    let ids = [
+        ("{saga}", saga.to_string()),
+        ("{delivery}", uuid::Uuid::now_v7().to_string()),
+        ("{endpoint}", endpoint),
+        ("{event}", "evt_console_nul".to_owned()),
+    ];
+
+    let mut probes: Vec<Probe> = Vec::new();
+    for route in CONSOLE_ROUTES {
+        let mut path = route.path.to_owned();
+        for (name, id) in &ids {
+            path = path.replace(name, id);
+        }
+        let usual: Vec<(String, String)> = route
+            .fields
+            .iter()
+            .map(|f| (f.to_string(), usual(f, &csrf, "console-nul")))
+            .collect();
+        let mut with = |what: String, path: String, field: Option<(&str, &str)>| {
+            let mut fields = usual.clone();
+            if let Some((name, value)) = field {
+                for (k, v) in &mut fields {
+                    if k == name {
+                        *v = value.to_owned();
+                    }
+                }
+            }
+            probes.push((route, what, path, fields));
+        };
+        for field in route.fields {
+            with(
+                format!("NUL in {field}"),
+                path.clone(),
+                Some((field, "a\0b")),
+            );
+            if ["from", "to", "since"].contains(field) {
+                for t in ["-262143-01-01T00:00", "+262143-12-31T00:00", "0000-01-01"] {
+                    with(format!("{field}={t}"), path.clone(), Some((field, t)));
+                }
+                if route.path == "/console/bookings" {
+                    for t in ["-262143-01-01", "+262143-12-31"] {
+                        with(format!("{field}={t}"), path.clone(), Some((field, t)));
+                    }
+                }
+            }
+        }
+        // NUL in each path segment after /console.
+        let segments: Vec<&str> = path.split('/').collect();
+        for i in 2..segments.len() {
+            let mut s = segments.clone();
+            let bad = format!("{}%00x", s[i]);
+            s[i] = &bad;
+            with(format!("NUL in path segment {i}"), s.join("/"), None);
+        }
+        // NUL in the name of a parameter or field.
+        with("NUL in a name".into(), path.clone(), None);
+        if let Some(last) = probes.last_mut() {
+            last.3.push(("a\0b".into(), "x".into()));
+        }
+    }
+
+    let mut wrong = Vec::new();
+    for (route, what, path, fields) in &probes {
+        let encoded = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields.iter())
+            .finish();
+        let req = if route.post {
+            http.post(format!("{}{path}", app.base))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(encoded)
+        } else {
+            http.get(format!("{}{path}?{encoded}", app.base))
+        };
+        let context = format!("{} {path} ({what})", route.path);
+        let resp = match req.header("cookie", &cookie).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                wrong.push(format!("{context}: {e}"));
+                continue;
+            }
+        };
+        let status = resp.status().as_u16();
+        let html = resp
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+        let text = resp.text().await.unwrap_or_default();
+        // What the page says is wrong.
+        let message = text
+            .split("<p class=\"message\">")
+            .nth(1)
+            .or_else(|| text.split("role=\"alert\">").nth(1))
+            .and_then(|s| s.split("</p>").next())
+            .unwrap_or("");
+        let nul = what.starts_with("NUL");
+        if !(400..500).contains(&status)
+            || !html
+            || (nul && (status != 400 || !message.contains("NUL character")))
+        {
+            wrong.push(format!("{context}: {status} {message:?}"));
+        }
+        if snapshot(&app.pool).await != before {
+            wrong.push(format!("{context}: wrote"));
+            break;
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} probes:\n{}",
+        wrong.len(),
+        probes.len(),
+        wrong.join("\n")
+    );
 }
