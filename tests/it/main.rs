@@ -12,6 +12,7 @@ mod booking_change;
 mod bookings;
 mod cancellation;
 mod ceiling;
+mod change_crash;
 mod cli;
 mod clock;
 mod console;
