@@ -208,7 +208,7 @@ impl Breakers {
         let now = self.clock.db_now();
         let mut rows = store::get_all(&self.pool).await?;
         for dependency in Dependency::ALL.iter().copied() {
-            let reason = store::wait_reason(dependency);
+            let reason = dependency.wait_reason();
             let paused = counts
                 .iter()
                 .find(|(r, _)| *r == reason)

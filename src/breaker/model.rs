@@ -34,6 +34,13 @@ text_enum! {
     }
 }
 
+impl Dependency {
+    /// The wait reason of a saga paused on this dependency (`sagas.wait_reason`).
+    pub fn wait_reason(self) -> String {
+        format!("dependency:{self}")
+    }
+}
+
 impl BreakerState {
     /// The value of `sagad_dependency_state`: 0 closed, 1 half-open, 2 open.
     pub fn gauge(self) -> f64 {

@@ -343,7 +343,7 @@ fn pause(
     dependency: Dependency,
 ) -> Transition {
     let mut t = transition(status, s.current_step, (s.attempt - 1).max(0), context);
-    t.wait_reason = Some(crate::store::breakers::wait_reason(dependency));
+    t.wait_reason = Some(dependency.wait_reason());
     t.paused = true;
     t
 }
@@ -580,6 +580,20 @@ mod tests {
     use super::*;
     use crate::engine::definition::{SagaDefinition, parse};
     use serde_json::json;
+
+    #[test]
+    fn the_pure_core_imports_nothing_from_the_store() {
+        // Spelled in pieces, so that this test's own text does not match.
+        let store = ["store", "::"].concat();
+        for (n, line) in include_str!("plan.rs").lines().enumerate() {
+            let import = line.trim_start().starts_with("use ") && line.contains("store");
+            assert!(
+                !line.contains(&store) && !import,
+                "plan.rs:{}: the pure core uses the store: {line}",
+                n + 1
+            );
+        }
+    }
 
     fn booking() -> SagaDefinition {
         parse(

@@ -82,11 +82,6 @@ pub async fn record_event(
     Ok(())
 }
 
-/// The wait reason of a saga paused on `dependency`.
-pub fn wait_reason(dependency: Dependency) -> String {
-    format!("dependency:{dependency}")
-}
-
 /// How fast woken sagas come due: the k-th (oldest first, from 0) at `now + t(k)` where
 /// `k = start·t + ramp·t²/2`, so the rate starts at `start` per second and grows by `ramp`
 /// per second each second.
@@ -130,7 +125,7 @@ pub async fn wake_paused(
              RETURNING 1)
          SELECT count(*) FROM woke, (SELECT pg_notify($6, '')) n",
     )
-    .bind(wait_reason(dependency))
+    .bind(dependency.wait_reason())
     .bind(dependency.as_str())
     .bind(ramp.start.max(0.001))
     .bind(ramp.ramp.max(0.001))
@@ -155,7 +150,7 @@ pub async fn wake_prober(pool: &PgPool, dependency: Dependency) -> Result<bool, 
              RETURNING 1)
          SELECT count(*) FROM one, (SELECT pg_notify($2, '')) n",
     )
-    .bind(wait_reason(dependency))
+    .bind(dependency.wait_reason())
     .bind(WORK_CHANNEL)
     .fetch_one(pool)
     .await?;
