@@ -611,13 +611,15 @@ pub async fn list_sagas(
 /// concurrent ones get 409, and there is one refund. A stuck saga is cancelled by an operator:
 /// what is left is compensated (a stuck compensation runs again with fresh attempts and the ones
 /// before it follow), recorded as `OperatorCancelled` with the actor (the API token's name) and
-/// the reason.
+/// the reason. A saga that has reached a step whose failure parks it (`on_failure = "stuck"`), or
+/// completed such a saga, is past what its compensations can undo (a date change once it has
+/// swapped the booking's nights): it is not cancelled (409).
 #[utoipa::path(post, path = "/v1/sagas/{id}/cancel", tag = "sagas", params(("id" = Uuid, Path)),
     request_body = Option<CancelSaga>,
     responses((status = 202, description = "Cancellation accepted; compensation follows", body = SagaView),
               (status = 400, description = "The id is not a UUID, or the body is not JSON", body = ErrorBody),
               (status = 404, description = "No such saga", body = ErrorBody),
-              (status = 409, description = "Already cancelled or being cancelled, compensating or compensated, a stuck saga cancelled by other than an operator, or one that moved on meanwhile; nothing changed", body = ErrorBody),
+              (status = 409, description = "Already cancelled or being cancelled, compensating or compensated, a stuck saga cancelled by other than an operator, one that moved on meanwhile, or one past what its compensations can undo (it reached a step with on_failure = stuck, or completed such a saga: a date change once swapped); nothing changed", body = ErrorBody),
               (status = 422, description = "An unknown `by`, or a reason that is empty or over 1024 characters; nothing changed", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn cancel_saga(
@@ -652,12 +654,28 @@ pub(crate) async fn cancel(
     };
     let why = reason.clone().unwrap_or_else(|| plan::cancel_reason(by));
     let policies = state.policies.clone();
+    // A saga's definition never changes under it: read outside the saga's lock.
+    let row = sagas::get(&mut *state.pool.acquire().await?, id)
+        .await?
+        .ok_or(ApiError::NotFound(what))?;
+    let def = state
+        .registry
+        .get(&row.saga_name, row.saga_version)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let irreversible = def.irreversible_from();
     let outcome = sagas::request_cancel(&state.pool, id, |basis| {
+        let past = irreversible.is_some_and(|from| {
+            basis.status == SagaStatus::Completed || basis.current_step as usize >= from
+        });
+        if past {
+            return None;
+        }
         // A booking saga's input; the days count from the database's date.
         let input = BookingInput::deserialize(basis.input).ok();
         let policy = input.as_ref().and_then(|i| i.cancellation_policy);
         let days = input.map_or(0, |i| (i.check_in - basis.today).num_days());
-        policies.decide(by, &actor, &why, policy, days)
+        Some(policies.decide(by, &actor, &why, policy, days))
     })
     .await?;
     match outcome {
@@ -673,6 +691,15 @@ pub(crate) async fn cancel(
         CancelOutcome::NotCancellable(s) => {
             return Err(ApiError::Conflict(format!(
                 "saga is {s}; it cannot be cancelled"
+            )));
+        }
+        CancelOutcome::Irreversible(s) => {
+            let step = irreversible
+                .and_then(|i| def.step(i))
+                .map_or("", |st| st.name.as_str());
+            return Err(ApiError::Conflict(format!(
+                "saga is {s} and past what its compensations can undo (from step `{step}` on it is \
+                 not undone); it cannot be cancelled"
             )));
         }
         CancelOutcome::AlreadyRequested(s) => {

@@ -166,6 +166,8 @@ pub enum CancelOutcome {
     /// A cancellation was requested before: it stands (the saga is then `running` while it
     /// compensates, or `compensated`).
     AlreadyRequested(SagaStatus),
+    /// The saga is past what its compensations can undo (`decide` refused): nothing recorded.
+    Irreversible(SagaStatus),
 }
 
 /// What a cancellation is decided from: the saga's input (the booking's check-in, price and
@@ -173,28 +175,32 @@ pub enum CancelOutcome {
 pub struct CancelBasis<'a> {
     pub input: &'a serde_json::Value,
     pub today: chrono::NaiveDate,
+    /// The saga's status and step when locked: `running`, `waiting` or `completed`.
+    pub status: SagaStatus,
+    pub current_step: i32,
 }
 
-/// Records a cancellation, decided by `decide` (who, why, the refund's share) from the saga as it
-/// is when locked. A worker turns it into compensation: at once if the saga is idle, after the
-/// step in flight otherwise. A completed saga is re-opened to be compensated. The saga's row lock
+/// Records a cancellation, decided by `decide` (who, why, the refund's share; or `None`, refused:
+/// the saga is past undoing) from the saga as it is when locked. A worker turns it into
+/// compensation: at once if the saga is idle, after the step in flight otherwise. A completed saga is re-opened to be compensated. The saga's row lock
 /// makes concurrent requests one cancellation: the first records it, the others find it
 /// recorded. The commit also notifies `CANCEL_CHANNEL` with the saga id: a worker in the middle
 /// of a run of remote steps learns of it before the next one (a capture, say).
 pub async fn request_cancel(
     pool: &PgPool,
     id: SagaId,
-    decide: impl FnOnce(&CancelBasis<'_>) -> Cancellation,
+    decide: impl FnOnce(&CancelBasis<'_>) -> Option<Cancellation>,
 ) -> Result<CancelOutcome, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let cur: Option<(SagaStatus, bool, serde_json::Value, chrono::NaiveDate)> = sqlx::query_as(
-        "SELECT status, cancel_requested, input, (now() AT TIME ZONE 'UTC')::date
+    type Locked = (SagaStatus, i32, bool, serde_json::Value, chrono::NaiveDate);
+    let cur: Option<Locked> = sqlx::query_as(
+        "SELECT status, current_step, cancel_requested, input, (now() AT TIME ZONE 'UTC')::date
          FROM sagas WHERE id = $1 FOR UPDATE",
     )
     .bind(id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((status, requested, input, today)) = cur else {
+    let Some((status, current_step, requested, input, today)) = cur else {
         return Ok(CancelOutcome::NotFound);
     };
     if requested {
@@ -206,10 +212,14 @@ pub async fn request_cancel(
     ) {
         return Ok(CancelOutcome::NotCancellable(status));
     }
-    let cancellation = decide(&CancelBasis {
+    let Some(cancellation) = decide(&CancelBasis {
         input: &input,
         today,
-    });
+        status,
+        current_step,
+    }) else {
+        return Ok(CancelOutcome::Irreversible(status));
+    };
     sqlx::query(
         "WITH upd AS (UPDATE sagas s SET cancel_requested = true, cancellation = $4,
                              status = CASE WHEN s.status IN ('waiting', 'completed') THEN 'running' ELSE s.status END,

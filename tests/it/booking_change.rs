@@ -379,3 +379,134 @@ async fn one_change_at_a_time() {
     );
     assert_eq!(count(&api.pool, "SELECT count(*) FROM sagas").await, sagas);
 }
+
+/// A completed change is not undone by cancelling its saga: the booking has its new nights, so
+/// refunding what the change charged would leave them paid at the old price.
+#[tokio::test]
+async fn a_completed_change_cannot_be_cancelled() {
+    let app = spawn_app().await;
+    let id = confirmed_booking(&app, "croft", 0, 3, 45000).await;
+    let (change_id, saga) = change(&app, id, change_body(1, 5, 60000)).await;
+    assert_eq!(saga["status"], "completed", "{saga:#}");
+    let events = count(&app.pool, "SELECT count(*) FROM events").await;
+
+    for by in ["guest", "host", "operator"] {
+        let resp = app
+            .post(&format!("/v1/sagas/{change_id}/cancel"))
+            .json(&json!({"by": by, "reason": "changed my mind"}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(status, 409, "{by}: {body}");
+    }
+    assert_eq!(app.wait_terminal(change_id).await["status"], "completed");
+    assert_eq!(
+        count(&app.pool, "SELECT count(*) FROM events").await,
+        events
+    );
+    let pis = app.payment_intents_of(change_id);
+    assert_eq!((pis[0].amount_received, pis[0].amount_refunded), (15000, 0));
+    let b = booking(&app, id).await;
+    assert_eq!(
+        dates_and_amount(&b),
+        (future_day(1), future_day(5), 60000, "confirmed".into()),
+        "{b:#}"
+    );
+}
+
+/// Before its swap a change can be cancelled: the booking stays as it was and the difference is
+/// voided. Once swapped, a change still running (its notification being retried) cannot.
+#[tokio::test]
+async fn a_change_is_cancelled_only_before_its_swap() {
+    let mut change_def = crate::harness::change_definition();
+    let notify = change_def
+        .steps
+        .iter_mut()
+        .find(|s| s.name == "notify")
+        .unwrap();
+    notify.give_up_after = Some(std::time::Duration::from_secs(60));
+    let app = crate::harness::spawn_app_with(crate::harness::AppOptions {
+        definitions: vec![crate::harness::booking_definition(), change_def],
+        ..Default::default()
+    })
+    .await;
+    let id = confirmed_booking(&app, "byre", 0, 3, 45000).await;
+    let cancel = async |saga: Uuid| {
+        let resp = app
+            .post(&format!("/v1/sagas/{saga}/cancel"))
+            .json(&json!({"by": "guest", "reason": "changed my mind"}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().await.unwrap())
+    };
+
+    // The difference waits for 3-D Secure: nothing swapped yet.
+    let mut body = change_body(1, 5, 60000);
+    body["payment_method"] = json!("pm_card_threeDSecure2Required");
+    let (status, started) = post_change(&app, id, body).await;
+    assert_eq!(status, 202, "{started}");
+    let first: Uuid = started["id"].as_str().unwrap().parse().unwrap();
+    app.wait_status(first, &["waiting"]).await;
+    let (status, v) = cancel(first).await;
+    assert_eq!(status, 202, "{v}");
+    assert_eq!(app.wait_terminal(first).await["status"], "compensated");
+    let pis = app.payment_intents_of(first);
+    assert_eq!(pis.len(), 1);
+    assert_eq!(
+        (pis[0].status.as_str(), pis[0].amount_received),
+        ("canceled", 0)
+    );
+    assert_eq!(
+        dates_and_amount(&booking(&app, id).await),
+        (future_day(0), future_day(3), 45000, "confirmed".into())
+    );
+
+    // Swapped; the guest's notification is being retried.
+    app.notify.answer(503);
+    let (status, started) = post_change(&app, id, change_body(1, 5, 60000)).await;
+    assert_eq!(status, 202, "{started}");
+    let second: Uuid = started["id"].as_str().unwrap().parse().unwrap();
+    crate::harness::eventually("the swap, then a refused notification", || async {
+        app.notify
+            .hits()
+            .iter()
+            .any(|h| h.status == 503 && h.json()["saga_id"] == json!(second.to_string()))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(booking(&app, id).await["check_in"], json!(future_day(1)));
+    let (status, err) = cancel(second).await;
+    assert_eq!(status, 409, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("from step `refund_difference` on"),
+        "{err}"
+    );
+    let requested: bool = sqlx::query_scalar("SELECT cancel_requested FROM sagas WHERE id = $1")
+        .bind(second)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(!requested, "nothing recorded");
+    app.notify.answer(200);
+    assert_eq!(app.wait_terminal(second).await["status"], "completed");
+    let types = app.event_types(second).await;
+    assert!(
+        !types
+            .iter()
+            .any(|t| t.contains("Cancel") || t.contains("Compensation")),
+        "{types:?}"
+    );
+    let pis = app.payment_intents_of(second);
+    assert_eq!((pis[0].amount_received, pis[0].amount_refunded), (15000, 0));
+    assert_eq!(
+        dates_and_amount(&booking(&app, id).await),
+        (future_day(1), future_day(5), 60000, "confirmed".into())
+    );
+}

@@ -115,6 +115,15 @@ impl SagaDefinition {
         self.steps.get(index)
     }
 
+    /// The first step whose failure parks the saga (`on_failure = "stuck"`): from it on, the saga
+    /// has done what its compensations cannot undo (a change's swap of the booking's nights, say),
+    /// so it is not cancelled either. `None`: every step's failure compensates.
+    pub fn irreversible_from(&self) -> Option<usize> {
+        self.steps
+            .iter()
+            .position(|s| s.on_failure == OnFailure::Stuck)
+    }
+
     pub fn step_index(&self, name: &str) -> Option<usize> {
         self.steps.iter().position(|step| step.name == name)
     }

@@ -89,6 +89,7 @@ fn booking_definition_parses() {
     let notify = booking.step(4).unwrap();
     assert_eq!(notify.compensation, None);
     assert_eq!(notify.on_failure, OnFailure::Compensate);
+    assert_eq!(booking.irreversible_from(), None, "cancellable to the end");
     let hours = |h: u64| Some(Duration::from_secs(h * 3600));
     let give_up: Vec<_> = booking.steps.iter().map(|s| s.give_up_after).collect();
     assert_eq!(
@@ -535,4 +536,17 @@ mod load_dir {
                 .starts_with("/nonexistent/sagas: cannot read directory")
         );
     }
+}
+
+#[test]
+fn a_change_is_past_undoing_from_its_first_step_that_parks() {
+    let change = parse(
+        include_str!("../../../sagas/booking_change.toml"),
+        "booking_change.toml",
+        &crate::engine::actions::catalog(),
+    )
+    .unwrap();
+    let from = change.irreversible_from().unwrap();
+    assert_eq!(change.steps[from].name, "refund_difference");
+    assert_eq!(change.steps[from - 1].name, "swap_dates");
 }
