@@ -551,13 +551,15 @@ const COLUMNS: &str =
     FROM bookings b JOIN sagas s ON s.id = b.saga_id";
 
 pub async fn get(conn: &mut PgConnection, saga_id: SagaId) -> Result<Option<Booking>, sqlx::Error> {
-    static SQL: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| format!("SELECT {COLUMNS} WHERE b.saga_id = $1"));
-    sqlx::query_as(sqlx::AssertSqlSafe(SQL.as_str()))
+    sqlx::query_as(sqlx::AssertSqlSafe(GET.as_str()))
         .bind(saga_id)
         .fetch_optional(conn)
         .await
 }
+
+/// The statement of [`get`].
+pub(super) static GET: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("SELECT {COLUMNS} WHERE b.saga_id = $1"));
 
 /// What `GET /v1/bookings` filters by; `None` leaves a filter out.
 #[derive(Debug, Default, Clone)]

@@ -159,12 +159,12 @@ pub async fn wake_prober(pool: &PgPool, dependency: Dependency) -> Result<bool, 
 
 /// Sagas paused per dependency (only those with any).
 pub async fn paused_counts(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT wait_reason, count(*) FROM sagas WHERE paused_since IS NOT NULL GROUP BY wait_reason",
-    )
-    .fetch_all(pool)
-    .await
+    sqlx::query_as(PAUSED_COUNTS).fetch_all(pool).await
 }
+
+/// The statement of [`paused_counts`].
+pub(super) const PAUSED_COUNTS: &str =
+    "SELECT wait_reason, count(*) FROM sagas WHERE paused_since IS NOT NULL GROUP BY wait_reason";
 
 /// How long to wait between refreshes of a process's copy of the breakers.
 pub const REFRESH: Duration = Duration::from_secs(1);

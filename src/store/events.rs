@@ -212,12 +212,14 @@ pub async fn for_aggregate(
     conn: &mut PgConnection,
     aggregate_id: Uuid,
 ) -> Result<Vec<EventRecord>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT seq, event_id, aggregate_type, aggregate_id, version, event_type, schema_version,
-                payload, metadata, recorded_at
-         FROM events WHERE aggregate_id = $1 ORDER BY version",
-    )
-    .bind(aggregate_id)
-    .fetch_all(conn)
-    .await
+    sqlx::query_as(FOR_AGGREGATE)
+        .bind(aggregate_id)
+        .fetch_all(conn)
+        .await
 }
+
+/// The statement of [`for_aggregate`].
+pub(super) const FOR_AGGREGATE: &str =
+    "SELECT seq, event_id, aggregate_type, aggregate_id, version, event_type, schema_version,
+                payload, metadata, recorded_at
+         FROM events WHERE aggregate_id = $1 ORDER BY version";

@@ -370,7 +370,7 @@ pub async fn active_claims(
 }
 
 /// The statement of [`active_claims`].
-const ACTIVE_CLAIMS: &str =
+pub(super) const ACTIVE_CLAIMS: &str =
     "SELECT id, kind, saga_id, lower(stay) AS \"from\", upper(stay) AS \"to\"
          FROM inventory_claims
          WHERE listing_id = $1 AND status = 'active' AND stay && daterange($2, $3, '[)')

@@ -151,3 +151,64 @@ pub async fn migrations_current(pool: &PgPool) -> Result<bool, Error> {
         .filter(|m| !m.migration_type.is_down_migration())
         .all(|m| applied.contains(&m.version)))
 }
+
+/// The plan PostgreSQL runs `query` with, one line per row: the generic plan, as sagad's
+/// connections use (`plan_cache_mode = force_generic_plan`, see [`connect_pool`]), whatever the
+/// bound values. (`EXPLAIN` of the statement itself would plan it for its values.) The statement
+/// is prepared under a name of its own on `conn`, explained with `EXPLAIN EXECUTE` and the same
+/// arguments (as literals), and deallocated.
+pub async fn explain_generic<'q>(
+    conn: &mut sqlx::PgConnection,
+    mut query: impl sqlx::Execute<'q, sqlx::Postgres>,
+) -> Result<String, sqlx::Error> {
+    use sqlx::Arguments;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let name = format!(
+        "sagad_plan_{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let args = query
+        .take_arguments()
+        .map_err(sqlx::Error::Encode)?
+        .unwrap_or_default();
+    let sql = query.sql();
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "PREPARE {name} AS {}",
+        sql.as_str()
+    )))
+    .execute(&mut *conn)
+    .await?;
+    // `EXECUTE`'s arguments cannot be the protocol's parameters: the server quotes the values as
+    // literals first (typed by the binds, coerced to the statement's parameter types).
+    let literals: Vec<String> = if args.len() == 0 {
+        Vec::new()
+    } else {
+        let quote = format!(
+            "SELECT ARRAY[{}]::text[]",
+            (1..=args.len())
+                .map(|i| format!("quote_nullable(${i})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        sqlx::query_scalar_with(sqlx::AssertSqlSafe(quote), args)
+            .persistent(false)
+            .fetch_one(&mut *conn)
+            .await?
+    };
+    let explain = if literals.is_empty() {
+        format!("EXPLAIN EXECUTE {name}")
+    } else {
+        format!("EXPLAIN EXECUTE {name}({})", literals.join(", "))
+    };
+    let lines: Result<Vec<String>, _> = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+        .persistent(false)
+        .fetch_all(&mut *conn)
+        .await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DEALLOCATE {name}")))
+        .execute(&mut *conn)
+        .await?;
+    Ok(lines?.join("\n"))
+}

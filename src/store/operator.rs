@@ -75,8 +75,18 @@ pub async fn stuck(
     since: Option<DateTime<Utc>>,
     limit: i64,
 ) -> Result<Vec<SagaRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(STUCK.as_str()))
+        .bind(step)
+        .bind(since)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}
+
+/// The statement of [`stuck`].
+pub(super) static STUCK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     // The step's name is in the definition the saga runs on, as stored when first loaded.
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    format!(
         "SELECT {} FROM sagas s
          JOIN saga_definitions d ON d.name = s.saga_name AND d.version = s.saga_version
          WHERE s.status = 'stuck'
@@ -88,13 +98,8 @@ pub async fn stuck(
             .map(|c| format!("s.{c}"))
             .collect::<Vec<_>>()
             .join(", ")
-    )))
-    .bind(step)
-    .bind(since)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-}
+    )
+});
 
 /// Writes `plan` for the saga, if it is still where the plan was made from: the same status,
 /// step and attempt, and no worker holding it. The state, the events (and their outgoing-webhook

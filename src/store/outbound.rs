@@ -613,9 +613,23 @@ pub async fn list_deliveries(
     before: Option<DateTime<Utc>>,
     limit: i64,
 ) -> Result<Vec<DeliveryRow>, sqlx::Error> {
+    list_deliveries_query("", endpoint_id, status, before, limit)
+        .build_query_as()
+        .fetch_all(db)
+        .await
+}
+
+/// The statement of [`list_deliveries`], after `prefix` (`EXPLAIN `).
+pub(super) fn list_deliveries_query(
+    prefix: &str,
+    endpoint_id: EndpointId,
+    status: Option<DeliveryStatus>,
+    before: Option<DateTime<Utc>>,
+    limit: i64,
+) -> sqlx::QueryBuilder<sqlx::Postgres> {
     // Only the filters given are in the statement (generic plans, see `store::connect`).
     let mut q = sqlx::QueryBuilder::new(format!(
-        "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE endpoint_id = "
+        "{prefix}SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE endpoint_id = "
     ));
     q.push_bind(endpoint_id);
     if let Some(status) = status {
@@ -626,7 +640,7 @@ pub async fn list_deliveries(
     }
     q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
         .push_bind(limit);
-    q.build_query_as().fetch_all(db).await
+    q
 }
 
 pub async fn get_delivery(

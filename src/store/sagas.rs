@@ -299,16 +299,15 @@ pub async fn steps(
     conn: &mut PgConnection,
     saga_id: SagaId,
 ) -> Result<Vec<StepRecord>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT step_index, phase, step_name, status, attempts, last_error, started_at, finished_at
+    sqlx::query_as(STEPS).bind(saga_id).fetch_all(conn).await
+}
+
+/// The statement of [`steps`].
+pub(super) const STEPS: &str =
+    "SELECT step_index, phase, step_name, status, attempts, last_error, started_at, finished_at
          FROM saga_steps WHERE saga_id = $1
          ORDER BY CASE phase WHEN 'forward' THEN 0 ELSE 1 END,
-                  CASE phase WHEN 'forward' THEN step_index ELSE -step_index END",
-    )
-    .bind(saga_id)
-    .fetch_all(conn)
-    .await
-}
+                  CASE phase WHEN 'forward' THEN step_index ELSE -step_index END";
 
 /// A saga's status; `None` when there is no such saga.
 pub async fn status(pool: &PgPool, id: SagaId) -> Result<Option<SagaStatus>, sqlx::Error> {
@@ -327,21 +326,23 @@ pub struct QueueDepth {
 }
 
 pub async fn queue_depth(pool: &PgPool) -> Result<QueueDepth, sqlx::Error> {
-    let (due, oldest): (i64, Option<f64>) = sqlx::query_as(
-        "SELECT count(*), extract(epoch FROM now() - min(next_run_at))::float8
-         FROM sagas WHERE status IN ('running', 'compensating') AND locked_until IS NULL AND next_run_at <= now()",
-    )
-    .fetch_one(pool)
-    .await?;
+    let (due, oldest): (i64, Option<f64>) = sqlx::query_as(QUEUE_DEPTH).fetch_one(pool).await?;
     Ok(QueueDepth {
         due,
         oldest_due: oldest.and_then(|s| Duration::try_from_secs_f64(s.max(0.0)).ok()),
     })
 }
 
+/// The statement of [`queue_depth`].
+pub(super) const QUEUE_DEPTH: &str =
+    "SELECT count(*), extract(epoch FROM now() - min(next_run_at))::float8
+         FROM sagas WHERE status IN ('running', 'compensating') AND locked_until IS NULL AND next_run_at <= now()";
+
 /// How many sagas there are of each (saga name, status).
 pub async fn count_by_status(pool: &PgPool) -> Result<Vec<(String, SagaStatus, i64)>, sqlx::Error> {
-    sqlx::query_as("SELECT saga_name, status, count(*) FROM sagas GROUP BY 1, 2")
-        .fetch_all(pool)
-        .await
+    sqlx::query_as(COUNT_BY_STATUS).fetch_all(pool).await
 }
+
+/// The statement of [`count_by_status`].
+pub(super) const COUNT_BY_STATUS: &str =
+    "SELECT saga_name, status, count(*) FROM sagas GROUP BY 1, 2";

@@ -128,8 +128,15 @@ pub struct ListFilter {
 
 /// Newest first.
 pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<StripeEventRow>, sqlx::Error> {
+    list_query("", f).build_query_as().fetch_all(pool).await
+}
+
+/// The statement of [`list`], after `prefix` (`EXPLAIN `).
+pub(super) fn list_query(prefix: &str, f: &ListFilter) -> sqlx::QueryBuilder<sqlx::Postgres> {
     // Only the filters given are in the statement (generic plans, see `store::connect`).
-    let mut q = sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM stripe_events WHERE true"));
+    let mut q = sqlx::QueryBuilder::new(format!(
+        "{prefix}SELECT {COLUMNS} FROM stripe_events WHERE true"
+    ));
     if let Some(status) = f.status {
         q.push(" AND status = ").push_bind(status);
     }
@@ -138,7 +145,7 @@ pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<StripeEventRow>, 
     }
     q.push(" ORDER BY received_at DESC, id DESC LIMIT ")
         .push_bind(f.limit);
-    q.build_query_as().fetch_all(pool).await
+    q
 }
 
 /// What a worker holds: its completion must still match it, so a stale worker cannot overwrite newer truth.

@@ -13,6 +13,7 @@
 //! older build can be measured the same way (`--sagad path/to/old/sagad`).
 
 mod child;
+mod console;
 mod cpu;
 mod events;
 mod ingest;
@@ -125,6 +126,25 @@ pub struct BenchArgs {
     /// bookings reads); needs `--outage-seconds`.
     #[arg(long, requires = "outage_seconds", conflicts_with = "reads_only")]
     pub outage_only: bool,
+    /// Operator console: bulk-load `--console-sagas` sagas (a realistic mix with their events,
+    /// steps, bookings, claims, outgoing deliveries and Stripe inbox rows), sign in to `/console`
+    /// and time every page, with the plan of each statement the pages run.
+    #[arg(long)]
+    pub console: bool,
+    /// Sagas of the console phase.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1000..=50_000_000))]
+    pub console_sagas: u64,
+    /// Requests of each page in the console phase.
+    #[arg(long, default_value_t = console::DEFAULT_REQUESTS as u64, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
+    pub console_requests: u64,
+    /// Console phase: measure first without these indexes (dropped after the load), then with
+    /// them made again, in the same run; comma-separated index names.
+    #[arg(long, value_delimiter = ',')]
+    pub console_without_indexes: Vec<String>,
+    /// Run only the console phase (no sagas, pgbench, webhooks, Stripe ingestion, bookings
+    /// reads or outage recovery).
+    #[arg(long, conflicts_with_all = ["reads_only", "outage_only"])]
+    pub console_only: bool,
     /// Print the report as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -194,7 +214,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         || matches!(&report.webhook_deliveries, Section::Measured(w) if w.errors() > 0)
         || matches!(&report.stripe_ingestion, Section::Measured(i) if i.errors() > 0)
         || matches!(&report.bookings_reads, Section::Measured(r) if r.errors() > 0)
-        || matches!(&report.outage_recovery, Section::Measured(o) if o.errors() > 0);
+        || matches!(&report.outage_recovery, Section::Measured(o) if o.errors() > 0)
+        || matches!(&report.console_pages, Section::Measured(c) if c.errors() > 0);
     Ok(if failed {
         ExitCode::FAILURE
     } else {
@@ -391,6 +412,8 @@ async fn bench(
         Some("--reads-only")
     } else if args.outage_only {
         Some("--outage-only")
+    } else if args.console_only {
+        Some("--console-only")
     } else {
         None
     };
@@ -476,14 +499,14 @@ async fn bench(
         n => Section::Measured(ctx.stripe_ingestion(n as usize).await?),
     };
     let bookings_reads = match args.read_bookings {
-        _ if args.outage_only => Section::NotAvailable { reason: skipped() },
+        _ if args.outage_only || args.console_only => Section::NotAvailable { reason: skipped() },
         0 => Section::NotAvailable {
             reason: "skipped (--read-bookings 0)".into(),
         },
         n => Section::Measured(ctx.bookings_reads(n, args.read_requests as usize).await?),
     };
     let outage_recovery = match args.outage_seconds {
-        _ if args.reads_only => Section::NotAvailable { reason: skipped() },
+        _ if args.reads_only || args.console_only => Section::NotAvailable { reason: skipped() },
         0 => Section::NotAvailable {
             reason: "skipped (--outage-seconds 0)".into(),
         },
@@ -496,6 +519,17 @@ async fn bench(
             )
             .await?,
         ),
+    };
+
+    let console_pages = if args.console || args.console_only {
+        Section::Measured(
+            ctx.console_pages(args.console_sagas, args.console_requests as usize)
+                .await?,
+        )
+    } else {
+        Section::NotAvailable {
+            reason: "skipped (without --console)".into(),
+        }
     };
 
     if let Some(name) = pgbench_db {
@@ -520,6 +554,7 @@ async fn bench(
         stripe_ingestion,
         bookings_reads,
         outage_recovery,
+        console_pages,
         targets: Vec::new(),
     };
     report.evaluate_targets();

@@ -514,6 +514,158 @@ impl BookingReads {
     }
 }
 
+/// The operator console's pages over a bulk-loaded database (`--console`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsolePages {
+    pub sagas: i64,
+    pub events: i64,
+    pub webhook_deliveries: i64,
+    pub stripe_events: i64,
+    /// Events of the saga whose page is timed as the long history.
+    pub long_history_events: i64,
+    /// `pg_database_size` after the load.
+    pub database_mib: f64,
+    /// Seconds the bulk load took, `VACUUM ANALYZE` included.
+    pub load_s: f64,
+    /// One round of the pages and plans, or two with `--console-without-indexes` (without those
+    /// indexes first, then as migrated).
+    pub rounds: Vec<ConsoleRound>,
+}
+
+/// Every page timed and every statement's plan, on the database as it stood.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsoleRound {
+    /// `as migrated`, or which indexes were dropped.
+    pub label: String,
+    /// `/proc/loadavg` (1, 5, 15 minutes) as the timed requests began and ended.
+    pub load_average_before: Option<String>,
+    pub load_average_after: Option<String>,
+    pub pages: Vec<ConsolePage>,
+    pub plans: Vec<ConsolePlan>,
+}
+
+/// One console page, requested one at a time by one signed-in client.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsolePage {
+    pub page: String,
+    /// The first of the paths requested (they cycle over a sample of values).
+    pub example: String,
+    /// Request sent → HTML body read, for answers that were 200 and showed what they should.
+    pub latency_ms: Option<Percentiles>,
+    pub mean_kib: f64,
+    pub errors: usize,
+    pub first_error: Option<String>,
+}
+
+/// The plan of one statement a console page runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsolePlan {
+    pub page: String,
+    pub statement: String,
+    /// No sequential scan of a table that grows with the sagas.
+    pub uses_index: bool,
+    pub seq_scans: Vec<String>,
+    pub plan: String,
+}
+
+/// The console's goal: every page's p99 under this.
+pub const CONSOLE_P99_GOAL_MS: f64 = 100.0;
+
+impl ConsolePages {
+    /// Anything that makes the figures untrustworthy, or a statement that reads a large table
+    /// without an index.
+    /// (A plan without its index counts only as migrated: the round without indexes is there
+    /// to show what they change.)
+    pub fn errors(&self) -> usize {
+        let pages: usize = self
+            .rounds
+            .iter()
+            .flat_map(|r| &r.pages)
+            .map(|p| p.errors)
+            .sum();
+        pages
+            + self
+                .rounds
+                .last()
+                .map_or(0, |r| r.plans.iter().filter(|p| !p.uses_index).count())
+    }
+
+    /// The slowest page's p99, as migrated.
+    pub fn worst_p99(&self) -> Option<f64> {
+        self.rounds
+            .last()?
+            .pages
+            .iter()
+            .filter_map(|p| p.latency_ms.map(|l| l.p99))
+            .max_by(f64::total_cmp)
+    }
+
+    fn write(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "console pages over {} sagas ({} events, {} webhook deliveries, {} Stripe events; the long history {} events; database {:.0} MiB; bulk load {:.0} s), one signed-in client, one request at a time:",
+            self.sagas,
+            self.events,
+            self.webhook_deliveries,
+            self.stripe_events,
+            self.long_history_events,
+            self.database_mib,
+            self.load_s,
+        );
+        for r in &self.rounds {
+            r.write(out);
+        }
+    }
+}
+
+impl ConsoleRound {
+    fn write(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            " {}; load average {} → {}:",
+            self.label,
+            self.load_average_before.as_deref().unwrap_or("-"),
+            self.load_average_after.as_deref().unwrap_or("-"),
+        );
+        for p in &self.pages {
+            let latency = p.latency_ms.map_or("-".into(), |l| {
+                format!(
+                    "p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms over {}",
+                    l.p50, l.p99, l.max, l.count
+                )
+            });
+            let _ = writeln!(
+                out,
+                "  {:<36} {latency}; {:.0} KiB; {} errors{}",
+                p.page,
+                p.mean_kib,
+                p.errors,
+                p.first_error
+                    .as_deref()
+                    .map(|e| format!(" (first: {e})"))
+                    .unwrap_or_default(),
+            );
+        }
+        let _ = writeln!(out, "  plans (generic, as sagad runs them):");
+        for p in &self.plans {
+            let _ = writeln!(
+                out,
+                "  [{}] {}: {}",
+                p.page,
+                p.statement,
+                if p.uses_index {
+                    "indexes only".to_owned()
+                } else {
+                    format!("SEQUENTIAL SCAN of {}", p.seq_scans.join(", "))
+                }
+            );
+            for line in p.plan.lines() {
+                let _ = writeln!(out, "      {line}");
+            }
+        }
+    }
+}
+
 /// Outage recovery: booking sagas started while Stripe answered 500 to every call.
 #[derive(Debug, Clone, Serialize)]
 pub struct OutageRecovery {
@@ -621,6 +773,7 @@ pub struct Report {
     pub stripe_ingestion: Section<StripeIngestion>,
     pub bookings_reads: Section<BookingReads>,
     pub outage_recovery: Section<OutageRecovery>,
+    pub console_pages: Section<ConsolePages>,
     pub targets: Vec<Target>,
 }
 
@@ -666,6 +819,15 @@ impl Report {
             goal: format!("< {TARGET_IDLE_RSS_MIB}"),
             pass: idle.map(|m| m < TARGET_IDLE_RSS_MIB),
         });
+        if let Section::Measured(c) = &self.console_pages {
+            let worst = c.worst_p99();
+            targets.push(Target {
+                name: "slowest console page p99 (ms)".into(),
+                measured: worst,
+                goal: format!("< {CONSOLE_P99_GOAL_MS}"),
+                pass: worst.map(|p| p < CONSOLE_P99_GOAL_MS),
+            });
+        }
         self.targets = targets;
     }
 
@@ -855,6 +1017,12 @@ impl Report {
                 let _ = writeln!(out, "outage recovery: {reason}");
             }
             Section::Measured(o) => o.write(&mut out),
+        }
+        match &self.console_pages {
+            Section::NotAvailable { reason } => {
+                let _ = writeln!(out, "console pages: {reason}");
+            }
+            Section::Measured(c) => c.write(&mut out),
         }
         if let Some(statements) = self
             .settings
