@@ -7,6 +7,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use clap::ValueEnum;
+use sagad::config::Role;
 use tokio::process::{Child, Command};
 
 /// What the child needs to know; the rest of its configuration is inherited from the environment
@@ -20,6 +22,8 @@ pub struct ChildConfig<'a> {
     pub notify_url: &'a str,
     pub workers: usize,
     pub pool_size: u32,
+    /// `SAGAD_ROLE`: API and workers, or one of them (the scale-out phase's split processes).
+    pub role: Role,
     /// Names the child's log file (`sagad-{label}.log` in `dir`).
     pub label: &'a str,
     /// `STRIPE_WEBHOOK_SECRET`: serves `POST /webhooks/stripe` (the Stripe ingestion phase).
@@ -29,6 +33,12 @@ pub struct ChildConfig<'a> {
     pub allow_local_webhooks: bool,
     /// Working directory: one without `sagas/`, so the built-in booking saga is used.
     pub dir: &'a Path,
+}
+
+/// `SAGAD_ROLE`'s value for `role`, as sagad parses it.
+pub fn role_name(role: Role) -> String {
+    role.to_possible_value()
+        .map_or_else(|| format!("{role:?}"), |v| v.get_name().to_owned())
 }
 
 /// `sagad migrate` on `database_url`: the binary under test creates the schema it expects.
@@ -91,7 +101,7 @@ impl Sagad {
             .env("SAGAD_WORKERS", config.workers.to_string())
             .env("SAGAD_DB_POOL_SIZE", config.pool_size.to_string())
             .env("SAGAD_MIGRATE", "false")
-            .env("SAGAD_ROLE", "all")
+            .env("SAGAD_ROLE", role_name(config.role))
             .env("SAGAD_SHUTDOWN_GRACE", "5s")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)

@@ -28,15 +28,91 @@ fn machine_busy() -> Option<u64> {
     Some(fields.first()? + fields.get(1)? + fields.get(2)? + fields.get(5)? + fields.get(6)?)
 }
 
-/// User + system ticks of process `pid` (all its threads), or of this process.
-fn process(pid: Option<u32>) -> Option<u64> {
+/// The fields of `/proc/PID/stat` (or of this process) after the command name, which may hold
+/// spaces: field N of proc(5) is at index N - 3.
+fn stat_fields(pid: Option<u32>) -> Option<Vec<String>> {
     let path = pid.map_or("/proc/self/stat".to_owned(), |p| format!("/proc/{p}/stat"));
     let stat = std::fs::read_to_string(path).ok()?;
-    // The command name may hold spaces: fields are counted after its closing parenthesis.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of proc(5) (utime, stime) are the 12th and 13th after the name.
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+fn field(f: &[String], n: usize) -> Option<u64> {
+    f.get(n - 3)?.parse().ok()
+}
+
+/// User + system ticks of process `pid` (all its threads), or of this process.
+fn process(pid: Option<u32>) -> Option<u64> {
+    let f = stat_fields(pid)?;
+    // utime, stime: fields 14 and 15.
+    Some(field(&f, 14)? + field(&f, 15)?)
+}
+
+/// User + system ticks of several processes (the `sagad serve` children of a scale-out run).
+pub fn processes(pids: &[u32]) -> Option<u64> {
+    pids.iter().map(|p| process(Some(*p))).sum()
+}
+
+/// A local PostgreSQL server's processes: the postmaster and its children (backends, WAL writer,
+/// checkpointer, autovacuum …), found from the pid of one of its backends.
+#[derive(Debug, Clone, Copy)]
+pub struct Postgres {
+    postmaster: u32,
+}
+
+impl Postgres {
+    /// `backend` is what `pg_backend_pid()` answered. `None` when that process is not a local
+    /// PostgreSQL backend (a server on another host).
+    pub fn of_backend(backend: u32) -> Option<Self> {
+        let comm = std::fs::read_to_string(format!("/proc/{backend}/comm")).ok()?;
+        if !comm.starts_with("postgres") {
+            return None;
+        }
+        // ppid: field 4.
+        let postmaster = u32::try_from(field(&stat_fields(Some(backend))?, 4)?).ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{postmaster}/comm")).ok()?;
+        comm.starts_with("postgres").then_some(Self { postmaster })
+    }
+
+    /// Ticks spent by the server so far: the postmaster's own, those of its children that have
+    /// exited (reaped into its cutime and cstime, fields 16 and 17) and those of the children
+    /// alive now. A backend that exits between two readings moves from the last term to the
+    /// second, so a difference of two readings counts it once.
+    pub fn ticks(&self) -> Option<u64> {
+        let f = stat_fields(Some(self.postmaster))?;
+        let mut ticks = field(&f, 14)? + field(&f, 15)? + field(&f, 16)? + field(&f, 17)?;
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Some(f) = stat_fields(Some(pid)) else {
+                continue; // exited meanwhile
+            };
+            if field(&f, 4) == Some(u64::from(self.postmaster)) {
+                ticks += field(&f, 14).unwrap_or(0) + field(&f, 15).unwrap_or(0);
+            }
+        }
+        Some(ticks)
+    }
+}
+
+/// Busy ticks of the whole machine so far (see [`machine_busy`]).
+pub fn machine_ticks() -> Option<u64> {
+    machine_busy()
+}
+
+/// Ticks of this process so far: the load driver and the peers it serves.
+pub fn own_ticks() -> Option<u64> {
+    process(None)
+}
+
+/// Milliseconds of CPU in `ticks`.
+pub fn ticks_ms(ticks: u64) -> f64 {
+    ticks as f64 / ticks_per_s() * 1000.0
 }
 
 /// What the counters read at one instant.
@@ -93,5 +169,28 @@ impl PerSaga {
             rest_ms: (total - sagad - bench).max(0.0),
             busy_share: total * sagas as f64 / 1000.0 / (window * cpus.max(1) as f64),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process_and_refuses_a_non_postgres_backend() {
+        // Spin until at least one tick is charged to this process.
+        let before = own_ticks().expect("/proc/self/stat");
+        let started = Instant::now();
+        while own_ticks().unwrap() == before && started.elapsed().as_secs() < 5 {
+            std::hint::black_box((0..1000).sum::<u64>());
+        }
+        assert!(own_ticks().unwrap() > before);
+        assert_eq!(
+            processes(&[std::process::id()]).map(|t| t >= before),
+            Some(true)
+        );
+        // This test binary is no PostgreSQL backend.
+        assert!(Postgres::of_backend(std::process::id()).is_none());
+        assert!(machine_ticks().is_some());
     }
 }

@@ -519,6 +519,7 @@ pub async fn run(
             notify_url: &notify_url,
             workers: 4,
             pool_size: 12,
+            role: sagad::config::Role::All,
             label: "events",
             stripe_webhook_secret: None,
             allow_local_webhooks: false,

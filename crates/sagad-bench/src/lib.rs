@@ -23,6 +23,7 @@ mod outgoing;
 pub mod pgbench;
 mod reads;
 pub mod report;
+mod scale;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -145,6 +146,29 @@ pub struct BenchArgs {
     /// reads or outage recovery).
     #[arg(long, conflicts_with_all = ["reads_only", "outage_only"])]
     pub console_only: bool,
+    /// Scale-out: for each process count N, N `sagad serve` processes in `SAGAD_ROLE=all` on one
+    /// database, then N worker processes behind ⌈N/2⌉ API processes; the Stripe double answers
+    /// each call after `--stripe-latency`. Comma-separated, e.g. 1,2,4,8; empty skips.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub scale_out: Vec<u32>,
+    /// Run only the scale-out phase (no single-process sagas, pgbench, webhooks, Stripe
+    /// ingestion, bookings reads or outage); needs `--scale-out`.
+    #[arg(long, requires = "scale_out", conflicts_with_all = ["reads_only", "outage_only", "console_only"])]
+    pub scale_out_only: bool,
+    /// Sagas measured per scale-out run (after two per client as a warm-up).
+    #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
+    pub scale_sagas: u64,
+    /// `SAGAD_WORKERS` of each scale-out process that runs workers.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub scale_workers: u32,
+    /// The Stripe double's delay per call in the scale-out phase, in milliseconds: MIN-MAX drawn
+    /// uniformly for each call, or one fixed value.
+    #[arg(long, default_value = "50-150", value_parser = scale::parse_latency)]
+    pub stripe_latency: scale::Latency,
+    /// Write the scale-out chart (SVG: sagas/s and end-to-end p99 against the process count)
+    /// to this file.
+    #[arg(long, value_name = "PATH", requires = "scale_out")]
+    pub scale_out_svg: Option<PathBuf>,
     /// Print the report as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -215,7 +239,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         || matches!(&report.stripe_ingestion, Section::Measured(i) if i.errors() > 0)
         || matches!(&report.bookings_reads, Section::Measured(r) if r.errors() > 0)
         || matches!(&report.outage_recovery, Section::Measured(o) if o.errors() > 0)
-        || matches!(&report.console_pages, Section::Measured(c) if c.errors() > 0);
+        || matches!(&report.console_pages, Section::Measured(c) if c.errors() > 0)
+        || matches!(&report.scale_out, Section::Measured(s) if s.errors() > 0);
     Ok(if failed {
         ExitCode::FAILURE
     } else {
@@ -414,6 +439,8 @@ async fn bench(
         Some("--outage-only")
     } else if args.console_only {
         Some("--console-only")
+    } else if args.scale_out_only {
+        Some("--scale-out-only")
     } else {
         None
     };
@@ -498,15 +525,16 @@ async fn bench(
         },
         n => Section::Measured(ctx.stripe_ingestion(n as usize).await?),
     };
+    let alone = |flag: &str| only.is_none_or(|o| o == flag);
     let bookings_reads = match args.read_bookings {
-        _ if args.outage_only || args.console_only => Section::NotAvailable { reason: skipped() },
+        _ if !alone("--reads-only") => Section::NotAvailable { reason: skipped() },
         0 => Section::NotAvailable {
             reason: "skipped (--read-bookings 0)".into(),
         },
         n => Section::Measured(ctx.bookings_reads(n, args.read_requests as usize).await?),
     };
     let outage_recovery = match args.outage_seconds {
-        _ if args.reads_only || args.console_only => Section::NotAvailable { reason: skipped() },
+        _ if !alone("--outage-only") => Section::NotAvailable { reason: skipped() },
         0 => Section::NotAvailable {
             reason: "skipped (--outage-seconds 0)".into(),
         },
@@ -518,6 +546,16 @@ async fn bench(
                 args.workers.iter().copied().max().unwrap_or(16) as usize,
             )
             .await?,
+        ),
+    };
+    let scale_out = match args.scale_out.as_slice() {
+        _ if !alone("--scale-out-only") => Section::NotAvailable { reason: skipped() },
+        [] => Section::NotAvailable {
+            reason: "skipped (no --scale-out)".into(),
+        },
+        counts => Section::Measured(
+            ctx.scale_out(&double, counts, args.scale_out_svg.as_deref())
+                .await?,
         ),
     };
 
@@ -555,6 +593,7 @@ async fn bench(
         bookings_reads,
         outage_recovery,
         console_pages,
+        scale_out,
         targets: Vec::new(),
     };
     report.evaluate_targets();
@@ -671,6 +710,7 @@ impl Bench<'_> {
             notify_url: &self.notify_url,
             workers,
             pool_size,
+            role: sagad::config::Role::All,
             label: "sagad",
             stripe_webhook_secret: None,
             allow_local_webhooks: false,
@@ -719,16 +759,25 @@ impl Bench<'_> {
                     describe(budget)
                 ));
                 let warm = load::closed_loop(
-                    &api,
+                    std::slice::from_ref(&api),
                     &done,
                     &format!("{run}-warm"),
                     clients,
                     Budget::Sagas(clients * WARM_UP_PER_CLIENT),
+                    load::booking,
                 )
                 .await?;
                 starts_before = sagad_histograms(&api).await;
                 cpu_before = cpu::Sample::now(sagad.pid());
-                let measured = load::closed_loop(&api, &done, &run, clients, budget).await?;
+                let measured = load::closed_loop(
+                    std::slice::from_ref(&api),
+                    &done,
+                    &run,
+                    clients,
+                    budget,
+                    load::booking,
+                )
+                .await?;
                 (warm.samples.len(), measured)
             }
             Load::OpenLoop { rate_per_s } => {

@@ -88,9 +88,43 @@ impl Api {
 /// A distinct listing per saga, so the inventory exclusion constraint never serialises the run;
 /// the stay half a year ahead (check-ins in the past are refused).
 pub(crate) fn booking(run: &str, n: usize) -> Value {
-    let day = |n: u64| (chrono::Utc::now().date_naive() + chrono::Days::new(180 + n)).to_string();
+    three_nights(
+        &format!("{run}-listing-{n}"),
+        &format!("{run}-guest-{n}"),
+        0,
+    )
+}
+
+/// One saga in this many asks for exactly the listing and nights of the saga before it.
+pub(crate) const CONFLICT_EVERY: usize = 50;
+/// Sagas sharing one listing in [`contended_booking`].
+const SAGAS_PER_LISTING: usize = 4;
+
+/// Listings shared by four sagas each on back-to-back stays (adjacent ranges: the exclusion
+/// constraint lets all four be active at once), and every [`CONFLICT_EVERY`]th saga asking for
+/// exactly the stay of the saga before it, which closed-loop clients start at about the same time,
+/// often through different processes: one of the two must lose at its hold.
+pub(crate) fn contended_booking(run: &str, n: usize) -> Value {
+    let m = if n % CONFLICT_EVERY == CONFLICT_EVERY - 1 {
+        n - 1
+    } else {
+        n
+    };
+    let slot = (m % SAGAS_PER_LISTING) as u64;
+    three_nights(
+        &format!("{run}-listing-{}", m / SAGAS_PER_LISTING),
+        &format!("{run}-guest-{n}"),
+        3 * slot,
+    )
+}
+
+/// A three-night booking checking in `offset` days after the day half a year ahead.
+fn three_nights(listing: &str, guest: &str, offset: u64) -> Value {
+    let day = |n: u64| {
+        (chrono::Utc::now().date_naive() + chrono::Days::new(180 + offset + n)).to_string()
+    };
     json!({ "saga": "booking", "input": {
-        "listing_id": format!("{run}-listing-{n}"), "guest_id": format!("{run}-guest-{n}"),
+        "listing_id": listing, "guest_id": guest,
         "check_in": day(0), "check_out": day(3),
         "amount": 37_500, "currency": "eur", "payment_method": "pm_card_visa" }})
 }
@@ -209,21 +243,31 @@ pub struct RunResult {
     pub elapsed: Duration,
 }
 
+/// What saga `n` of run `run` asks for.
+pub type Body = fn(&str, usize) -> Value;
+
 /// `clients` concurrent clients, each starting one saga and waiting for its terminal state before
-/// starting the next.
+/// starting the next; client `i` sends its start requests to `apis[i % apis.len()]`, and saga `n`
+/// is `body(run, n)`.
 pub async fn closed_loop(
-    api: &Api,
+    apis: &[Api],
     done: &Arc<Completions>,
     run: &str,
     clients: usize,
     budget: Budget,
+    body: Body,
 ) -> anyhow::Result<RunResult> {
+    anyhow::ensure!(!apis.is_empty(), "a closed loop needs an API to call");
     let started = Instant::now();
     let tickets = Arc::new(AtomicUsize::new(0));
     let mut tasks = JoinSet::new();
-    for _ in 0..clients {
-        let (api, done, tickets, run) =
-            (api.clone(), done.clone(), tickets.clone(), run.to_owned());
+    for client in 0..clients {
+        let (api, done, tickets, run) = (
+            apis[client % apis.len()].clone(),
+            done.clone(),
+            tickets.clone(),
+            run.to_owned(),
+        );
         tasks.spawn(async move {
             let mut samples = Vec::new();
             loop {
@@ -235,7 +279,7 @@ pub async fn closed_loop(
                 if !more {
                     return samples;
                 }
-                samples.push(one_saga(&api, &done, booking(&run, n)).await);
+                samples.push(one_saga(&api, &done, body(&run, n)).await);
             }
         });
     }
@@ -290,4 +334,37 @@ async fn answer(req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Valu
         anyhow::bail!("{what} answered {status}: {body}");
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stay(v: &Value) -> (String, String, String) {
+        let i = &v["input"];
+        (
+            i["listing_id"].as_str().unwrap().to_owned(),
+            i["check_in"].as_str().unwrap().to_owned(),
+            i["check_out"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    #[test]
+    fn contended_bookings_share_listings_back_to_back_and_conflict_one_in_fifty() {
+        let stays: Vec<_> = (0..200).map(|n| stay(&contended_booking("r", n))).collect();
+        // Four sagas per listing, each checking in the day the one before checks out.
+        assert_eq!(stays[0].0, stays[3].0);
+        assert_ne!(stays[3].0, stays[4].0);
+        assert_eq!(stays[0].2, stays[1].1);
+        // Saga 49 asks for exactly saga 48's listing and nights; 50 does not.
+        assert_eq!(stays[49], stays[48]);
+        assert_ne!(stays[50], stays[49]);
+        let mut distinct = stays.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 200 - 200 / CONFLICT_EVERY);
+        // Every guest is different.
+        let guest = |n| contended_booking("r", n)["input"]["guest_id"].clone();
+        assert_ne!(guest(48), guest(49));
+    }
 }

@@ -774,6 +774,7 @@ pub struct Report {
     pub bookings_reads: Section<BookingReads>,
     pub outage_recovery: Section<OutageRecovery>,
     pub console_pages: Section<ConsolePages>,
+    pub scale_out: Section<crate::scale::ScaleOut>,
     pub targets: Vec<Target>,
 }
 
@@ -1023,6 +1024,12 @@ impl Report {
                 let _ = writeln!(out, "console pages: {reason}");
             }
             Section::Measured(c) => c.write(&mut out),
+        }
+        match &self.scale_out {
+            Section::NotAvailable { reason } => {
+                let _ = writeln!(out, "scale-out: {reason}");
+            }
+            Section::Measured(s) => s.write(&mut out),
         }
         if let Some(statements) = self
             .settings

@@ -57,6 +57,9 @@ pub enum FaultKind {
     /// Hold the response back this long. The effect happens (and is stored) first, so a
     /// client that times out does not know the outcome, as with a slow real Stripe.
     Latency { ms: u64 },
+    /// Hold the response back a delay drawn uniformly from `min_ms..=max_ms` for each request,
+    /// as [`FaultKind::Latency`] otherwise: a network peer's spread of answer times.
+    LatencyRange { min_ms: u64, max_ms: u64 },
     /// Perform the effect, store the idempotent result, then cut the connection in the middle
     /// of the response body: the client sees a transport error and must retry with the same key.
     LoseResponse,
@@ -66,7 +69,8 @@ pub enum FaultKind {
 ///
 /// Over HTTP: `POST /_double/faults` with e.g.
 /// `{"operation": "capture", "kind": "lose_response", "times": 1}` or
-/// `{"operation": "any", "kind": "latency", "ms": 3000, "times": 2}`.
+/// `{"operation": "any", "kind": "latency", "ms": 3000, "times": 2}` or
+/// `{"operation": "any", "kind": "latency_range", "min_ms": 50, "max_ms": 150, "times": 1000}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fault {
     pub operation: Operation,
@@ -94,6 +98,20 @@ impl Fault {
             operation,
             kind: FaultKind::Latency {
                 ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            },
+            times: 1,
+        }
+    }
+
+    /// Each matching request is held back a delay drawn uniformly from `min..=max` (both
+    /// rounded down to milliseconds; `max` below `min` is taken as `min`).
+    pub fn latency_between(operation: Operation, min: Duration, max: Duration) -> Self {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            operation,
+            kind: FaultKind::LatencyRange {
+                min_ms: ms(min),
+                max_ms: ms(max).max(ms(min)),
             },
             times: 1,
         }
@@ -172,6 +190,11 @@ impl Faults {
                     applied.latency = Some(Duration::from_millis(ms));
                     fault.times -= 1;
                 }
+                FaultKind::LatencyRange { min_ms, max_ms } if applied.latency.is_none() => {
+                    let ms = rand::random_range(min_ms..=max_ms.max(min_ms));
+                    applied.latency = Some(Duration::from_millis(ms));
+                    fault.times -= 1;
+                }
                 FaultKind::ServerError if !applied.server_error && !applied.lose_response => {
                     applied.server_error = true;
                     fault.times -= 1;
@@ -209,6 +232,41 @@ mod tests {
     }
 
     #[test]
+    fn latency_range_draws_each_request_within_its_bounds() {
+        let mut faults = Faults::default();
+        faults.inject(
+            Fault::latency_between(
+                Operation::Any,
+                Duration::from_millis(50),
+                Duration::from_millis(150),
+            )
+            .times(2000),
+        );
+        let delays: Vec<Duration> = (0..2000)
+            .map(|_| faults.take(Operation::Capture).latency.unwrap())
+            .collect();
+        let (min, max) = (Duration::from_millis(50), Duration::from_millis(150));
+        assert!(delays.iter().all(|d| (min..=max).contains(d)), "{delays:?}");
+        // Spread over the range, not one fixed value: both thirds at the ends are drawn.
+        assert!(delays.iter().any(|d| *d < Duration::from_millis(84)));
+        assert!(delays.iter().any(|d| *d > Duration::from_millis(116)));
+        assert!(faults.pending().is_empty());
+        // An inverted range is the lower bound.
+        let f = Fault::latency_between(
+            Operation::Any,
+            Duration::from_millis(30),
+            Duration::from_millis(10),
+        );
+        assert_eq!(
+            f.kind,
+            FaultKind::LatencyRange {
+                min_ms: 30,
+                max_ms: 30
+            }
+        );
+    }
+
+    #[test]
     fn fault_json_shape() {
         let f: Fault =
             serde_json::from_str(r#"{"operation":"any","kind":"latency","ms":30,"times":2}"#)
@@ -216,6 +274,19 @@ mod tests {
         assert_eq!(
             f,
             Fault::latency(Operation::Any, Duration::from_millis(30)).times(2)
+        );
+        let f: Fault = serde_json::from_str(
+            r#"{"operation":"any","kind":"latency_range","min_ms":50,"max_ms":150,"times":9}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            f,
+            Fault::latency_between(
+                Operation::Any,
+                Duration::from_millis(50),
+                Duration::from_millis(150)
+            )
+            .times(9)
         );
         let f: Fault =
             serde_json::from_str(r#"{"operation":"capture","kind":"lose_response"}"#).unwrap();
