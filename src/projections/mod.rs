@@ -5,7 +5,7 @@
 //! the live path applies in SQL in the transaction that appends the events, and [`bookings::replay`]
 //! applies in Rust). A rebuild folds every history into a shadow table while sagad keeps running,
 //! catches up with the events committed meanwhile by following the global feed's positions, and
-//! swaps the shadow in under a short lock; verify folds every history again and lists every row
+//! writes it into the live table, the last stragglers under a short lock; verify folds every history again and lists every row
 //! that differs. A new projection adds its fold, its shadow table's SQL (`store::projections`) and
 //! a [`Projection`] variant.
 
@@ -210,17 +210,24 @@ pub async fn rebuild(
                 break;
             }
         }
+        // `bookings` brought to the shadow's rows while live updates go on (what it overwrites of
+        // them is folded again below: every such booking has an event after `from`).
+        sql::sync_bookings_from_shadow(&mut conn).await?;
         // The swap: with `bookings` locked no live update can land, and every event that changes
-        // a booking commits with its update, so every one is visible now.
+        // a booking commits with its update, so every one is visible now. Only the bookings with
+        // events after `from` are written under the lock, folded from their whole histories.
         let locked = Instant::now();
         let mut tx = conn.begin().await?;
         sql::lock_bookings(&mut tx).await?;
         let touched = sql::touched_since(&mut tx, from, None).await?;
         caught_up += touched.len() as u64;
-        refold(&mut tx, &touched).await?;
-        sql::swap_bookings(&mut tx).await?;
+        for ids in touched.chunks(1000) {
+            let events = sql::histories_of(&mut tx, ids).await?;
+            sql::upsert_bookings(&mut tx, &fold_histories(&events)).await?;
+        }
         tx.commit().await?;
         let swap = locked.elapsed();
+        sql::drop_bookings_shadow(&mut conn).await?;
         sqlx::query("ANALYZE bookings").execute(&mut *conn).await?;
         Ok(Rebuilt {
             events,

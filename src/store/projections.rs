@@ -137,6 +137,21 @@ pub async fn upsert_shadow_bookings(
     conn: &mut PgConnection,
     rows: &[Booking],
 ) -> Result<(), sqlx::Error> {
+    upsert_bookings_into(conn, BOOKINGS_SHADOW, rows).await
+}
+
+/// Writes `rows` into `bookings` itself, replacing the rows of the same sagas (under the swap's
+/// lock).
+pub async fn upsert_bookings(conn: &mut PgConnection, rows: &[Booking]) -> Result<(), sqlx::Error> {
+    upsert_bookings_into(conn, "bookings", rows).await
+}
+
+/// Writes `rows` into `table` (`bookings` or its shadow), replacing the rows of the same sagas.
+async fn upsert_bookings_into(
+    conn: &mut PgConnection,
+    table: &'static str,
+    rows: &[Booking],
+) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -149,7 +164,7 @@ pub async fn upsert_shadow_bookings(
     let created: Vec<DateTime<Utc>> = rows.iter().map(|r| r.created_at).collect();
     let updated: Vec<DateTime<Utc>> = rows.iter().map(|r| r.updated_at).collect();
     sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO {BOOKINGS_SHADOW} (saga_id, listing_id, guest_id, check_in, check_out, amount,
+        "INSERT INTO {table} (saga_id, listing_id, guest_id, check_in, check_out, amount,
              currency, status, payment_intent_id, confirmation_code, cancel_reason, created_at, updated_at,
              cancellation)
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::date[], $5::date[], $6::int8[],
@@ -189,7 +204,7 @@ pub async fn upsert_shadow_bookings(
 
 /// Locks `sagas` against writers, then `bookings` against everyone, until the transaction ends
 /// (the swap). In that order: every live writer of `bookings` writes `sagas` first, so none can
-/// hold a lock the swap waits for while it waits for the swap; and the copy's foreign-key checks
+/// hold a lock the swap waits for while it waits for the swap; and the swap's foreign-key checks
 /// on `sagas` rows cannot meet a worker's row lock.
 pub async fn lock_bookings(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query("LOCK TABLE sagas IN EXCLUSIVE MODE")
@@ -201,21 +216,54 @@ pub async fn lock_bookings(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Puts the shadow table's rows in the place of `bookings`' and drops the shadow. Inside the
-/// caller's transaction, which holds [`lock_bookings`].
+/// Makes `bookings` hold the shadow's rows without locking the table, so live updates go on:
+/// rows that differ are updated, rows missing are inserted, and rows that no history makes (no
+/// `BookingRequested`, which every live booking is created with) are deleted. Each statement
+/// writes only the rows that differ. A live update racing it may be overwritten by the shadow's
+/// older fold of that booking: every aggregate with an event after the shadow's horizon is folded
+/// again into `bookings` under [`lock_bookings`], which is what the lock is held for.
 ///
-/// The rows are copied rather than the tables renamed: `bookings` keeps its identity (its OID),
-/// so the statements every sagad process has prepared against it stay valid; a rename makes the
-/// next execution of each fail while PostgreSQL re-plans it. The copy is what the lock is held for.
-pub async fn swap_bookings(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+/// Rows are written in place rather than the tables renamed: `bookings` keeps its identity (its
+/// OID), so the statements every sagad process has prepared against it stay valid.
+pub async fn sync_bookings_from_shadow(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT quote_ident(attname) FROM pg_attribute
+         WHERE attrelid = 'bookings'::regclass AND attnum > 0 AND NOT attisdropped
+           AND attname <> 'saga_id'
+         ORDER BY attnum",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let targets = columns.join(", ");
+    let sources = columns
+        .iter()
+        .map(|c| format!("s.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut written = 0;
     for stmt in [
-        "TRUNCATE bookings".to_owned(),
-        format!("INSERT INTO bookings SELECT * FROM {BOOKINGS_SHADOW}"),
-        format!("DROP TABLE {BOOKINGS_SHADOW}"),
+        format!(
+            "UPDATE bookings b SET ({targets}) = ROW({sources}) FROM {BOOKINGS_SHADOW} s
+             WHERE b.saga_id = s.saga_id AND ROW(b.*) IS DISTINCT FROM ROW(s.*)"
+        ),
+        format!(
+            "INSERT INTO bookings SELECT s.* FROM {BOOKINGS_SHADOW} s
+             WHERE NOT EXISTS (SELECT 1 FROM bookings b WHERE b.saga_id = s.saga_id)
+             ON CONFLICT (saga_id) DO NOTHING"
+        ),
+        format!(
+            "DELETE FROM bookings b
+             WHERE NOT EXISTS (SELECT 1 FROM {BOOKINGS_SHADOW} s WHERE s.saga_id = b.saga_id)
+               AND NOT EXISTS (SELECT 1 FROM events e WHERE e.aggregate_id = b.saga_id
+                                AND e.version = 1 AND e.event_type = 'BookingRequested')"
+        ),
     ] {
-        sqlx::query(AssertSqlSafe(stmt)).execute(&mut *conn).await?;
+        written += sqlx::query(AssertSqlSafe(stmt))
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Every row of `bookings` of these sagas.
