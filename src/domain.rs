@@ -147,15 +147,6 @@ pub struct BookingRules {
     pub default_policy: CancellationPolicy,
 }
 
-impl Default for BookingRules {
-    fn default() -> Self {
-        Self {
-            max_nights: 365,
-            default_policy: CancellationPolicy::Moderate,
-        }
-    }
-}
-
 /// A booking request that passed validation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BookingInput {
@@ -446,7 +437,7 @@ mod tests {
     }
 
     fn check(v: serde_json::Value) -> Result<BookingInput, Vec<FieldError>> {
-        raw(v).validate(&BookingRules::default(), today())
+        raw(v).validate(&crate::config::Settings::dev().booking_rules, today())
     }
 
     fn good() -> serde_json::Value {

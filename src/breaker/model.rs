@@ -71,20 +71,6 @@ pub struct Thresholds {
     pub probe_lease: Duration,
 }
 
-impl Default for Thresholds {
-    fn default() -> Self {
-        Self {
-            window: Duration::from_secs(30),
-            min_calls: 20,
-            failure_ratio: 0.5,
-            connection_failures: 5,
-            probe_after: Duration::from_secs(10),
-            probe_max: Duration::from_secs(300),
-            probe_lease: Duration::from_secs(60),
-        }
-    }
-}
-
 /// A breaker as stored.
 #[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
 pub struct Breaker {
@@ -462,7 +448,7 @@ mod tests {
 
     #[test]
     fn opens_at_half_failures_over_twenty_calls_not_before() {
-        let th = Thresholds::default();
+        let th = crate::config::Settings::dev().breakers;
         let mut b = Breaker::new(Dependency::Stripe, t0());
         // 19 calls, all failing (HTTP 500): too few calls to judge.
         assert_eq!(b.count(tally(&[FAIL; 19]), t0(), &th), None);
@@ -483,7 +469,7 @@ mod tests {
 
     #[test]
     fn the_window_slides_old_failures_out() {
-        let th = Thresholds::default();
+        let th = crate::config::Settings::dev().breakers;
         let mut b = Breaker::new(Dependency::Notify, t0());
         b.count(tally(&[FAIL; 15]), t0(), &th);
         // 45 s later the previous bucket (15 failures) counts half: 7.5 + 5 calls < 20.
@@ -500,7 +486,7 @@ mod tests {
 
     #[test]
     fn five_connection_failures_in_a_row_open_it_and_an_answer_resets_the_run() {
-        let th = Thresholds::default();
+        let th = crate::config::Settings::dev().breakers;
         let mut b = Breaker::new(Dependency::Notify, t0());
         assert_eq!(b.count(tally(&[DOWN; 4]), t0(), &th), None);
         assert_eq!(
@@ -517,7 +503,7 @@ mod tests {
 
     #[test]
     fn business_refusals_never_open_it() {
-        let th = Thresholds::default();
+        let th = crate::config::Settings::dev().breakers;
         let mut b = Breaker::new(Dependency::Stripe, t0());
         assert_eq!(b.count(tally(&[OK; 100]), t0(), &th), None);
         assert_eq!(b.failures, 0);
@@ -525,7 +511,7 @@ mod tests {
 
     #[test]
     fn one_probe_at_a_time_after_its_delay_and_the_delay_backs_off_to_five_minutes() {
-        let th = Thresholds::default();
+        let th = crate::config::Settings::dev().breakers;
         let mut b = Breaker::new(Dependency::Stripe, t0());
         b.count(tally(&[DOWN; 5]), t0(), &th);
         assert_eq!(
@@ -577,7 +563,7 @@ mod tests {
 
     #[test]
     fn a_refusal_during_the_probe_closes_it() {
-        let th = Thresholds::default();
+        let th = crate::config::Settings::dev().breakers;
         let mut b = Breaker::new(Dependency::Stripe, t0());
         b.count(tally(&[FAIL; 20]), t0(), &th);
         b.take_probe("a", t0() + secs(10), &th);
@@ -590,7 +576,7 @@ mod tests {
     }
     #[test]
     fn transitions_record_operator_events_that_say_why() {
-        let th = Thresholds::default();
+        let th = crate::config::Settings::dev().breakers;
         let mut b = Breaker::new(Dependency::Stripe, t0());
         let mut before = b.clone();
         let t = b.count(tally(&[FAIL; 20]), t0(), &th).unwrap();
@@ -654,7 +640,7 @@ mod tests {
 
     #[test]
     fn a_breaker_opened_by_connection_failures_says_so() {
-        let th = Thresholds::default();
+        let th = crate::config::Settings::dev().breakers;
         let mut b = Breaker::new(Dependency::Notify, t0());
         let before = b.clone();
         let t = b.count(tally(&[DOWN; 5]), t0(), &th).unwrap();
