@@ -16,7 +16,7 @@ use super::{Actor, ApiError, ApiPath, ApiPath2, ApiQuery, AppState, ErrorBody, J
 use crate::domain::{FieldError, SagaId, earliest_check_in, valid_id};
 use crate::events::{BLOCK_AGGREGATE, Event, NewEvent};
 use crate::store::events;
-use crate::store::inventory::{self, ActiveClaim, Block, NewBlock};
+use crate::store::inventory::{self, ActiveClaim, Block, ClaimKind, NewBlock};
 
 /// The longest block, and the widest availability window, in nights.
 pub const MAX_RANGE_NIGHTS: i64 = 3650;
@@ -116,10 +116,10 @@ pub fn ranges(from: NaiveDate, to: NaiveDate, claims: &[ActiveClaim]) -> Vec<Ran
         if at < a {
             out.push(free(at, a));
         }
-        let (state, booking_id, block_id) = match c.kind.as_str() {
-            "block" => (RangeState::Blocked, None, Some(c.id)),
-            "booking" => (RangeState::Booked, c.saga_id, None),
-            _ => (RangeState::Held, c.saga_id, None),
+        let (state, booking_id, block_id) = match c.kind {
+            ClaimKind::Block => (RangeState::Blocked, None, Some(c.id)),
+            ClaimKind::Booking => (RangeState::Booked, c.saga_id, None),
+            ClaimKind::Hold => (RangeState::Held, c.saga_id, None),
         };
         out.push(Range {
             from: a,
@@ -272,10 +272,10 @@ impl CreateBlock {
 
 /// What a conflicting claim is, in words.
 fn describe(c: &ActiveClaim) -> String {
-    match (c.kind.as_str(), c.saga_id) {
-        ("block", _) => format!("block {} ({}..{})", c.id, c.from, c.to),
-        ("booking", Some(b)) => format!("booking {b} ({}..{})", c.from, c.to),
-        (_, Some(b)) => format!("the hold of booking {b} ({}..{})", c.from, c.to),
+    match (c.kind, c.saga_id) {
+        (ClaimKind::Block, _) => format!("block {} ({}..{})", c.id, c.from, c.to),
+        (ClaimKind::Booking, Some(b)) => format!("booking {b} ({}..{})", c.from, c.to),
+        (ClaimKind::Hold, Some(b)) => format!("the hold of booking {b} ({}..{})", c.from, c.to),
         (kind, None) => format!("{kind} {} ({}..{})", c.id, c.from, c.to),
     }
 }
@@ -411,10 +411,11 @@ mod tests {
     }
 
     fn claim(kind: &str, a: u32, b: u32) -> ActiveClaim {
+        let kind = ClaimKind::parse(kind).expect("a claim kind");
         ActiveClaim {
             id: Uuid::nil(),
-            kind: kind.into(),
-            saga_id: (kind != "block").then(|| SagaId(Uuid::nil())),
+            kind,
+            saga_id: (kind != ClaimKind::Block).then(|| SagaId(Uuid::nil())),
             from: d(a),
             to: d(b),
         }

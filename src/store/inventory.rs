@@ -9,6 +9,32 @@ use uuid::Uuid;
 
 use super::stmt::{Binds, Param, Statement, Text};
 use crate::domain::SagaId;
+use crate::text_enum::text_enum;
+
+text_enum! {
+    /// Whether a claim holds its nights (`inventory_claims.status`).
+    #[derive(ToSchema)]
+    pub enum ClaimStatus {
+        /// It holds them.
+        Active = "active",
+        /// Given back: a released hold or booking, a removed block.
+        Released = "released",
+        /// A hold whose time ran out.
+        Expired = "expired",
+    }
+}
+
+text_enum! {
+    /// What holds a listing's nights (`inventory_claims.kind`).
+    pub enum ClaimKind {
+        /// A booking saga's hold, until payment.
+        Hold = "hold",
+        /// A confirmed booking.
+        Booking = "booking",
+        /// The host's block.
+        Block = "block",
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum HoldResult {
@@ -267,7 +293,7 @@ pub struct Block {
     /// The API token's name that placed it.
     pub created_by: String,
     /// `active`, or `released` once removed.
-    pub status: String,
+    pub status: ClaimStatus,
     pub created_at: DateTime<Utc>,
     pub released_at: Option<DateTime<Utc>>,
 }
@@ -345,8 +371,7 @@ pub async fn get_block(
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ActiveClaim {
     pub id: Uuid,
-    /// `hold`, `booking` or `block`.
-    pub kind: String,
+    pub kind: ClaimKind,
     /// The booking's saga (holds and bookings).
     pub saga_id: Option<SagaId>,
     pub from: NaiveDate,

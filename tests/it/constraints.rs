@@ -1,7 +1,9 @@
 //! The status enums and the database agree: each enum's values are exactly the values its
 //! column's CHECK constraint admits, as PostgreSQL itself prints the constraint.
 
+use sagad::breaker::{BreakerState, Dependency};
 use sagad::engine::model::{SagaStatus, StepPhase, StepStatus};
+use sagad::store::inventory::{ClaimKind, ClaimStatus};
 use sagad::store::outbound::DeliveryStatus;
 use sagad::store::stripe_inbox::InboxStatus;
 use sqlx::PgPool;
@@ -72,6 +74,26 @@ async fn each_status_enum_has_exactly_the_values_of_its_check_constraint() {
             "status",
             sorted(DeliveryStatus::ALL.iter().map(|s| s.as_str())),
         ),
+        (
+            "inventory_claims",
+            "status",
+            sorted(ClaimStatus::ALL.iter().map(|s| s.as_str())),
+        ),
+        (
+            "inventory_claims",
+            "kind",
+            sorted(ClaimKind::ALL.iter().map(|s| s.as_str())),
+        ),
+        (
+            "dependency_breakers",
+            "state",
+            sorted(BreakerState::ALL.iter().map(|s| s.as_str())),
+        ),
+        (
+            "dependency_breakers",
+            "dependency",
+            sorted(Dependency::ALL.iter().map(|s| s.as_str())),
+        ),
     ];
     for (table, column, ours) in cases {
         assert_eq!(
@@ -116,6 +138,10 @@ fn the_openapi_document_lists_each_status_as_stored() {
         (
             "DeliveryStatus",
             sorted(DeliveryStatus::ALL.iter().map(|s| s.as_str())),
+        ),
+        (
+            "ClaimStatus",
+            sorted(ClaimStatus::ALL.iter().map(|s| s.as_str())),
         ),
     ];
     for (schema, ours) in cases {
