@@ -28,7 +28,7 @@ pub async fn healthz() -> impl IntoResponse {
     (status = 200, description = "Database reachable, migrations current, workers running, and where the NATS relay runs, its lag within SAGAD_NATS_MAX_LAG (the body's `relay` says its position, lag and last error)"),
     (status = 503, description = "Not ready; the body says which check failed")))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let database = sqlx::query("SELECT 1").execute(&state.pool).await.is_ok();
+    let database = store::ping(&state.pool).await.is_ok();
     let migrations = database
         && store::migrations_current(&state.pool)
             .await

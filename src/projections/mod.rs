@@ -228,7 +228,7 @@ pub async fn rebuild(
         tx.commit().await?;
         let swap = locked.elapsed();
         sql::drop_bookings_shadow(&mut conn).await?;
-        sqlx::query("ANALYZE bookings").execute(&mut *conn).await?;
+        sql::analyze_bookings(&mut conn).await?;
         Ok(Rebuilt {
             events,
             rows,
@@ -329,9 +329,7 @@ pub async fn verify(
     let mut conn = pool.acquire().await?;
     let total = sql::event_count_estimate(&mut conn).await?.max(0) as u64;
     let mut tx = conn.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await?;
+    sql::read_only_snapshot(&mut tx).await?;
     let mut drift = Vec::new();
     let mut rows = 0u64;
     let events = replay_all(&mut tx, total, started, progress, async |c, folded| {

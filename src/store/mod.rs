@@ -56,6 +56,12 @@ pub async fn db_now(
     sqlx::query_scalar("SELECT now()").fetch_one(conn).await
 }
 
+/// Whether the database answers a statement (for `/readyz`).
+pub async fn ping(conn: impl sqlx::PgExecutor<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(conn).await?;
+    Ok(())
+}
+
 /// SQLSTATE codes sagad reacts to, matched by code, never by message text.
 pub mod sqlstate {
     pub const FOREIGN_KEY_VIOLATION: &str = "23503";
@@ -211,4 +217,48 @@ pub async fn explain_generic<'q>(
         .execute(&mut *conn)
         .await?;
     Ok(lines?.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    /// Every `.rs` file under `dir`, recursively.
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn no_sql_runs_outside_the_store() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let store = src.join("store");
+        let mut files = Vec::new();
+        rust_files(&src, &mut files);
+        assert!(
+            files.len() > 50,
+            "found only {} files under src/",
+            files.len()
+        );
+        let statements = ["sqlx::query", "sqlx::raw_sql", "QueryBuilder"];
+        for file in files.iter().filter(|f| !f.starts_with(&store)) {
+            let text = std::fs::read_to_string(file).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                for statement in &statements {
+                    assert!(
+                        !line.contains(statement),
+                        "{}:{}: SQL outside src/store: {line}",
+                        file.strip_prefix(&src).unwrap().display(),
+                        n + 1
+                    );
+                }
+            }
+        }
+    }
 }

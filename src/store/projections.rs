@@ -132,6 +132,21 @@ pub async fn drop_bookings_shadow(conn: &mut PgConnection) -> Result<(), sqlx::E
     Ok(())
 }
 
+/// Refreshes the planner's statistics of `bookings` (after a rebuild rewrote it).
+pub async fn analyze_bookings(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("ANALYZE bookings").execute(conn).await?;
+    Ok(())
+}
+
+/// Makes the transaction open on `conn` read only, every statement in it reading one snapshot
+/// (repeatable read). Must come before the transaction's first query.
+pub async fn read_only_snapshot(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Writes `rows` into the shadow table, replacing the rows of the same sagas.
 pub async fn upsert_shadow_bookings(
     conn: &mut PgConnection,
