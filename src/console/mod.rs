@@ -10,13 +10,13 @@
 mod actions;
 mod bookings;
 mod chart;
+mod outbound;
 mod overview;
 mod saga;
 mod sagas;
 mod session;
 mod stripe;
 mod stuck;
-mod webhooks;
 
 use axum::Router;
 use axum::extract::Request;
@@ -55,7 +55,7 @@ pub fn routes() -> Router<AppState> {
         .merge(saga::routes())
         .merge(stuck::routes())
         .merge(bookings::routes())
-        .merge(webhooks::routes())
+        .merge(outbound::routes())
         .merge(stripe::routes())
         .route("/console/assets/console.css", get(css))
         .route("/console/assets/console.js", get(js))

@@ -1,6 +1,7 @@
-//! Webhook endpoints: each one's state, deliveries (with every attempt: status, latency, the
-//! response body's start), dead letters, and the operator's actions: redeliver one, redrive the
-//! dead letters since a time, enable or disable, rotate the signing secret.
+//! Outgoing webhook endpoints, the integrators' subscriptions: each one's state, deliveries (with
+//! every attempt: status, latency, the response body's start), dead letters, and the operator's
+//! actions: redeliver one, redrive the dead letters since a time, enable or disable, rotate the
+//! signing secret.
 
 use std::collections::HashMap;
 
