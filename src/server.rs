@@ -21,7 +21,7 @@ use crate::stripe::client::StripeClient;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Registry(#[from] registry::Error),
+    Registry(#[from] registry::RegistryError),
     #[error(transparent)]
     Engine(#[from] engine_mod::Error),
     #[error("HTTP server failed: {0}")]

@@ -72,6 +72,7 @@ pub fn default_worker_id() -> String {
     )
 }
 
+/// Why the engine cannot start with these definitions and this configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(

@@ -8,8 +8,9 @@ use sqlx::PgPool;
 use super::definition::SagaDefinition;
 use crate::store::definitions::{self, RegisterError};
 
+/// What keeps a saga definition from being registered or read back.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum RegistryError {
     #[error(transparent)]
     Register(#[from] RegisterError),
     #[error("saga `{0}` version {1} is not known to this database")]
@@ -28,12 +29,16 @@ pub struct Registry {
 
 impl Registry {
     /// Records every definition in the database (refusing a changed version) and keeps them.
-    pub async fn load(pool: PgPool, definitions: Vec<SagaDefinition>) -> Result<Self, Error> {
+    pub async fn load(
+        pool: PgPool,
+        definitions: Vec<SagaDefinition>,
+    ) -> Result<Self, RegistryError> {
         let mut latest: HashMap<String, Arc<SagaDefinition>> = HashMap::new();
         let mut versions = HashMap::new();
         for def in definitions {
-            let json = serde_json::to_value(&def)
-                .map_err(|e| Error::Corrupt(def.name.clone(), def.version as i32, e.to_string()))?;
+            let json = serde_json::to_value(&def).map_err(|e| {
+                RegistryError::Corrupt(def.name.clone(), def.version as i32, e.to_string())
+            })?;
             definitions::register(
                 &pool,
                 &def.name,
@@ -70,16 +75,20 @@ impl Registry {
     }
 
     /// A given version, from memory or, for one this process never loaded, from the database.
-    pub async fn get(&self, name: &str, version: i32) -> Result<Arc<SagaDefinition>, Error> {
+    pub async fn get(
+        &self,
+        name: &str,
+        version: i32,
+    ) -> Result<Arc<SagaDefinition>, RegistryError> {
         let key = (name.to_owned(), version);
         if let Some(d) = self.read().get(&key) {
             return Ok(d.clone());
         }
         let json = definitions::get(&self.pool, name, version)
             .await?
-            .ok_or_else(|| Error::UnknownVersion(name.to_owned(), version))?;
+            .ok_or_else(|| RegistryError::UnknownVersion(name.to_owned(), version))?;
         let def: SagaDefinition = serde_json::from_value(json)
-            .map_err(|e| Error::Corrupt(name.to_owned(), version, e.to_string()))?;
+            .map_err(|e| RegistryError::Corrupt(name.to_owned(), version, e.to_string()))?;
         let def = Arc::new(def);
         self.versions
             .write()

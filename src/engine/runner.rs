@@ -31,12 +31,14 @@ use crate::store::listen::Heard;
 use crate::store::sagas::{self, SagaRow};
 use crate::store::{self, sqlstate};
 
+/// What stops a worker from driving a saga further now: the database, a definition it cannot
+/// read, or a saga row that makes no sense. The worker hands the saga back (releases its lease).
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum DriveError {
     #[error(transparent)]
     Db(#[from] sqlx::Error),
     #[error(transparent)]
-    Registry(#[from] super::registry::Error),
+    Registry(#[from] super::registry::RegistryError),
     #[error("saga {0} is corrupt: {1}")]
     Corrupt(SagaId, String),
 }
@@ -98,7 +100,7 @@ impl Worker {
     /// first (their outcomes are recorded together); local steps that follow run in the record's
     /// transaction (their effect and record commit together with the steps before them).
     /// `leased`: when this process took the lease ([`Leased::since`]).
-    async fn step(&self, row: &mut SagaRow, leased: Instant) -> Result<Next, Error> {
+    async fn step(&self, row: &mut SagaRow, leased: Instant) -> Result<Next, DriveError> {
         let def = self.registry.get(&row.saga_name, row.saga_version).await?;
         let status = row.status;
 
@@ -147,7 +149,7 @@ impl Worker {
             let mut tx = self.pool.begin().await?;
             let (fence, plan) = match self.run_local(&mut tx, &def, row, action).await {
                 Ok(planned) => planned,
-                Err(Error::Db(e)) => {
+                Err(DriveError::Db(e)) => {
                     // The local effect failed in the database: nothing happened; retry the step.
                     tx.rollback().await?;
                     let mut conn = self.pool.acquire().await?;
@@ -201,7 +203,7 @@ impl Worker {
         row: &mut SagaRow,
         fence: &Fence,
         mut plans: Vec<Plan>,
-    ) -> Result<Option<Next>, Error> {
+    ) -> Result<Option<Next>, DriveError> {
         // The state each planned step starts from; `row` itself moves only once recorded.
         let mut ahead = row.clone();
         let mut planned = Vec::new();
@@ -252,7 +254,9 @@ impl Worker {
                 }
                 Ok(Some(next.unwrap_or(Next::Stop)))
             }
-            Err(Error::Db(e)) if store::sqlstate(&e).as_deref() == Some(sqlstate::HOLD_LOST) => {
+            Err(DriveError::Db(e))
+                if store::sqlstate(&e).as_deref() == Some(sqlstate::HOLD_LOST) =>
+            {
                 info!("the hold is gone: confirming step by step");
                 Ok(None)
             }
@@ -280,7 +284,7 @@ impl Worker {
         row: &mut SagaRow,
         leased: Instant,
         last: &Plan,
-    ) -> Result<Option<Action>, Error> {
+    ) -> Result<Option<Action>, DriveError> {
         if self.shutdown.is_cancelled() {
             return Ok(None);
         }
@@ -316,7 +320,7 @@ impl Worker {
         row: &mut SagaRow,
         fence: Fence,
         mut plans: Vec<Plan>,
-    ) -> Result<Next, Error> {
+    ) -> Result<Next, DriveError> {
         while let Some(last) = plans.last()
             && !self.shutdown.is_cancelled()
             && chains_local(def, last, row.id)?
@@ -345,7 +349,7 @@ impl Worker {
         def: &SagaDefinition,
         row: &SagaRow,
         action: Action,
-    ) -> Result<(Fence, Plan), Error> {
+    ) -> Result<(Fence, Plan), DriveError> {
         let started = std::time::Instant::now();
         let input = parse_input(row)?;
         let ctx = step_ctx(def, row, &input, self.deps.clock.db_now());
@@ -368,7 +372,7 @@ impl Worker {
         def: &SagaDefinition,
         row: &SagaRow,
         action: Action,
-    ) -> Result<Outcome, Error> {
+    ) -> Result<Outcome, DriveError> {
         let started = std::time::Instant::now();
         let input = parse_input(row)?;
         let ctx = step_ctx(def, row, &input, self.deps.clock.db_now());
@@ -422,7 +426,7 @@ impl Worker {
         def: &SagaDefinition,
         row: &mut SagaRow,
         outcome: Outcome,
-    ) -> Result<Option<Next>, Error> {
+    ) -> Result<Option<Next>, DriveError> {
         self.record_with(tx, def, row, |state, env| plan::after(state, env, outcome))
             .await
     }
@@ -434,7 +438,7 @@ impl Worker {
         def: &SagaDefinition,
         row: &mut SagaRow,
         make: impl FnOnce(&State<'_>, &Env) -> Plan,
-    ) -> Result<Option<Next>, Error> {
+    ) -> Result<Option<Next>, DriveError> {
         let (fence, plan) = self.plan(def, row, make);
         self.record(tx, row, &fence, vec![plan], false).await
     }
@@ -501,7 +505,7 @@ impl Worker {
         fence: &Fence,
         plans: Vec<Plan>,
         convert_hold: bool,
-    ) -> Result<Option<Next>, Error> {
+    ) -> Result<Option<Next>, DriveError> {
         let outcomes = Outcomes::of(plans, Some(&self.worker_id)).converting_hold(convert_hold);
         let Some(recorded) = record::record(conn, fence, &row.saga_name, &outcomes).await? else {
             warn!("lease lost before the outcome was recorded; another worker owns the saga now");
@@ -548,24 +552,28 @@ fn advance(row: &mut SagaRow, t: &Transition) {
 
 /// The action the saga's current step runs now (its compensation while compensating); `None` when
 /// the saga has nothing to run.
-fn current_action(def: &SagaDefinition, row: &SagaRow) -> Result<Option<Action>, Error> {
+fn current_action(def: &SagaDefinition, row: &SagaRow) -> Result<Option<Action>, DriveError> {
     action_at(def, row.status, row.current_step)
-        .map_err(|name| Error::Corrupt(row.id, format!("unknown action `{name}`")))
+        .map_err(|name| DriveError::Corrupt(row.id, format!("unknown action `{name}`")))
 }
 
 /// True when `plan` keeps the lease for a local step: it then runs in the same transaction.
-fn chains_local(def: &SagaDefinition, plan: &Plan, id: SagaId) -> Result<bool, Error> {
+fn chains_local(def: &SagaDefinition, plan: &Plan, id: SagaId) -> Result<bool, DriveError> {
     Ok(next_action(def, plan, id)?.is_some_and(Action::is_local))
 }
 
 /// The action the same worker goes on with once `plan` is done (it keeps the lease), if any.
-fn next_action(def: &SagaDefinition, plan: &Plan, id: SagaId) -> Result<Option<Action>, Error> {
+fn next_action(
+    def: &SagaDefinition,
+    plan: &Plan,
+    id: SagaId,
+) -> Result<Option<Action>, DriveError> {
     let t = &plan.transition;
     if t.keep_lease.is_none() {
         return Ok(None);
     }
     action_at(def, t.status, t.current_step)
-        .map_err(|name| Error::Corrupt(id, format!("unknown action `{name}`")))
+        .map_err(|name| DriveError::Corrupt(id, format!("unknown action `{name}`")))
 }
 
 /// The action step `index` runs in `status` (its compensation while compensating); `Err` carries
@@ -586,8 +594,9 @@ fn action_at(
     Action::parse(name).map(Some).ok_or_else(|| name.to_owned())
 }
 
-fn parse_input(row: &SagaRow) -> Result<BookingInput, Error> {
-    BookingInput::deserialize(&row.input).map_err(|e| Error::Corrupt(row.id, format!("input: {e}")))
+fn parse_input(row: &SagaRow) -> Result<BookingInput, DriveError> {
+    BookingInput::deserialize(&row.input)
+        .map_err(|e| DriveError::Corrupt(row.id, format!("input: {e}")))
 }
 
 /// The outputs of the saga's steps so far (borrowed; empty when there are none).
