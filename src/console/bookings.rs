@@ -2,14 +2,14 @@
 //! the booking or block that claims it.
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::routing::get;
 use chrono::{Datelike, Days, NaiveDate};
 use maud::html;
 use serde::Deserialize;
 
 use super::session::Signed;
-use super::{Nav, PageResult, page, render};
+use super::{Nav, PageResult, Query, page, render};
 use crate::http::listings::{Range, RangeState, listing_param, ranges};
 use crate::http::{ApiError, AppState};
 use crate::store::inventory;

@@ -19,13 +19,15 @@ mod stripe;
 mod stuck;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
+use serde::de::DeserializeOwned;
 
 use crate::http::{ApiError, AppState};
 pub use overview::Overview;
@@ -113,6 +115,21 @@ fn check_uri(uri: &axum::http::Uri) -> Result<(), ConsoleError> {
         }
     }
     Ok(())
+}
+
+/// A page's query string, deserialized. What axum's `Query` would refuse with a plain-text 400 (a
+/// parameter given twice, a value of the wrong type) is a 400 page naming the parameter, as every
+/// console refusal is. (NUL characters were refused before, by [`refuse_nul`].)
+pub(crate) struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ConsoleError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ConsoleError> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|axum::extract::Query(v)| Query(v))
+            .map_err(|e| ConsoleError(ApiError::BadRequest(e.body_text())))
+    }
 }
 
 /// 400: `what` holds the NUL character.
@@ -306,5 +323,51 @@ impl StepNames {
             .and_then(|n| n.get(index.max(0) as usize))
             .cloned()
             .unwrap_or_else(|| format!("#{index}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Page {
+        #[allow(dead_code)]
+        limit: Option<u32>,
+        #[serde(default)]
+        #[allow(dead_code)]
+        q: String,
+    }
+
+    async fn refusal(uri: &str) -> (StatusCode, String, String) {
+        let (mut parts, ()) = axum::http::Request::builder()
+            .uri(uri)
+            .body(())
+            .unwrap_or_default()
+            .into_parts();
+        let Err(e) = Query::<Page>::from_request_parts(&mut parts, &()).await else {
+            panic!("{uri} was read");
+        };
+        let resp = e.into_response();
+        let status = resp.status();
+        let content_type = resp.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap_or_default()
+            .to_owned();
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap_or_default();
+        (status, content_type, String::from_utf8_lossy(&body).into())
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_query_is_a_400_page_naming_the_parameter() {
+        for (uri, name) in [("/p?limit=abc", "limit"), ("/p?q=a&q=b", "`q`")] {
+            let (status, content_type, body) = refusal(uri).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            assert!(content_type.starts_with("text/html"), "{content_type}");
+            assert!(body.contains("<p class=\"message\">"), "{body}");
+            assert!(body.contains(name), "{uri}: {body}");
+        }
     }
 }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Redirect;
 use axum::routing::{get, post};
@@ -15,7 +15,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::session::{Form, Signed};
-use super::{ConsoleError, Nav, PageResult, badge, page, render, time};
+use super::{ConsoleError, Nav, PageResult, Query, badge, page, render, time};
 use crate::domain::EndpointId;
 use crate::http::{ApiError, AppState};
 use crate::store::console as console_store;

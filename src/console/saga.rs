@@ -6,14 +6,16 @@
 use std::collections::HashMap;
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::session::Signed;
-use super::{ConsoleError, Nav, PageResult, badge, json_block, page, render, span_text, time};
+use super::{
+    ConsoleError, Nav, PageResult, Query, badge, json_block, page, render, span_text, time,
+};
 use crate::domain::SagaId;
 use crate::engine::model::SagaStatus;
 use crate::http::{ApiError, AppState};

@@ -3,7 +3,7 @@
 //! pagination.
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -12,7 +12,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::session::Signed;
-use super::{ConsoleError, Nav, StepNames, badge, page, render, time};
+use super::{ConsoleError, Nav, Query, StepNames, badge, page, render, time};
 use crate::domain::SagaId;
 use crate::engine::model::SagaStatus;
 use crate::http::AppState;

@@ -2,7 +2,7 @@
 //! dead, unmatched or ignored one.
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Redirect;
 use axum::routing::{get, post};
@@ -10,7 +10,7 @@ use maud::html;
 use serde::Deserialize;
 
 use super::session::{Form, Signed};
-use super::{ConsoleError, Nav, PageResult, badge, json_block, page, render, time};
+use super::{ConsoleError, Nav, PageResult, Query, badge, json_block, page, render, time};
 use crate::http::{ApiError, AppState};
 use crate::store::stripe_inbox::{self as store, InboxStatus, ListFilter, ReprocessOutcome};
 

@@ -918,3 +918,76 @@ async fn nul_and_out_of_range_times_anywhere_in_the_console_are_a_400_page_that_
         wrong.join("\n")
     );
 }
+
+#[tokio::test]
+async fn a_console_query_that_cannot_be_read_is_a_400_page_naming_the_parameter() {
+    let app = spawn_app().await;
+    let saga = app
+        .start_booking(booking_input("console-query", "pm_card_visa"))
+        .await;
+    app.wait_terminal(saga).await;
+    let endpoint = create_endpoint(&app).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let (cookie, csrf) = console_session(&app, &http).await;
+    let before = settled_snapshot(&app.pool).await;
+    let ids = [("{saga}", saga.to_string()), ("{endpoint}", endpoint)];
+
+    // Every page that reads a query, each of its parameters given twice (a page reads one value).
+    let mut probed = 0;
+    let mut wrong = Vec::new();
+    for route in CONSOLE_ROUTES
+        .iter()
+        .filter(|r| !r.post && !r.fields.is_empty())
+    {
+        let mut path = route.path.to_owned();
+        for (name, id) in &ids {
+            path = path.replace(name, id);
+        }
+        for field in route.fields {
+            let mut pairs: Vec<(String, String)> = route
+                .fields
+                .iter()
+                .map(|f| (f.to_string(), usual(f, &csrf, "console-query")))
+                .collect();
+            pairs.push((field.to_string(), "again".into()));
+            let query = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(pairs)
+                .finish();
+            let resp = http
+                .get(format!("{}{path}?{query}", app.base))
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .unwrap();
+            probed += 1;
+            let status = resp.status().as_u16();
+            let content_type = resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let text = resp.text().await.unwrap_or_default();
+            let message = text
+                .split("<p class=\"message\">")
+                .nth(1)
+                .and_then(|s| s.split("</p>").next())
+                .unwrap_or("");
+            if status != 400
+                || !content_type.starts_with("text/html")
+                || !message.contains(&format!("`{field}`"))
+            {
+                wrong.push(format!(
+                    "{} ({field} twice): {status} {content_type} {message:?} {text:.200}",
+                    route.path
+                ));
+            }
+        }
+    }
+    assert_eq!(probed, 18, "the console pages' query parameters");
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert_eq!(snapshot(&app.pool).await, before);
+}
