@@ -1,5 +1,5 @@
-//! Stripe: the API client wrapper, inbound webhook signatures and the inbox that processes them.
-//! The Stripe test double is its own crate (`crates/stripe-double`).
+//! Stripe: the client sagad calls Stripe's API with. Stripe's webhooks to sagad are
+//! `crate::inbound::stripe`; the Stripe test double is its own crate (`crates/stripe-double`).
 
 pub mod client;
 mod transport;
