@@ -194,8 +194,13 @@ fn search_query(prefix: &str, f: &SagaSearch) -> sqlx::QueryBuilder<sqlx::Postgr
             .push_bind(id)
             .push(")");
     }
-    q.push(" ORDER BY s.created_at DESC, s.id DESC LIMIT ")
-        .push_bind(f.limit);
+    // The page size is written into the statement: a generic plan for `LIMIT $n` assumes a tenth
+    // of the table and gathers it with parallel workers (30 ms for a page of 50 over 1M sagas).
+    // The console asks for a few fixed sizes, so this makes a few statements, not one per request.
+    q.push(format_args!(
+        " ORDER BY s.created_at DESC, s.id DESC LIMIT {}",
+        f.limit
+    ));
     q
 }
 
@@ -259,13 +264,17 @@ pub async fn per_minute(pool: &PgPool) -> Result<PerMinute, sqlx::Error> {
     Ok(out)
 }
 
+// The bounds are written on `now()` itself, not on a CTE's value: the generic plan can then
+// estimate them (an hour of rows, not a third of the table) and reads `sagas_listing` and
+// `sagas_finished` instead of every saga.
 const PER_MINUTE: &str = "WITH t AS (SELECT date_trunc('minute', now()) AS m),
               s AS (SELECT ((extract(epoch FROM (SELECT m FROM t) - date_trunc('minute', created_at)) / 60))::int AS ago,
                            count(*) AS n
-                    FROM sagas WHERE created_at >= (SELECT m FROM t) - interval '59 minutes' GROUP BY 1),
+                    FROM sagas WHERE created_at >= date_trunc('minute', now()) - interval '59 minutes'
+                    GROUP BY 1),
               c AS (SELECT ((extract(epoch FROM (SELECT m FROM t) - date_trunc('minute', finished_at)) / 60))::int AS ago,
                            count(*) AS n
-                    FROM sagas WHERE finished_at >= (SELECT m FROM t) - interval '59 minutes'
+                    FROM sagas WHERE finished_at >= date_trunc('minute', now()) - interval '59 minutes'
                                  AND status = 'completed' GROUP BY 1)
          SELECT ago, COALESCE(s.n, 0), COALESCE(c.n, 0) FROM s FULL JOIN c USING (ago)";
 
