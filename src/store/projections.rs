@@ -249,6 +249,14 @@ pub async fn sync_bookings_from_shadow(conn: &mut PgConnection) -> Result<u64, s
     )
     .fetch_all(&mut *conn)
     .await?;
+    // Both tables analyzed first: the statements below join them, and a plan made on the
+    // statistics of an empty `bookings` (a first backfill) or of a shadow never analyzed probes
+    // one table by scanning the other once per row.
+    for table in [BOOKINGS_SHADOW, "bookings"] {
+        sqlx::query(AssertSqlSafe(format!("ANALYZE {table}")))
+            .execute(&mut *conn)
+            .await?;
+    }
     let targets = columns.join(", ");
     let sources = columns
         .iter()
@@ -263,7 +271,6 @@ pub async fn sync_bookings_from_shadow(conn: &mut PgConnection) -> Result<u64, s
         ),
         format!(
             "INSERT INTO bookings SELECT s.* FROM {BOOKINGS_SHADOW} s
-             WHERE NOT EXISTS (SELECT 1 FROM bookings b WHERE b.saga_id = s.saga_id)
              ON CONFLICT (saga_id) DO NOTHING"
         ),
         format!(
