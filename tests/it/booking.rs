@@ -378,10 +378,12 @@ async fn a_gateway_asking_to_retry_later_is_not_retried_sooner() {
     let at = |v: &serde_json::Value| {
         chrono::DateTime::parse_from_rfc3339(v.as_str().expect("a timestamp")).unwrap()
     };
+    // retry_at counts from the gateway's answer; the event is recorded a moment later (longer on
+    // a loaded machine), so the recorded wait is at most the 2 s asked for, not 30 s.
     let wait = at(&failed["payload"]["retry_at"]) - at(&failed["recorded_at"]);
     assert!(
-        (1_900..=2_100).contains(&wait.num_milliseconds()),
-        "retried after {wait} (Retry-After: 2): {failed:#}"
+        (1..=2_100).contains(&wait.num_milliseconds()),
+        "retry planned {wait} after recording (Retry-After: 2): {failed:#}"
     );
     // The retry comes (the saga completes), and no sooner than the gateway asked.
     let v = app.wait_terminal(id).await;
@@ -391,7 +393,8 @@ async fn a_gateway_asking_to_retry_later_is_not_retried_sooner() {
     assert_eq!((hits[0].status, hits[1].status), (503, 200));
     let gap = hits[1].at - hits[0].at;
     assert!(
-        gap >= std::time::Duration::from_millis(1_900),
+        (std::time::Duration::from_millis(1_900)..std::time::Duration::from_secs(10))
+            .contains(&gap),
         "retried {gap:?} after a Retry-After: 2"
     );
     let attempts: i32 = sqlx::query_scalar(
