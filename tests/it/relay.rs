@@ -4,8 +4,6 @@
 //! `Nats-Msg-Id`), each aggregate's events in version order.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -14,8 +12,10 @@ use futures_util::StreamExt;
 use sagad::events::{CancelledBy, Event, NewEvent};
 use sagad::relay::RelayConfig;
 use sagad::store;
+use sagad_test_support::NatsServer;
 use serde_json::Value;
 use sqlx::PgPool;
+use std::process::Stdio;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
@@ -35,75 +35,25 @@ fn free_port() -> u16 {
 }
 
 /// A `nats-server -js` of this test: its own port and store directory.
-struct Nats {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
+struct Nats(NatsServer);
 
 impl Nats {
     async fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("sagad-nats-{}", Uuid::new_v4().simple()));
-        let mut nats = Nats {
-            port: free_port(),
-            dir,
-            child: None,
-        };
-        nats.run().await;
-        nats
+        Nats(NatsServer::start().await.unwrap_or_else(|e| panic!("{e}")))
     }
 
     fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        self.0.url()
     }
 
+    /// Starts the server again after [`Nats::stop`], on the same port and store.
     async fn run(&mut self) {
-        let child = Command::new("nats-server")
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run nats-server ({e}): the relay tests need it; install the Debian \
-                     package: apt-get install -y nats-server"
-                )
-            });
-        self.child = Some(child);
-        let url = self.url();
-        eventually("nats-server to answer JetStream requests", || {
-            let url = url.clone();
-            async move {
-                let client = async_nats::connect(&url).await.ok()?;
-                // JetStream's account info request: answered once JetStream runs.
-                client
-                    .request("$JS.API.INFO", bytes::Bytes::new())
-                    .await
-                    .ok()
-                    .filter(|m| m.payload.starts_with(b"{"))
-            }
-        })
-        .await;
+        self.0.run().await.unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Stops the server (SIGTERM) and waits for it to exit.
     async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if let Some(pid) = child.id() {
-                // SAFETY: signalling our own child process.
-                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-            }
-            child.wait().await.expect("nats-server exits");
-        }
+        self.0.stop().await;
     }
 
     fn relay_config(&self) -> RelayConfig {
@@ -176,15 +126,6 @@ impl Nats {
             }
         }
         out
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -31,6 +31,8 @@ pub struct ChildConfig<'a> {
     /// Permits `http://127.0.0.1` webhook endpoints (`SAGAD_WEBHOOK_ALLOW_HTTP`,
     /// `SAGAD_WEBHOOK_ALLOW_NETS`): the outgoing webhook phase's receiver is local.
     pub allow_local_webhooks: bool,
+    /// `SAGAD_NATS_URL`: the event relay to this NATS server (the relay phase).
+    pub nats_url: Option<&'a str>,
     /// Working directory: one without `sagas/`, so the built-in booking saga is used.
     pub dir: &'a Path,
 }
@@ -109,6 +111,9 @@ impl Sagad {
             .kill_on_drop(true);
         if let Some(secret) = config.stripe_webhook_secret {
             command.env("STRIPE_WEBHOOK_SECRET", secret);
+        }
+        if let Some(nats) = config.nats_url {
+            command.env("SAGAD_NATS_URL", nats);
         }
         if config.allow_local_webhooks {
             command

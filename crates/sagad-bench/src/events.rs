@@ -243,7 +243,7 @@ fn history(n: u64, retries: i32) -> (Vec<Stored>, &'static str) {
 
 /// Writes generated booking sagas and their events until the store holds at least `target`
 /// events; returns how many it wrote.
-async fn bulk_load(pool: &PgPool, target: u64) -> anyhow::Result<u64> {
+pub(crate) async fn bulk_load(pool: &PgPool, target: u64) -> anyhow::Result<u64> {
     let version: i32 =
         sqlx::query_scalar("SELECT max(version) FROM saga_definitions WHERE name = 'booking'")
             .fetch_one(pool)
@@ -332,7 +332,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
@@ -416,6 +416,20 @@ async fn feed_lag(
             Ok(lags)
         })
     };
+    append_paced(pool, count, every, &sent).await?;
+    let mut lags = reader.await??;
+    lags.sort();
+    Ok(lags)
+}
+
+/// Appends `count` `SagaResumed` events, one per transaction, one every `every`, and notes in
+/// `sent` each event's id with the instant just before its commit.
+pub(crate) async fn append_paced(
+    pool: &PgPool,
+    count: usize,
+    every: Duration,
+    sent: &Mutex<HashMap<Uuid, Instant>>,
+) -> anyhow::Result<()> {
     for _ in 0..count {
         let next = Instant::now() + every;
         let mut tx = pool.begin().await?;
@@ -423,14 +437,21 @@ async fn feed_lag(
             wait_reason: "bench".into(),
         });
         let ids = store::events::append(&mut tx, "bench", Uuid::now_v7(), 1, &[event]).await?;
-        let t0 = Instant::now();
-        sent.lock().expect("lock").insert(ids[0], t0);
+        sent.lock().expect("lock").insert(ids[0], Instant::now());
         tx.commit().await?;
         tokio::time::sleep_until(next.into()).await;
     }
-    let mut lags = reader.await??;
-    lags.sort();
-    Ok(lags)
+    Ok(())
+}
+
+/// `p50 …, p99 …, max …` of sorted lags.
+pub(crate) fn lag_figures(sorted: &[Duration]) -> String {
+    format!(
+        "p50 {}, p99 {}, max {}",
+        ms(percentile(sorted, 0.5)),
+        ms(percentile(sorted, 0.99)),
+        ms(sorted.last().copied().unwrap_or_default())
+    )
 }
 
 /// Decodes and folds `records` `rounds` times (the saga's state and its booking); per fold.
@@ -523,6 +544,7 @@ pub async fn run(
             label: "events",
             stripe_webhook_secret: None,
             allow_local_webhooks: false,
+            nats_url: None,
             dir,
         })
         .await?;
@@ -604,12 +626,10 @@ pub async fn run(
                     feed_lag(&pool, &http, &child.base, args.feed_lag_events as usize, every)
                         .await?;
                 println!(
-                    "feed lag (just before commit → the long-polling reader has the page): {} events, one per transaction every {}: p50 {}, p99 {}, max {}",
+                    "feed lag (just before commit → the long-polling reader has the page): {} events, one per transaction every {}: {}",
                     lags.len(),
                     ms(every),
-                    ms(percentile(&lags, 0.5)),
-                    ms(percentile(&lags, 0.99)),
-                    ms(lags.last().copied().unwrap_or_default())
+                    lag_figures(&lags)
                 );
             }
             Ok(())

@@ -22,6 +22,7 @@ mod outage;
 mod outgoing;
 pub mod pgbench;
 mod reads;
+mod relay;
 pub mod report;
 mod scale;
 
@@ -188,12 +189,27 @@ pub struct BenchArgs {
     /// long ones), and of reading it back when events are loaded.
     #[arg(long)]
     pub fold: bool,
+    /// NATS relay: bulk-load at least this many events, start sagad with `SAGAD_NATS_URL` at a
+    /// private `nats-server -js`, and time the relay through the backlog (events/s to
+    /// JetStream, every publish acknowledged); 0 skips. Runs only the figures it selects, like
+    /// the event-store options.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
+    pub relay_events: u64,
+    /// NATS relay: append this many events, one per transaction every 10 ms, while a NATS
+    /// subscriber receives them: the lag from commit to receipt (p50/p99).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub relay_lag_events: u64,
 }
 
 impl BenchArgs {
     /// An event-store figure was asked for: only those run.
     fn event_store(&self) -> bool {
-        self.fold || self.rebuild_events > 0 || self.feed_events > 0 || self.feed_lag_events > 0
+        self.fold
+            || self.rebuild_events > 0
+            || self.feed_events > 0
+            || self.feed_lag_events > 0
+            || self.relay_events > 0
+            || self.relay_lag_events > 0
     }
 }
 
@@ -281,11 +297,16 @@ async fn run_events(args: &BenchArgs, sagad: &Path, dir: &Path) -> anyhow::Resul
         })
         .await?;
         preallocate_wal(&pg.url("postgres")).await?;
-        let result = events::run(args, sagad, &pg.url("postgres"), dir).await;
+        let admin = pg.url("postgres");
+        let result = match events::run(args, sagad, &admin, dir).await {
+            Ok(()) => relay::run(args, sagad, &admin, dir).await,
+            Err(e) => Err(e),
+        };
         pg.stop().await?;
         return result;
     };
-    events::run(args, sagad, url, dir).await
+    events::run(args, sagad, url, dir).await?;
+    relay::run(args, sagad, url, dir).await
 }
 
 async fn run_in(args: &BenchArgs, sagad: &Path, dir: &Path) -> anyhow::Result<Report> {
@@ -714,6 +735,7 @@ impl Bench<'_> {
             label: "sagad",
             stripe_webhook_secret: None,
             allow_local_webhooks: false,
+            nats_url: None,
             dir: &self.dir,
         }
     }

@@ -284,6 +284,7 @@ impl Bench<'_> {
         let sagad = super::Sagad::start(&super::ChildConfig {
             label: "webhooks",
             allow_local_webhooks: true,
+            nats_url: None,
             ..self.child_config(&url, workers, pool_size)
         })
         .await?;
