@@ -10,10 +10,11 @@
 //!
 //! Order: the events of one aggregate are published one at a time, each after the previous one's
 //! acknowledgement, so the stream holds them in their version order even when a publish fails in
-//! the middle of a batch. Events of different aggregates are published concurrently (a *wave*
-//! holds at most one event per aggregate) and may be stored in another order than the feed's.
+//! the middle of a batch. Events of different aggregates are published concurrently (a *round*
+//! holds the next event of every aggregate in the batch) and may be stored in another order than
+//! the feed's.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::future::IntoFuture;
 use std::time::Duration;
@@ -29,6 +30,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::store;
@@ -241,64 +243,76 @@ impl Relay {
         Ok(())
     }
 
-    /// Publishes `events` in waves of distinct aggregates, each wave acknowledged in full before
-    /// the next starts. On a failure, says how many events from the start were acknowledged.
+    /// Publishes `events` in rounds: round k holds the k-th event of every aggregate in the
+    /// batch, sent together, and is acknowledged in full before round k + 1 starts. A batch of
+    /// whole sagas (their events stand together in the feed) thus takes as many rounds as its
+    /// longest saga has events, not one per event. On a failure, no further round starts, and
+    /// the error says how many events from the start of the batch were acknowledged.
     async fn publish(&self, events: &[FeedEvent], clock: &Clock) -> Result<(), Failed> {
-        let mut start = 0;
-        while start < events.len() {
-            let end = wave_end(events, start);
-            let mut acks = Vec::with_capacity(end - start);
-            let mut failure: Option<(usize, PublishError)> = None;
-            for (i, e) in events[start..end].iter().enumerate() {
-                let message = message(e).map_err(|error| Failed {
-                    acked: start + i,
-                    error: error.to_string(),
-                })?;
+        let mut acked = vec![false; events.len()];
+        for round in rounds(events) {
+            let mut acks = Vec::with_capacity(round.len());
+            let mut sent = Vec::with_capacity(round.len());
+            let mut failure: Option<(usize, String)> = None;
+            for &i in &round {
+                let e = &events[i];
+                let message = match message(e) {
+                    Ok(m) => m,
+                    Err(error) => {
+                        failure = Some((i, error.to_string()));
+                        break;
+                    }
+                };
                 match self
                     .jetstream
                     .send_publish(subject(&self.config.subject_prefix, e), message)
                     .await
                 {
-                    Ok(ack) => acks.push(ack.into_future()),
+                    Ok(ack) => {
+                        acks.push(ack.into_future());
+                        sent.push(i);
+                    }
                     Err(error) => {
-                        failure = Some((start + i, error));
+                        failure = Some((i, publish_failed(e, &error)));
                         break;
                     }
                 }
             }
-            // Every publish sent is awaited, so that the acknowledged prefix is known.
-            for (i, ack) in join_all(acks).await.into_iter().enumerate() {
-                let index = start + i;
+            // Every publish sent is awaited, so that what JetStream stored is known.
+            for (i, ack) in sent.into_iter().zip(join_all(acks).await) {
                 match ack {
                     Ok(ack) => {
-                        let e = &events[index];
+                        acked[i] = true;
                         crate::telemetry::relay_published(
                             ack.duplicate,
-                            (clock.db_now() - e.event.recorded_at)
+                            (clock.db_now() - events[i].event.recorded_at)
                                 .to_std()
                                 .unwrap_or_default(),
                         );
                     }
                     Err(error) => {
-                        if failure.as_ref().is_none_or(|(at, _)| index < *at) {
-                            failure = Some((index, error));
+                        if failure.as_ref().is_none_or(|(at, _)| i < *at) {
+                            failure = Some((i, publish_failed(&events[i], &error)));
                         }
                     }
                 }
             }
-            if let Some((acked, error)) = failure {
+            if let Some((_, error)) = failure {
                 return Err(Failed {
-                    acked,
-                    error: format!(
-                        "event {} not acknowledged by JetStream: {error}",
-                        events[acked].event.event_id
-                    ),
+                    acked: acked.iter().position(|a| !a).unwrap_or(events.len()),
+                    error,
                 });
             }
-            start = end;
         }
         Ok(())
     }
+}
+
+fn publish_failed(e: &FeedEvent, error: &PublishError) -> String {
+    format!(
+        "event {} not acknowledged by JetStream: {error}",
+        e.event.event_id
+    )
 }
 
 /// A batch that stopped: its first `acked` events were stored by JetStream, the next was not.
@@ -314,14 +328,22 @@ impl fmt::Display for Failed {
     }
 }
 
-/// The end of the wave that starts at `start`: the events up to the first one whose aggregate is
-/// already in the wave.
-fn wave_end(events: &[FeedEvent], start: usize) -> usize {
-    let mut aggregates = HashSet::new();
-    events[start..]
-        .iter()
-        .position(|e| !aggregates.insert((&e.event.aggregate_type, e.event.aggregate_id)))
-        .map_or(events.len(), |n| start + n)
+/// The batch's publishing rounds, as indexes into `events`: round k holds the k-th event of
+/// each aggregate, in feed order.
+fn rounds(events: &[FeedEvent]) -> Vec<Vec<usize>> {
+    let mut next: HashMap<(&str, Uuid), usize> = HashMap::new();
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        let k = next
+            .entry((e.event.aggregate_type.as_str(), e.event.aggregate_id))
+            .or_default();
+        if *k == rounds.len() {
+            rounds.push(Vec::new());
+        }
+        rounds[*k].push(i);
+        *k += 1;
+    }
+    rounds
 }
 
 /// `<prefix>.<aggregate>.<type>`, each part made a valid subject token (`.`, `*`, `>` and
@@ -483,7 +505,7 @@ mod tests {
     }
 
     #[test]
-    fn a_wave_holds_one_event_per_aggregate() {
+    fn round_k_holds_the_kth_event_of_each_aggregate() {
         let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let events = [
             event(a, 1),
@@ -491,14 +513,18 @@ mod tests {
             event(a, 3),
             event(c, 4),
             event(b, 5),
+            event(a, 6),
         ];
-        assert_eq!(wave_end(&events, 0), 2);
-        assert_eq!(wave_end(&events, 2), 5);
-        assert_eq!(wave_end(&events, 4), 5);
-        let same = [event(a, 1), event(a, 2), event(a, 3)];
-        assert_eq!(wave_end(&same, 0), 1);
-        assert_eq!(wave_end(&same, 1), 2);
-        assert_eq!(wave_end(&events[..0], 0), 0);
+        assert_eq!(rounds(&events), vec![vec![0, 1, 3], vec![2, 4], vec![5]]);
+        let sagas = [
+            event(a, 1),
+            event(a, 2),
+            event(b, 3),
+            event(b, 4),
+            event(b, 5),
+        ];
+        assert_eq!(rounds(&sagas), vec![vec![0, 2], vec![1, 3], vec![4]]);
+        assert!(rounds(&events[..0]).is_empty());
     }
 
     #[test]
