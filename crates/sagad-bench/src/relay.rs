@@ -29,7 +29,7 @@ const SUBJECTS: &str = "sagad.events.>";
 /// last move)`, or `None` before the relay has run.
 async fn relay_state(pool: &PgPool) -> anyhow::Result<Option<(bool, f64)>> {
     Ok(sqlx::query_as(
-        "SELECT (r.tx, r.seq) >= (SELECT (tx, seq) FROM events ORDER BY tx DESC, seq DESC LIMIT 1),
+        "SELECT (r.tx, r.seq) >= (SELECT tx, seq FROM events ORDER BY tx DESC, seq DESC LIMIT 1),
                 extract(epoch FROM r.moved_at - r.held_since)::float8
          FROM relay_position r",
     )
