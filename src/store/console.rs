@@ -174,12 +174,18 @@ fn search_query(prefix: &str, f: &SagaSearch) -> sqlx::QueryBuilder<sqlx::Postgr
         q.push(" AND s.saga_name = ").push_bind(name);
     }
     if let Some(steps) = &f.at_steps {
-        let (names, indexes): (Vec<String>, Vec<i32>) = steps.iter().cloned().unzip();
-        q.push(" AND (s.saga_name, s.current_step) IN (SELECT * FROM unnest(")
-            .push_bind(names)
-            .push("::text[], ")
-            .push_bind(indexes)
-            .push("::int[]))");
+        // One row comparison per saga that has the step (usually one or two), evaluated as a
+        // filter on each saga the index walk reads; a semi-join against `unnest` rescanned the
+        // function for every one of them.
+        q.push(" AND (false");
+        for (name, index) in steps {
+            q.push(" OR (s.saga_name = ")
+                .push_bind(name.clone())
+                .push(" AND s.current_step = ")
+                .push_bind(*index)
+                .push(")");
+        }
+        q.push(")");
     }
     if let Some(from) = f.created_from {
         q.push(" AND s.created_at >= ").push_bind(from);

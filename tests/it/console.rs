@@ -560,3 +560,62 @@ async fn screenshots() {
     std::fs::write(docs.join("console-phone.png"), b.screenshot().await).unwrap();
     b.quit().await;
 }
+
+/// The saga list filtered by a step shows exactly the sagas whose current step it is: a saga
+/// declined at authorization is at its failed step, a completed one is past the last step.
+#[tokio::test]
+async fn the_saga_list_filtered_by_step_shows_the_sagas_at_that_step() {
+    let app = spawn_app().await;
+    let declined = app
+        .start_booking(booking_input("step-filter-1", "pm_card_chargeDeclined"))
+        .await;
+    let completed = app
+        .start_booking(booking_input("step-filter-2", "pm_card_visa"))
+        .await;
+    assert_eq!(app.wait_terminal(declined).await["status"], "compensated");
+    assert_eq!(app.wait_terminal(completed).await["status"], "completed");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let (cookie, _) = crate::hostile::console_session(&app, &http).await;
+    let steps = [
+        "hold_inventory",
+        "authorize_payment",
+        "capture_payment",
+        "confirm_booking",
+        "notify",
+    ];
+    let mut listed_anywhere = Vec::new();
+    for (index, step) in steps.iter().enumerate() {
+        let r = http
+            .get(format!("{}/console/sagas?step={step}", app.base))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "step={step}");
+        let page = r.text().await.unwrap();
+        for id in [declined, completed] {
+            let current: i32 = sqlx::query_scalar("SELECT current_step FROM sagas WHERE id = $1")
+                .bind(id)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+            let shown = page.contains(&format!("/console/sagas/{id}\""));
+            assert_eq!(
+                shown,
+                current == index as i32,
+                "saga {id} at step index {current}, list of step={step}"
+            );
+            if shown {
+                listed_anywhere.push(id);
+            }
+        }
+    }
+    assert_eq!(
+        listed_anywhere,
+        [declined],
+        "the completed saga is at no step"
+    );
+}

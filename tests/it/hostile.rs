@@ -672,7 +672,7 @@ async fn special_purpose_and_embedded_ipv4_addresses_are_refused_at_registration
 }
 
 /// A console session over plain HTTP: the session cookie and the CSRF token its forms carry.
-async fn console_session(app: &TestApp, http: &reqwest::Client) -> (String, String) {
+pub(crate) async fn console_session(app: &TestApp, http: &reqwest::Client) -> (String, String) {
     let body = form_urlencoded::Serializer::new(String::new())
         .extend_pairs([("token", OPS_TOKEN), ("next", "/console")])
         .finish();
