@@ -449,7 +449,9 @@ async fn the_cleaners_find_old_rows_through_an_index() {
         (
             "prune_settled",
             store::stripe_inbox::PRUNE_SETTLED,
-            "stripe_events_listing",
+            // Either index that walks from the oldest rows: by time alone, or by status then
+            // time (migration 0030).
+            "stripe_events_",
         ),
     ] {
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -465,7 +467,10 @@ async fn the_cleaners_find_old_rows_through_an_index() {
         .await
         .unwrap();
         let plan = plan.join("\n");
-        assert!(plan.contains(index), "{name} does not use {index}:\n{plan}");
+        assert!(
+            plan.contains(&format!("using {index}")),
+            "{name} does not use {index}…:\n{plan}"
+        );
         assert!(!plan.contains("Seq Scan"), "{name}:\n{plan}");
     }
 }
