@@ -5,13 +5,12 @@
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::response::Redirect;
 use axum::routing::post;
 use maud::{Markup, html};
 
 use super::ConsoleError;
-use super::session::{Form, Signed};
+use super::session::{Authorized, Form, Signed};
 use crate::domain::{DeliveryId, SagaId};
 use crate::engine::model::SagaStatus;
 use crate::engine::operator::Resolution;
@@ -91,12 +90,9 @@ fn done(id: SagaId, action: &str) -> Redirect {
 
 async fn retry(
     State(state): State<AppState>,
-    signed: Signed,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    form: Form,
+    Authorized { signed, form }: Authorized,
 ) -> Result<Redirect, ConsoleError> {
-    signed.authorize(&headers, &form)?;
     let id = saga_id(&id)?;
     let reason = reason(&form)?;
     act(&state, id, Action::Retry, &signed.actor, &reason).await?;
@@ -105,12 +101,9 @@ async fn retry(
 
 async fn resolve(
     State(state): State<AppState>,
-    signed: Signed,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    form: Form,
+    Authorized { signed, form }: Authorized,
 ) -> Result<Redirect, ConsoleError> {
-    signed.authorize(&headers, &form)?;
     let id = saga_id(&id)?;
     let raw = form.get("outcome").unwrap_or("");
     let outcome = Resolution::parse(raw).ok_or_else(|| {
@@ -126,12 +119,9 @@ async fn resolve(
 
 async fn cancel(
     State(state): State<AppState>,
-    signed: Signed,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    form: Form,
+    Authorized { signed, form }: Authorized,
 ) -> Result<Redirect, ConsoleError> {
-    signed.authorize(&headers, &form)?;
     let id = saga_id(&id)?;
     let reason = reason(&form)?;
     // An operator's cancellation: a full refund, recorded with the token's name.
@@ -145,12 +135,9 @@ async fn cancel(
 
 async fn redeliver(
     State(state): State<AppState>,
-    signed: Signed,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    form: Form,
+    Authorized { signed, form }: Authorized,
 ) -> Result<Redirect, ConsoleError> {
-    signed.authorize(&headers, &form)?;
     let id: DeliveryId = id.parse().map_err(|_| {
         ApiError::BadRequest(format!("{id:?} is not a webhook delivery id (a UUID)"))
     })?;

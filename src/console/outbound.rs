@@ -7,14 +7,13 @@ use std::collections::HashMap;
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::response::Redirect;
 use axum::routing::{get, post};
 use chrono::{DateTime, SecondsFormat, Utc};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::session::{Form, Signed};
+use super::session::{Authorized, Signed};
 use super::{ConsoleError, Nav, PageResult, Query, badge, page, render, time};
 use crate::domain::EndpointId;
 use crate::http::{ApiError, AppState};
@@ -194,12 +193,9 @@ fn with_notice(id: EndpointId, notice: &str) -> Redirect {
 
 async fn set_enabled(
     State(state): State<AppState>,
-    signed: Signed,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    form: Form,
+    Authorized { signed, form }: Authorized,
 ) -> Result<Redirect, ConsoleError> {
-    signed.authorize(&headers, &form)?;
     let id = endpoint_id(&id)?;
     let enabled = match form.get("enabled") {
         Some("true") => true,
@@ -230,12 +226,9 @@ async fn set_enabled(
 
 async fn rotate(
     State(state): State<AppState>,
-    signed: Signed,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    form: Form,
+    Authorized { signed, .. }: Authorized,
 ) -> PageResult {
-    signed.authorize(&headers, &form)?;
     let id = endpoint_id(&id)?;
     let r = crate::http::outbound::rotate(&state, id).await?;
     tracing::info!(endpoint_id = %id, actor = %signed.actor, "console secret rotation");
@@ -258,12 +251,9 @@ async fn rotate(
 
 async fn redrive(
     State(state): State<AppState>,
-    signed: Signed,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    form: Form,
+    Authorized { signed, form }: Authorized,
 ) -> Result<Redirect, ConsoleError> {
-    signed.authorize(&headers, &form)?;
     let id = endpoint_id(&id)?;
     let raw = form.text("since").unwrap_or("");
     let since = super::sagas::parse_time(raw).ok_or_else(|| {

@@ -175,6 +175,31 @@ impl FromRequestParts<AppState> for Signed {
     }
 }
 
+/// A console action: the signed-in session, and its form once the form carries the session's
+/// CSRF token and came from this server ([`Signed::authorize`]). Every action handler takes it
+/// (last, as it reads the body), so none can forget the check.
+pub struct Authorized {
+    pub signed: Signed,
+    pub form: Form,
+}
+
+impl FromRequest<AppState> for Authorized {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let signed = Signed::from_request_parts(&mut parts, state).await?;
+        let headers = parts.headers.clone();
+        let form = Form::from_request(Request::from_parts(parts, body), state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        signed
+            .authorize(&headers, &form)
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self { signed, form })
+    }
+}
+
 /// A URL-encoded form body. A field or name holding the NUL character is refused (400).
 #[derive(Debug, Default)]
 pub struct Form(Vec<(String, String)>);
@@ -298,11 +323,8 @@ async fn sign_in(
 
 async fn sign_out(
     State(state): State<AppState>,
-    signed: Signed,
-    headers: HeaderMap,
-    form: Form,
+    Authorized { signed, .. }: Authorized,
 ) -> Result<Response, ConsoleError> {
-    signed.authorize(&headers, &form)?;
     store::delete_session(&state.pool, &signed.id_hash).await?;
     let mut resp = Redirect::to("/console/sign-in").into_response();
     resp.headers_mut().insert(

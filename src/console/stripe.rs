@@ -3,13 +3,12 @@
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::response::Redirect;
 use axum::routing::{get, post};
 use maud::html;
 use serde::Deserialize;
 
-use super::session::{Form, Signed};
+use super::session::{Authorized, Signed};
 use super::{ConsoleError, Nav, PageResult, Query, badge, json_block, page, render, time};
 use crate::http::{ApiError, AppState};
 use crate::store::stripe_inbox::{self as store, InboxStatus, ListFilter, ReprocessOutcome};
@@ -102,12 +101,9 @@ async fn inbox_page(
 
 async fn reprocess(
     State(state): State<AppState>,
-    signed: Signed,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    form: Form,
+    Authorized { signed, .. }: Authorized,
 ) -> Result<Redirect, ConsoleError> {
-    signed.authorize(&headers, &form)?;
     match store::reprocess(&state.pool, &id).await? {
         ReprocessOutcome::NotFound => Err(ApiError::NotFound("Stripe event").into()),
         ReprocessOutcome::NotReprocessable(status) => Err(ApiError::Conflict(format!(

@@ -4,11 +4,10 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use maud::{Markup, html};
 
-use super::session::{Form, Signed};
+use super::session::{Authorized, Signed};
 use super::{Nav, PageResult, StepNames, badge, page, render, time};
 use crate::http::operator::{BulkRetry, bulk_retry};
 use crate::http::{ApiError, AppState};
@@ -130,11 +129,8 @@ fn bulk_form(state: &AppState, signed: &Signed) -> Markup {
 
 async fn retry_all(
     State(state): State<AppState>,
-    signed: Signed,
-    headers: HeaderMap,
-    form: Form,
+    Authorized { signed, form }: Authorized,
 ) -> PageResult {
-    signed.authorize(&headers, &form)?;
     let since = match form.text("since") {
         None => None,
         Some(raw) => Some(super::sagas::parse_time(raw).ok_or_else(|| {
